@@ -1,0 +1,43 @@
+# `make demo` trains and analyses a model; `make test` runs the suite. Both build .venv first.
+PYTHON ?= python3
+VENV := .venv
+VENV_TL2 := .venv-tl2
+PIP_FLAGS := --quiet --disable-pip-version-check
+
+.PHONY: install demo test test-tl2 lint format bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev]'
+	touch $@
+
+# A second environment with TransformerLens 2.x (HookedTransformer only, numpy < 2).
+$(VENV_TL2)/.installed: pyproject.toml constraints-tl2.txt
+	$(PYTHON) -m venv $(VENV_TL2)
+	$(VENV_TL2)/bin/pip install $(PIP_FLAGS) -c constraints-tl2.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/belief-lens demo
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest
+
+test-tl2: $(VENV_TL2)/.installed
+	$(VENV_TL2)/bin/python -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check belief_lens tests bench demos
+	$(VENV)/bin/ruff format --check belief_lens tests bench demos
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format belief_lens tests bench demos
+	$(VENV)/bin/ruff check --fix belief_lens tests bench demos
+
+bench: $(VENV)/.installed
+	for f in bench/*.py; do $(VENV)/bin/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(VENV_TL2) .pytest_cache .ruff_cache

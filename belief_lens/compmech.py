@@ -1,0 +1,369 @@
+"""Computational mechanics of a process: mixed-state presentation, entropies and optimal loss.
+
+All entropies are in nats. Everything here is built on one level-by-level enumeration of the
+distribution over beliefs (:func:`belief_levels`), with identical beliefs merged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from belief_lens.beliefs import belief_walk
+from belief_lens.errors import BeliefLensError
+from belief_lens.hmm import HMM
+
+__all__ = [
+    "MixedStatePresentation",
+    "belief_levels",
+    "block_entropy",
+    "entropy",
+    "entropy_rate",
+    "excess_entropy",
+    "mixed_state_presentation",
+    "myopic_entropy",
+    "optimal_loss",
+    "statistical_complexity",
+]
+
+
+def entropy(p: Float[Tensor, "... k"], dim: int = -1) -> Float[Tensor, "..."]:
+    """Shannon entropy in nats along ``dim``, with ``0 log 0 = 0``; negative entries are clipped."""
+    p = p.clamp_min(0)
+    return -torch.special.xlogy(p, p).sum(dim)
+
+
+def _merge(beliefs: Tensor, weights: Tensor, tol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge beliefs equal within ``tol``: unique beliefs, summed weights, inverse index."""
+    keys = torch.round(beliefs / tol).to(torch.int64)
+    uniq, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    first = torch.full((len(uniq),), len(beliefs), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(beliefs)), reduce="amin")
+    summed = torch.zeros(len(uniq), dtype=weights.dtype).index_add_(0, inverse, weights)
+    return beliefs[first], summed, inverse
+
+
+def belief_levels(
+    hmm: HMM,
+    max_length: int,
+    *,
+    tol: float = 1e-9,
+    max_states: int = 2_000_000,
+    initial_state: Tensor | None = None,
+) -> Iterator[tuple[Float[Tensor, "K S"], Float[Tensor, " K"]]]:
+    """Yield the distribution over beliefs after ``L = 0 .. max_length`` tokens.
+
+    Each level is ``(beliefs [K, S], probs [K])``, identical beliefs merged. Processes whose
+    beliefs never merge (Mess3) grow exponentially; past ``max_states`` this raises.
+    """
+    eta = (
+        hmm.initial_state
+        if initial_state is None
+        else hmm._check_belief(initial_state, "initial_state")
+    )[None]
+    w = torch.ones(1, dtype=torch.float64)
+    yield eta, w
+    for L in range(1, max_length + 1):
+        new = torch.einsum("ks,xsj->kxj", eta, hmm.T)
+        p = new @ hmm.tau  # [K, V]
+        keep = w[:, None] * p > (1e-14 if hmm.generalized else 0.0)
+        k, x = torch.nonzero(keep, as_tuple=True)
+        if len(k) > max_states:
+            raise BeliefLensError(
+                f"{len(k)} distinct beliefs at length {L} exceed max_states={max_states}; raise "
+                "max_states, shorten max_length, or use entropy_rate(method='chaos_game')"
+            )
+        eta, w, _ = _merge(new[k, x] / p[k, x, None], w[k] * p[k, x], tol)
+        yield eta, w
+
+
+def myopic_entropy(hmm: HMM, max_length: int, **kwargs) -> Float[Tensor, " max_length_plus_1"]:
+    """``h(L) = H[X_L | X_0 .. X_{L-1}]`` for ``L = 0 .. max_length``, in nats."""
+    return torch.stack(
+        [
+            (w * entropy(hmm.next_token_probs(b))).sum()
+            for b, w in belief_levels(hmm, max_length, **kwargs)
+        ]
+    )
+
+
+def block_entropy(hmm: HMM, max_length: int, **kwargs) -> Float[Tensor, " max_length_plus_1"]:
+    """``H(L) = sum_{l < L} h(l)`` for ``L = 0 .. max_length``, in nats."""
+    h = myopic_entropy(hmm, max_length - 1, **kwargs) if max_length > 0 else torch.zeros(0)
+    return torch.cat([torch.zeros(1, dtype=torch.float64), h.cumsum(0)])
+
+
+def optimal_loss(hmm: HMM, n_ctx: int, bos: bool = False, **kwargs) -> Float[Tensor, " n_ctx"]:
+    """The lowest achievable cross-entropy (nats) at each context position.
+
+    Without BOS, position ``t`` predicts token ``t+1`` from tokens ``0..t``, so the floor is
+    ``h(t+1)``; with a BOS token at position 0, position ``t`` predicts token ``t``: ``h(t)``.
+    """
+    if n_ctx < 1:
+        raise BeliefLensError(f"n_ctx must be >= 1, got {n_ctx}")
+    h = myopic_entropy(hmm, n_ctx, **kwargs)
+    return h[:n_ctx] if bos else h[1:]
+
+
+# ---------------------------------------------------------------------------------------- MSP
+@dataclass(frozen=True)
+class MixedStatePresentation:
+    """The mixed-state presentation: distinct beliefs and the labelled transitions between them.
+
+    Attributes:
+        beliefs: ``[K, S]`` distinct beliefs; state 0 is the start belief.
+        transitions: ``[E, 3]`` rows ``(from, symbol, to)``.
+        transition_probs: ``[E]`` ``P(symbol | from)``.
+        depth: ``[K]`` the length of the shortest word reaching each state.
+        is_recurrent: ``[K]`` membership of a closed strongly connected component.
+        complete: False when ``max_depth`` stopped the search with states left unexpanded.
+    """
+
+    beliefs: Float[Tensor, "K S"]
+    transitions: Int[Tensor, "E 3"]
+    transition_probs: Float[Tensor, " E"]
+    depth: Int[Tensor, " K"]
+    is_recurrent: Bool[Tensor, " K"]
+    complete: bool
+
+    @property
+    def n_states(self) -> int:
+        return self.beliefs.shape[0]
+
+    @property
+    def n_recurrent(self) -> int:
+        return int(self.is_recurrent.sum())
+
+    def transition_tensor(self) -> Float[Tensor, "V K K"]:
+        """The MSP as an HMM transition tensor ``[n_symbols, K, K]`` (unifilar)."""
+        V = int(self.transitions[:, 1].max()) + 1 if len(self.transitions) else 0
+        T = torch.zeros(V, self.n_states, self.n_states, dtype=torch.float64)
+        f, x, t = self.transitions.T
+        T[x, f, t] = self.transition_probs
+        return T
+
+
+def mixed_state_presentation(
+    hmm: HMM,
+    max_depth: int = 100,
+    tol: float = 1e-9,
+    *,
+    max_states: int = 100_000,
+    initial_state: Tensor | None = None,
+) -> MixedStatePresentation:
+    """Breadth-first mixed-state presentation from the start belief, merging equal beliefs.
+
+    Recurrent states (closed strongly connected components) form the epsilon-machine; the rest are
+    transient. Processes whose beliefs never merge (Mess3) need ``max_depth``; past ``max_states``
+    states this raises.
+    """
+    start = (
+        hmm.initial_state
+        if initial_state is None
+        else hmm._check_belief(initial_state, "initial_state")
+    )
+    keys: dict[bytes, int] = {}
+    beliefs: list[Tensor] = []
+    depth: list[int] = []
+
+    def key(b: Tensor) -> bytes:
+        return torch.round(b / tol).to(torch.int64).numpy().tobytes()
+
+    def add(b: Tensor, d: int) -> int:
+        k = key(b)
+        if k not in keys:
+            if len(beliefs) >= max_states:
+                raise BeliefLensError(
+                    f"the mixed-state presentation of {hmm.name} passed max_states={max_states} "
+                    f"at depth {d}; raise max_states or lower max_depth"
+                )
+            keys[k] = len(beliefs)
+            beliefs.append(b)
+            depth.append(d)
+        return keys[k]
+
+    add(start, 0)
+    edges: list[tuple[int, int, int]] = []
+    probs: list[float] = []
+    frontier = [0]
+    expanded = np.zeros(0, dtype=bool)
+    d = 0
+    while frontier and d < max_depth:
+        etas = torch.stack([beliefs[i] for i in frontier])
+        new = torch.einsum("ks,xsj->kxj", etas, hmm.T)
+        p = new @ hmm.tau
+        next_frontier = []
+        for r, src in enumerate(frontier):
+            for x in range(hmm.n_symbols):
+                if p[r, x] > (1e-14 if hmm.generalized else 0.0):
+                    n_before = len(beliefs)
+                    dst = add(new[r, x] / p[r, x], d + 1)
+                    if len(beliefs) > n_before:
+                        next_frontier.append(dst)
+                    edges.append((src, x, dst))
+                    probs.append(float(p[r, x]))
+        frontier = next_frontier
+        d += 1
+    K = len(beliefs)
+    expanded = np.ones(K, dtype=bool)
+    expanded[frontier] = False
+    recurrent = _closed_components(K, edges, expanded)
+    return MixedStatePresentation(
+        beliefs=torch.stack(beliefs),
+        transitions=torch.tensor(edges, dtype=torch.long).reshape(-1, 3),
+        transition_probs=torch.tensor(probs, dtype=torch.float64),
+        depth=torch.tensor(depth, dtype=torch.long),
+        is_recurrent=torch.from_numpy(recurrent),
+        complete=not frontier,
+    )
+
+
+def _closed_components(
+    K: int, edges: list[tuple[int, int, int]], expanded: np.ndarray
+) -> np.ndarray:
+    """Mark nodes in closed strongly connected components (Tarjan, iterative).
+
+    A component is closed when no edge leaves it and all its nodes were expanded.
+    """
+    succ: list[list[int]] = [[] for _ in range(K)]
+    for f, _, t in edges:
+        succ[f].append(t)
+    index = [-1] * K
+    low = [0] * K
+    on_stack = [False] * K
+    stack: list[int] = []
+    comp = [-1] * K
+    n_comp = 0
+    counter = 0
+    for root in range(K):
+        if index[root] != -1:
+            continue
+        work = [(root, 0)]
+        while work:
+            v, i = work.pop()
+            if i == 0:
+                index[v] = low[v] = counter
+                counter += 1
+                stack.append(v)
+                on_stack[v] = True
+            if i < len(succ[v]):
+                work.append((v, i + 1))
+                w = succ[v][i]
+                if index[w] == -1:
+                    work.append((w, 0))
+                elif on_stack[w]:
+                    low[v] = min(low[v], index[w])
+                continue
+            for w in succ[v]:
+                if on_stack[w] or comp[w] == -1 and index[w] > index[v]:
+                    low[v] = min(low[v], low[w])
+            if low[v] == index[v]:
+                while True:
+                    w = stack.pop()
+                    on_stack[w] = False
+                    comp[w] = n_comp
+                    if w == v:
+                        break
+                n_comp += 1
+    comp_arr = np.array(comp)
+    closed = np.ones(n_comp, dtype=bool)
+    for f, _, t in edges:
+        if comp_arr[f] != comp_arr[t]:
+            closed[comp_arr[f]] = False
+    closed[comp_arr[~expanded]] = False
+    return closed[comp_arr]
+
+
+# ---------------------------------------------------------------------------------------- rates
+def statistical_complexity(hmm: HMM) -> float:
+    """``C_mu = H[pi]`` (nats) of a unifilar presentation's stationary state distribution.
+
+    This is the statistical complexity when ``hmm`` is the process's epsilon-machine (a minimal
+    unifilar presentation). Raises for non-unifilar presentations, whose state entropy is not
+    ``C_mu``; use ``mixed_state_presentation`` to obtain the epsilon-machine first.
+    """
+    if hmm.generalized or not hmm.is_unifilar:
+        raise BeliefLensError(
+            f"{hmm.name} is not a unifilar HMM, so H[pi] is not its statistical complexity; build "
+            "its epsilon-machine from mixed_state_presentation() first"
+        )
+    return float(entropy(hmm.stationary_distribution))
+
+
+def _epsilon_machine_rate(msp: MixedStatePresentation, hmm: HMM) -> float:
+    """Entropy rate from a complete MSP's recurrent part: sum_s pi(s) H[P(. | s)]."""
+    rec = torch.nonzero(msp.is_recurrent).flatten()
+    T = msp.transition_tensor()[:, rec][:, :, rec]
+    em = HMM(T, atol=1e-6)
+    return float(
+        (em.stationary_distribution * entropy(hmm.next_token_probs(msp.beliefs[rec]))).sum()
+    )
+
+
+def entropy_rate(
+    hmm: HMM,
+    method: str = "exact",
+    *,
+    max_length: int = 64,
+    tol: float = 1e-8,
+    n_chains: int = 2000,
+    n_steps: int = 2000,
+    burn_in: int = 200,
+    seed: int = 0,
+    max_states: int = 2_000_000,
+) -> float:
+    """The entropy rate ``h_mu`` in nats.
+
+    ``method="exact"`` uses the epsilon-machine when the mixed-state presentation closes; otherwise
+    it follows the myopic entropies ``h(L)`` (which decrease to ``h_mu``) until successive
+    Aitken-extrapolated values agree to ``tol``, raising if they do not. ``"chaos_game"`` averages
+    the next-token entropy along sampled belief trajectories (they follow an iterated function
+    system), which works for any process.
+    """
+    if method == "chaos_game":
+        return _chaos_game_rate(hmm, n_chains, n_steps, burn_in, seed)
+    if method != "exact":
+        raise BeliefLensError(f"method must be 'exact' or 'chaos_game', got {method!r}")
+    try:
+        msp = mixed_state_presentation(hmm, max_depth=max_length, max_states=2_000)
+        if msp.complete and msp.n_recurrent > 0:
+            return _epsilon_machine_rate(msp, hmm)
+    except BeliefLensError:
+        pass
+    h: list[float] = []
+    prev = math.inf
+    for b, w in belief_levels(hmm, max_length, max_states=max_states):
+        h.append(float((w * entropy(hmm.next_token_probs(b))).sum()))
+        if len(h) >= 3:
+            a, bb, c = h[-3:]
+            denom = a - 2 * bb + c
+            est = c - (c - bb) ** 2 / denom if abs(denom) > 1e-15 else c
+            if abs(est - prev) < tol and abs(c - bb) < 1e-3:
+                return est
+            prev = est
+    raise BeliefLensError(
+        f"myopic entropies of {hmm.name} did not converge within max_length={max_length}; "
+        "use method='chaos_game'"
+    )
+
+
+def _chaos_game_rate(hmm: HMM, n_chains: int, n_steps: int, burn_in: int, seed: int) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(burn_in + n_steps, n_chains, generator=gen, dtype=torch.float64)
+    total = torch.zeros(n_chains, dtype=torch.float64)
+    for t, (p, _, _) in enumerate(belief_walk(hmm, hmm.initial_state.expand(n_chains, -1), u)):
+        if t >= burn_in:
+            total += entropy(p)
+    return float(total.mean() / n_steps)
+
+
+def excess_entropy(hmm: HMM, max_length: int = 64, **kwargs) -> float:
+    """``E = sum_L (h(L) - h_mu)`` in nats, summed to ``max_length``."""
+    h = myopic_entropy(hmm, max_length, **kwargs)
+    return float((h - entropy_rate(hmm)).sum())

@@ -1,0 +1,81 @@
+"""Speed of the comp-mech core against plain-Python baselines, as ratios measured in one process.
+
+Run: ``python bench/beliefs.py``. Goals (issue 2): belief_states >= 100x a per-sequence loop,
+enumerate_sequences(mess3, 10) <= 0.5 s, sample_sequences >= 100x a per-token numpy sampler.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
+from belief_lens.processes import mess3
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def loop_beliefs(T: np.ndarray, pi: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """The baseline: one sequence at a time, one token at a time."""
+    out = np.empty(tokens.shape + (len(pi),))
+    for i, seq in enumerate(tokens):
+        eta = pi
+        for t, x in enumerate(seq):
+            v = eta @ T[x]
+            eta = v / v.sum()
+            out[i, t] = eta
+    return out
+
+
+def loop_sampler(T: np.ndarray, pi: np.ndarray, n: int, length: int, rng) -> np.ndarray:
+    """The baseline: one ``numpy.random.choice`` per token, as the paper's code samples."""
+    S = len(pi)
+    joint = T.transpose(1, 0, 2).reshape(S, -1)
+    out = np.empty((n, length), dtype=np.int64)
+    for i in range(n):
+        s = rng.choice(S, p=pi)
+        for t in range(length):
+            k = rng.choice(joint.shape[1], p=joint[s])
+            out[i, t], s = divmod(k, S)
+    return out
+
+
+def main() -> None:
+    hmm = mess3()
+    T, pi = hmm.T.numpy(), hmm.initial_state.numpy()
+    n, L = 100_000, 64
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    tokens = sample_sequences(hmm, n, L, seed=0)
+    t_fast = best_of(lambda: belief_states(hmm, tokens))
+    n_loop = 1_000
+    t_loop = best_of(lambda: loop_beliefs(T, pi, tokens[:n_loop].numpy()), repeats=1) * n / n_loop
+    print(
+        f"belief_states   {n * L / t_fast:12,.0f} tokens/s   per-sequence loop "
+        f"{n * L / t_loop:10,.0f} tokens/s   ratio {t_loop / t_fast:6.0f}x  (goal >= 100x)"
+    )
+
+    t_enum = best_of(lambda: enumerate_sequences(hmm, 10))
+    print(f"enumerate_sequences(mess3, 10): {t_enum:.3f} s  (goal <= 0.5 s)")
+
+    t_samp = best_of(lambda: sample_sequences(hmm, n, L, seed=1))
+    rng = np.random.default_rng(0)
+    n_loop = 200
+    t_ref = best_of(lambda: loop_sampler(T, pi, n_loop, L, rng), repeats=1) * n / n_loop
+    print(
+        f"sample_sequences {n * L / t_samp:11,.0f} tokens/s   numpy.random.choice loop "
+        f"{n * L / t_ref:9,.0f} tokens/s   ratio {t_ref / t_samp:6.0f}x  (goal >= 100x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
