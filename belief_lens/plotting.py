@@ -1,0 +1,228 @@
+"""Plotly figures of belief geometry, probe fits and training. Functions return figures; they never
+run models or show anything."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from belief_lens.errors import BeliefLensError
+
+__all__ = [
+    "belief_colors",
+    "compare_figure",
+    "layer_grid_figure",
+    "project_beliefs",
+    "simplex_figure",
+    "simplex_projection",
+    "training_curve_figure",
+]
+
+_TRIANGLE = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+
+
+def _as_points(beliefs, what: str = "beliefs") -> np.ndarray:
+    """Flatten ``[..., S]`` tensors or arrays to a float64 ``[n, S]`` numpy array."""
+    arr = np.asarray(beliefs.detach().cpu() if hasattr(beliefs, "detach") else beliefs, dtype=float)
+    if arr.ndim < 1 or arr.shape[-1] < 2:
+        raise BeliefLensError(f"{what} must have shape [..., n_states >= 2], got {arr.shape}")
+    return arr.reshape(-1, arr.shape[-1])
+
+
+def simplex_projection(beliefs) -> np.ndarray:
+    """Map 3-state beliefs to 2-D points of the equilateral triangle (vertices = pure states)."""
+    b = _as_points(beliefs)
+    if b.shape[1] != 3:
+        raise BeliefLensError(f"simplex_projection needs 3 states, got {b.shape[1]}")
+    return b @ _TRIANGLE
+
+
+def project_beliefs(beliefs, reference=None, n_components: int = 2) -> np.ndarray:
+    """2-D coordinates of beliefs: the simplex triangle for 3 states; otherwise the first principal
+    components of ``reference`` (default: the beliefs themselves), so that ground truth and probe
+    output share one projection."""
+    b = _as_points(beliefs)
+    if b.shape[1] == 3:
+        return simplex_projection(b)
+    ref = b if reference is None else _as_points(reference, "reference")
+    if ref.shape[1] != b.shape[1]:
+        raise BeliefLensError(f"reference has {ref.shape[1]} states, beliefs {b.shape[1]}")
+    mean = ref.mean(0)
+    _, _, vt = np.linalg.svd(ref - mean, full_matrices=False)
+    out = (b - mean) @ vt[:n_components].T
+    if out.shape[1] < n_components:  # fewer free directions than components asked for
+        out = np.pad(out, ((0, 0), (0, n_components - out.shape[1])))
+    return out
+
+
+def belief_colors(beliefs) -> list[str]:
+    """One CSS colour per belief: RGB = the belief itself for 3 states, else its first 3 PCs."""
+    b = _as_points(beliefs)
+    if b.shape[1] != 3:
+        pcs = project_beliefs(b, n_components=3)
+        lo, hi = pcs.min(0), pcs.max(0)
+        b = (pcs - lo) / np.where(hi > lo, hi - lo, 1.0)
+    rgb = np.clip(np.round(b * 255), 0, 255).astype(int)
+    return [f"rgb({r},{g},{b_})" for r, g, b_ in rgb]
+
+
+def _scatter(xy: np.ndarray, colors, size: float, name: str) -> go.Scattergl:
+    return go.Scattergl(
+        x=xy[:, 0],
+        y=xy[:, 1],
+        mode="markers",
+        marker={"color": colors, "size": size, "line": {"width": 0}},
+        name=name,
+        showlegend=False,
+    )
+
+
+def _triangle() -> go.Scatter:
+    closed = np.vstack([_TRIANGLE, _TRIANGLE[:1]])
+    return go.Scatter(
+        x=closed[:, 0], y=closed[:, 1], mode="lines", line={"color": "lightgray"}, showlegend=False
+    )
+
+
+def _square_axes(fig: go.Figure, n_panels: int) -> None:
+    for i in range(1, n_panels + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.update_layout(
+            {
+                f"xaxis{suffix}": {"visible": False},
+                f"yaxis{suffix}": {
+                    "visible": False,
+                    "scaleanchor": f"x{suffix}",
+                    "scaleratio": 1,
+                },
+            }
+        )
+
+
+def simplex_figure(
+    beliefs, colors=None, *, title: str | None = None, marker_size: float = 2.0
+) -> go.Figure:
+    """Beliefs as points on the simplex (3 states) or their first two principal components."""
+    b = _as_points(beliefs)
+    fig = go.Figure()
+    if b.shape[1] == 3:
+        fig.add_trace(_triangle())
+    colors = belief_colors(b) if colors is None else colors
+    fig.add_trace(_scatter(project_beliefs(b), colors, marker_size, "beliefs"))
+    fig.update_layout(title=title, template="plotly_white", width=520, height=480)
+    _square_axes(fig, 1)
+    return fig
+
+
+def compare_figure(
+    true_beliefs,
+    predicted_beliefs,
+    *,
+    titles: Sequence[str] = ("Ground truth", "Probe output"),
+    title: str | None = None,
+    marker_size: float = 2.0,
+) -> go.Figure:
+    """Ground truth and probe output side by side, every point coloured by its true belief."""
+    t, p = _as_points(true_beliefs), _as_points(predicted_beliefs, "predicted_beliefs")
+    if t.shape != p.shape:
+        raise BeliefLensError(f"true beliefs {t.shape} and predictions {p.shape} differ in shape")
+    colors = belief_colors(t)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=list(titles))
+    for col, pts in ((1, t), (2, p)):
+        if t.shape[1] == 3:
+            fig.add_trace(_triangle(), row=1, col=col)
+        fig.add_trace(
+            _scatter(project_beliefs(pts, reference=t), colors, marker_size, titles[col - 1]),
+            row=1,
+            col=col,
+        )
+    fig.update_layout(title=title, template="plotly_white", width=1000, height=480)
+    _square_axes(fig, 2)
+    return fig
+
+
+def layer_grid_figure(
+    true_beliefs,
+    predictions: Mapping[str, object],
+    scores: Mapping[str, float] | None = None,
+    *,
+    n_cols: int = 4,
+    marker_size: float = 1.5,
+    title: str | None = None,
+) -> go.Figure:
+    """One panel per hook: its probe output, coloured by true belief, titled with its MSE."""
+    if not predictions:
+        raise BeliefLensError("predictions is empty: give at least one hook's probe output")
+    t = _as_points(true_beliefs)
+    colors = belief_colors(t)
+    names = list(predictions)
+    n_cols = min(n_cols, len(names))
+    n_rows = math.ceil(len(names) / n_cols)
+    sub = [f"{n}<br>MSE {scores[n]:.2e}" if scores and n in scores else n for n in names]
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=sub)
+    for k, name in enumerate(names):
+        row, col = divmod(k, n_cols)
+        pts = _as_points(predictions[name], name)
+        if t.shape[1] == 3:
+            fig.add_trace(_triangle(), row=row + 1, col=col + 1)
+        fig.add_trace(
+            _scatter(project_beliefs(pts, reference=t), colors, marker_size, name),
+            row=row + 1,
+            col=col + 1,
+        )
+    fig.update_annotations(font_size=10)
+    fig.update_layout(
+        title=title, template="plotly_white", width=260 * n_cols, height=280 * n_rows + 60
+    )
+    _square_axes(fig, n_rows * n_cols)
+    return fig
+
+
+def training_curve_figure(
+    tokens: Sequence[float],
+    loss: Sequence[float],
+    optimal: float,
+    *,
+    eval_tokens: Sequence[float] | None = None,
+    eval_loss: Sequence[float] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Loss divided by the optimal loss against tokens seen; 1.0 is a Bayes-optimal predictor."""
+    if optimal <= 0:
+        raise BeliefLensError(f"optimal loss must be positive, got {optimal}")
+    if len(tokens) != len(loss):
+        raise BeliefLensError(f"tokens has {len(tokens)} entries but loss has {len(loss)}")
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=list(tokens),
+            y=[v / optimal for v in loss],
+            mode="lines",
+            name="train loss / optimal",
+            line={"width": 1},
+        )
+    )
+    if eval_tokens is not None and eval_loss is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=list(eval_tokens),
+                y=[v / optimal for v in eval_loss],
+                mode="lines+markers",
+                name="eval loss / optimal",
+            )
+        )
+    fig.add_hline(y=1.0, line_dash="dash", annotation_text="optimal", line_color="gray")
+    fig.update_layout(
+        title=title,
+        xaxis_title="tokens seen",
+        yaxis_title="loss / optimal loss",
+        template="plotly_white",
+        width=700,
+        height=420,
+    )
+    fig.update_yaxes(type="log")
+    return fig
