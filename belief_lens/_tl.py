@@ -1,0 +1,127 @@
+"""Lazy, version-aware access to TransformerLens.
+
+TransformerLens 2.x builds toy models as ``HookedTransformer``; 4.x only has
+``TransformerBridge.boot_native``; 3.4+ has both. Everything here imports TransformerLens
+inside functions, so ``import belief_lens`` stays fast and works without it. Feature detection
+imports specific submodules under ``try/except ImportError``: ``hasattr(transformer_lens, ...)``
+raises ImportError on TL 4 for removed names.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import re
+from typing import Any, Literal
+
+from belief_lens.errors import BeliefLensError
+
+ModelKind = Literal["bridge", "hooked"]
+
+__all__ = [
+    "ModelKind",
+    "bridge_classes",
+    "convert_legacy_state_dict",
+    "default_kind",
+    "get_act_name",
+    "hooked_classes",
+    "is_bridge_available",
+    "is_hooked_transformer_available",
+    "tl_version",
+    "tl_version_string",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def tl_version_string() -> str:
+    """The installed TransformerLens version, read from package metadata (no import)."""
+    try:
+        return importlib.metadata.version("transformer-lens")
+    except importlib.metadata.PackageNotFoundError:
+        raise BeliefLensError(
+            "TransformerLens is not installed; install it with `pip install transformer-lens`"
+        ) from None
+
+
+def tl_version() -> tuple[int, int, int]:
+    """The installed TransformerLens version as ``(major, minor, patch)``."""
+    parts = [int(m) for m in re.findall(r"\d+", tl_version_string())[:3]]
+    parts += [0] * (3 - len(parts))
+    return parts[0], parts[1], parts[2]
+
+
+@functools.lru_cache(maxsize=1)
+def bridge_classes() -> tuple[Any, Any]:
+    """``(TransformerBridge, TransformerBridgeConfig)``, with ``boot_native`` registered.
+
+    Raises ImportError when the installed TransformerLens has no native bridge.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        from transformer_lens.config import TransformerBridgeConfig
+    except ImportError:
+        from transformer_lens.model_bridge import TransformerBridgeConfig  # type: ignore
+    if getattr(TransformerBridge, "boot_native", None) is None:
+        # boot_native is attached to the class when its source module is imported.
+        import transformer_lens.model_bridge.sources.native  # noqa: F401
+    if getattr(TransformerBridge, "boot_native", None) is None:
+        raise ImportError("this TransformerLens has no TransformerBridge.boot_native")
+    return TransformerBridge, TransformerBridgeConfig
+
+
+@functools.lru_cache(maxsize=1)
+def hooked_classes() -> tuple[Any, Any]:
+    """``(HookedTransformer, HookedTransformerConfig)``; ImportError on TransformerLens 4+."""
+    from transformer_lens.HookedTransformer import HookedTransformer
+    from transformer_lens.HookedTransformerConfig import HookedTransformerConfig
+
+    return HookedTransformer, HookedTransformerConfig
+
+
+def is_bridge_available() -> bool:
+    """Whether ``TransformerBridge.boot_native`` can build toy models here (TL >= 3.4)."""
+    try:
+        bridge_classes()
+    except ImportError:
+        return False
+    return True
+
+
+def is_hooked_transformer_available() -> bool:
+    """Whether ``HookedTransformer`` exists here (TL < 4)."""
+    try:
+        hooked_classes()
+    except ImportError:
+        return False
+    return True
+
+
+def default_kind() -> ModelKind:
+    """The model kind this package builds: the bridge on TL >= 3.4, else ``HookedTransformer``."""
+    if tl_version() >= (3, 4, 0) and is_bridge_available():
+        return "bridge"
+    if is_hooked_transformer_available():
+        return "hooked"
+    if is_bridge_available():
+        return "bridge"
+    raise BeliefLensError(
+        f"TransformerLens {tl_version_string()} has neither TransformerBridge.boot_native "
+        "nor HookedTransformer; install transformer-lens>=2.16"
+    )
+
+
+def convert_legacy_state_dict(state_dict: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """Convert a ``HookedTransformer`` (TL 1/2) state dict to bridge keys with TL's converter."""
+    from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
+
+    return convert_tl_checkpoint(state_dict, cfg)
+
+
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """TransformerLens's ``get_act_name`` shorthand (``("resid_post", 3)`` -> full hook name)."""
+    try:
+        from transformer_lens.utilities import get_act_name as _get_act_name
+    except ImportError:
+        from transformer_lens.utils import get_act_name as _get_act_name  # TL 2.x
+    return _get_act_name(name, layer, layer_type)

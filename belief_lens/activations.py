@@ -1,0 +1,181 @@
+"""Reading residual streams through TransformerLens hooks.
+
+Only the duck-typed hook surface shared by ``HookedTransformer`` and ``TransformerBridge`` is used
+(``run_with_cache``, ``hook_dict``, ``cfg``), so users' own models of either kind work unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Union
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from belief_lens import _tl
+from belief_lens.errors import BeliefLensError
+
+__all__ = ["HookSpec", "require_eval_mode", "residual_hooks", "residual_stream", "resolve_hook"]
+
+#: A hook given by full name (``"blocks.3.hook_resid_post"``) or ``get_act_name`` shorthand
+#: (``("resid_post", 3)``; negative layers count from the end).
+HookSpec = Union[str, tuple[str, int]]  # noqa: UP007 (a runtime alias on Python 3.10)
+
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def residual_hooks(model: Any) -> list[str]:
+    """Residual-stream hook names in forward order.
+
+    ``blocks.0.hook_resid_pre`` (the embeddings), then each layer's ``hook_resid_mid`` and
+    ``hook_resid_post``, then ``ln_final.hook_normalized`` (omitted if the model has no final norm).
+    """
+    n_layers = int(model.cfg.n_layers)
+    names = ["blocks.0.hook_resid_pre"]
+    for layer in range(n_layers):
+        if not getattr(model.cfg, "attn_only", False):
+            names.append(f"blocks.{layer}.hook_resid_mid")
+        names.append(f"blocks.{layer}.hook_resid_post")
+    if "ln_final.hook_normalized" in model.hook_dict:
+        names.append("ln_final.hook_normalized")
+    return names
+
+
+def resolve_hook(model: Any, hook: HookSpec) -> str:
+    """Turn a hook name or ``(name, layer)`` shorthand into a full hook name the model has.
+
+    An unknown hook raises, listing the model's residual-stream hooks.
+    """
+    if isinstance(hook, tuple):
+        if len(hook) != 2 or not isinstance(hook[0], str) or not isinstance(hook[1], int):
+            raise BeliefLensError(f"hook shorthand must be (name, layer), got {hook!r}")
+        name, layer = hook
+        n_layers = int(model.cfg.n_layers)
+        if layer < 0:
+            layer += n_layers
+        if not 0 <= layer < n_layers:
+            raise BeliefLensError(
+                f"hook {hook!r}: layer must be in [-{n_layers}, {n_layers}), got {hook[1]}"
+            )
+        full = _tl.get_act_name(name, layer)
+    elif isinstance(hook, str):
+        full = _tl.get_act_name(hook)
+    else:
+        raise BeliefLensError(f"hook must be a name or (name, layer), got {type(hook).__name__}")
+    if full not in model.hook_dict:
+        raise BeliefLensError(
+            f"unknown hook {hook!r} (resolved to {full!r}); residual-stream hooks of this model: "
+            f"{residual_hooks(model)}"
+        )
+    return full
+
+
+def _hook_layer(name: str) -> int | None:
+    """The block index a hook fires in, or None for hooks outside the blocks."""
+    match = _LAYER_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _stop_at_layer(model: Any, names: Sequence[str]) -> int | None:
+    """The ``stop_at_layer`` that still runs every block the hooks need (None: full forward)."""
+    n_layers = int(model.cfg.n_layers)
+    last = -1
+    for name in names:
+        layer = _hook_layer(name)
+        if layer is None:
+            if name.startswith(("hook_embed", "hook_pos_embed", "embed.", "pos_embed.")):
+                continue
+            return None  # ln_final, unembed: the whole model must run
+        last = max(last, layer)
+    stop = last + 1
+    return stop if stop < n_layers else None
+
+
+def require_eval_mode(model: Any) -> None:
+    """Raise listing the submodules still in train mode (dropout would corrupt activations)."""
+    training = [name or "<model>" for name, module in model.named_modules() if module.training]
+    if training:
+        shown = training[:5] + (["..."] if len(training) > 5 else [])
+        raise BeliefLensError(
+            f"model is in train mode ({len(training)} modules training: {shown}); call model.eval()"
+        )
+
+
+def check_tokens(model: Any, tokens: Any) -> Int[Tensor, "n pos"]:
+    """Validate tokens against the model: 2-D integers, at most ``n_ctx`` long, inside the vocab."""
+    tokens = torch.as_tensor(tokens)
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
+        raise BeliefLensError(f"tokens must be integers, got dtype {tokens.dtype}")
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2:
+        raise BeliefLensError(f"tokens must be [n, pos], got shape {tuple(tokens.shape)}")
+    n_ctx = int(model.cfg.n_ctx)
+    if tokens.shape[1] > n_ctx:
+        raise BeliefLensError(
+            f"tokens have {tokens.shape[1]} positions but the model's n_ctx is {n_ctx}"
+        )
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise BeliefLensError(f"tokens are empty, shape {tuple(tokens.shape)}")
+    d_vocab = int(model.cfg.d_vocab)
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= d_vocab):
+        raise BeliefLensError(
+            f"tokens must lie in [0, {d_vocab}) (the model's d_vocab), "
+            f"got min {int(tokens.min())}, max {int(tokens.max())}"
+        )
+    return tokens.long()
+
+
+def _model_device(model: Any) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def residual_stream(
+    model: Any,
+    tokens: Int[Tensor, "n pos"],
+    hooks: HookSpec | Sequence[HookSpec] | None = None,
+    concat: bool = False,
+    batch_size: int = 4096,
+    device: str | torch.device | None = None,
+) -> dict[str, Float[Tensor, "n pos d_model"]] | Float[Tensor, "n pos n_hooks_d_model"]:
+    """Residual-stream activations at ``hooks`` (default: ``residual_hooks(model)``), float32.
+
+    Runs in batches under ``torch.no_grad`` with a ``names_filter`` and stops at the last layer
+    needed, so memory holds only the requested hooks. Returns ``{hook: [n, pos, d_model]}`` in the
+    order asked, or with ``concat=True`` one ``[n, pos, n_hooks * d_model]`` tensor. Results land
+    on ``device`` (default CPU). The model must be in eval mode.
+    """
+    require_eval_mode(model)
+    tokens = check_tokens(model, tokens)
+    if hooks is None:
+        names = residual_hooks(model)
+    elif isinstance(hooks, (str, tuple)):
+        names = [resolve_hook(model, hooks)]
+    else:
+        names = [resolve_hook(model, h) for h in hooks]
+    if not names:
+        raise BeliefLensError("hooks is empty; give at least one hook name")
+    names = list(dict.fromkeys(names))
+    if batch_size < 1:
+        raise BeliefLensError(f"batch_size must be >= 1, got {batch_size}")
+    out_device = torch.device("cpu") if device is None else torch.device(device)
+    stop = _stop_at_layer(model, names)
+    model_device = _model_device(model)
+    wanted = set(names)
+    chunks: dict[str, list[Tensor]] = {name: [] for name in names}
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start : start + batch_size].to(model_device)
+        _, cache = model.run_with_cache(
+            batch, names_filter=lambda name: name in wanted, stop_at_layer=stop
+        )
+        for name in names:
+            chunks[name].append(cache[name].detach().to(out_device, torch.float32))
+    result = {name: torch.cat(parts) for name, parts in chunks.items()}
+    if concat:
+        return torch.cat([result[name] for name in names], dim=-1)
+    return result

@@ -1,0 +1,407 @@
+"""Toy transformers across TransformerLens versions, and safetensors checkpoints.
+
+``toy_transformer`` returns ``TransformerBridge.boot_native(...)`` on TransformerLens >= 3.4 and a
+``HookedTransformer`` on 2.x. Checkpoints are always written with ``HookedTransformer`` (TL 1/2)
+tensor names, the format of the paper's checkpoints, so a file saved under one TransformerLens
+version loads under the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from belief_lens import _tl
+from belief_lens.errors import BeliefLensError
+
+__all__ = ["find_checkpoint", "load_checkpoint", "save_checkpoint", "toy_transformer"]
+
+logger = logging.getLogger(__name__)
+
+#: Architecture fields (``HookedTransformerConfig`` names) recorded in a checkpoint's config.
+ARCH_FIELDS = (
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_head",
+    "d_mlp",
+    "n_ctx",
+    "d_vocab",
+    "act_fn",
+    "normalization_type",
+    "attn_only",
+    "positional_embedding_type",
+    "use_attn_scale",
+)
+_REQUIRED_FIELDS = ("n_layers", "d_model", "d_head", "n_ctx", "d_vocab")
+_META_KEY = "belief_lens"
+_FORMAT_LEGACY = "hooked_transformer"
+_FORMAT_BRIDGE = "bridge"
+# Buffers of HookedTransformer attention: derived from the config, never learned.
+_BUFFER_SUFFIXES = (".mask", ".IGNORE")
+
+
+def toy_transformer(
+    d_vocab: int,
+    n_ctx: int,
+    n_layers: int = 4,
+    d_model: int = 64,
+    n_heads: int = 1,
+    d_head: int = 8,
+    d_mlp: int = 256,
+    act_fn: str = "relu",
+    normalization_type: str | None = "LN",
+    seed: int | None = 0,
+    device: str | torch.device | None = None,
+    *,
+    kind: str = "auto",
+) -> Any:
+    """A randomly initialised toy transformer on the installed TransformerLens, with no hub access.
+
+    The same arguments and seed give the same weights on the same TransformerLens version; the
+    caller's global RNG state is left untouched. ``device=None`` means CPU. ``kind`` is
+    ``"auto"`` (bridge on TL >= 3.4, else ``HookedTransformer``), ``"bridge"`` or ``"hooked"``.
+    """
+    arch = {
+        "d_vocab": int(d_vocab),
+        "n_ctx": int(n_ctx),
+        "n_layers": int(n_layers),
+        "d_model": int(d_model),
+        "n_heads": int(n_heads),
+        "d_head": int(d_head),
+        "d_mlp": int(d_mlp),
+        "act_fn": act_fn,
+        "normalization_type": normalization_type,
+    }
+    for name in ("d_vocab", "n_ctx", "n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
+        if arch[name] < 1:
+            raise BeliefLensError(f"toy_transformer: {name} must be >= 1, got {arch[name]}")
+    return _build(arch, seed=seed, device=device, kind=kind)
+
+
+def _resolve_kind(kind: str) -> str:
+    if kind == "auto":
+        return _tl.default_kind()
+    if kind == "bridge":
+        if not _tl.is_bridge_available():
+            raise BeliefLensError(
+                f"kind='bridge' needs TransformerLens >= 3.4, got {_tl.tl_version_string()}"
+            )
+        return kind
+    if kind == "hooked":
+        if not _tl.is_hooked_transformer_available():
+            raise BeliefLensError(
+                f"kind='hooked' needs TransformerLens < 4 (HookedTransformer), "
+                f"got {_tl.tl_version_string()}"
+            )
+        return kind
+    raise BeliefLensError(f"kind must be 'auto', 'bridge' or 'hooked', got {kind!r}")
+
+
+@contextlib.contextmanager
+def _preserve_global_rng() -> Iterator[None]:
+    """Restore torch, numpy and ``random`` global RNG states (TL 2 seeds all three)."""
+    np_state = np.random.get_state()  # noqa: NPY002 (TL 2 seeds the legacy global RNG)
+    py_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)  # noqa: NPY002
+            random.setstate(py_state)
+
+
+def _build(
+    arch: Mapping[str, Any],
+    *,
+    seed: int | None,
+    device: str | torch.device | None,
+    kind: str = "auto",
+) -> Any:
+    """Build a model from ``HookedTransformerConfig``-style fields on the chosen kind."""
+    kind = _resolve_kind(kind)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    fields = dict(arch)
+    fields["seed"] = seed
+    try:
+        if kind == "bridge":
+            bridge_cls, config_cls = _tl.bridge_classes()
+            cfg = config_cls(**fields)
+            with _preserve_global_rng():
+                model = bridge_cls.boot_native(cfg, device=device)
+        else:
+            model_cls, config_cls = _tl.hooked_classes()
+            cfg = config_cls(**fields, device=str(device))
+            with _preserve_global_rng():
+                model = model_cls(cfg)
+    except (TypeError, ValueError) as err:
+        raise BeliefLensError(f"cannot build a {kind} model from {dict(arch)}: {err}") from err
+    return model
+
+
+def _architecture(model: Any) -> dict[str, Any]:
+    """The ``HookedTransformerConfig`` architecture fields of a model, read from ``model.cfg``."""
+    cfg = model.cfg
+    missing = object()
+    arch = {}
+    for name in ARCH_FIELDS:
+        value = getattr(cfg, name, missing)
+        if value is not missing:
+            arch[name] = value
+    return arch
+
+
+# --- state-dict formats -------------------------------------------------------------------------
+
+
+def _is_legacy_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
+    return "embed.W_E" in state_dict
+
+
+def _bridge_to_legacy(state_dict: Mapping[str, Tensor], arch: Mapping[str, Any]) -> dict:
+    """Invert TL's ``convert_tl_checkpoint``: bridge keys -> ``HookedTransformer`` keys/shapes.
+
+    Covers the toy architecture (LayerNorm or none, dense MLP, multi-head attention); an
+    unrecognised key raises, and the caller then saves bridge keys instead.
+    """
+    n_heads = arch["n_heads"]
+    out: dict[str, Tensor] = {}
+    for key, t in state_dict.items():
+        prefix, _, leaf = key.rpartition(".")
+        stem, _, part = prefix.rpartition(".")
+        if key == "embed.weight":
+            out["embed.W_E"] = t
+        elif key == "pos_embed.weight":
+            out["pos_embed.W_pos"] = t
+        elif key == "unembed.weight":
+            out["unembed.W_U"] = t.T.contiguous()
+        elif key == "unembed.bias":
+            out["unembed.b_U"] = t
+        elif stem.endswith(".attn") and part in ("q", "k", "v"):
+            name = part.upper()
+            if leaf == "weight":  # [(h d), d_model] -> [h, d_model, d]
+                out[f"{stem}.W_{name}"] = (
+                    t.reshape(n_heads, -1, t.shape[-1]).transpose(1, 2).contiguous()
+                )
+            elif leaf == "bias":
+                out[f"{stem}.b_{name}"] = t.reshape(n_heads, -1).contiguous()
+            else:
+                raise KeyError(key)
+        elif stem.endswith(".attn") and part == "o":
+            if leaf == "weight":  # [d_model, (h d)] -> [h, d, d_model]
+                out[f"{stem}.W_O"] = t.T.reshape(n_heads, -1, t.shape[0]).contiguous()
+            elif leaf == "bias":
+                out[f"{stem}.b_O"] = t
+            else:
+                raise KeyError(key)
+        elif stem.endswith(".mlp") and part in ("in", "out"):
+            if leaf == "weight":
+                out[f"{stem}.W_{part}"] = t.T.contiguous()
+            elif leaf == "bias":
+                out[f"{stem}.b_{part}"] = t
+            else:
+                raise KeyError(key)
+        elif part in ("ln1", "ln2", "ln_final") or key.startswith("ln_final."):
+            if leaf == "weight":
+                out[f"{prefix}.w"] = t
+            elif leaf == "bias":
+                out[f"{prefix}.b"] = t
+            else:
+                raise KeyError(key)
+        else:
+            raise KeyError(key)
+    return out
+
+
+def _tensors_for_saving(model: Any) -> tuple[dict[str, Tensor], str]:
+    """The model's weights as CPU tensors in ``HookedTransformer`` format where possible."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v for k, v in state.items() if not k.endswith(_BUFFER_SUFFIXES)}
+    if _is_legacy_state_dict(state):
+        return state, _FORMAT_LEGACY
+    try:
+        return _bridge_to_legacy(state, _architecture(model)), _FORMAT_LEGACY
+    except (KeyError, RuntimeError) as err:
+        logger.info("saving bridge tensor names: no HookedTransformer name for %s", err)
+        return state, _FORMAT_BRIDGE
+
+
+# --- save / load --------------------------------------------------------------------------------
+
+
+def _config_path(path: Path) -> Path:
+    return path.with_suffix(".config.json")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temp file in the same folder and ``os.replace``: a crash keeps the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(
+    model: Any, path: str | os.PathLike, *, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Save weights to ``path`` (safetensors) and the architecture to ``path.config.json``.
+
+    The config holds the ``HookedTransformerConfig`` architecture fields at top level (like the
+    paper's) plus a ``belief_lens`` entry with the TransformerLens version, seed, tensor format and
+    ``extra`` (JSON-serialisable). Both files are written atomically. Returns the weights path.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise BeliefLensError(f"checkpoint path must end in .safetensors, got {str(path)!r}")
+    tensors, fmt = _tensors_for_saving(model)
+    config = _architecture(model)
+    config[_META_KEY] = {
+        "transformer_lens_version": _tl.tl_version_string(),
+        "seed": getattr(model.cfg, "seed", None),
+        "format": fmt,
+        "extra": dict(extra) if extra is not None else {},
+    }
+    try:
+        config_text = json.dumps(config, indent=2, sort_keys=False)
+    except TypeError as err:
+        raise BeliefLensError(f"save_checkpoint: extra must be JSON-serialisable: {err}") from err
+
+    def write_config(tmp: str) -> None:
+        Path(tmp).write_text(config_text + "\n")
+
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(_config_path(path), write_config)
+    return path
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``.config.json`` beside a checkpoint, as a dict (architecture plus ``belief_lens``)."""
+    path = Path(path)
+    config_path = _config_path(path)
+    if not config_path.is_file():
+        raise BeliefLensError(
+            f"checkpoint config {str(config_path)!r} not found; it must sit beside {path.name}"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise BeliefLensError(f"checkpoint config {str(config_path)!r} is not JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise BeliefLensError(f"checkpoint config {str(config_path)!r} must hold a JSON object")
+    missing = [k for k in _REQUIRED_FIELDS if k not in config]
+    if missing:
+        raise BeliefLensError(f"checkpoint config {str(config_path)!r} lacks fields {missing}")
+    return config
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None = None) -> Any:
+    """Load a checkpoint as a model of the installed TransformerLens (bridge or HookedTransformer).
+
+    Accepts this package's checkpoints and ``HookedTransformer`` state dicts in safetensors with
+    a ``.config.json`` of ``HookedTransformerConfig`` fields (the paper's). Never unpickles.
+    Keys or shapes that don't fit raise a ``BeliefLensError`` naming the file and the keys.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise BeliefLensError(f"checkpoint file {str(path)!r} not found")
+    config = read_checkpoint_config(path)
+    meta = config.pop(_META_KEY, {}) or {}
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BeliefLensError(f"cannot read {str(path)!r} as safetensors: {err}") from err
+    seed = meta.get("seed", None)
+    model = _build(config, seed=seed, device="cpu")
+    target = model.state_dict()
+    target_is_legacy = _is_legacy_state_dict(target)
+    file_is_legacy = _is_legacy_state_dict(state)
+
+    state = {k: v for k, v in state.items() if not k.endswith(_BUFFER_SUFFIXES)}
+    try:
+        if file_is_legacy and not target_is_legacy:
+            _check_keys(path, state, _bridge_to_legacy(target, config), "HookedTransformer")
+            state = _tl.convert_legacy_state_dict(state, model.cfg)
+        elif not file_is_legacy and target_is_legacy:
+            state = _bridge_to_legacy(state, config)
+    except (KeyError, ValueError) as err:
+        if isinstance(err, BeliefLensError):
+            raise
+        raise BeliefLensError(f"checkpoint {str(path)!r}: cannot convert tensor {err}") from err
+    # Derived buffers (causal mask, IGNORE) come from the freshly built model.
+    for key, value in target.items():
+        if key.endswith(_BUFFER_SUFFIXES):
+            state[key] = value
+    _check_keys(path, state, target, "model")
+    model.load_state_dict(state, strict=True)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return model
+
+
+def _check_keys(
+    path: Path, state: Mapping[str, Tensor], target: Mapping[str, Tensor], what: str
+) -> None:
+    """Raise naming the missing, unexpected and mis-shaped tensors of ``state`` vs ``target``."""
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs {what} {tuple(target[k].shape)}"
+        for k in sorted(set(state) & set(target))
+        if tuple(state[k].shape) != tuple(target[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if shapes:
+            parts.append(f"shape mismatches [{'; '.join(shapes)}]")
+        raise BeliefLensError(
+            f"checkpoint {str(path)!r} does not fit its config ({what} keys): " + ", ".join(parts)
+        )
+
+
+def find_checkpoint(name: str) -> Path:
+    """Locate a shared checkpoint such as ``"mess3_paper"`` (``.safetensors`` optional).
+
+    Looks in ``$BELIEF_LENS_CHECKPOINTS`` if set, else ``../shared/checkpoints/`` beside the
+    repository root. Raises ``FileNotFoundError`` (listing where it looked) when absent.
+    """
+    filename = name if name.endswith(".safetensors") else f"{name}.safetensors"
+    candidates = []
+    env = os.environ.get("BELIEF_LENS_CHECKPOINTS")
+    if env:
+        candidates.append(Path(env))
+    repo_root = Path(__file__).resolve().parent.parent
+    candidates.append(repo_root.parent / "shared" / "checkpoints")
+    for folder in candidates:
+        if (folder / filename).is_file():
+            return folder / filename
+    raise FileNotFoundError(
+        f"checkpoint {filename!r} not found in {[str(c) for c in candidates]}; "
+        "set BELIEF_LENS_CHECKPOINTS to the folder holding it"
+    )
