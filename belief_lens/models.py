@@ -135,16 +135,14 @@ def _build(
     fields = dict(arch)
     fields["seed"] = seed
     try:
-        if kind == "bridge":
-            bridge_cls, config_cls = _tl.bridge_classes()
-            cfg = config_cls(**fields)
-            with _preserve_global_rng():
-                model = bridge_cls.boot_native(cfg, device=device)
-        else:
-            model_cls, config_cls = _tl.hooked_classes()
-            cfg = config_cls(**fields, device=str(device))
-            with _preserve_global_rng():
-                model = model_cls(cfg)
+        # TL 2's config seeds the global RNGs in __post_init__, so build it inside the guard too.
+        with _preserve_global_rng():
+            if kind == "bridge":
+                bridge_cls, config_cls = _tl.bridge_classes()
+                model = bridge_cls.boot_native(config_cls(**fields), device=device)
+            else:
+                model_cls, config_cls = _tl.hooked_classes()
+                model = model_cls(config_cls(**fields, device=str(device)))
     except (TypeError, ValueError) as err:
         raise BeliefLensError(f"cannot build a {kind} model from {dict(arch)}: {err}") from err
     return model
@@ -334,31 +332,42 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
         raise BeliefLensError(f"cannot read {str(path)!r} as safetensors: {err}") from err
     seed = meta.get("seed", None)
     model = _build(config, seed=seed, device="cpu")
+    load_weights_into(model, state, path=path)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return model
+
+
+def load_weights_into(
+    model: Any, state: Mapping[str, Tensor], *, path: str | os.PathLike = "<state dict>"
+) -> None:
+    """Load a state dict of either tensor format into a built model of the same architecture.
+
+    ``HookedTransformer`` names are converted for a bridge and back; the derived attention
+    buffers (causal mask, IGNORE) come from the model. Mismatches raise naming ``path``.
+    """
+    path = Path(path)
     target = model.state_dict()
+    arch = _architecture(model)
     target_is_legacy = _is_legacy_state_dict(target)
     file_is_legacy = _is_legacy_state_dict(state)
-
     state = {k: v for k, v in state.items() if not k.endswith(_BUFFER_SUFFIXES)}
     try:
         if file_is_legacy and not target_is_legacy:
-            _check_keys(path, state, _bridge_to_legacy(target, config), "HookedTransformer")
+            _check_keys(path, state, _bridge_to_legacy(target, arch), "HookedTransformer")
             state = _tl.convert_legacy_state_dict(state, model.cfg)
         elif not file_is_legacy and target_is_legacy:
-            state = _bridge_to_legacy(state, config)
+            state = _bridge_to_legacy(state, arch)
     except (KeyError, ValueError) as err:
         if isinstance(err, BeliefLensError):
             raise
         raise BeliefLensError(f"checkpoint {str(path)!r}: cannot convert tensor {err}") from err
-    # Derived buffers (causal mask, IGNORE) come from the freshly built model.
     for key, value in target.items():
         if key.endswith(_BUFFER_SUFFIXES):
             state[key] = value
     _check_keys(path, state, target, "model")
     model.load_state_dict(state, strict=True)
-    if device is not None:
-        model = model.to(device)
-    model.eval()
-    return model
 
 
 def _check_keys(

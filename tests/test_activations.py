@@ -1,0 +1,151 @@
+"""Residual-stream hooks on both model kinds, and the paper's probe figures on its checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from belief_lens import _tl
+from belief_lens.activations import residual_hooks, residual_stream, resolve_hook
+from belief_lens.errors import BeliefLensError
+from belief_lens.models import load_checkpoint, toy_transformer
+
+KINDS = [
+    k
+    for k, ok in [
+        ("bridge", _tl.is_bridge_available()),
+        ("hooked", _tl.is_hooked_transformer_available()),
+    ]
+    if ok
+]
+EXPECTED_HOOKS = [
+    "blocks.0.hook_resid_pre",
+    "blocks.0.hook_resid_mid",
+    "blocks.0.hook_resid_post",
+    "blocks.1.hook_resid_mid",
+    "blocks.1.hook_resid_post",
+    "blocks.2.hook_resid_mid",
+    "blocks.2.hook_resid_post",
+    "ln_final.hook_normalized",
+]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def model(request):
+    return toy_transformer(
+        4, 6, n_layers=3, d_model=16, d_head=4, n_heads=2, d_mlp=32, kind=request.param
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.randint(0, 4, (37, 6), generator=torch.Generator().manual_seed(0))
+
+
+def test_residual_hooks_order(model):
+    assert residual_hooks(model) == EXPECTED_HOOKS
+
+
+def test_residual_stream_shapes_and_values(model, tokens):
+    acts = residual_stream(model, tokens)
+    assert list(acts) == EXPECTED_HOOKS
+    _, cache = model.run_with_cache(tokens)
+    for name, value in acts.items():
+        assert value.shape == (37, 6, 16) and value.dtype == torch.float32
+        assert value.device.type == "cpu"
+        torch.testing.assert_close(value, cache[name].float(), rtol=0, atol=1e-6)
+
+
+def test_batches_and_early_stop_agree(model, tokens):
+    full = residual_stream(model, tokens, hooks=["blocks.1.hook_resid_post"])
+    batched = residual_stream(model, tokens, hooks=["blocks.1.hook_resid_post"], batch_size=5)
+    torch.testing.assert_close(full, batched, rtol=0, atol=1e-6)
+    pre = residual_stream(model, tokens[:3, :4], hooks="blocks.0.hook_resid_pre")
+    assert pre["blocks.0.hook_resid_pre"].shape == (3, 4, 16)
+
+
+def test_concat_and_shorthand(model, tokens):
+    hooks = [("resid_post", 2), ("resid_mid", -3), "ln_final.hook_normalized"]
+    acts = residual_stream(model, tokens, hooks=hooks)
+    assert list(acts) == [
+        "blocks.2.hook_resid_post",
+        "blocks.0.hook_resid_mid",
+        "ln_final.hook_normalized",
+    ]
+    stacked = residual_stream(model, tokens, hooks=hooks, concat=True)
+    assert stacked.shape == (37, 6, 48)
+    torch.testing.assert_close(stacked[..., 16:32], acts["blocks.0.hook_resid_mid"])
+    assert resolve_hook(model, ("resid_post", -1)) == "blocks.2.hook_resid_post"
+
+
+def test_unknown_hook_lists_valid_names(model, tokens):
+    with pytest.raises(
+        BeliefLensError,
+        match=r"unknown hook.*blocks\.0\.hook_resid_pre.*"
+        r"ln_final\.hook_normalized",
+    ):
+        residual_stream(model, tokens, hooks=["blocks.9.hook_resid_post"])
+    with pytest.raises(BeliefLensError, match=r"layer must be in \[-3, 3\)"):
+        residual_stream(model, tokens, hooks=[("resid_post", 3)])
+
+
+def test_bad_tokens_raise(model, tokens):
+    with pytest.raises(BeliefLensError, match="7 positions but the model's n_ctx is 6"):
+        residual_stream(model, torch.zeros(2, 7, dtype=torch.long))
+    with pytest.raises(BeliefLensError, match=r"\[0, 4\).*max 4"):
+        residual_stream(model, torch.full((2, 3), 4))
+    with pytest.raises(BeliefLensError, match="min -1"):
+        residual_stream(model, torch.full((2, 3), -1))
+    with pytest.raises(BeliefLensError, match="integers"):
+        residual_stream(model, torch.zeros(2, 3))
+
+
+def test_train_mode_raises(tokens):
+    model = toy_transformer(4, 6, n_layers=1, d_model=8, d_head=4, d_mlp=16)
+    model.train()
+    with pytest.raises(BeliefLensError, match="train mode.*call model.eval"):
+        residual_stream(model, tokens)
+
+
+@pytest.fixture(scope="module")
+def mess3_paper(shared_checkpoint):
+    from belief_lens.beliefs import enumerate_sequences
+    from belief_lens.processes import mess3
+
+    hmm = mess3(0.05, 0.85)
+    model = load_checkpoint(shared_checkpoint("mess3_paper"))
+    every = enumerate_sequences(hmm, 10)
+    assert len(every) == 59_049
+    return hmm, model, every
+
+
+def _affine_mse(acts: torch.Tensor, beliefs: torch.Tensor) -> float:
+    x = acts.reshape(-1, acts.shape[-1]).double()
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    y = beliefs.reshape(-1, beliefs.shape[-1])
+    solution = torch.linalg.lstsq(x, y).solution
+    return float(((x @ solution - y) ** 2).mean())
+
+
+def test_paper_probe_mse(mess3_paper):
+    _, model, every = mess3_paper
+    hooks = ["blocks.3.hook_resid_post", "ln_final.hook_normalized"]
+    acts = residual_stream(model, every.tokens, hooks=hooks)
+    assert _affine_mse(acts[hooks[0]], every.beliefs) == pytest.approx(0.0004, abs=0.00005)
+    assert _affine_mse(acts[hooks[1]], every.beliefs) == pytest.approx(0.0003, abs=0.00005)
+
+
+def test_paper_model_loss_near_optimal(mess3_paper):
+    from belief_lens.compmech import optimal_loss
+
+    hmm, model, every = mess3_paper
+    with torch.no_grad():
+        logits = torch.cat(
+            [model(every.tokens[i : i + 16384]) for i in range(0, len(every), 16384)]
+        )
+    exact = hmm.next_token_probs(every.beliefs)  # P(token t+1 | tokens 0..t)
+    ce = -(exact * logits.double().log_softmax(-1)).sum(-1)  # [N, 10]
+    expected_ce = (every.probs[:, None] * ce).sum(0)
+    optimum = optimal_loss(hmm, 10)
+    assert float(expected_ce.mean() / optimum.mean()) == pytest.approx(1.0, abs=0.002)
+    assert (expected_ce >= optimum - 1e-9).all()
