@@ -1,0 +1,550 @@
+"""AffineProbe against sklearn and the closed form, the sweep engine, controls, and the paper's
+Mess3 numbers on the released checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.metrics import mean_squared_error, r2_score
+
+from belief_lens.beliefs import enumerate_sequences, next_token_distributions
+from belief_lens.errors import BeliefLensError
+from belief_lens.probes import (
+    AffineProbe,
+    ProbeData,
+    ProbeTable,
+    collect_probe_data,
+    distance_r2,
+    fit_probes,
+    next_token_control,
+    shuffle_control,
+    simplex_basis,
+    untrained_control,
+)
+from belief_lens.processes import mess3, rrxor
+
+H3 = "blocks.3.hook_resid_post"
+
+
+def make_data(n=600, d=12, S=3, seed=0, scale=True):
+    """Anisotropic, off-centre activations and belief-like (sum-to-one) targets."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.2, 4.0, size=d) + rng.normal(size=d) * 3
+    Y = rng.dirichlet(np.ones(S), size=n)
+    return X, Y
+
+
+# ----------------------------------------------------------------------------- vs sklearn
+
+
+def test_matches_sklearn_linear_regression():
+    X, Y = make_data()
+    probe = AffineProbe().fit(X, Y)
+    sk = LinearRegression().fit(X, Y)
+    np.testing.assert_allclose(probe.coef_.numpy(), sk.coef_, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(probe.intercept_.numpy(), sk.intercept_, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(probe.predict(X), sk.predict(X), atol=1e-10)
+
+
+def test_weighted_matches_sklearn_sample_weight():
+    X, Y = make_data(seed=1)
+    w = np.random.default_rng(1).uniform(0, 3, size=len(X))
+    probe = AffineProbe().fit(X, Y, w)
+    sk = LinearRegression().fit(X, Y, sample_weight=w)
+    np.testing.assert_allclose(probe.coef_.numpy(), sk.coef_, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(probe.intercept_.numpy(), sk.intercept_, atol=1e-6, rtol=0)
+    # Integer weights are row repetitions.
+    reps = np.random.default_rng(2).integers(0, 4, size=len(X))
+    a = AffineProbe().fit(X, Y, reps.astype(float))
+    b = AffineProbe().fit(np.repeat(X, reps, 0), np.repeat(Y, reps, 0))
+    torch.testing.assert_close(a.coef_, b.coef_, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ridge_matches_closed_form_and_sklearn(weighted):
+    X, Y = make_data(seed=2)
+    w = np.random.default_rng(3).uniform(0.1, 2, size=len(X)) if weighted else np.ones(len(X))
+    alpha = 25.0
+    probe = AffineProbe(ridge=alpha).fit(X, Y, w if weighted else None)
+    xm, ym = w @ X / w.sum(), w @ Y / w.sum()
+    Xc, Yc = X - xm, Y - ym
+    B = np.linalg.solve(
+        Xc.T @ (w[:, None] * Xc) + alpha * np.eye(X.shape[1]), Xc.T @ (w[:, None] * Yc)
+    )
+    np.testing.assert_allclose(probe.coef_.numpy(), B.T, atol=1e-10)
+    np.testing.assert_allclose(probe.intercept_.numpy(), ym - xm @ B, atol=1e-10)
+    sk = Ridge(alpha=alpha).fit(X, Y, sample_weight=w)
+    np.testing.assert_allclose(probe.coef_.numpy(), sk.coef_, atol=1e-6)
+    np.testing.assert_allclose(probe.intercept_.numpy(), sk.intercept_, atol=1e-6)
+    # The penalty shrinks the coefficients.
+    assert probe.coef_.norm() < AffineProbe().fit(X, Y).coef_.norm()
+
+
+def test_no_intercept_matches_sklearn():
+    X, Y = make_data(seed=4)
+    probe = AffineProbe(fit_intercept=False).fit(X, Y)
+    sk = LinearRegression(fit_intercept=False).fit(X, Y)
+    np.testing.assert_allclose(probe.coef_.numpy(), sk.coef_, atol=1e-6)
+    assert probe.intercept_.abs().max() == 0
+
+
+def test_planted_affine_map_recovered_exactly():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(500, 10, generator=g, dtype=torch.float64) * 3 + 1
+    W = torch.randn(4, 10, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    probe = AffineProbe().fit(X, X @ W.T + b)
+    torch.testing.assert_close(probe.coef_, W, atol=1e-10, rtol=0)
+    torch.testing.assert_close(probe.intercept_, b, atol=1e-10, rtol=0)
+    assert probe.score(X, X @ W.T + b)["mse"] < 1e-20
+    assert probe.n_free_ == 4  # targets don't sum to 1: every coordinate is free
+    torch.testing.assert_close(probe.simplex_basis_, torch.eye(4, dtype=torch.float64))
+
+
+def test_rank_deficient_gives_min_norm_solution():
+    X, Y = make_data(d=6, seed=5)
+    X = np.concatenate([X, X[:, :2] + 2 * X[:, 2:3]], 1)  # two dependent columns
+    probe = AffineProbe().fit(X, Y)
+    assert probe.rank_ == 6
+    sk = LinearRegression().fit(X, Y)
+    np.testing.assert_allclose(probe.predict(X), sk.predict(X), atol=1e-9)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    min_norm = np.linalg.pinv(Xc, rcond=1e-10) @ Yc
+    np.testing.assert_allclose(probe.coef_.numpy(), min_norm.T, atol=1e-8, rtol=0)
+
+
+def test_float32_acts_and_chunking():
+    """float32 input, more rows than one accumulation chunk: same as a float64 fit."""
+    X, Y = make_data(n=200_000, d=64, seed=6)
+    X32 = torch.from_numpy(X).float()
+    a = AffineProbe().fit(X32, torch.from_numpy(Y))
+    b = AffineProbe().fit(X32.double(), torch.from_numpy(Y))
+    torch.testing.assert_close(a.coef_, b.coef_, atol=1e-12, rtol=0)
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+def test_estimator_contract():
+    X, Y = make_data()
+    probe = AffineProbe(ridge=0.5)
+    assert probe.get_params() == {"ridge": 0.5, "fit_intercept": True}
+    assert repr(probe) == "AffineProbe(ridge=0.5, fit_intercept=True)"
+    assert not [k for k in vars(probe) if k.endswith("_")]  # __init__ stores hyperparameters only
+    assert probe.fit(X, Y) is probe
+    fitted = {k for k in vars(probe) if k.endswith("_")}
+    assert {
+        "coef_",
+        "intercept_",
+        "n_features_in_",
+        "n_targets_",
+        "hook_name_",
+        "x_mean_",
+    } <= fitted
+    assert {"y_mean_", "encoding_", "simplex_basis_", "n_free_", "rank_"} <= fitted
+    assert probe.coef_.dtype == torch.float64 and probe.coef_.shape == (3, 12)
+    assert probe.intercept_.shape == (3,) and probe.encoding_.shape == (2, 12)
+    assert (probe.n_features_in_, probe.n_targets_, probe.n_free_) == (12, 3, 2)
+    assert probe.hook_name_ is None
+    assert AffineProbe().fit(X, Y, hook_name=H3).hook_name_ == H3
+    assert probe.set_params(ridge=0.0) is probe and probe.ridge == 0.0
+    with pytest.raises(TypeError):
+        AffineProbe(0.5)  # keyword-only
+
+
+def test_shapes_and_types():
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(20, 7, 16, generator=g)
+    beliefs = torch.softmax(torch.randn(20, 7, 3, generator=g, dtype=torch.float64), -1)
+    probe = AffineProbe().fit(acts, beliefs)
+    out = probe.predict(acts)
+    assert isinstance(out, torch.Tensor) and out.shape == (20, 7, 3) and out.dtype == torch.float64
+    assert probe.predict(acts[0, 0]).shape == (3,)
+    flat = AffineProbe().fit(acts.reshape(-1, 16), beliefs.reshape(-1, 3))
+    torch.testing.assert_close(flat.coef_, probe.coef_)
+    out_np = probe.predict(acts.numpy())
+    assert isinstance(out_np, np.ndarray) and out_np.shape == (20, 7, 3)
+    np.testing.assert_allclose(out_np, out.numpy())
+    # weights with the leading shape or flat
+    w = torch.rand(20, 7, generator=g, dtype=torch.float64)
+    a = AffineProbe().fit(acts, beliefs, w)
+    b = AffineProbe().fit(acts, beliefs, w.reshape(-1))
+    torch.testing.assert_close(a.coef_, b.coef_)
+    assert AffineProbe().fit(acts.numpy(), beliefs.numpy()).coef_.dtype == torch.float64
+
+
+def test_score_matches_sklearn_metrics():
+    X, Y = make_data(seed=7)
+    w = np.random.default_rng(7).uniform(0, 2, size=len(X))
+    probe = AffineProbe().fit(X[:400], Y[:400])
+    for sw in (None, w[400:]):
+        s = probe.score(X[400:], Y[400:], sw)
+        pred = probe.predict(X[400:])
+        assert s["mse"] == pytest.approx(mean_squared_error(Y[400:], pred, sample_weight=sw))
+        assert s["r2"] == pytest.approx(r2_score(Y[400:], pred, sample_weight=sw))
+        assert s["rmse"] == pytest.approx(math.sqrt(s["mse"]))
+
+
+# ----------------------------------------------------------------------------- directions
+
+
+def test_simplex_basis_is_orthonormal_and_sum_zero():
+    for n in (2, 3, 5):
+        Q = simplex_basis(n)
+        assert Q.shape == (n, n - 1)
+        torch.testing.assert_close(Q.T @ Q, torch.eye(n - 1, dtype=torch.float64))
+        assert Q.sum(0).abs().max() < 1e-12
+
+
+def test_decoding_map_moves_prediction_by_delta():
+    X, Y = make_data(d=16, S=4, seed=8)
+    probe = AffineProbe().fit(X, Y)
+    D = probe.decoding_map()
+    assert D.shape == (4, 16)
+    delta = torch.tensor([0.2, -0.1, -0.3, 0.2], dtype=torch.float64)
+    x = torch.from_numpy(X[:5])
+    torch.testing.assert_close(probe.predict(x + delta @ D) - probe.predict(x), delta.expand(5, 4))
+    # minimum norm: the change lies in the probe's row space
+    row_space = torch.linalg.svd(probe.coef_, full_matrices=False)[2]
+    change = delta @ D
+    torch.testing.assert_close(change @ row_space.T @ row_space, change)
+
+
+def test_planted_encoding_recovered():
+    g = torch.Generator().manual_seed(1)
+    n, d, S = 20_000, 24, 3
+    beliefs = torch.from_numpy(np.random.default_rng(1).dirichlet(np.ones(S), size=n))
+    Q = simplex_basis(S)
+    E = torch.randn(S - 1, d, generator=g, dtype=torch.float64)
+    x0 = torch.randn(d, generator=g, dtype=torch.float64)
+    z = (beliefs - beliefs.mean(0)) @ Q
+    acts = x0 + z @ E + 0.01 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    probe = AffineProbe().fit(acts, beliefs)
+    torch.testing.assert_close(probe.encoding_, E, atol=5e-3, rtol=0)
+    torch.testing.assert_close(probe.encoding_map(), Q @ probe.encoding_)
+    # a belief change moves activations along the encoding map
+    delta = torch.tensor([0.1, -0.05, -0.05], dtype=torch.float64)
+    torch.testing.assert_close(delta @ probe.encoding_map(), (delta @ Q) @ E, atol=2e-3, rtol=0)
+    # Both bases span E's rows here (isotropic noise); the decoding one (a filter) only roughly,
+    # since it also adapts to the sample's noise (Haufe et al. 2014).
+    P_E = torch.linalg.pinv(E) @ E
+    for kind, tol in (("encoding", 1e-3), ("decoding", 5e-2)):
+        B = probe.belief_basis(kind)
+        assert B.shape == (d, S - 1)
+        torch.testing.assert_close(B.T @ B, torch.eye(S - 1, dtype=torch.float64))
+        torch.testing.assert_close(P_E @ B, B, atol=tol, rtol=0)
+
+
+def test_belief_basis_deterministic_sign():
+    X, Y = make_data(seed=9)
+    B = AffineProbe().fit(X, Y).belief_basis()
+    idx = B.abs().argmax(0)
+    assert (B[idx, torch.arange(B.shape[1])] > 0).all()
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_errors():
+    X, Y = make_data(n=512, d=64)
+    probe = AffineProbe()
+    for call in (
+        lambda: probe.predict(X),
+        lambda: probe.score(X, Y),
+        probe.encoding_map,
+        probe.decoding_map,
+        probe.belief_basis,
+    ):
+        with pytest.raises(BeliefLensError, match=r"AffineProbe is not fitted yet; call fit\(\)"):
+            call()
+    with pytest.raises(BeliefLensError, match="acts has 512 rows but beliefs has 511"):
+        probe.fit(X, Y[:511])
+    with pytest.raises(
+        BeliefLensError, match=r"leading shape \(4, 128\) but beliefs has \(128, 4\)"
+    ):
+        probe.fit(X.reshape(4, 128, 64), Y.reshape(128, 4, 3))
+    with pytest.raises(BeliefLensError, match="at least one leading dim, got 1-D"):
+        probe.fit(X[0], Y[0])
+    with pytest.raises(BeliefLensError, match=r"same leading dims as acts.*\(2-D\).*\(3-D\)"):
+        probe.fit(X, Y[:, None, :])
+    bad = X.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(
+        BeliefLensError, match=r"acts contains NaN or inf \(first at index \[3, 5\]\)"
+    ):
+        probe.fit(bad, Y)
+    badY = Y.copy()
+    badY[0, 0] = np.inf
+    with pytest.raises(BeliefLensError, match="beliefs contains NaN or inf"):
+        probe.fit(X, badY)
+    with pytest.raises(BeliefLensError, match="sample_weight must be >= 0, got min -1"):
+        probe.fit(X, Y, -np.ones(512))
+    with pytest.raises(BeliefLensError, match=r"sample_weight has shape \(5,\) but acts has"):
+        probe.fit(X, Y, np.ones(5))
+    with pytest.raises(BeliefLensError, match="sample_weight sums to 0"):
+        probe.fit(X, Y, np.zeros(512))
+    with pytest.raises(BeliefLensError, match="ridge must be a finite number >= 0, got -1"):
+        AffineProbe(ridge=-1).fit(X, Y)
+    with pytest.raises(BeliefLensError, match="no parameter 'alpha'"):
+        probe.set_params(alpha=1.0)
+    with pytest.raises(BeliefLensError, match="dtype torch.complex64"):
+        probe.fit(torch.zeros(4, 2, dtype=torch.complex64), Y[:4])
+    probe.fit(X, Y, hook_name=H3)
+    with pytest.raises(BeliefLensError, match=r"d=128 features but this probe was fit on d=64"):
+        probe.predict(np.zeros((3, 128)))
+    with pytest.raises(BeliefLensError, match="S=2 targets but this probe was fit on S=3"):
+        probe.score(X, Y[:, :2])
+    with pytest.raises(BeliefLensError, match="acts contains NaN"):
+        probe.predict(bad)
+    with pytest.raises(
+        BeliefLensError, match="kind must be 'encoding' or 'decoding', got 'filter'"
+    ):
+        probe.belief_basis("filter")
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def synthetic_data(hmm, n_ctx=5, d=8, n_hooks=2, weighted=False, dedupe=True, seed=0):
+    """ProbeData whose activations depend only on the prefix, as a causal model's do."""
+    seqs = enumerate_sequences(hmm, n_ctx)
+    g = torch.Generator().manual_seed(seed)
+    N, L, S = seqs.beliefs.shape
+    V = hmm.n_symbols
+    onehot = torch.nn.functional.one_hot(seqs.tokens, V).double()
+    prev = torch.cat([torch.zeros(N, 1, V, dtype=torch.float64), onehot[:, :-1]], 1)
+    feats = torch.cat([seqs.beliefs, onehot, prev, torch.ones(N, L, 1, dtype=torch.float64)], -1)
+    acts = {}
+    for h in range(n_hooks):
+        W = torch.randn(feats.shape[-1], d, generator=g, dtype=torch.float64)
+        acts[f"hook{h}"] = torch.tanh(feats @ W).float()
+    test_mask = torch.zeros(N, dtype=torch.bool)
+    test_mask[torch.randperm(N, generator=g)[: N // 4]] = True
+    return ProbeData(
+        tokens=seqs.tokens,
+        beliefs=seqs.beliefs,
+        acts=acts,
+        weights=seqs.probs if weighted else None,
+        test_mask=test_mask,
+        hmm=hmm,
+        n_ctx=n_ctx,
+        mode="weighted" if weighted else "paper",
+        seed=seed,
+        test_fraction=0.25,
+        dedupe=dedupe,
+    )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_engine_matches_direct_fits(weighted):
+    data = synthetic_data(rrxor(), n_ctx=6, weighted=weighted)
+    table = fit_probes(None, data=data)
+    assert table.hooks == ["hook0", "hook1", "concat"]
+    N, L, S = data.beliefs.shape
+    w = None if data.weights is None else data.weights[:, None].expand(N, L)
+    tr, te = ~data.test_mask, data.test_mask
+    for hook in table.hooks:
+        acts = torch.cat(list(data.acts.values()), -1) if hook == "concat" else data.acts[hook]
+        row = table[hook]
+
+        def sub(t, m):
+            return None if t is None else t[m]
+
+        split = AffineProbe().fit(acts[tr], data.beliefs[tr], sub(w, tr))
+        full = AffineProbe().fit(acts, data.beliefs, w)
+        s_tr = split.score(acts[tr], data.beliefs[tr], sub(w, tr))
+        s_te = split.score(acts[te], data.beliefs[te], sub(w, te))
+        s_all = full.score(acts, data.beliefs, w)
+        for key, ref in (("train", s_tr), ("test", s_te), ("all", s_all)):
+            assert row[f"mse_{key}"] == pytest.approx(ref["mse"], rel=1e-7), (hook, key)
+            assert row[f"r2_{key}"] == pytest.approx(ref["r2"], rel=1e-7, abs=1e-9), (hook, key)
+        assert row["d"] == acts.shape[-1]
+        assert (row["n_train"], row["n_test"]) == (int(tr.sum()), int(te.sum()))
+        torch.testing.assert_close(table.probes[hook].coef_, full.coef_, atol=1e-8, rtol=1e-6)
+    assert table.probes["hook0"].hook_name_ == "hook0"
+    assert table.probes["concat"].hook_name_ is None
+
+
+def test_dedupe_is_exact_and_cache_reused():
+    a = synthetic_data(mess3(), n_ctx=6, dedupe=True)
+    b = synthetic_data(mess3(), n_ctx=6, dedupe=False)
+    ta, tb = fit_probes(None, data=a), fit_probes(None, data=b)
+    for ra, rb in zip(ta.rows, tb.rows, strict=True):
+        for key in ("mse_train", "mse_test", "mse_all", "r2_test"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-9)
+    assert "xx" in a._cache
+    again = fit_probes(None, data=a)
+    assert again.rows == ta.rows
+    # without concat only diagonal blocks are needed; per-hook rows are unchanged
+    fresh = synthetic_data(mess3(), n_ctx=6)
+    no_concat = fit_probes(None, data=fresh, concat=False)
+    assert no_concat.hooks == ["hook0", "hook1"]
+    for ra, rb in zip(no_concat.rows, ta.rows[:2], strict=True):
+        assert ra["hook"] == rb["hook"]
+        assert [ra[k] for k in list(ra)[1:]] == pytest.approx([rb[k] for k in list(rb)[1:]])
+
+
+def test_controls_with_data():
+    hmm = rrxor()
+    data = synthetic_data(hmm, n_ctx=6)
+    shuffled = shuffle_control(None, data=data, concat=False)
+    assert shuffled.meta["name"] == "shuffle"
+    S = data.beliefs.shape[-1]
+    variance = data.beliefs.reshape(-1, S).var(0, unbiased=False).mean().item()
+    assert shuffled["hook0"]["mse_all"] == pytest.approx(variance, rel=0.05)
+    assert shuffle_control(None, data=data, seed=1)["hook0"]["mse_all"] != pytest.approx(
+        shuffled["hook0"]["mse_all"], rel=1e-12
+    )
+    nt = next_token_control(None, data=data)
+    assert nt.meta["targets"] == "next_token"
+    targets = next_token_distributions(hmm, data.tokens)
+    direct = AffineProbe().fit(data.acts["hook1"], targets)
+    assert nt["hook1"]["mse_all"] == pytest.approx(
+        direct.score(data.acts["hook1"], targets)["mse"], rel=1e-7
+    )
+    assert nt.probes["hook1"].n_targets_ == hmm.n_symbols
+
+
+def test_probe_table_access():
+    data = synthetic_data(mess3(), n_ctx=4)
+    table = fit_probes(None, data=data)
+    cols = table.columns()
+    assert cols["hook"] == ["hook0", "hook1", "concat"]
+    for key in ("d", "n_train", "n_test", "mse_train", "r2_train", "mse_test", "r2_test"):
+        assert len(cols[key]) == 3
+    assert cols["mse_all"][0] == table["hook0"]["mse_all"]
+    md = table.to_markdown()
+    assert md.splitlines()[0].startswith("| hook | d |") and "concat" in md
+    assert "name=probes" in str(table)
+    assert len(table) == 3 and [r["hook"] for r in table] == table.hooks
+    with pytest.raises(BeliefLensError, match=r"no row for hook 'nope'; rows: \['hook0'"):
+        table["nope"]
+    assert isinstance(table, ProbeTable)
+    with pytest.raises(BeliefLensError, match="targets must be 'beliefs' or 'next_token'"):
+        fit_probes(None, data=data, targets="tokens")
+    with pytest.raises(BeliefLensError, match=r"\['mode'\] given together with data="):
+        fit_probes(None, data=data, mode="sampled")
+    with pytest.raises(BeliefLensError, match="n_ctx=10 but data was collected with n_ctx=4"):
+        fit_probes(None, mess3(), 10, data=data)
+    with pytest.raises(BeliefLensError, match="give model, hmm and n_ctx"):
+        fit_probes(None)
+
+
+def test_distance_r2():
+    hmm = rrxor()
+    seqs = enumerate_sequences(hmm, 6)
+    nt = next_token_distributions(hmm, seqs.tokens)
+    perfect = distance_r2(seqs.beliefs, seqs.beliefs, nt, n_pairs=5000)
+    assert perfect["r2_beliefs"] == pytest.approx(1.0)
+    assert perfect["r2_next_token"] < 0.9  # RRXOR beliefs hold more than next-token geometry
+    assert perfect == distance_r2(seqs.beliefs.numpy(), seqs.beliefs, nt, n_pairs=5000)
+    assert perfect["n_pairs"] == 5000
+    with pytest.raises(BeliefLensError, match="pred_beliefs has shape"):
+        distance_r2(seqs.beliefs[:, :3], seqs.beliefs, nt)
+
+
+# ----------------------------------------------------------------------------- real models
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from belief_lens.models import toy_transformer
+
+    return toy_transformer(
+        d_vocab=4, n_ctx=6, n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, seed=0
+    ).eval()
+
+
+def test_modes_on_a_toy_model(tiny_model):
+    hmm = mess3()
+    paper = fit_probes(tiny_model, hmm, 5, test_fraction=0.2, seed=3)
+    assert paper.hooks[-1] == "concat" and len(paper.hooks) == 5  # pre, mid, post, ln_final
+    assert paper["concat"]["d"] == 4 * 16
+    assert paper["concat"]["n_train"] + paper["concat"]["n_test"] == 3**5
+    assert paper["concat"]["n_test"] == round(0.2 * 3**5)
+    weighted = fit_probes(
+        tiny_model, hmm, 5, mode="weighted", concat=False, hooks=["blocks.0.hook_resid_post"]
+    )
+    assert weighted.meta["weighted"] and weighted.hooks == ["blocks.0.hook_resid_post"]
+    sampled = collect_probe_data(
+        tiny_model, hmm, 6, ("resid_post", 0), mode="sampled", n_sequences=300
+    )
+    assert sampled.tokens.shape == (300, 6) and sampled.weights is None
+    assert int(sampled.test_mask.sum()) == 60
+    bos = collect_probe_data(tiny_model, hmm, 6, ["blocks.0.hook_resid_post"], bos=True)
+    assert bos.tokens.shape == (3**5, 5) and bos.acts["blocks.0.hook_resid_post"].shape == (
+        243,
+        5,
+        16,
+    )
+    # the split is by sequence and seeded
+    other = collect_probe_data(tiny_model, hmm, 5, ["blocks.0.hook_resid_post"], seed=4)
+    same = collect_probe_data(tiny_model, hmm, 5, ["blocks.0.hook_resid_post"], seed=4)
+    assert torch.equal(other.test_mask, same.test_mask)
+    assert not torch.equal(other.test_mask, bos.test_mask)
+    untrained = untrained_control(tiny_model, data=other, seed=1)
+    assert untrained.meta["name"] == "untrained" and untrained.hooks == ["blocks.0.hook_resid_post"]
+
+
+def test_collection_errors(tiny_model):
+    hmm = mess3()
+    with pytest.raises(BeliefLensError, match="mode must be 'paper', 'weighted' or 'sampled'"):
+        fit_probes(tiny_model, hmm, 5, mode="all")
+    with pytest.raises(BeliefLensError, match=r"test_fraction must be in \[0, 1\), got 1"):
+        fit_probes(tiny_model, hmm, 5, test_fraction=1)
+    with pytest.raises(BeliefLensError, match="n_sequences only applies to mode='sampled'"):
+        fit_probes(tiny_model, hmm, 5, n_sequences=100)
+    with pytest.raises(BeliefLensError, match="unknown hook"):
+        fit_probes(tiny_model, hmm, 5, hooks=["blocks.7.hook_resid_post"])
+    with pytest.raises(BeliefLensError, match=r"tokens must have shape \[N, 5\]"):
+        fit_probes(tiny_model, hmm, 5, tokens=torch.zeros(4, 3, dtype=torch.long))
+    with pytest.raises(BeliefLensError, match="n_ctx is 6"):
+        fit_probes(tiny_model, hmm, 7)
+
+
+@pytest.fixture(scope="module")
+def mess3_paper(shared_checkpoint):
+    """The paper's Mess3 model and its blocks.3.hook_resid_post data (one forward pass)."""
+    from belief_lens.models import load_checkpoint
+
+    model = load_checkpoint(shared_checkpoint("mess3_paper"))
+    data = collect_probe_data(model, mess3(), 10, [H3], mode="paper")
+    return model, data
+
+
+@pytest.mark.slow
+def test_mess3_paper_probe_mse(mess3_paper):
+    model, data = mess3_paper
+    table = fit_probes(model, data=data)
+    row = table[H3]
+    assert table.hooks == [H3]  # one hook: no concat row
+    assert row["n_train"] + row["n_test"] == 3**10
+    assert row["mse_all"] == pytest.approx(0.0004, abs=0.00005)  # paper: in-sample, all data
+    assert row["mse_test"] == pytest.approx(0.0004, abs=0.00005)  # held-out sequences
+    assert row["r2_all"] > 0.99
+    probe = table.probes[H3]
+    assert probe.hook_name_ == H3 and probe.n_free_ == 2
+    direct = probe.score(data.acts[H3], data.beliefs)
+    assert direct["mse"] == pytest.approx(row["mse_all"], rel=1e-8)
+    shuffled = shuffle_control(model, data=data)
+    assert shuffled[H3]["mse_all"] == pytest.approx(0.111, abs=0.005)
+    assert shuffled[H3]["mse_test"] == pytest.approx(0.111, abs=0.005)
+    nt = next_token_control(model, data=data)
+    assert nt[H3]["r2_all"] > 0.99
+    pred = probe.predict(data.acts[H3])
+    dist = distance_r2(pred, data.beliefs, next_token_distributions(mess3(), data.tokens))
+    assert dist["r2_beliefs"] > 0.98
+
+
+@pytest.mark.slow
+def test_mess3_paper_untrained_and_literal_call(mess3_paper):
+    model, data = mess3_paper
+    tokens = data.tokens[::20]  # a subset keeps the extra forward passes short
+    table = fit_probes(model, mess3(), 10, hooks=[H3], tokens=tokens)
+    assert table[H3]["mse_all"] < 0.0006
+    untrained = untrained_control(model, mess3(), 10, hooks=[H3], tokens=tokens)
+    assert untrained[H3]["mse_all"] > 10 * table[H3]["mse_all"]
