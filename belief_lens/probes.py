@@ -53,8 +53,9 @@ BasisKind = Literal["encoding", "decoding"]
 CONCAT = "concat"
 #: Targets whose rows sum to 1 within this tolerance are treated as beliefs (S - 1 free coords).
 _SUM_TOL = 1e-6
-#: Elements (rows x features) of one float64 chunk during accumulation: 32 MiB.
-_CHUNK_ELEMENTS = 1 << 22
+#: Elements (rows x features) of one float64 chunk during accumulation: 2 MiB, so that a chunk
+#: stays in cache between its conversion and its Gram matrix.
+_CHUNK_ELEMENTS = 1 << 18
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -92,11 +93,13 @@ def _eps(dtype: torch.dtype) -> float:
 
 
 def _check_pair(
-    acts: Any, targets: Any, name: str = "beliefs"
+    acts: Any, targets: Any, name: str = "beliefs", *, finite: bool = True
 ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
     """Validate ``acts [..., d]`` and ``targets [..., S]`` with equal leading dims.
 
-    Returns both flattened to ``[n, d]`` and ``[n, S]``, and the leading shape.
+    Returns both flattened to ``[n, d]`` and ``[n, S]``, and the leading shape. With
+    ``finite=False`` the caller checks for NaN/inf itself (``fit`` does so on its sums, which is
+    cheaper than a pass over the activations).
     """
     X, _ = _to_tensor(acts, "acts")
     Y, _ = _to_tensor(targets, name)
@@ -128,8 +131,9 @@ def _check_pair(
         )
     if math.prod(X.shape[:-1]) == 0:
         raise BeliefLensError(f"acts has no rows (shape {tuple(X.shape)})")
-    _check_finite(X, "acts")
-    _check_finite(Y, name)
+    if finite:
+        _check_finite(X, "acts")
+        _check_finite(Y, name)
     return X.reshape(-1, X.shape[-1]), Y.reshape(-1, Y.shape[-1]), tuple(X.shape[:-1])
 
 
@@ -270,27 +274,41 @@ class _Moments:
 
 
 def _row_chunks(n: int, width: int) -> Iterator[slice]:
-    step = max(256, _CHUNK_ELEMENTS // max(width, 1))
+    step = max(512, _CHUNK_ELEMENTS // max(width, 1))
     for start in range(0, n, step):
         yield slice(start, min(start + step, n))
 
 
 def _flat_moments(X: Tensor, Y: Tensor, w: Tensor | None) -> _Moments:
-    """Moments of flat ``X [n, D]``, ``Y [n, S]`` in float64, chunk by chunk."""
+    """Moments of flat ``X [n, D]``, ``Y [n, S]`` in float64, chunk by chunk.
+
+    Each chunk is written once into a float64 buffer ``[x - shift, y - shift, 1]`` (times
+    ``sqrt(w)``), whose Gram matrix holds every sum at once: second moments, the weighted sums
+    (last row) and the total weight (last entry).
+    """
     f64 = torch.float64
     n, D = X.shape
-    # Any shift is exact; one near the mean keeps the float64 sums free of cancellation.
-    shift_x, shift_y = X.mean(0).to("cpu", f64), Y.mean(0).to("cpu", f64)
-    bounds = [*range(0, D, 256), D]  # the Gram in block rows of 256 features
-    mom = _Moments.zeros(torch.cat([shift_x, shift_y]), D)
-    for rows in _row_chunks(n, D + Y.shape[1]):
-        Xc = X[rows].to("cpu", f64) - shift_x
-        Yc = Y[rows].to("cpu", f64) - shift_y
-        wc = None if w is None else w[rows]
-        mom.add_y(Yc, wc)
-        mom.add_xy(Xc, Yc if wc is None else Yc * wc[:, None])
-        mom.add_x(Xc, wc, bounds, "full")
-    return mom.finish()
+    S = Y.shape[1]
+    P = D + S
+    first = next(_row_chunks(n, P + 1))
+    # Any shift is exact; one near the mean (the first chunk's) keeps the sums from cancelling.
+    shift = torch.cat([X[first].mean(0).to("cpu", f64), Y[first].mean(0).to("cpu", f64)])
+    shift = torch.where(torch.isfinite(shift), shift, 0.0)
+    bounds = [*range(0, D, 256), P + 1]  # the Gram in block rows of 256 features
+    G = torch.zeros(P + 1, P + 1, dtype=f64)
+    buffer = torch.empty(first.stop - first.start, P + 1, dtype=f64)
+    for rows in _row_chunks(n, P + 1):
+        Z = buffer[: rows.stop - rows.start]
+        Z[:, :D] = X[rows]
+        Z[:, D:P] = Y[rows]
+        Z[:, :P] -= shift
+        Z[:, P] = 1.0
+        if w is not None:
+            Z.mul_(w[rows].sqrt()[:, None])
+        for lo, hi in pairwise(bounds):
+            G[lo:hi, lo:] += Z[:, lo:hi].T @ Z[:, lo:]
+    G = G.triu() + G.triu(1).T
+    return _Moments(float(G[P, P]), G[P, :P].clone(), G[:P, :P].clone(), shift, D)
 
 
 def _psd_solve(A: Tensor, B: Tensor, ridge: float, rel_tol: float) -> tuple[Tensor, int]:
@@ -447,9 +465,13 @@ class AffineProbe:
         Leading dims are flattened; ``sample_weight`` has the leading shape (or ``[n]``).
         """
         self._check_hyperparameters()
-        X, Y, lead = _check_pair(acts, beliefs)
+        X, Y, lead = _check_pair(acts, beliefs, finite=False)
         w = _check_weights(sample_weight, lead)
         mom = _flat_moments(X, Y, w)
+        if not (bool(torch.isfinite(mom.s).all()) and bool(torch.isfinite(mom.M).all())):
+            _check_finite(X, "acts")
+            _check_finite(Y, "beliefs")
+            raise BeliefLensError("acts or beliefs are too large: their squares overflow float64")
         self._fit_moments(
             mom,
             sums_to_one=_sums_to_one(Y),
@@ -505,7 +527,6 @@ class AffineProbe:
         if X.ndim < 1:
             raise BeliefLensError(f"acts must have shape [..., d], got a scalar of shape {X.shape}")
         self._check_features(X.shape[-1])
-        _check_finite(X, "acts")
         lead = X.shape[:-1]
         flat = X.reshape(-1, X.shape[-1])
         dev = flat.device
@@ -514,6 +535,9 @@ class AffineProbe:
         out = torch.empty(flat.shape[0], self.n_targets_, dtype=torch.float64, device=dev)
         for rows in _row_chunks(flat.shape[0], flat.shape[1]):
             out[rows] = (flat[rows].to(torch.float64) - xm) @ B + ym
+        if not bool(torch.isfinite(out).all()):  # cheaper than checking the input first
+            _check_finite(X, "acts")
+            raise BeliefLensError("acts are too large: the prediction overflows float64")
         out = out.reshape(*lead, self.n_targets_)
         return out.cpu().numpy() if was_numpy else out
 

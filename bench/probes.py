@@ -1,0 +1,107 @@
+"""Speed of AffineProbe against sklearn LinearRegression, and of ``belief-lens probe``.
+
+Run: ``python bench/probes.py`` (prefix ``OMP_NUM_THREADS=1`` for single-core figures). Goals
+(issue 4): fitting 590,490 x 64 activations (every Mess3 position) >= 5x faster than sklearn's
+``LinearRegression``; ``belief-lens probe`` on the paper's Mess3 checkpoint in under a minute.
+
+The activations are the paper checkpoint's ``blocks.3.hook_resid_post`` where the checkpoint is
+found, else random float32 of the same shape. Both fits get the same float32 array, in the same
+process, best of 3.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from sklearn.linear_model import LinearRegression
+
+from belief_lens.beliefs import enumerate_sequences
+from belief_lens.probes import AffineProbe
+from belief_lens.processes import mess3
+
+HOOK = "blocks.3.hook_resid_post"
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def mess3_data() -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
+    """``acts [590490, 64]`` float32, ``beliefs [590490, 3]``, their source, the checkpoint."""
+    seqs = enumerate_sequences(mess3(), 10)
+    beliefs = seqs.beliefs.reshape(-1, 3)
+    try:
+        from belief_lens.activations import residual_stream
+        from belief_lens.models import find_checkpoint, load_checkpoint
+
+        path = find_checkpoint("mess3_paper")
+        model = load_checkpoint(path)
+        acts = residual_stream(model, seqs.tokens, [HOOK])[HOOK].reshape(-1, 64)
+        return acts, beliefs, f"mess3_paper {HOOK}", str(path)
+    except (FileNotFoundError, ImportError) as err:
+        print(f"(checkpoint unavailable: {err}; using random float32 activations)")
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(len(beliefs), 64, generator=g), beliefs, "random float32", None
+
+
+def bench_fit() -> None:
+    acts, beliefs, source, _ = mess3_data()
+    X, Y = acts.numpy(), beliefs.numpy()
+    print(f"fit on {X.shape[0]:,} x {X.shape[1]} activations ({source}) -> {Y.shape[1]} targets")
+    probe = AffineProbe()
+    t_ours = best_of(lambda: probe.fit(acts, beliefs))
+    sk = LinearRegression()
+    t_sk = best_of(lambda: sk.fit(X, Y))
+    diff = np.abs(probe.coef_.numpy() - sk.coef_).max() / np.abs(sk.coef_).max()
+    print(f"  AffineProbe.fit            {t_ours:8.3f} s")
+    print(f"  sklearn LinearRegression   {t_sk:8.3f} s")
+    print(f"  speed-up                   {t_sk / t_ours:8.1f}x   (goal >= 5x)")
+    print(f"  max |coef difference| / max |coef|: {diff:.2e} (sklearn solves in float32 here)")
+    mse = probe.score(acts, beliefs)["mse"]
+    print(f"  in-sample MSE {mse:.6f}")
+
+
+def bench_cli() -> None:
+    exe = shutil.which("belief-lens")
+    cmd = [exe] if exe else [sys.executable, "-m", "belief_lens.cli"]
+    try:
+        from belief_lens.models import find_checkpoint
+
+        path = find_checkpoint("mess3_paper")
+    except FileNotFoundError as err:
+        print(f"belief-lens probe: skipped ({err})")
+        return
+    try:
+        import belief_lens.cli  # noqa: F401
+    except ImportError as err:
+        print(f"belief-lens probe: skipped, the CLI is not importable ({err})")
+        return
+    with tempfile.TemporaryDirectory() as out:
+        args = [*cmd, "probe", "--checkpoint", str(path), "--process", "mess3", "--out", out]
+        t0 = time.perf_counter()
+        proc = subprocess.run(args, capture_output=True, text=True, env=os.environ.copy())
+        wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        print(f"belief-lens probe: exit {proc.returncode} after {wall:.1f} s: {tail}")
+        return
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    print(f"belief-lens probe --checkpoint mess3_paper --process mess3: {wall:.1f} s wall")
+    print(f"  (goal < 60 s; OMP_NUM_THREADS={threads})")
+
+
+if __name__ == "__main__":
+    bench_fit()
+    bench_cli()
