@@ -294,8 +294,8 @@ def _flat_moments(X: Tensor, Y: Tensor, w: Tensor | None) -> _Moments:
     # Any shift is exact; one near the mean (the first chunk's) keeps the sums from cancelling.
     shift = torch.cat([X[first].mean(0).to("cpu", f64), Y[first].mean(0).to("cpu", f64)])
     shift = torch.where(torch.isfinite(shift), shift, 0.0)
-    bounds = [*range(0, D, 256), P + 1]  # the Gram in block rows of 256 features
-    G = torch.zeros(P + 1, P + 1, dtype=f64)
+    syrk = _dsyrk()
+    G = np.zeros((P + 1, P + 1), order="F")  # upper triangle accumulated
     buffer = torch.empty(first.stop - first.start, P + 1, dtype=f64)
     for rows in _row_chunks(n, P + 1):
         Z = buffer[: rows.stop - rows.start]
@@ -305,10 +305,22 @@ def _flat_moments(X: Tensor, Y: Tensor, w: Tensor | None) -> _Moments:
         Z[:, P] = 1.0
         if w is not None:
             Z.mul_(w[rows].sqrt()[:, None])
-        for lo, hi in pairwise(bounds):
-            G[lo:hi, lo:] += Z[:, lo:hi].T @ Z[:, lo:]
-    G = G.triu() + G.triu(1).T
-    return _Moments(float(G[P, P]), G[P, :P].clone(), G[:P, :P].clone(), shift, D)
+        if syrk is not None:  # BLAS dsyrk: the upper triangle of Z^T Z, half a GEMM's work
+            G = syrk(1.0, Z.numpy().T, beta=1.0, c=G, trans=0, lower=0, overwrite_c=1)
+        else:
+            G += (Z.T @ Z).numpy()
+    Gt = torch.from_numpy(np.triu(G))
+    Gt = Gt + Gt.triu(1).T
+    return _Moments(float(Gt[P, P]), Gt[P, :P].clone(), Gt[:P, :P].clone(), shift, D)
+
+
+def _dsyrk() -> Any:
+    """scipy's BLAS ``dsyrk`` (scipy comes with scikit-learn), or None without scipy."""
+    try:
+        from scipy.linalg.blas import dsyrk
+    except ImportError:
+        return None
+    return dsyrk
 
 
 def _psd_solve(A: Tensor, B: Tensor, ridge: float, rel_tol: float) -> tuple[Tensor, int]:
@@ -701,7 +713,7 @@ class ProbeData:
     """Activations, targets, weights and the by-sequence split that probes are fitted on.
 
     Build it with ``collect_probe_data``; pass it as ``data=`` to ``fit_probes`` and the controls
-    to reuse the forward pass and the activation moments (cached here).
+    to reuse the forward pass and the activation moments (cached here, so treat it as read-only).
 
     Attributes
     ----------
@@ -715,6 +727,8 @@ class ProbeData:
         Per-sequence weights (sequence probabilities in ``"weighted"`` mode), or None.
     test_mask : Tensor, bool, shape ``[N]``
         True for held-out sequences.
+    bos : bool
+        Whether the model read a BOS token first (its position is not in ``acts``).
     dedupe : bool
         Whether activations at equal prefixes are equal (a causal model), so that each distinct
         prefix is processed once. Exact; False for bidirectional attention.
@@ -1033,17 +1047,29 @@ _COLLECT_DEFAULTS = {
 }
 
 
+def _is_default(value: Any, default: Any) -> bool:
+    if value is default:
+        return True
+    return not isinstance(value, (Tensor, np.ndarray)) and value == default
+
+
 def _get_data(
-    model: Any, hmm: HMM | None, n_ctx: int | None, data: ProbeData | None, seed: int, **collect
+    model: Any,
+    hmm: HMM | None,
+    n_ctx: int | None,
+    data: ProbeData | None,
+    seed: int,
+    targets: str = "beliefs",
+    **collect: Any,
 ) -> ProbeData:
     """Collect, or check that the collection options don't contradict the ``data`` given."""
+    if targets not in ("beliefs", "next_token"):
+        raise BeliefLensError(f"targets must be 'beliefs' or 'next_token', got {targets!r}")
     if data is None:
         if model is None or hmm is None or n_ctx is None:
             raise BeliefLensError("give model, hmm and n_ctx, or data=collect_probe_data(...)")
         return collect_probe_data(model, hmm, n_ctx, seed=seed, **collect)
-    clash = [
-        k for k, v in collect.items() if v is not _COLLECT_DEFAULTS[k] and v != _COLLECT_DEFAULTS[k]
-    ]
+    clash = [k for k, v in collect.items() if not _is_default(v, _COLLECT_DEFAULTS[k])]
     if clash:
         raise BeliefLensError(
             f"{clash} given together with data=; the data fixes them (pass them to "
@@ -1095,7 +1121,7 @@ def fit_probes(
         tables = [f(model, data=data) for f in (fit_probes, shuffle_control, untrained_control)]
     """
     data = _get_data(
-        model, hmm, n_ctx, data, seed, hooks=hooks, mode=mode, test_fraction=test_fraction,
+        model, hmm, n_ctx, data, seed, targets, hooks=hooks, mode=mode, test_fraction=test_fraction,
         n_sequences=n_sequences, bos=bos, tokens=tokens, batch_size=batch_size,
     )  # fmt: skip
     name = "probes" if targets == "beliefs" else "next_token"
