@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -410,6 +410,7 @@ def fit_position_probes(
     batch_size: int | None = None,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
     device: str | torch.device | None = None,
+    read_at: Literal["symbol", "prediction"] = "symbol",
 ) -> PositionProbeTable:
     """Affine probes from the residual stream at symbol positions to beliefs, per context window.
 
@@ -419,7 +420,9 @@ def fit_position_probes(
     positions (``None``: one window over all positions; ``1``: a probe per position), one
     ``AffineProbe`` on the training sequences. Activations are read at
     ``token_map.symbol_positions``: the position of symbol ``t`` holds the belief after symbols
-    ``0..t``.
+    ``0..t``. With separators, ``read_at="prediction"`` reads the last separator after symbol
+    ``t`` instead, the position whose logits predict symbol ``t + 1`` (the same as ``"symbol"``
+    without separators).
 
     Streaming: a first pass over the training sequences accumulates each window's sufficient
     statistics (a ``d x d`` Gram matrix and cross moments, float64, on ``device``, default the
@@ -457,7 +460,12 @@ def fit_position_probes(
     S = hmm.n_states
     d = int(model.cfg.d_model)
     work = _model_device(model) if device is None else torch.device(device)
-    positions = token_map.symbol_positions(length)
+    if read_at == "symbol":
+        positions = token_map.symbol_positions(length)
+    elif read_at == "prediction":
+        positions = token_map.prediction_positions(length)
+    else:
+        raise BeliefLensError(f"read_at must be 'symbol' or 'prediction', got {read_at!r}")
     L_model = token_map.model_length(length)
 
     per_hook = _stats_bytes(len(windows), d, S)
@@ -571,6 +579,7 @@ def fit_position_probes(
         "token_map": repr(token_map),
         "length": length,
         "window": window,
+        "read_at": read_at,
         "hooks": names,
         "ridge": ridge,
         "test_fraction": test_fraction,

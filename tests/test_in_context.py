@@ -115,6 +115,22 @@ def test_probes_find_a_belief_planted_at_symbol_positions(models, name):
         probe = AffineProbe().fit(acts[train, pos], beliefs[train, t])
         r2 = probe.score(acts[test, pos], beliefs[test, t])["r2"]
         assert r2 < 0.5, f"{label}: R^2 {r2} should be far from 1"
+    # Reading at the prediction positions is the separators when there are any.
+    at_prediction = fit_position_probes(
+        model,
+        hmm,
+        tm,
+        [hook],
+        n_sequences=120,
+        length=6,
+        window=1,
+        test_fraction=0.25,
+        read_at="prediction",
+    )
+    if tm.separator.numel():
+        assert max(row["r2_test"] for row in at_prediction) < 0.5
+    else:
+        assert at_prediction.rows == table.rows
 
 
 def test_window_none_and_windows_shapes(models):
