@@ -8,12 +8,14 @@ resumed from a checkpoint sees exactly the batches an uninterrupted run would. W
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -382,7 +384,7 @@ def train(
     ``eval_sequences`` sequences exist. With ``checkpoint_dir``, checkpoints are written every
     ``checkpoint_every`` steps and at the end, and a rerun with the same settings resumes from
     the last one with the same result. ``callback(step, history)`` runs after every step;
-    returning True stops training there.
+    returning True stops training there (after a last evaluation and checkpoint).
     The model's train/eval mode is restored at the end; data follows the model's device.
     """
     n_ctx = int(model.cfg.n_ctx)
@@ -473,20 +475,33 @@ def train(
             "step %d: loss %.5f (%.4f x optimal)", step, record.loss, record.loss_over_optimal
         )
 
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(model.train, was_training)
+        if bar is not None:
+            stack.callback(bar.close)
         model.train()
         if start == 0 and not history.evals:
             evaluate(0)
         pending: list[Tensor] = []
-        for step in range(start, n_steps):
+        # A worker thread samples the next batch while this one trains (torch releases the
+        # GIL); each batch is a pure function of (seed, step), so this stays deterministic.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="belief_lens-data")
+        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+
+        def batch_for(step: int) -> tuple[Tensor, Tensor]:
+            generator = _step_generator(seed, step)
             inputs, target = make_batch(
-                hmm,
-                batch_size,
-                n_ctx,
-                targets=targets,
-                bos=bos,
-                generator=_step_generator(seed, step),
+                hmm, batch_size, n_ctx, targets=targets, bos=bos, generator=generator
             )
+            if targets == "bayes":
+                target = _pad_vocab(target, d_vocab).float()
+            return inputs, target
+
+        future = pool.submit(batch_for, start) if start < n_steps else None
+        for step in range(start, n_steps):
+            inputs, target = future.result()
+            if step + 1 < n_steps:
+                future = pool.submit(batch_for, step + 1)
             inputs = inputs.to(device, non_blocking=True)
             current_lr = lr_at(
                 step,
@@ -504,7 +519,7 @@ def train(
                     logits.reshape(-1, logits.shape[-1]), target.to(device).reshape(-1)
                 )
             else:
-                probs = _pad_vocab(target, logits.shape[-1]).to(device, logits.dtype)
+                probs = target.to(device, logits.dtype)
                 loss = -(probs * logits.log_softmax(-1)).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -539,11 +554,11 @@ def train(
                 if pending:
                     history.loss.extend(torch.stack(pending).cpu().tolist())
                     pending = []
-                if callback(done, history) is True:
+                if callback(done, history) is True and not is_last:
                     logger.info("callback stopped training at step %d", done)
+                    if history.evals[-1].step != done:
+                        evaluate(done)
+                    if directory is not None and done % checkpoint_every != 0:
+                        _save_training_checkpoint(directory, model, opt, history, done)
                     break
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
     return history

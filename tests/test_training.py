@@ -107,10 +107,12 @@ def test_n_tokens_and_callback_stop():
         n_tokens=64 * 8 * 10,
         batch_size=64,
         progress=False,
+        eval_every=5,
         callback=lambda step, h: seen.append(step) or step == 4,
     )
     assert history.config["n_steps"] == 10 and history.tokens_per_step == 512
     assert seen == [1, 2, 3, 4] and history.steps == 4
+    assert [e.step for e in history.evals] == [0, 4]
 
 
 def _state_equal(a, b) -> bool:
