@@ -418,13 +418,15 @@ def intervention_report(
     partner has a different token at ``position`` (so beliefs differ). ``current="probe"`` steers
     from the probe's decoded belief, ``"true"`` from the exact one. With ``token_map``, tokens are
     HMM symbols, the model reads them through the map, and its prediction is the map-restricted
-    distribution.
+    distribution, and steering acts at the position that predicts the next symbol (the last
+    separator after it, if any), so fit ``probe`` there (``fit_position_probes(...,
+    read_at="prediction")``).
     """
     n_ctx = int(model.cfg.n_ctx)
     if tokens is None:
         from belief_lens.beliefs import sample_sequences
 
-        length = n_ctx if token_map is None else _max_symbols(token_map, n_ctx)
+        length = n_ctx if token_map is None else token_map.max_symbols(n_ctx)
         tokens = sample_sequences(hmm, n_sequences, length, seed=seed)
     tokens = hmm.check_tokens(tokens)
     n, L = tokens.shape
@@ -440,7 +442,9 @@ def intervention_report(
     targets = belief_states(hmm, target_tokens)[:, pos]
     theory = hmm.next_token_probs(targets)
     model_tokens = tokens if token_map is None else token_map.encode(tokens)
-    model_pos = pos if token_map is None else int(token_map.symbol_positions(L)[pos])
+    # Steer where the next symbol is predicted: with separators that is the last separator
+    # after the symbol, not the symbol itself (a last-layer change there never reaches it).
+    model_pos = pos if token_map is None else int(token_map.prediction_positions(L)[pos])
     clean = _run_clean(model, check_tokens(model, model_tokens))
     before = _next_token_probs(clean, pos, token_map, L)
     report = InterventionReport(
@@ -484,11 +488,3 @@ def _pair_different(last: Tensor, seed: int) -> Tensor:
         options = torch.nonzero(last != last[i]).flatten()
         partner[i] = options[torch.randint(0, len(options), (1,), generator=gen)]
     return partner
-
-
-def _max_symbols(token_map: Any, n_ctx: int) -> int:
-    """The most HMM symbols a model with context ``n_ctx`` can read through ``token_map``."""
-    length = 1
-    while token_map.model_length(length + 1) <= n_ctx:
-        length += 1
-    return length

@@ -303,3 +303,23 @@ def test_steering_through_the_token_map(models):
     summary = report.summary()
     assert summary["fold_encoding"] > 4, summary
     assert summary["fold_control"] < 2, summary
+
+
+def test_steering_through_a_separated_map():
+    """With separators, the next symbol is predicted at the separator: steering acts there,
+    with a probe read at the prediction positions, and moves the restricted prediction."""
+    from belief_lens.interventions import intervention_report
+
+    hmm, tm, hook = mess3(), MAPS["comma_bos"], "blocks.1.hook_resid_post"
+    model = gpt2_like(n_ctx=32, n_layers=2, d_model=64, n_heads=2, seed=0)
+    train_mapped(model, hmm, tm, n_steps=80, length=LENGTH, batch_size=8, lr=5e-3)
+    table = fit_position_probes(
+        model, hmm, tm, [hook], n_sequences=400, length=LENGTH, window=None, read_at="prediction"
+    )
+    report = intervention_report(
+        model, hmm, table.probes[(hook, 0)], hook, sample_sequences(hmm, 64, LENGTH, seed=3),
+        token_map=tm, directions=("encoding", "control"),
+    )  # fmt: skip
+    summary = report.summary()
+    assert summary["fold_encoding"] > 3, summary
+    assert summary["fold_control"] < 2, summary
