@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from belief_lens import _tl
+from belief_lens._io import atomic_write
 from belief_lens.errors import BeliefLensError
 
 __all__ = ["find_checkpoint", "load_checkpoint", "save_checkpoint", "toy_transformer"]
@@ -242,20 +242,6 @@ def _config_path(path: Path) -> Path:
     return path.with_suffix(".config.json")
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder and ``os.replace``: a crash keeps the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(
     model: Any, path: str | os.PathLike, *, extra: Mapping[str, Any] | None = None
 ) -> Path:
@@ -286,8 +272,8 @@ def save_checkpoint(
     def write_config(tmp: str) -> None:
         Path(tmp).write_text(config_text + "\n")
 
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(_config_path(path), write_config)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(_config_path(path), write_config)
     return path
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -285,20 +286,21 @@ def _save_training_checkpoint(
     """Write model, optimizer and history for ``step``, then point ``latest.json`` at them."""
     from safetensors.torch import save_file
 
-    from belief_lens.models import _atomic_write, save_checkpoint
+    from belief_lens._io import atomic_write
+    from belief_lens.models import save_checkpoint
 
     stem = f"step_{step:08d}"
     save_checkpoint(model, directory / f"{stem}.safetensors", extra={"step": step})
     opt_tensors, opt_meta = _optimizer_to_files(optimizer)
-    _atomic_write(
+    atomic_write(
         directory / f"{stem}.optimizer.safetensors",
         lambda tmp: save_file(opt_tensors, tmp, metadata={"format": "pt"}),
     )
     state = {"step": step, "optimizer": opt_meta, "history": history.to_dict()}
     text = json.dumps(state)
-    _atomic_write(directory / f"{stem}.state.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(directory / f"{stem}.state.json", lambda tmp: Path(tmp).write_text(text))
     latest = json.dumps({"step": step, "stem": stem})
-    _atomic_write(directory / _LATEST, lambda tmp: Path(tmp).write_text(latest))
+    atomic_write(directory / _LATEST, lambda tmp: Path(tmp).write_text(latest))
 
 
 def _load_training_checkpoint(
@@ -562,3 +564,54 @@ def train(
                         _save_training_checkpoint(directory, model, opt, history, done)
                     break
     return history
+
+
+#: Settings that train the paper's Mess3 architecture well on 2 CPU cores (bench/training.py).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "bayes": {"batch_size": 128, "lr": 3e-3},
+    "tokens": {"batch_size": 128, "lr": 3e-3},
+}
+
+
+def budget_steps(
+    model: Any,
+    hmm: HMM,
+    seconds: float,
+    *,
+    calibration_steps: int = 12,
+    **train_kwargs: Any,
+) -> int:
+    """How many ``train`` steps fit in ``seconds`` on this machine, evaluations included.
+
+    Times ``calibration_steps`` real steps of ``train`` (same settings) on a copy of ``model``,
+    so the model itself is untouched and its cosine schedule can be laid out over the answer.
+    """
+    import copy
+
+    if seconds <= 0:
+        raise BeliefLensError(f"seconds must be positive, got {seconds}")
+    stamps: list[float] = []
+    start = time.perf_counter()
+
+    def clock(step: int, history: TrainingHistory) -> None:
+        stamps.append(time.perf_counter())
+
+    kwargs = {
+        k: v
+        for k, v in train_kwargs.items()
+        if k not in ("checkpoint_dir", "progress", "eval_every", "callback")
+    }
+    train(
+        copy.deepcopy(model),
+        hmm,
+        n_steps=calibration_steps + 3,
+        eval_every=10**9,
+        progress=False,
+        callback=clock,
+        **kwargs,
+    )
+    per_step = (stamps[-1] - stamps[2]) / (len(stamps) - 3)
+    # The first callback comes after the step-0 evaluation and one step: an evaluation's cost.
+    per_eval = max(0.0, stamps[0] - start - per_step)
+    n = int((seconds - 11 * per_eval) / per_step)
+    return max(1, n)

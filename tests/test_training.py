@@ -189,3 +189,19 @@ def test_bad_arguments_raise():
         train(model, hmm, n_steps=2, optimizer="lion", progress=False)
     with pytest.raises(BeliefLensError, match="batch_size must be >= 1"):
         train(model, hmm, n_steps=2, batch_size=0, progress=False)
+
+
+def test_budget_steps_leaves_the_model_untouched():
+    from belief_lens.training import DEFAULTS, budget_steps
+
+    hmm = mess3()
+    model = toy_transformer(3, 6, n_layers=1, d_model=16, d_mlp=32, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n = budget_steps(model, hmm, 5.0, targets="bayes", **DEFAULTS["bayes"])
+    assert isinstance(n, int) and n >= 1
+    # A longer budget buys more steps (loosely: timing on shared machines is noisy).
+    assert budget_steps(model, hmm, 60.0, targets="bayes", **DEFAULTS["bayes"]) > n
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    with pytest.raises(BeliefLensError, match="seconds must be positive"):
+        budget_steps(model, hmm, 0)

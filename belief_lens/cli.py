@@ -1,0 +1,234 @@
+"""The ``belief-lens`` command: ``demo`` trains and analyses a model, ``probe`` a checkpoint.
+
+A thin layer over :func:`belief_lens.report.analyse`: it parses arguments into the same config
+objects the Python API uses, logs progress, and turns bad input into a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from belief_lens.errors import BeliefLensError
+
+logger = logging.getLogger("belief_lens")
+
+PAPER_ARCHITECTURE = dict(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256)
+
+
+def _param(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"value of {key} must be a number, got {value!r}"
+        ) from None
+
+
+def _process(name: str, params: Sequence[tuple[str, float]]):
+    from belief_lens.processes import make_process
+
+    return make_process(name, **dict(params))
+
+
+def _analysis_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mode",
+        choices=("paper", "weighted", "sampled"),
+        default="paper",
+        help="probe data: every sequence unweighted (paper), probability-weighted, or sampled",
+    )
+    p.add_argument("--n-sequences", type=int, default=None, help="sequences for --mode sampled")
+    p.add_argument("--ridge", type=float, default=0.0, help="ridge penalty of the probes")
+    p.add_argument("--no-controls", action="store_true", help="skip the probe controls")
+    p.add_argument("--no-interventions", action="store_true", help="skip the steering experiments")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and controls")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="belief-lens",
+        description="Belief-state geometry in transformer residual streams (Shai et al. 2024).",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="train the paper architecture on a process on CPU, then analyse it",
+        description="Train the paper's 4-layer architecture from scratch, then fit probes per "
+        "layer, run controls and interventions, and write report.html and metrics.json.",
+    )
+    demo.add_argument("--process", default="mess3", help="process name (default: mess3)")
+    demo.add_argument(
+        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+        help="a process parameter, e.g. --param x=0.05 (repeatable)",
+    )  # fmt: skip
+    demo.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
+    demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    demo.add_argument(
+        "--targets",
+        choices=("bayes", "tokens"),
+        default="bayes",
+        help="train on exact next-token distributions (bayes, default) or sampled tokens "
+        "(tokens: the paper's literal setup)",
+    )
+    demo.add_argument("--n-ctx", type=int, default=10, help="context length (default 10)")
+    demo.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    demo.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    demo.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    _analysis_args(demo)
+
+    probe = sub.add_parser(
+        "probe",
+        help="analyse an existing checkpoint",
+        description="Load a checkpoint (this package's or the paper's), fit probes per layer, "
+        "run controls and interventions, and write report.html and metrics.json.",
+    )
+    probe.add_argument("--checkpoint", required=True, help="path to a .safetensors checkpoint")
+    probe.add_argument("--process", required=True, help="process the model was trained on")
+    probe.add_argument(
+        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+        help="a process parameter, e.g. --param alpha=0.85 (repeatable)",
+    )  # fmt: skip
+    probe.add_argument("--out", default="runs/probe", help="output directory (default runs/probe)")
+    _analysis_args(probe)
+    return parser
+
+
+def _analysis_config(args: argparse.Namespace):
+    from belief_lens.report import AnalysisConfig
+
+    return AnalysisConfig(
+        mode=args.mode,
+        n_sequences=args.n_sequences,
+        ridge=args.ridge,
+        seed=args.seed,
+        controls=not args.no_controls,
+        interventions=not args.no_interventions,
+    )
+
+
+def _check_fits(model: Any, hmm: Any, what: str) -> None:
+    if int(model.cfg.d_vocab) < hmm.n_symbols:
+        raise BeliefLensError(
+            f"{what} has a vocabulary of {model.cfg.d_vocab} tokens but {hmm.name} emits "
+            f"{hmm.n_symbols} symbols"
+        )
+    if int(model.cfg.d_vocab) > hmm.n_symbols:
+        logger.warning(
+            "%s has %d tokens for %d symbols; the extra tokens are ignored",
+            what,
+            model.cfg.d_vocab,
+            hmm.n_symbols,
+        )
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from belief_lens.models import save_checkpoint, toy_transformer
+    from belief_lens.report import analyse
+    from belief_lens.training import DEFAULTS, budget_steps, train
+
+    hmm = _process(args.process, args.param)
+    out = Path(args.out)
+    model = toy_transformer(hmm.n_symbols, args.n_ctx, seed=args.seed, **PAPER_ARCHITECTURE)
+    settings = dict(DEFAULTS[args.targets], targets=args.targets, seed=args.seed)
+    if args.batch_size:
+        settings["batch_size"] = args.batch_size
+    if args.lr:
+        settings["lr"] = args.lr
+    t0 = time.perf_counter()
+    n_steps = budget_steps(model, hmm, args.minutes * 60, **settings)
+    if args.max_steps:
+        n_steps = min(n_steps, args.max_steps)
+    logger.info(
+        "training the paper architecture on %s: %d steps of %d sequences (%s targets, %.1f min)",
+        hmm.name,
+        n_steps,
+        settings["batch_size"],
+        args.targets,
+        args.minutes,
+    )
+    history = train(model, hmm, n_steps=n_steps, progress=not args.quiet, **settings)
+    train_seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, out / "model.safetensors")
+    return analyse(
+        model,
+        hmm,
+        out,
+        config=_analysis_config(args),
+        history=history,
+        title=f"belief_lens demo: {hmm.name}",
+        extra_metrics={"train_seconds": train_seconds},
+    )
+
+
+def run_probe(args: argparse.Namespace) -> dict[str, Any]:
+    from belief_lens.models import load_checkpoint
+    from belief_lens.report import analyse
+
+    hmm = _process(args.process, args.param)
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise BeliefLensError(f"checkpoint {path} does not exist or is not a file")
+    model = load_checkpoint(path)
+    _check_fits(model, hmm, f"checkpoint {path.name}")
+    return analyse(
+        model,
+        hmm,
+        args.out,
+        config=_analysis_config(args),
+        title=f"belief_lens: {path.name} on {hmm.name}",
+        extra_metrics={"checkpoint": str(path)},
+    )
+
+
+def _summary(metrics: dict[str, Any], out: str) -> str:
+    lines = [f"wrote {Path(out) / 'report.html'} and {Path(out) / 'metrics.json'}"]
+    ml = metrics.get("model_loss", {})
+    if ml:
+        lines.append(
+            f"model loss {ml['loss']:.5f} nats vs optimum {ml['optimal_loss']:.5f} "
+            f"(ratio {ml['loss_over_optimal']:.4f})"
+        )
+    probes = metrics.get("probes", {})
+    for hook, mse, mse_test in zip(
+        probes.get("hook", []), probes.get("mse_all", []), probes.get("mse_test", []), strict=False
+    ):
+        lines.append(f"  probe MSE {hook:28s} in-sample {mse:.5f}   held-out {mse_test:.5f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stdout,
+    )
+    try:
+        metrics = run_demo(args) if args.command == "demo" else run_probe(args)
+    except (BeliefLensError, OSError, json.JSONDecodeError) as e:
+        print(f"belief-lens {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"belief-lens {args.command}: interrupted", file=sys.stderr)
+        return 130
+    print(_summary(metrics, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

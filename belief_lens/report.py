@@ -1,0 +1,342 @@
+"""The end-to-end analysis of one model on one process: ground truth, probes, controls, geometry,
+interventions, written as one ``report.html`` and a ``metrics.json`` holding every figure shown."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from belief_lens._io import atomic_write_text
+from belief_lens.compmech import entropy_rate, myopic_entropy, optimal_loss
+from belief_lens.errors import BeliefLensError
+from belief_lens.hmm import HMM
+
+__all__ = ["AnalysisConfig", "analyse", "write_report"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AnalysisConfig:
+    """What ``analyse`` runs; the defaults are the paper's analysis (all sequences, unweighted)."""
+
+    mode: str = "paper"  # "paper" | "weighted" | "sampled"
+    n_sequences: int | None = None  # for mode="sampled"
+    test_fraction: float = 0.2
+    ridge: float = 0.0
+    seed: int = 0
+    controls: bool = True
+    interventions: bool = True
+    intervention_sequences: int = 512
+    max_plot_points: int = 30_000  # in the truth-vs-probe figure
+    max_grid_points: int = 4_000  # in each panel of the per-layer grid
+
+
+@dataclass
+class Section:
+    """One block of the report: a heading, a sentence, figures and tables."""
+
+    title: str
+    text: str = ""
+    figures: list[Any] = field(default_factory=list)
+    tables: list[tuple[list[str], list[list[Any]]]] = field(default_factory=list)
+
+
+def _model_loss(model: Any, hmm: HMM, n_ctx: int, seed: int) -> dict[str, Any]:
+    """Exact expected cross-entropy per position against P(. | belief), over all sequences when
+    they can be enumerated (else a large sample)."""
+    from belief_lens.beliefs import enumerate_sequences, next_token_distributions, sample_sequences
+
+    try:
+        data = enumerate_sequences(hmm, n_ctx, max_sequences=200_000)
+        tokens, weights = data.tokens, data.probs
+        targets = hmm.next_token_probs(data.beliefs)
+    except BeliefLensError:
+        tokens = sample_sequences(hmm, 20_000, n_ctx, seed=seed)
+        weights = torch.full((len(tokens),), 1 / len(tokens), dtype=torch.float64)
+        targets = next_token_distributions(hmm, tokens)
+    losses = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(tokens), 4096):
+            logits = model(tokens[i : i + 4096]).double()
+            logp = torch.log_softmax(logits[..., : hmm.n_symbols], -1)
+            losses.append(-(targets[i : i + 4096] * logp).sum(-1))
+    per_pos = (torch.cat(losses) * weights[:, None]).sum(0)
+    opt = optimal_loss(hmm, n_ctx)
+    return {
+        "loss": float(per_pos.mean()),
+        "optimal_loss": float(opt.mean()),
+        "loss_over_optimal": float(per_pos.mean() / opt.mean()),
+        "loss_per_position": per_pos.tolist(),
+        "optimal_loss_per_position": opt.tolist(),
+    }
+
+
+def analyse(
+    model: Any,
+    hmm: HMM,
+    out_dir: str | os.PathLike,
+    *,
+    config: AnalysisConfig | None = None,
+    history: Any | None = None,
+    title: str = "belief_lens report",
+    extra_metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the full analysis of ``model`` on ``hmm`` and write ``report.html`` and
+    ``metrics.json`` into ``out_dir``; return the metrics."""
+    from belief_lens import plotting, probes
+    from belief_lens.activations import residual_hooks
+
+    cfg = config or AnalysisConfig()
+    n_ctx = int(model.cfg.n_ctx)
+    if int(model.cfg.d_vocab) < hmm.n_symbols:
+        raise BeliefLensError(
+            f"the model's vocabulary ({model.cfg.d_vocab}) is smaller than the process's "
+            f"alphabet ({hmm.n_symbols})"
+        )
+    model.eval()
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {"process": hmm.name, "n_ctx": n_ctx, **(extra_metrics or {})}
+    sections: list[Section] = []
+
+    # Ground truth -------------------------------------------------------------------------
+    h = myopic_entropy(hmm, min(n_ctx, 12))
+    try:
+        h_mu = entropy_rate(hmm)
+    except BeliefLensError:
+        h_mu = entropy_rate(hmm, "chaos_game")
+    metrics["ground_truth"] = {"entropy_rate": h_mu, "myopic_entropy": h.tolist()}
+    metrics["model_loss"] = _model_loss(model, hmm, n_ctx, cfg.seed)
+    ml = metrics["model_loss"]
+    logger.info(
+        "model loss %.5f nats, optimum %.5f (ratio %.4f)",
+        ml["loss"],
+        ml["optimal_loss"],
+        ml["loss_over_optimal"],
+    )
+
+    # Probes: one forward pass, shared by the fits, the controls and the figures ----------
+    hooks = residual_hooks(model)
+    data = probes.collect_probe_data(
+        model,
+        hmm,
+        n_ctx,
+        hooks,
+        mode=cfg.mode,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        n_sequences=cfg.n_sequences,
+    )
+    table = probes.fit_probes(model, data=data, ridge=cfg.ridge)
+    metrics["probes"] = table.columns()
+    logger.info("probes fitted (%.1f s)\n%s", time.perf_counter() - t0, table.to_markdown())
+
+    true = data.beliefs
+    preds = {hk: table.probes[hk].predict(data.acts[hk].double()) for hk in hooks}
+    if "concat" in table.probes:
+        preds["concat"] = table.probes["concat"].predict(
+            torch.cat([data.acts[hk] for hk in hooks], -1).double()
+        )
+    flat_true = true.reshape(-1, hmm.n_states)
+    sub = _subsample(flat_true, cfg.max_plot_points, cfg.seed)
+    grid = sub[: cfg.max_grid_points]
+    best = min(table.rows, key=lambda r: r["mse_all"])["hook"]
+    flat = {k: v.reshape(-1, hmm.n_states) for k, v in preds.items()}
+    geometry = Section(
+        "Belief geometry",
+        f"Ground-truth beliefs (left) and the affine probe's output at {best} (right), every "
+        "point coloured by its true belief; then every hook's probe output.",
+        [
+            plotting.compare_figure(
+                flat_true[sub], flat[best][sub], titles=("Ground truth", f"Probe at {best}")
+            ),
+            plotting.layer_grid_figure(
+                flat_true[grid],
+                {k: v[grid] for k, v in flat.items()},
+                {r["hook"]: r["mse_all"] for r in table.rows},
+            ),
+        ],
+    )
+    sections.append(geometry)
+    sections.append(
+        Section(
+            "Probes per layer",
+            f"Affine probes from each residual hook (and their concatenation) to beliefs; "
+            f"mode={cfg.mode}, held-out split by sequence ({cfg.test_fraction:.0%} test).",
+            tables=[_table(table)],
+        )
+    )
+
+    # Controls -----------------------------------------------------------------------------
+    if cfg.controls:
+        controls = {
+            "shuffled beliefs": probes.shuffle_control(model, data=data, ridge=cfg.ridge),
+            "untrained model": probes.untrained_control(model, data=data, ridge=cfg.ridge),
+            "next-token targets": probes.next_token_control(model, data=data, ridge=cfg.ridge),
+        }
+        metrics["controls"] = {k: v.columns() for k, v in controls.items()}
+        best_pred = preds[best].reshape(-1, hmm.n_states)
+        next_tok = hmm.next_token_probs(true).reshape(-1, hmm.n_symbols)
+        metrics["controls"]["distance_r2"] = probes.distance_r2(
+            best_pred, true.reshape(-1, hmm.n_states), next_tok
+        )
+        rows = [["trained (beliefs)", *_mse_cells(table)]]
+        rows += [[name, *_mse_cells(t)] for name, t in controls.items()]
+        sections.append(
+            Section(
+                "Controls",
+                "Held-out MSE per hook for the trained model and each control. Shuffled beliefs "
+                "give the variance of the beliefs; an untrained model gives what architecture "
+                "alone explains; next-token targets show where the belief geometry is more than "
+                "the next-token geometry.",
+                tables=[(["run", *[r["hook"] for r in table.rows]], rows)],
+            )
+        )
+        logger.info("controls done (%.1f s)", time.perf_counter() - t0)
+
+    # Interventions ------------------------------------------------------------------------
+    if cfg.interventions:
+        sections.append(_interventions(model, hmm, table, metrics, cfg, hooks))
+        logger.info("interventions done (%.1f s)", time.perf_counter() - t0)
+
+    # Training -----------------------------------------------------------------------------
+    if history is not None and getattr(history, "loss", None):
+        per_step = history.tokens_per_step
+        steps = range(1, len(history.loss) + 1)
+        fig = plotting.training_curve_figure(
+            [s * per_step for s in steps],
+            history.loss,
+            float(torch.tensor(history.optimal_loss).mean()),
+            eval_tokens=[e.tokens for e in history.evals],
+            eval_loss=[e.loss for e in history.evals],
+        )
+        sections.append(Section("Training", "Loss relative to the optimal loss.", [fig]))
+        metrics["training"] = {
+            "steps": len(history.loss),
+            "tokens": len(history.loss) * per_step,
+            "final_eval": history.evals[-1].__dict__ if history.evals else None,
+            **getattr(history, "config", {}),
+        }
+    metrics["analysis_seconds"] = time.perf_counter() - t0
+    write_report(out_dir, title, sections, metrics)
+    return metrics
+
+
+def _interventions(model, hmm, table, metrics, cfg, hooks) -> Section:
+    from belief_lens.interventions import intervention_report
+
+    rows = []
+    metrics["interventions"] = {}
+    for hk in hooks:
+        if hk.startswith("ln_final"):
+            continue  # steering there bypasses nothing: the unembedding reads it directly
+        rep = intervention_report(
+            model,
+            hmm,
+            table.probes[hk],
+            hk,
+            n_sequences=cfg.intervention_sequences,
+            seed=cfg.seed,
+        )
+        s = rep.summary()
+        metrics["interventions"][hk] = s
+        rows.append(
+            [hk, f"{s['kl_before_mean']:.4f}"]
+            + [f"{s[f'kl_after_{k}_mean']:.4f} ({s[f'fold_{k}']:.1f}x)" for k in rep.kl_after]
+        )
+    return Section(
+        "Interventions",
+        "Steering the last position's belief to another sequence's belief: KL(theory || model) "
+        "before and after, along encoding directions, decoding directions, and a norm-matched "
+        "control subspace orthogonal to the beliefs.",
+        tables=[(["hook", "KL before", "encoding", "decoding", "control"], rows)],
+    )
+
+
+def _mse_cells(table) -> list[str]:
+    return [f"{r['mse_test']:.2e}" for r in table.rows]
+
+
+def _table(table) -> tuple[list[str], list[list[Any]]]:
+    cols = ["hook", "mse_all", "r2_all", "mse_train", "mse_test", "r2_test"]
+    rows = [[r.get(c, "") for c in cols] for r in table.rows]
+    return cols, rows
+
+
+def _subsample(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    n = x.shape[0]
+    if n <= k:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3e}" if (v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4)) else f"{v:.4f}"
+    return html.escape(str(v))
+
+
+def write_report(
+    out_dir: str | os.PathLike, title: str, sections: list[Section], metrics: dict[str, Any]
+) -> dict[str, Path]:
+    """Write ``report.html`` (one page, plotly.js inlined once) and ``metrics.json``; PNGs of the
+    figures too where kaleido works, saying once when it does not."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:"
+        "1100px;margin:auto}table{border-collapse:collapse;font-size:13px}td,th{border:1px "
+        "solid #ccc;padding:3px 8px;text-align:right}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    first = True
+    png_ok = True
+    n_fig = 0
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec.title)}</h2><p>{html.escape(sec.text)}</p>")
+        for header, rows in sec.tables:
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header))
+            parts += ["<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows]
+            parts.append("</table>")
+        for fig in sec.figures:
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
+            first = False
+            n_fig += 1
+            if png_ok:
+                try:
+                    fig.write_image(out / f"figure_{n_fig}.png")
+                except Exception as e:  # kaleido missing or broken: HTML only
+                    logger.info("PNG export unavailable (%s); writing HTML only", type(e).__name__)
+                    png_ok = False
+    parts.append("<h2>Metrics</h2><pre>")
+    parts.append(html.escape(json.dumps(_jsonable(metrics), indent=1)[:20000]))
+    parts.append("</pre></body></html>")
+    paths = {"html": out / "report.html", "metrics": out / "metrics.json"}
+    atomic_write_text(paths["html"], "\n".join(parts))
+    atomic_write_text(paths["metrics"], json.dumps(_jsonable(metrics), indent=2))
+    return paths
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if hasattr(x, "item") and callable(x.item):
+        return x.item()
+    return x

@@ -1,0 +1,109 @@
+"""The belief-lens command end to end on a tiny budget, and its one-line errors."""
+
+import json
+
+import pytest
+
+from belief_lens.cli import main
+
+REPORT_KEYS = {
+    "process", "n_ctx", "train_seconds", "ground_truth", "model_loss", "probes", "controls",
+    "interventions", "training", "analysis_seconds",
+}  # fmt: skip
+
+
+def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = [
+        "demo",
+        "--process",
+        "rrxor",
+        "--minutes",
+        "0.05",
+        "--max-steps",
+        "8",
+        "--out",
+        str(out),
+    ]
+    assert main(["-q", *argv]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert REPORT_KEYS <= set(metrics)
+    assert metrics["training"]["steps"] == 8
+    hooks = metrics["probes"]["hook"]
+    assert hooks[0] == "blocks.0.hook_resid_pre" and hooks[-1] == "concat"
+    assert set(metrics["controls"]) == {
+        "shuffled beliefs", "untrained model", "next-token targets", "distance_r2"
+    }  # fmt: skip
+    assert "blocks.3.hook_resid_post" in metrics["interventions"]
+    assert metrics["model_loss"]["optimal_loss"] == pytest.approx(0.57819, abs=1e-5)
+    html = (out / "report.html").read_text()
+    for section in ("Belief geometry", "Probes per layer", "Controls", "Interventions", "Training"):
+        assert section in html
+    assert (out / "model.safetensors").is_file()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_probe_reproduces_the_paper_checkpoint(shared_checkpoint, tmp_path):
+    path = shared_checkpoint("mess3_paper")
+    out = tmp_path / "probe"
+    argv = ["probe", "--checkpoint", str(path), "--process", "mess3", "--out", str(out)]
+    argv += ["--no-controls", "--no-interventions"]  # paper mode: all 59,049 sequences
+    assert main(["-q", *argv]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    mse = dict(zip(metrics["probes"]["hook"], metrics["probes"]["mse_all"], strict=True))
+    assert mse["blocks.3.hook_resid_post"] == pytest.approx(0.0004, abs=0.0001)
+    assert mse["ln_final.hook_normalized"] == pytest.approx(0.0003, abs=0.0001)
+    assert metrics["model_loss"]["loss_over_optimal"] < 1.002
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--process", "mess4"], "unknown process 'mess4'; known processes:"),
+        (["probe", "--checkpoint", "nope.safetensors", "--process", "mess3"], "does not exist"),
+        (["demo", "--param", "y=2", "--max-steps", "1"], "bad parameters for mess3"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and err.startswith("belief-lens")
+
+
+def test_checkpoint_that_does_not_fit_the_process(shared_checkpoint, capsys, tmp_path):
+    path = shared_checkpoint("rrxor_paper")  # 2 tokens; mess3 emits 3
+    assert (
+        main(["probe", "--checkpoint", str(path), "--process", "mess3", "--out", str(tmp_path)])
+        == 2
+    )
+    assert "vocabulary of 2 tokens but mess3" in capsys.readouterr().err
+
+
+def test_unreadable_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert (
+        main(["probe", "--checkpoint", str(bad), "--process", "mess3", "--out", str(tmp_path)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "bad.safetensors" in err and "\n" not in err.strip()
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["probe"]])
+def test_help_explains_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    if command == ["demo"]:
+        for option in ("--process", "--minutes", "--out", "--targets", "--mode", "--seed"):
+            assert option in text
+    if command == ["probe"]:
+        assert "--checkpoint" in text and "--process" in text
+
+
+def test_bad_flag_value_exits_nonzero(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--param", "novalue"])
+    assert exit_info.value.code == 2
+    assert "expected NAME=VALUE" in capsys.readouterr().err
