@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
         help="a process parameter, e.g. --param x=0.05 (repeatable)",
     )  # fmt: skip
-    demo.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
+    demo.add_argument(
+        "--minutes", type=float, default=1.5, help="training time budget (default 1.5)"
+    )
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.add_argument(
         "--targets",

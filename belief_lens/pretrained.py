@@ -60,20 +60,12 @@ _EOT = "<|endoftext|>"
 @contextlib.contextmanager
 def _seeded(seed: int | None) -> Iterator[None]:
     """Seed torch inside, and restore the caller's global RNG state afterwards."""
-    import random
+    from belief_lens.models import _preserve_global_rng
 
-    import numpy as np
-
-    np_state = np.random.get_state()  # noqa: NPY002 (TL 2 seeds the legacy global RNG)
-    py_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
+    with _preserve_global_rng():
         if seed is not None:
             torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(np_state)  # noqa: NPY002
-            random.setstate(py_state)
+        yield
 
 
 def word_tokenizer(

@@ -566,9 +566,11 @@ def train(
     return history
 
 
-#: Settings that train the paper's Mess3 architecture well on 2 CPU cores (bench/training.py).
+#: Settings that train the paper's Mess3 architecture well on 2 CPU cores. With Bayes targets,
+#: 1,350 AdamW steps of 128 sequences reached probe MSE 0.00027 at blocks.3.hook_resid_post at
+#: lr 1e-2, against 0.00043 at lr 3e-3 (the loss was within 0.12% of optimal in both).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "bayes": {"batch_size": 128, "lr": 3e-3},
+    "bayes": {"batch_size": 128, "lr": 1e-2},
     "tokens": {"batch_size": 128, "lr": 3e-3},
 }
 

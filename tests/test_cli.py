@@ -19,7 +19,7 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
         "--process",
         "rrxor",
         "--minutes",
-        "0.05",
+        "1",
         "--max-steps",
         "8",
         "--out",

@@ -19,7 +19,7 @@ def load(name: str):
 @pytest.mark.parametrize("process", ["mess3", "rrxor"])
 def test_paper_figures_from_scratch(process, tmp_path):
     out = tmp_path / process
-    argv = ["--process", process, "--minutes", "0.05", "--max-steps", "5", "--out", str(out)]
+    argv = ["--process", process, "--minutes", "1", "--max-steps", "5", "--out", str(out)]
     if process == "mess3":
         argv += ["--mode", "sampled", "--n-sequences", "400"]
     assert load("paper_figures").main(argv) == 0
