@@ -25,7 +25,7 @@ from belief_lens.activations import residual_stream
 from belief_lens.beliefs import enumerate_sequences
 from belief_lens.models import toy_transformer
 from belief_lens.processes import mess3
-from belief_lens.training import make_batch, train
+from belief_lens.training import DEFAULTS, make_batch, train
 
 HOOK = "blocks.3.hook_resid_post"
 PAPER_ARCH = dict(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256)
@@ -181,10 +181,10 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=360.0, help="seconds per time-to-MSE run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--model-seed", type=int, default=0)
-    parser.add_argument("--bayes-lr", type=float, default=3e-3)
-    parser.add_argument("--bayes-batch", type=int, default=128)
+    parser.add_argument("--bayes-lr", type=float, default=DEFAULTS["bayes"]["lr"])
+    parser.add_argument("--bayes-batch", type=int, default=DEFAULTS["bayes"]["batch_size"])
     parser.add_argument("--bayes-steps", type=int, default=4000, help="cosine schedule length")
-    parser.add_argument("--tokens-lr", type=float, default=3e-3)
+    parser.add_argument("--tokens-lr", type=float, default=DEFAULTS["tokens"]["lr"])
     parser.add_argument("--tokens-batch", type=int, default=128)
     parser.add_argument("--tokens-steps", type=int, default=6000, help="cosine schedule length")
     args = parser.parse_args()
