@@ -16,7 +16,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -124,8 +123,12 @@ def lr_at(
 # --- data ---------------------------------------------------------------------------------------
 
 
+#: Training steps whose data is sampled in one vectorised call.
+_DATA_BLOCK = 32
+
+
 def _step_generator(seed: int, step: int) -> torch.Generator:
-    """A generator for one step's batch, a pure function of ``(seed, step)``."""
+    """A generator for one block of batches, a pure function of ``(seed, block)``."""
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step)]).generate_state(2)
     gen = torch.Generator()
     gen.manual_seed(int(state[0]) << 32 | int(state[1]))
@@ -485,25 +488,27 @@ def train(
         if start == 0 and not history.evals:
             evaluate(0)
         pending: list[Tensor] = []
-        # A worker thread samples the next batch while this one trains (torch releases the
-        # GIL); each batch is a pure function of (seed, step), so this stays deterministic.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="belief_lens-data")
-        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+        block: dict[int, tuple[Tensor, Tensor]] = {}
 
         def batch_for(step: int) -> tuple[Tensor, Tensor]:
-            generator = _step_generator(seed, step)
-            inputs, target = make_batch(
-                hmm, batch_size, n_ctx, targets=targets, bos=bos, generator=generator
-            )
-            if targets == "bayes":
-                target = _pad_vocab(target, d_vocab).float()
-            return inputs, target
+            # Data for _DATA_BLOCK steps is made in one vectorised call: a pure function of
+            # (seed, block), so resuming mid-block regenerates the same batches.
+            b = step // _DATA_BLOCK
+            if b not in block:
+                block.clear()
+                inputs, target = make_batch(
+                    hmm, batch_size * _DATA_BLOCK, n_ctx, targets=targets, bos=bos,
+                    generator=_step_generator(seed, b),
+                )  # fmt: skip
+                if targets == "bayes":
+                    target = _pad_vocab(target, d_vocab).float()
+                block[b] = (inputs, target)
+            inputs, target = block[b]
+            rows = slice((step % _DATA_BLOCK) * batch_size, (step % _DATA_BLOCK + 1) * batch_size)
+            return inputs[rows], target[rows]
 
-        future = pool.submit(batch_for, start) if start < n_steps else None
         for step in range(start, n_steps):
-            inputs, target = future.result()
-            if step + 1 < n_steps:
-                future = pool.submit(batch_for, step + 1)
+            inputs, target = batch_for(step)
             inputs = inputs.to(device, non_blocking=True)
             current_lr = lr_at(
                 step,
