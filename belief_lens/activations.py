@@ -17,7 +17,14 @@ from torch import Tensor
 from belief_lens import _tl
 from belief_lens.errors import BeliefLensError
 
-__all__ = ["HookSpec", "require_eval_mode", "residual_hooks", "residual_stream", "resolve_hook"]
+__all__ = [
+    "HookSpec",
+    "model_device",
+    "require_eval_mode",
+    "residual_hooks",
+    "residual_stream",
+    "resolve_hook",
+]
 
 #: A hook given by full name (``"blocks.3.hook_resid_post"``) or ``get_act_name`` shorthand
 #: (``("resid_post", 3)``; negative layers count from the end).
@@ -128,7 +135,8 @@ def check_tokens(model: Any, tokens: Any) -> Int[Tensor, "n pos"]:
     return tokens.long()
 
 
-def _model_device(model: Any) -> torch.device:
+def model_device(model: Any) -> torch.device:
+    """The device of the model's parameters (CPU for a model without any)."""
     for param in model.parameters():
         return param.device
     return torch.device("cpu")
@@ -165,11 +173,11 @@ def residual_stream(
         raise BeliefLensError(f"batch_size must be >= 1, got {batch_size}")
     out_device = torch.device("cpu") if device is None else torch.device(device)
     stop = _stop_at_layer(model, names)
-    model_device = _model_device(model)
+    in_device = model_device(model)
     wanted = set(names)
     chunks: dict[str, list[Tensor]] = {name: [] for name in names}
     for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start : start + batch_size].to(model_device)
+        batch = tokens[start : start + batch_size].to(in_device)
         _, cache = model.run_with_cache(
             batch, names_filter=lambda name: name in wanted, stop_at_layer=stop
         )

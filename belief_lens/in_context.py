@@ -48,12 +48,6 @@ DEFAULT_MEMORY_LIMIT = 2 * _GIB
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _model_device(model: Any) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
-
-
 def _check_length(model: Any, token_map: TokenMap, length: int) -> None:
     if length < 1:
         raise BeliefLensError(f"length must be >= 1 symbols, got {length}")
@@ -222,7 +216,7 @@ def in_context_curve(
     the sequences instead (``[n, length + 1]``). Batches are sized so that the logits stay within
     ``memory_limit_bytes`` (``batch_size`` caps them). The model must be in eval mode.
     """
-    from belief_lens.activations import check_tokens, require_eval_mode
+    from belief_lens.activations import check_tokens, model_device, require_eval_mode
 
     require_eval_mode(model)
     _check_map(model, hmm, token_map)
@@ -242,7 +236,7 @@ def in_context_curve(
     with_bos = token_map.bos is not None
     P = length + int(with_bos)
     L_model = token_map.model_length(length)
-    device = _model_device(model)
+    device = model_device(model)
     per_seq = _forward_bytes_per_sequence(model, L_model, 0, logits=True)
     size = _batch_size(batch_size, memory_limit_bytes, per_seq, "in_context_curve", n_sequences)
     stats = {k: _Running(P) for k in ("kl", "model_ce", "bayes_ce", "entropy", "off")}
@@ -432,7 +426,12 @@ def fit_position_probes(
     hooks are processed in groups, each with its own passes (more compute, same memory); batches
     are sized to the other half.
     """
-    from belief_lens.activations import check_tokens, require_eval_mode, residual_stream
+    from belief_lens.activations import (
+        check_tokens,
+        model_device,
+        require_eval_mode,
+        residual_stream,
+    )
     from belief_lens.probes import _resolve_hooks
 
     require_eval_mode(model)
@@ -459,7 +458,7 @@ def fit_position_probes(
     test_idx = torch.nonzero(test_mask).flatten()
     S = hmm.n_states
     d = int(model.cfg.d_model)
-    work = _model_device(model) if device is None else torch.device(device)
+    work = model_device(model) if device is None else torch.device(device)
     if read_at == "symbol":
         positions = token_map.symbol_positions(length)
     elif read_at == "prediction":

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from belief_lens.activations import model_device
 from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
 from belief_lens.compmech import optimal_loss
 from belief_lens.errors import BeliefLensError
@@ -223,7 +224,7 @@ def _evaluate(
     model: Any, data: _EvalSet, optimum: Tensor, step: int, tokens: int, batch_size: int = 8192
 ) -> EvalRecord:
     """Expected cross-entropy per position of the model against exact next-token distributions."""
-    device = _model_device(model)
+    device = model_device(model)
     per_pos = torch.zeros(data.inputs.shape[1], dtype=torch.float64)
     for start in range(0, data.inputs.shape[0], batch_size):
         sl = slice(start, start + batch_size)
@@ -242,12 +243,6 @@ def _evaluate(
         loss_over_optimal_per_position=ratio.tolist(),
         exact=data.exact,
     )
-
-
-def _model_device(model: Any) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -462,7 +457,7 @@ def train(
                 logger.info("resumed from step %d in %s", start, directory)
 
     eval_data = _eval_set(hmm, n_ctx, bos=bos, n_sequences=eval_sequences, seed=seed)
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     optimal_mean = float(optimum.mean())
     bar = None

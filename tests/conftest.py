@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests never reach for the model hub: everything they need is built locally or in ../shared/.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def shared_checkpoint():
