@@ -6,22 +6,12 @@ enumerate_sequences(mess3, 10) <= 0.5 s, sample_sequences >= 100x a per-token nu
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
+from _timing import best_of
 
 from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
 from belief_lens.processes import mess3
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def loop_beliefs(T: np.ndarray, pi: np.ndarray, tokens: np.ndarray) -> np.ndarray:

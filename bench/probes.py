@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import torch
+from _timing import best_of
 from sklearn.linear_model import LinearRegression
 
 from belief_lens.beliefs import enumerate_sequences
@@ -27,15 +28,6 @@ from belief_lens.probes import AffineProbe
 from belief_lens.processes import mess3
 
 HOOK = "blocks.3.hook_resid_post"
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def mess3_data() -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
