@@ -6,8 +6,9 @@ Only the duck-typed hook surface shared by ``HookedTransformer`` and ``Transform
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
 import torch
@@ -19,6 +20,7 @@ from belief_lens.errors import BeliefLensError
 
 __all__ = [
     "HookSpec",
+    "eval_mode",
     "model_device",
     "require_eval_mode",
     "residual_hooks",
@@ -133,6 +135,18 @@ def check_tokens(model: Any, tokens: Any) -> Int[Tensor, "n pos"]:
             f"got min {int(tokens.min())}, max {int(tokens.max())}"
         )
     return tokens.long()
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Run the body with ``model`` in eval mode and without gradients, restoring its mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def model_device(model: Any) -> torch.device:

@@ -19,8 +19,6 @@ from belief_lens.errors import BeliefLensError
 
 logger = logging.getLogger("belief_lens")
 
-PAPER_ARCHITECTURE = dict(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256)
-
 
 def _param(text: str) -> tuple[str, float]:
     key, sep, value = text.partition("=")
@@ -120,29 +118,16 @@ def _analysis_config(args: argparse.Namespace):
     )
 
 
-def _check_fits(model: Any, hmm: Any, what: str) -> None:
-    if int(model.cfg.d_vocab) < hmm.n_symbols:
-        raise BeliefLensError(
-            f"{what} has a vocabulary of {model.cfg.d_vocab} tokens but {hmm.name} emits "
-            f"{hmm.n_symbols} symbols"
-        )
-    if int(model.cfg.d_vocab) > hmm.n_symbols:
-        logger.warning(
-            "%s has %d tokens for %d symbols; the extra tokens are ignored",
-            what,
-            model.cfg.d_vocab,
-            hmm.n_symbols,
-        )
-
-
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from belief_lens.models import save_checkpoint, toy_transformer
+    from belief_lens.models import PAPER_ARCHITECTURES, save_checkpoint, toy_transformer
     from belief_lens.report import analyse
     from belief_lens.training import DEFAULTS, budget_steps, train
 
     hmm = _process(args.process, args.param)
     out = Path(args.out)
-    model = toy_transformer(hmm.n_symbols, args.n_ctx, seed=args.seed, **PAPER_ARCHITECTURE)
+    # The paper's RRXOR architecture for rrxor, its Mess3 one for every other process.
+    arch = PAPER_ARCHITECTURES.get(args.process, PAPER_ARCHITECTURES["mess3"])
+    model = toy_transformer(hmm.n_symbols, args.n_ctx, seed=args.seed, **arch)
     settings = dict(DEFAULTS[args.targets], targets=args.targets, seed=args.seed)
     if args.batch_size:
         settings["batch_size"] = args.batch_size
@@ -184,7 +169,6 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     if not path.is_file():
         raise BeliefLensError(f"checkpoint {path} does not exist or is not a file")
     model = load_checkpoint(path)
-    _check_fits(model, hmm, f"checkpoint {path.name}")
     return analyse(
         model,
         hmm,

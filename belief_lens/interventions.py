@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from belief_lens.activations import check_tokens, resolve_hook
+from belief_lens.activations import check_tokens, eval_mode, resolve_hook
 from belief_lens.beliefs import belief_states
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
@@ -179,34 +179,19 @@ def steering_hook(
 
 def _run_with_hook(model: Any, tokens: Tensor, hook_name: str, fn: Callable) -> Tensor:
     """Run ``model`` on ``tokens`` in eval mode with one hook that must fire exactly once."""
-    was_training = model.training
-    model.eval()
     calls = {"n": 0}
 
     def counted(activation: Tensor, hook: Any) -> Tensor:
         calls["n"] += 1
         return fn(activation, hook)
 
-    try:
-        with torch.no_grad():
-            logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, counted)])
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, counted)])
     if calls["n"] != 1:
         raise BeliefLensError(
             f"hook {hook_name!r} fired {calls['n']} times in one forward, expected 1"
         )
     return logits
-
-
-def _run_clean(model: Any, tokens: Tensor) -> Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(tokens)
-    finally:
-        model.train(was_training)
 
 
 def steer_to_belief(
@@ -290,24 +275,19 @@ def patch_belief_subspace(
         basis: Any = {k: _basis_from(v, kind) for k, v in probe_or_basis.items()}
     else:
         basis = _basis_from(probe_or_basis, kind)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _, cache = model.run_with_cache(
-                clean_tokens, names_filter=lambda n: n.endswith(f"hook_{activation_name}")
-            )
-            return patching.generic_activation_patch(
-                model,
-                corrupted_tokens,
-                cache,
-                metric,
-                subspace_patch_setter(basis),
-                activation_name,
-                index_axis_names=("layer", "pos"),
-            )
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        _, cache = model.run_with_cache(
+            clean_tokens, names_filter=lambda n: n.endswith(f"hook_{activation_name}")
+        )
+        return patching.generic_activation_patch(
+            model,
+            corrupted_tokens,
+            cache,
+            metric,
+            subspace_patch_setter(basis),
+            activation_name,
+            index_axis_names=("layer", "pos"),
+        )
 
 
 def ablate_belief_subspace(
@@ -446,7 +426,8 @@ def intervention_report(
     # Steer where the next symbol is predicted: with separators that is the last separator
     # after the symbol, not the symbol itself (a last-layer change there never reaches it).
     model_pos = pos if token_map is None else int(token_map.prediction_positions(L)[pos])
-    clean = _run_clean(model, check_tokens(model, model_tokens))
+    with eval_mode(model):
+        clean = model(check_tokens(model, model_tokens))
     before = _next_token_probs(clean, pos, token_map, L)
     report = InterventionReport(
         hook=resolve_hook(model, hook),

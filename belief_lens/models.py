@@ -25,7 +25,13 @@ from belief_lens import _tl
 from belief_lens._io import atomic_write
 from belief_lens.errors import BeliefLensError
 
-__all__ = ["find_checkpoint", "load_checkpoint", "save_checkpoint", "toy_transformer"]
+__all__ = [
+    "PAPER_ARCHITECTURES",
+    "find_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "toy_transformer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,11 @@ ARCH_FIELDS = (
     "positional_embedding_type",
     "use_attn_scale",
 )
+#: The architectures of the paper's released models (all 4 layers, LayerNorm, ReLU, n_ctx 10).
+PAPER_ARCHITECTURES: dict[str, dict[str, int]] = {
+    "mess3": dict(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256),
+    "rrxor": dict(n_layers=4, d_model=128, n_heads=4, d_head=16, d_mlp=512),
+}
 _REQUIRED_FIELDS = ("n_layers", "d_model", "d_head", "n_ctx", "d_vocab")
 _META_KEY = "belief_lens"
 _FORMAT_LEGACY = "hooked_transformer"

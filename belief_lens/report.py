@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from belief_lens._io import atomic_write_text
-from belief_lens.compmech import entropy_rate, myopic_entropy, optimal_loss
+from belief_lens.compmech import entropy_rate, myopic_entropy
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 
@@ -51,37 +51,6 @@ class Section:
     tables: list[tuple[list[str], list[list[Any]]]] = field(default_factory=list)
 
 
-def _model_loss(model: Any, hmm: HMM, n_ctx: int, seed: int) -> dict[str, Any]:
-    """Exact expected cross-entropy per position against P(. | belief), over all sequences when
-    they can be enumerated (else a large sample)."""
-    from belief_lens.beliefs import enumerate_sequences, next_token_distributions, sample_sequences
-
-    try:
-        data = enumerate_sequences(hmm, n_ctx, max_sequences=200_000)
-        tokens, weights = data.tokens, data.probs
-        targets = hmm.next_token_probs(data.beliefs)
-    except BeliefLensError:
-        tokens = sample_sequences(hmm, 20_000, n_ctx, seed=seed)
-        weights = torch.full((len(tokens),), 1 / len(tokens), dtype=torch.float64)
-        targets = next_token_distributions(hmm, tokens)
-    losses = []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(tokens), 4096):
-            logits = model(tokens[i : i + 4096]).double()
-            logp = torch.log_softmax(logits[..., : hmm.n_symbols], -1)
-            losses.append(-(targets[i : i + 4096] * logp).sum(-1))
-    per_pos = (torch.cat(losses) * weights[:, None]).sum(0)
-    opt = optimal_loss(hmm, n_ctx)
-    return {
-        "loss": float(per_pos.mean()),
-        "optimal_loss": float(opt.mean()),
-        "loss_over_optimal": float(per_pos.mean() / opt.mean()),
-        "loss_per_position": per_pos.tolist(),
-        "optimal_loss_per_position": opt.tolist(),
-    }
-
-
 def analyse(
     model: Any,
     hmm: HMM,
@@ -96,14 +65,18 @@ def analyse(
     ``metrics.json`` into ``out_dir``; return the metrics."""
     from belief_lens import plotting, probes
     from belief_lens.activations import residual_hooks
+    from belief_lens.training import evaluate_loss
 
     cfg = config or AnalysisConfig()
     n_ctx = int(model.cfg.n_ctx)
-    if int(model.cfg.d_vocab) < hmm.n_symbols:
+    d_vocab = int(model.cfg.d_vocab)
+    if d_vocab < hmm.n_symbols:
         raise BeliefLensError(
-            f"the model's vocabulary ({model.cfg.d_vocab}) is smaller than the process's "
-            f"alphabet ({hmm.n_symbols})"
+            f"the model has a vocabulary of {d_vocab} tokens but {hmm.name} emits "
+            f"{hmm.n_symbols} symbols"
         )
+    if d_vocab > hmm.n_symbols:
+        logger.warning("the model has %d tokens for %d symbols", d_vocab, hmm.n_symbols)
     model.eval()
     t0 = time.perf_counter()
     metrics: dict[str, Any] = {"process": hmm.name, "n_ctx": n_ctx, **(extra_metrics or {})}
@@ -116,8 +89,14 @@ def analyse(
     except BeliefLensError:
         h_mu = entropy_rate(hmm, "chaos_game")
     metrics["ground_truth"] = {"entropy_rate": h_mu, "myopic_entropy": h.tolist()}
-    metrics["model_loss"] = _model_loss(model, hmm, n_ctx, cfg.seed)
-    ml = metrics["model_loss"]
+    record = evaluate_loss(model, hmm, seed=cfg.seed)
+    metrics["model_loss"] = ml = {
+        "loss": record.loss,
+        "optimal_loss": record.loss / record.loss_over_optimal,
+        "loss_over_optimal": record.loss_over_optimal,
+        "loss_per_position": record.loss_per_position,
+        "exact": record.exact,
+    }
     logger.info(
         "model loss %.5f nats, optimum %.5f (ratio %.4f)",
         ml["loss"],

@@ -26,13 +26,22 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from belief_lens.activations import model_device
+from belief_lens.activations import eval_mode, model_device
 from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
 from belief_lens.compmech import optimal_loss
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 
-__all__ = ["EvalRecord", "TrainingHistory", "lr_at", "train"]
+__all__ = [
+    "DEFAULTS",
+    "EvalRecord",
+    "TrainingHistory",
+    "budget_steps",
+    "evaluate_loss",
+    "lr_at",
+    "make_batch",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +252,18 @@ def _evaluate(
         loss_over_optimal_per_position=ratio.tolist(),
         exact=data.exact,
     )
+
+
+def evaluate_loss(
+    model: Any, hmm: HMM, *, bos: bool = False, n_sequences: int = 200_000, seed: int = 0
+) -> EvalRecord:
+    """The model's expected cross-entropy per position against ``P(. | belief)``, and its ratio to
+    ``optimal_loss``: exact over every sequence when at most ``n_sequences`` exist (all 59,049
+    for Mess3 at n_ctx 10), else on a seeded sample of that many."""
+    n_ctx = int(model.cfg.n_ctx)
+    data = _eval_set(hmm, n_ctx, bos=bos, n_sequences=n_sequences, seed=seed)
+    with eval_mode(model):
+        return _evaluate(model, data, optimal_loss(hmm, n_ctx, bos=bos), step=0, tokens=0)
 
 
 # --- checkpoints ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from belief_lens.activations import residual_hooks
-from belief_lens.models import load_checkpoint, toy_transformer
+from belief_lens.models import PAPER_ARCHITECTURES, load_checkpoint, toy_transformer
 from belief_lens.plotting import compare_figure, layer_grid_figure, training_curve_figure
 from belief_lens.probes import collect_probe_data, fit_probes, next_token_control
 from belief_lens.processes import make_process
@@ -46,17 +46,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # %%
-# The paper's architectures (README of its checkpoints): 4 layers, LayerNorm, ReLU, context 10.
-ARCHITECTURE = {
-    "mess3": dict(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256),
-    "rrxor": dict(n_layers=4, d_model=128, n_heads=4, d_head=16, d_mlp=512),
-}
-
-
 def get_model(args: argparse.Namespace, hmm):
     if args.checkpoint:
         return load_checkpoint(args.checkpoint), None
-    model = toy_transformer(hmm.n_symbols, 10, seed=0, **ARCHITECTURE[args.process])
+    model = toy_transformer(hmm.n_symbols, 10, seed=0, **PAPER_ARCHITECTURES[args.process])
     settings = DEFAULTS["bayes"]
     n_steps = budget_steps(model, hmm, args.minutes * 60, targets="bayes", **settings)
     if args.max_steps:

@@ -40,6 +40,8 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     for section in ("Belief geometry", "Probes per layer", "Controls", "Interventions", "Training"):
         assert section in html
     assert (out / "model.safetensors").is_file()
+    # The paper's RRXOR architecture, not its Mess3 one.
+    assert json.loads((out / "model.config.json").read_text())["d_model"] == 128
     assert "wrote" in capsys.readouterr().out
 
 

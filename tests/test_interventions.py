@@ -187,3 +187,15 @@ def test_steering_works_on_toy_models_of_the_installed_version():
     expected = ((target - current) @ probe.encoding_map()).float()
     torch.testing.assert_close(steered[:, -1] - acts[:, -1], expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(steered[:, :-1], acts[:, :-1])
+
+
+def test_interventions_keep_the_callers_train_mode(mess3_setup):
+    model, hmm, probe = mess3_setup
+    tokens = sample_sequences(hmm, 2, 10, seed=10)
+    model.train()
+    try:
+        steer_to_belief(model, tokens, probe, HOOK, torch.ones(2, 3) / 3, positions=-1)
+        ablate_belief_subspace(model, tokens, belief_basis(probe), HOOK)
+        assert model.training
+    finally:
+        model.eval()

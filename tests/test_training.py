@@ -205,3 +205,22 @@ def test_budget_steps_leaves_the_model_untouched():
         torch.testing.assert_close(v, before[k])
     with pytest.raises(BeliefLensError, match="seconds must be positive"):
         budget_steps(model, hmm, 0)
+
+
+def test_evaluate_loss_is_exact_expected_cross_entropy():
+    from belief_lens.beliefs import enumerate_sequences
+    from belief_lens.training import evaluate_loss
+
+    hmm = rrxor()
+    model = toy_transformer(2, 6, n_layers=1, d_model=16, d_mlp=32, seed=1).train()
+    record = evaluate_loss(model, hmm)
+    assert record.exact and model.training  # every sequence; the caller's mode is kept
+    data = enumerate_sequences(hmm, 6)
+    with torch.no_grad():
+        logp = model.eval()(data.tokens).double().log_softmax(-1)
+    ce = -(hmm.next_token_probs(data.beliefs) * logp).sum(-1)
+    expected = (data.probs[:, None] * ce).sum(0)
+    torch.testing.assert_close(
+        torch.tensor(record.loss_per_position, dtype=torch.float64), expected
+    )
+    assert record.loss_over_optimal == pytest.approx(expected.mean() / optimal_loss(hmm, 6).mean())
