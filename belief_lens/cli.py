@@ -267,7 +267,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     )
     history = train(model, hmm, config, progress=not args.quiet)
     logger.info("trained %d steps in %.1f s", history.steps, history.seconds)
-    save_checkpoint(model, out / "model.safetensors")
+    extra = {"train_config": history.config, "process": history.process, "steps": history.steps}
+    save_checkpoint(model, out / "model.safetensors", extra=extra)
     return analyse(
         model,
         hmm,

@@ -1194,12 +1194,6 @@ def next_token_control(
     )  # fmt: skip
 
 
-_ARCH_FIELDS = (
-    "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx", "act_fn",
-    "normalization_type",
-)  # fmt: skip
-
-
 def untrained_control(
     model: Any,
     hmm: HMM | None = None,
@@ -1219,11 +1213,10 @@ def untrained_control(
 ) -> ProbeTable:
     """``fit_probes`` on a randomly initialised model of ``model``'s architecture.
 
-    The architecture is read from ``model.cfg`` (``n_layers, d_model, n_heads, d_head, d_mlp,
-    d_vocab, n_ctx, act_fn, normalization_type``) and built with
-    ``belief_lens.models.toy_transformer(..., seed=seed)``. Same sequences, beliefs and split.
+    The architecture is read from ``model.cfg`` (``ModelConfig.from_model``) and built with
+    ``belief_lens.models.toy_transformer(config, seed=seed)``. Same sequences, beliefs and split.
     """
-    from belief_lens.models import toy_transformer
+    from belief_lens.models import ModelConfig, toy_transformer
 
     data = _get_data(
         model, hmm, n_ctx, data, seed, hooks=hooks, mode=mode, test_fraction=test_fraction,
@@ -1234,8 +1227,7 @@ def untrained_control(
         raise BeliefLensError(
             f"untrained_control needs a model with a cfg, got {type(model).__name__}"
         )
-    arch = {k: getattr(cfg, k) for k in _ARCH_FIELDS if getattr(cfg, k, None) is not None}
-    fresh = toy_transformer(**arch, seed=seed).eval()
+    fresh = toy_transformer(ModelConfig.from_model(model), seed=seed).eval()
     bos_id = data.hmm.n_symbols if data.bos else None
     acts = _model_acts(fresh, data.tokens, data.hooks, bos_id, batch_size)
     fresh_data = ProbeData(

@@ -234,12 +234,17 @@ def lr_at(step: int, progress: float, config: TrainConfig) -> float:
 
 
 def process_fingerprint(hmm: HMM) -> str:
-    """A short hash of a process's identity: its class, ``T`` and initial state (float64 bytes)."""
+    """A short hash of a process's identity: its class, ``T`` and initial state.
+
+    Values are rounded to 10 decimals first: a stationary state solved for by LAPACK can differ
+    in its last bits between runs, and must not make the same process look like another.
+    """
     h = hashlib.sha256()
     h.update(type(hmm).__name__.encode())
     h.update(repr(tuple(hmm.T.shape)).encode())
-    h.update(hmm.T.detach().double().contiguous().numpy().tobytes())
-    h.update(hmm.initial_state.detach().double().contiguous().numpy().tobytes())
+    for values in (hmm.T, hmm.initial_state):
+        rounded = np.round(values.detach().double().cpu().numpy(), 10) + 0.0  # no -0.0
+        h.update(np.ascontiguousarray(rounded).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -612,7 +617,8 @@ def _write_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_checkpoint(model, tmp / "model.safetensors", extra={"step": step})
+    extra = {"step": step, "train_config": history.config, "process": history.process}
+    save_checkpoint(model, tmp / "model.safetensors", extra=extra)
     opt_tensors, opt_meta = _optimizer_to_files(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
     fsync_path(tmp / "optimizer.safetensors")
@@ -886,7 +892,12 @@ def train(
         if not history.evals:
             evaluate(0)
             origin["t"] = clock()
-        next_eval = math.floor(progress_at(step) * 10 + 1) / 10
+        # Evaluations at each tenth of the run; under a time budget, fewer where they would
+        # take more than a tenth of it.
+        n_evals = 10
+        if budget is not None and reserve["eval"] > 0:
+            n_evals = max(1, min(10, int(0.1 * budget / reserve["eval"])))
+        next_eval = math.floor(progress_at(step) * n_evals + 1) / n_evals
         stopped = False
         while True:
             p = progress_at(step)
@@ -922,7 +933,7 @@ def train(
             else:
                 due = p_after >= next_eval
                 if due:
-                    next_eval = math.floor(p_after * 10 + 1) / 10
+                    next_eval = math.floor(p_after * n_evals + 1) / n_evals
             if len(pending) >= 32 or due or is_last:
                 flush()
             if due or is_last:

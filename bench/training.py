@@ -5,6 +5,8 @@ Figures printed:
 
 1. tokens/s of ``train`` vs. a bare forward+backward+step loop on the same model and batch size
    (steady state: the loop's evaluations at step 0 and at the end are excluded);
+0. ``budget``: the wall time of ``train`` given a 20-second budget (``seconds=20``, the paper's
+   Mess3 architecture and the demo's settings), against the 10% tolerance, with the steps taken;
 2. for the paper's Mess3 architecture, the training wall time (probe checks excluded) until an
    affine probe at ``blocks.3.hook_resid_post`` reaches MSE <= each threshold, with
    ``targets="tokens"`` and ``targets="bayes"``. As in the paper, every sequence weighs the same:
@@ -25,7 +27,7 @@ from belief_lens.activations import residual_stream
 from belief_lens.beliefs import enumerate_sequences
 from belief_lens.models import toy_transformer
 from belief_lens.processes import mess3
-from belief_lens.training import DEFAULTS, make_batch, train
+from belief_lens.training import DEFAULTS, TrainConfig, make_batch, train
 
 HOOK = "blocks.3.hook_resid_post"
 PAPER_ARCH = dict(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256)
@@ -91,7 +93,7 @@ def bench_throughput(batch_size: int, n_steps: int, targets: str, rounds: int = 
         train(
             model,
             hmm,
-            n_steps=total_steps,
+            steps=total_steps,
             batch_size=batch_size,
             targets=targets,
             lr=1e-3,
@@ -115,6 +117,24 @@ def bench_throughput(batch_size: int, n_steps: int, targets: str, rounds: int = 
         f"train {steady:,.0f} tok/s, ratio {steady / bare:.3f} "
         f"(whole call incl. 2 evaluations of 1,024 sequences: {whole:,.0f} tok/s)"
     )
+
+
+def bench_budget(seconds: float = 20.0, repeats: int = 2) -> None:
+    """Wall time of ``train`` under a ``seconds`` budget: it should end within 10% of it."""
+    hmm = mess3()
+    for targets in ("bayes", "tokens"):
+        for _ in range(repeats):
+            model = toy_transformer(3, 10, **PAPER_ARCH)
+            config = TrainConfig(**DEFAULTS[targets], targets=targets, seconds=seconds)
+            start = time.perf_counter()
+            history = train(model, hmm, config, progress=False)
+            wall = time.perf_counter() - start
+            print(
+                f"budget {seconds:.0f} s targets={targets}: train took {wall:.2f} s "
+                f"({wall / seconds - 1:+.1%}, tolerance +-10%), {history.steps} steps, "
+                f"{len(history.evals)} evaluations, final {history.evals[-1].loss_over_optimal:.4f}"
+                " x optimal"
+            )
 
 
 def time_to_mse(
@@ -176,7 +196,10 @@ def time_to_mse(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--parts", nargs="+", default=["throughput", "tokens", "bayes"], help="what to run"
+        "--parts",
+        nargs="+",
+        default=["budget", "throughput", "tokens", "bayes"],
+        help="what to run",
     )
     parser.add_argument("--cap", type=float, default=360.0, help="seconds per time-to-MSE run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -191,6 +214,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if "budget" in args.parts:
+        bench_budget()
     if "throughput" in args.parts:
         for batch_size in (64, 256):
             bench_throughput(batch_size, n_steps=150, targets="tokens")
@@ -207,7 +232,7 @@ def main() -> None:
             thresholds,
             cap_s=args.cap,
             check_every_s=5.0,
-            n_steps=steps,
+            steps=steps,
             batch_size=batch,
             lr=lr,
             eval_every=max(1, math.ceil(steps / 4)),

@@ -499,3 +499,43 @@ def test_step_checkpoint_is_a_plain_loadable_model(tmp_path):
     tokens = torch.zeros(2, 6, dtype=torch.long)
     assert torch.equal(loaded(tokens), model.eval()(tokens))
     shutil.rmtree(tmp_path)
+
+
+_KILLED_RUN = """
+import os, signal, sys
+import belief_lens.training as training
+from belief_lens.models import toy_transformer
+from belief_lens.processes import mess3
+
+real_rename = os.rename
+
+def rename(src, dst):
+    # SIGKILL at the last moment of step 3's checkpoint: every file written, nothing renamed.
+    if ".step_00000003.tmp-" in str(src):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_rename(src, dst)
+
+training.os.rename = rename
+model = toy_transformer(3, 8, n_layers=1, d_model=16, n_heads=1, d_head=8, d_mlp=32, seed=0)
+training.train(model, mess3(), steps=6, batch_size=32, lr=3e-3, checkpoint_every=1,
+               eval_sequences=256, checkpoint_dir=sys.argv[1], progress=False)
+"""
+
+
+def test_sigkill_during_step_checkpointing_resumes_exactly(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(tmp_path)], env=env)
+    assert run.returncode == -signal.SIGKILL
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [1, 2]
+    kw = dict(steps=6, batch_size=32, lr=3e-3, checkpoint_every=1, eval_sequences=256)
+    straight = toy_transformer(3, 8, **TINY, seed=0)
+    full = train(straight, mess3(), progress=False, **kw)
+    resumed_model = toy_transformer(3, 8, **TINY, seed=3)
+    resumed = train(resumed_model, mess3(), checkpoint_dir=tmp_path, progress=False, **kw)
+    assert resumed.loss == full.loss and _state_equal(straight, resumed_model)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
