@@ -61,7 +61,7 @@ def sample_sequences(
     init = (
         hmm.initial_state
         if initial_state is None
-        else hmm._check_belief(initial_state, "initial_state")
+        else hmm.check_belief(initial_state, "initial_state")
     )
     u = torch.rand(n_sequences, length, generator=gen, dtype=torch.float64)
     tokens = torch.empty(n_sequences, length, dtype=torch.long)
@@ -127,7 +127,7 @@ def _filter(
     init = (
         hmm.initial_state
         if initial_state is None
-        else hmm._check_belief(initial_state, "initial_state")
+        else hmm.check_belief(initial_state, "initial_state")
     )
     beliefs = torch.empty(n, L, hmm.n_states, dtype=torch.float64)
     norms = torch.empty(n, L, dtype=torch.float64)
@@ -241,7 +241,7 @@ def enumerate_sequences(
     init = (
         hmm.initial_state
         if initial_state is None
-        else hmm._check_belief(initial_state, "initial_state")
+        else hmm.check_belief(initial_state, "initial_state")
     )
     S = hmm.n_states
     tokens = torch.empty(1, 0, dtype=torch.long)

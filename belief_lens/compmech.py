@@ -65,7 +65,7 @@ def belief_levels(
     eta = (
         hmm.initial_state
         if initial_state is None
-        else hmm._check_belief(initial_state, "initial_state")
+        else hmm.check_belief(initial_state, "initial_state")
     )[None]
     w = torch.ones(1, dtype=torch.float64)
     yield eta, w
@@ -166,7 +166,7 @@ def mixed_state_presentation(
     start = (
         hmm.initial_state
         if initial_state is None
-        else hmm._check_belief(initial_state, "initial_state")
+        else hmm.check_belief(initial_state, "initial_state")
     )
     keys: dict[bytes, int] = {}
     beliefs: list[Tensor] = []

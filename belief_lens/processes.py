@@ -13,6 +13,7 @@ import torch
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM, GeneralizedHMM
+from belief_lens.validation import check_int, check_int_list, check_real_tensor
 
 __all__ = [
     "PROCESSES",
@@ -24,6 +25,7 @@ __all__ = [
     "post_quantum",
     "product",
     "random_hmm",
+    "relabel",
     "rrxor",
     "tom_quantum",
     "z1r",
@@ -168,38 +170,98 @@ def tom_quantum(alpha: float = 1.0, beta: float = 1.0) -> GeneralizedHMM:
     return GeneralizedHMM(T, name=f"tom_quantum(alpha={alpha}, beta={beta})")
 
 
-def mixture(processes: Sequence[HMM], weights: Sequence[float] | None = None) -> HMM:
+def relabel(hmm: HMM, vocab_map: Sequence[int], n_symbols: int | None = None) -> HMM:
+    """The same hidden structure under new token ids: token ``x`` of ``hmm`` becomes
+    ``vocab_map[x]``, in a vocabulary of ``n_symbols`` (default ``max(vocab_map) + 1``).
+
+    ``vocab_map[x]`` is the shared-vocabulary id of the component's token ``x``, as in
+    simplexity's ``vocab_maps``. Ids ``vocab_map`` does not use are never emitted; two tokens
+    mapped to one id are merged (their transition matrices add), which coarse-grains the process.
+    States, stationary distribution and ``initial_state`` are unchanged.
+    """
+    if not isinstance(hmm, HMM):
+        raise BeliefLensError(f"relabel needs an HMM, got {type(hmm).__name__}")
+    vmap = check_int_list("vocab_map", vocab_map, length=hmm.n_symbols)
+    V = max(vmap) + 1 if n_symbols is None else check_int("n_symbols", n_symbols, low=1)
+    if max(vmap) >= V:
+        raise BeliefLensError(f"vocab_map uses id {max(vmap)}, outside n_symbols={V}")
+    T = torch.zeros(V, hmm.n_states, hmm.n_states, dtype=torch.float64)
+    T.index_add_(0, torch.tensor(vmap), hmm.T)
+    name = f"relabel({hmm.name}, {vmap})"
+    if hmm.generalized:
+        return GeneralizedHMM(T, initial_state=hmm.initial_state, tau=hmm.tau, name=name)
+    return HMM(T, initial_state=hmm.initial_state, name=name)
+
+
+def mixture(
+    processes: Sequence[HMM],
+    weights: Sequence[float] | None = None,
+    *,
+    vocab_maps: Sequence[Sequence[int]] | None = None,
+) -> HMM:
     """A non-ergodic disjoint union: pick component ``k`` with probability ``weights[k]``, run it.
 
-    The states are the concatenation of the components' states; all components share one alphabet.
-    The initial state is ``concat(w_k * pi_k)``.
+    Each sequence comes from one component for its whole length; the belief over the union's
+    states is a belief over which component (its mass per block) and the belief within it. States
+    are the concatenation of the components' states; the initial state is ``concat(w_k * pi_k)``.
+
+    Without ``vocab_maps`` all components share one alphabet. With them, ``vocab_maps[k][x]`` is
+    the shared-vocabulary id of component ``k``'s token ``x`` (simplexity's ``vocab_maps``, same
+    meaning); the vocabulary has ``max id + 1`` tokens, and components may use disjoint or
+    overlapping ids. E.g. ``mixture([mess3(), mess3()], vocab_maps=[[0, 1, 2], [3, 4, 5]])`` is
+    Mess3 under two disjoint vocabularies. Generalized components are supported: the union's
+    ``tau`` is the stacked components' ``tau``.
     """
+    if isinstance(processes, HMM) or not hasattr(processes, "__len__"):
+        raise BeliefLensError(f"mixture needs a list of HMMs, got {type(processes).__name__}")
     processes = list(processes)
     if not processes:
         raise BeliefLensError("mixture needs at least one process")
+    for i, p in enumerate(processes):
+        if not isinstance(p, HMM):
+            raise BeliefLensError(f"mixture component {i} must be an HMM, got {type(p).__name__}")
+    if vocab_maps is not None:
+        if isinstance(vocab_maps, str) or not hasattr(vocab_maps, "__len__"):
+            raise BeliefLensError(
+                f"vocab_maps must be one list of token ids per component, got {vocab_maps!r}"
+            )
+        if len(vocab_maps) != len(processes):
+            raise BeliefLensError(
+                f"vocab_maps must have one map per component ({len(processes)}), "
+                f"got {len(vocab_maps)}"
+            )
+        maps = [
+            check_int_list(f"vocab_maps[{k}]", m, length=p.n_symbols)
+            for k, (m, p) in enumerate(zip(vocab_maps, processes, strict=True))
+        ]
+        V = max(max(m) for m in maps) + 1
+        processes = [relabel(p, m, V) for p, m in zip(processes, maps, strict=True)]
     V = processes[0].n_symbols
     if any(p.n_symbols != V for p in processes):
         raise BeliefLensError(
-            "mixture components must share an alphabet; got sizes "
+            "mixture components must share an alphabet (or pass vocab_maps=); got sizes "
             f"{[p.n_symbols for p in processes]}"
         )
-    w = torch.as_tensor(
-        [1 / len(processes)] * len(processes) if weights is None else weights, dtype=torch.float64
-    )
-    if w.shape != (len(processes),) or (w < 0).any() or abs(w.sum().item() - 1) > 1e-9:
+    if weights is None:
+        w = torch.full((len(processes),), 1 / len(processes), dtype=torch.float64)
+    else:
+        w = check_real_tensor("weights", weights)
+    if (
+        w.shape != (len(processes),)
+        or not torch.isfinite(w).all()
+        or (w < 0).any()
+        or abs(w.sum().item() - 1) > 1e-9
+    ):
         raise BeliefLensError(
             f"weights must be {len(processes)} probabilities summing to 1, got {w.tolist()}"
         )
-    generalized = any(p.generalized for p in processes)
     T = torch.stack([torch.block_diag(*[p.T[x] for p in processes]) for x in range(V)])
-    init = torch.cat(
-        [
-            wk * p.initial_state / (p.initial_state @ p.tau)
-            for wk, p in zip(w, processes, strict=True)
-        ]
-    )
-    cls = GeneralizedHMM if generalized else HMM
-    return cls(T, initial_state=init, name="mixture(" + ", ".join(p.name for p in processes) + ")")
+    init = torch.cat([wk * p.initial_state for wk, p in zip(w, processes, strict=True)])
+    name = "mixture(" + ", ".join(p.name for p in processes) + ")"
+    if any(p.generalized for p in processes):
+        tau = torch.cat([p.tau for p in processes])
+        return GeneralizedHMM(T, initial_state=init, tau=tau, name=name)
+    return HMM(T, initial_state=init, name=name)
 
 
 def product(*processes: HMM) -> HMM:
@@ -207,18 +269,25 @@ def product(*processes: HMM) -> HMM:
 
     The joint token of factor tokens ``(x1, ..., xk)`` is their mixed-radix number with the first
     factor most significant: ``x = ((x1 * V2) + x2) * V3 + x3 ...`` (row-major, like
-    ``numpy.ravel_multi_index``). Hidden states are encoded the same way.
+    ``numpy.ravel_multi_index``). Hidden states are encoded the same way. Generalized factors
+    are supported: the product's ``tau`` is the Kronecker product of the factors'.
     """
     if not processes:
         raise BeliefLensError("product needs at least one process")
-    T, init = processes[0].T, processes[0].initial_state
+    for i, p in enumerate(processes):
+        if not isinstance(p, HMM):
+            raise BeliefLensError(f"product factor {i} must be an HMM, got {type(p).__name__}")
+    T, init, tau = processes[0].T, processes[0].initial_state, processes[0].tau
     for p in processes[1:]:
         V1, S1 = T.shape[0], T.shape[1]
         V2, S2 = p.T.shape[0], p.T.shape[1]
         T = torch.einsum("aij,bkl->abikjl", T, p.T).reshape(V1 * V2, S1 * S2, S1 * S2)
         init = torch.kron(init, p.initial_state)
-    cls = GeneralizedHMM if any(p.generalized for p in processes) else HMM
-    return cls(T, initial_state=init, name="product(" + ", ".join(p.name for p in processes) + ")")
+        tau = torch.kron(tau, p.tau)
+    name = "product(" + ", ".join(p.name for p in processes) + ")"
+    if any(p.generalized for p in processes):
+        return GeneralizedHMM(T, initial_state=init, tau=tau, name=name)
+    return HMM(T, initial_state=init, name=name)
 
 
 PROCESSES: dict[str, Callable[..., HMM]] = {
