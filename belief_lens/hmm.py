@@ -23,7 +23,7 @@ _EIG_TOL = 1e-8
 #: it, round-off from cancelling signed entries (about 1e-17) is read as zero.
 NEGATIVE_TOL = 1e-10
 #: Word length up to which a GeneralizedHMM's word probabilities are checked when it is built.
-DEFAULT_CHECK_DEPTH = 8
+DEFAULT_CHECK_DEPTH = 6
 
 
 class HMM:
@@ -247,7 +247,7 @@ class GeneralizedHMM(HMM):
     :data:`DEFAULT_CHECK_DEPTH`, enough for the enumerations in the tests and demos) and raises
     naming the first negative word; distinct beliefs are merged, so the cost is the number of
     distinct beliefs, and the check stops early (``checked_depth`` says where) once a level
-    exceeds ``2**20`` of them. Enumeration, sampling and filtering raise on any negative word
+    exceeds ``2**18`` of them. Enumeration, sampling and filtering raise on any negative word
     probability they meet beyond that depth.
 
     simplexity scales ``tau`` so that its entries sum to ``n_states`` (here its largest entry is
@@ -315,7 +315,7 @@ class GeneralizedHMM(HMM):
             raise BeliefLensError("could not find the right eigenvector tau of T.sum(0)")
         return tau
 
-    def _check_words(self, depth: int, max_beliefs: int = 2**20) -> int:
+    def _check_words(self, depth: int, max_beliefs: int = 2**18) -> int:
         """Raise on the first word (up to ``depth`` tokens) with negative probability.
 
         Returns the depth actually checked (less than ``depth`` only when the number of distinct
