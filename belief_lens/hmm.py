@@ -163,6 +163,8 @@ class HMM:
     ) -> Float[Tensor, "*batch n_symbols"]:
         """``P(x | eta) = eta @ T[x] @ tau`` for every symbol ``x``."""
         beliefs = check_real_tensor("beliefs", beliefs)
+        if not torch.isfinite(beliefs).all():
+            raise BeliefLensError("beliefs contain NaN or inf")
         if beliefs.ndim < 1 or beliefs.shape[-1] != self.n_states:
             raise BeliefLensError(
                 f"beliefs must end in n_states={self.n_states}, got shape {tuple(beliefs.shape)}"
@@ -174,6 +176,8 @@ class HMM:
     ) -> Float[Tensor, "*batch n_states"]:
         """Bayes-update beliefs on one observed token each; raises if a token is impossible."""
         beliefs = check_real_tensor("beliefs", beliefs)
+        if not torch.isfinite(beliefs).all():
+            raise BeliefLensError("beliefs contain NaN or inf")
         tokens = self.check_tokens(tokens)
         if beliefs.shape[:-1] != tokens.shape or beliefs.shape[-1] != self.n_states:
             raise BeliefLensError(
