@@ -120,13 +120,13 @@ def sample_sequences(
     check_hmm(hmm)
     n_sequences = check_int("n_sequences", n_sequences, low=0)
     length = check_int("length", length, low=0)
-    if n_sequences * length * 8 * 3 > default_max_bytes():
-        check_memory(
-            n_sequences * length * 8 * 3,
-            None,
-            f"sampling {n_sequences} x {length}",
-            "fewer or shorter sequences, sampled in batches",
-        )
+    # uniforms (float64) and two int64 token buffers
+    check_memory(
+        n_sequences * length * 8 * 3,
+        None,
+        f"sampling {n_sequences} sequences of length {length}",
+        "fewer or shorter sequences, sampled in batches",
+    )
     gen = _generator(seed, generator)
     init = (
         hmm.initial_state
@@ -175,10 +175,10 @@ def belief_walk(
         raise BeliefLensError(
             f"uniforms must have shape [steps, {beliefs.shape[0]}], got {tuple(uniforms.shape)}"
         )
-    if not torch.isfinite(beliefs).all() or ((uniforms < 0) | (uniforms > 1)).any():
-        raise BeliefLensError("beliefs must be finite and uniforms in [0, 1] (NaN refused)")
-    if uniforms.isnan().any():
-        raise BeliefLensError("uniforms must be in [0, 1], got NaN")
+    if not torch.isfinite(beliefs).all():
+        raise BeliefLensError("beliefs contain NaN or inf")
+    if not ((uniforms >= 0) & (uniforms <= 1)).all():
+        raise BeliefLensError("uniforms must be in [0, 1] (NaN refused)")
     return _walk(hmm, beliefs, uniforms)
 
 
@@ -341,6 +341,7 @@ def count_sequences(
     """
     check_hmm(hmm)
     length = check_int("length", length, low=0)
+    max_supports = check_int("max_supports", max_supports, low=1)
     init = hmm.initial_state if initial_state is None else hmm.check_belief(initial_state)
     step = (hmm.T != 0).to(torch.float64)  # [V, S, S]
     counts = {tuple((init != 0).tolist()): 1}

@@ -90,7 +90,9 @@ def belief_levels(
     return _belief_levels(hmm, eta, max_length, tol, max_states, max_bytes)
 
 
-def _belief_levels(hmm, eta, max_length, tol, max_states, max_bytes):
+def _belief_levels(
+    hmm: HMM, eta: Tensor, max_length: int, tol: float, max_states: int, max_bytes: int | None
+) -> Iterator[tuple[Float[Tensor, "K S"], Float[Tensor, " K"]]]:
     S, V = hmm.n_states, hmm.n_symbols
     options = (
         "pass max_bytes= or max_states= to allow more, shorten max_length, or use "
