@@ -376,7 +376,8 @@ def relabel(hmm: HMM, vocab_map: Sequence[int], n_symbols: int | None = None) ->
 
     ``vocab_map[x]`` is the shared-vocabulary id of the component's token ``x``, as in
     simplexity's ``vocab_maps``. Ids ``vocab_map`` does not use are never emitted; two tokens
-    mapped to one id are merged (their transition matrices add), which coarse-grains the process.
+    mapped to one id are merged (their transition matrices add), which coarse-grains the process
+    (simplexity's builder writes instead of adding, so there only the last such token survives).
     States, stationary distribution and ``initial_state`` are unchanged.
     """
     if not isinstance(hmm, HMM):
@@ -410,7 +411,8 @@ def mixture(
     meaning); the vocabulary has ``max id + 1`` tokens, and components may use disjoint or
     overlapping ids. E.g. ``mixture([mess3(), mess3()], vocab_maps=[[0, 1, 2], [3, 4, 5]])`` is
     Mess3 under two disjoint vocabularies. Generalized components are supported: the union's
-    ``tau`` is the stacked components' ``tau``.
+    ``tau`` is the stacked components' ``tau``. ``weights`` must sum to 1 (simplexity rescales
+    its ``process_weights`` by their sum).
     """
     if isinstance(processes, HMM) or not hasattr(processes, "__len__"):
         raise BeliefLensError(f"mixture needs a list of HMMs, got {type(processes).__name__}")
