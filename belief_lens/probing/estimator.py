@@ -18,13 +18,21 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.probing.moments import Moments, row_chunks
 
-__all__ = ["AffineProbe", "regression_metrics", "simplex_basis"]
+__all__ = [
+    "AffineProbe",
+    "ProbeNotFittedError",
+    "check_ridge",
+    "regression_metrics",
+    "simplex_basis",
+    "solve_normal",
+]
 
 BasisKind = Literal["encoding", "decoding"]
 
@@ -126,6 +134,14 @@ def regression_metrics(
     }
 
 
+def check_ridge(ridge: Any) -> float:
+    """``ridge`` as a float, or a BeliefLensError unless it is a finite number >= 0."""
+    ok = not isinstance(ridge, bool) and isinstance(ridge, (int, float))
+    if not ok or not math.isfinite(ridge) or ridge < 0:
+        raise BeliefLensError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    return float(ridge)
+
+
 def _to_tensor(x: Any, name: str) -> tuple[Tensor, bool]:
     """``x`` as a floating tensor (no copy where possible), and whether it came as a tensor."""
     if isinstance(x, Tensor):
@@ -147,6 +163,19 @@ def _check_finite(t: Tensor, name: str) -> None:
     if not bool(torch.isfinite(t).all()):
         bad = torch.nonzero(~torch.isfinite(t))[0].tolist()
         raise BeliefLensError(f"{name} contains NaN or inf (first at index {bad})")
+
+
+class ProbeNotFittedError(BeliefLensError, NotFittedError):
+    """A probe used before ``fit``: both a BeliefLensError and scikit-learn's NotFittedError."""
+
+
+def _check_fitted(probe: AffineProbe) -> None:
+    try:
+        check_is_fitted(probe)
+    except NotFittedError as err:
+        raise ProbeNotFittedError(
+            f"{err} (AffineProbe is not fitted yet; call fit() first)"
+        ) from None
 
 
 class AffineProbe(RegressorMixin, BaseEstimator):
@@ -224,11 +253,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         return tags
 
     def _check_hyperparameters(self) -> None:
-        ridge = self.ridge
-        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
-            raise BeliefLensError(f"ridge must be a finite number >= 0, got {ridge!r}")
-        if not math.isfinite(ridge):
-            raise BeliefLensError(f"ridge must be a finite number >= 0, got {ridge!r}")
+        check_ridge(self.ridge)
         if not isinstance(self.fit_intercept, bool):
             raise BeliefLensError(
                 f"fit_intercept must be True or False, got {self.fit_intercept!r}"
@@ -241,20 +266,39 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         """Validate ``X [..., d]`` (and ``y [..., S]``, weights): flat rows, whether X was a
         tensor, and X's leading shape. Arrays go through scikit-learn's ``validate_data``."""
         is_tensor = isinstance(X, Tensor)
+        lead_nd: tuple[int, ...] | None = None
+        if not is_tensor and np.ndim(X) > 2:  # [..., d] arrays: validate as rows
+            X = np.asarray(X)
+            lead_nd = X.shape[:-1]
+            if y is not None and np.ndim(y) >= len(lead_nd):
+                y = np.asarray(y)
+                y = y.reshape(math.prod(y.shape[: len(lead_nd)]), *y.shape[len(lead_nd) :])
+            if sample_weight is not None and np.ndim(sample_weight) > 1:
+                sample_weight = np.asarray(sample_weight).reshape(-1)
+            X = X.reshape(-1, X.shape[-1])
         if not is_tensor:
-            if y is not None or reset:
-                X, y = validate_data(
-                    self, X, y, reset=reset, multi_output=True, y_numeric=True, dtype="numeric"
-                )
-            else:
-                X = validate_data(self, X, reset=False, dtype="numeric")
+            try:
+                if y is not None or reset:
+                    X, y = validate_data(
+                        self, X, y, reset=reset, multi_output=True, y_numeric=True, dtype="numeric"
+                    )
+                else:
+                    X = validate_data(self, X, reset=False, dtype="numeric")
+            except ValueError as err:
+                raise BeliefLensError(str(err)) from None
         Xt, _ = _to_tensor(X, "acts")
+        if is_tensor and Xt.ndim == 1 and not reset:
+            Xt = Xt[None]
+            lead: tuple[int, ...] = ()
+        else:
+            lead = tuple(Xt.shape[:-1])
+        if lead_nd is not None:
+            Xt, lead = Xt.reshape(*lead_nd, Xt.shape[-1]), tuple(lead_nd)
         if Xt.ndim < 2:
             raise BeliefLensError(
                 f"acts must have shape [..., d] with at least one leading dim, got "
                 f"{tuple(Xt.shape)}; use acts[None] for a single sample"
             )
-        lead = tuple(Xt.shape[:-1])
         n = math.prod(lead)
         if is_tensor and not reset and Xt.shape[-1] != self.n_features_in_:
             raise BeliefLensError(
@@ -267,10 +311,12 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         Yt = None
         if y is not None:
             Yt, _ = _to_tensor(y, "beliefs")
-            self._last_single = Yt.ndim == Xt.ndim - 1 and tuple(Yt.shape) == lead
+            if lead_nd is not None:
+                Yt = Yt.reshape(*lead_nd, *Yt.shape[1:])
+            self._last_single = Yt.ndim == len(lead) and tuple(Yt.shape) == lead
             if self._last_single:
                 Yt = Yt[..., None]
-            if Yt.ndim != Xt.ndim or tuple(Yt.shape[:-1]) != lead:
+            if Yt.ndim != len(lead) + 1 or tuple(Yt.shape[:-1]) != lead:
                 raise BeliefLensError(
                     f"beliefs must have shape [..., S] with the leading dims of acts: acts has "
                     f"shape {tuple(Xt.shape)} but beliefs has {tuple(Yt.shape)}"
@@ -361,7 +407,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
     ) -> Float[Tensor, "... S"] | np.ndarray:
         """Decoded beliefs ``[..., S]`` in float64: a tensor on the input's device for a tensor,
         else a numpy array (``[n]`` when fitted on one 1-D target)."""
-        check_is_fitted(self)
+        _check_fitted(self)
         Xt, _, _, is_tensor, lead = self._rows(X, reset=False)
         dev = Xt.device
         B = self.coef_.T.to(dev)
@@ -386,7 +432,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         """Errors on ``(X, y)``: ``mse`` (mean over rows and targets, rows weighted, as in the
         paper), ``rmse``, ``r2`` (uniform average over targets, as ``score``), and
         ``mse_per_target``, ``r2_per_target``."""
-        check_is_fitted(self)
+        _check_fitted(self)
         Xt, Yt, w, _, _ = self._rows(X, y, sample_weight, reset=False)
         if Yt.shape[1] != self.n_targets_:
             raise BeliefLensError(
@@ -414,7 +460,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
 
     def metrics_moments(self, moments: Moments) -> dict[str, Any]:
         """``metrics`` from a row set's sufficient statistics, with no pass over rows."""
-        check_is_fitted(self)
+        _check_fitted(self)
         mom = moments.to("cpu")
         if not float(mom.w) > 0:
             zero = torch.zeros(self.n_targets_, dtype=torch.float64)
@@ -429,7 +475,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
     def encoding_map(self) -> Float[Tensor, "S d"]:
         """``Q @ encoding_``: a belief change ``delta [..., S]`` moves activations by
         ``delta @ encoding_map()`` (only its sum-zero part matters for beliefs)."""
-        check_is_fitted(self)
+        _check_fitted(self)
         return self.simplex_basis_ @ self.encoding_
 
     def _decoding_free(self) -> Float[Tensor, "k d"]:
@@ -439,7 +485,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         """``Q @ pinv(Q.T @ coef_).T``: the minimum-norm activation change, in the probe's row
         space, that moves the decoded belief by ``delta``:
         ``predict(x + delta @ decoding_map()) == predict(x) + delta`` for sum-zero ``delta``."""
-        check_is_fitted(self)
+        _check_fitted(self)
         return self.simplex_basis_ @ self._decoding_free()
 
     def belief_basis(self, kind: BasisKind = "encoding") -> Float[Tensor, "d n_free"]:
@@ -448,7 +494,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         Columns are right singular vectors of the map ordered by singular value, each signed so
         that its largest-magnitude entry is positive.
         """
-        check_is_fitted(self)
+        _check_fitted(self)
         if kind == "encoding":
             M = self.encoding_
         elif kind == "decoding":
@@ -473,7 +519,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         from belief_lens._io import atomic_write
         from belief_lens._tl import tl_version_string
 
-        check_is_fitted(self)
+        _check_fitted(self)
         tensors = {k: getattr(self, k).detach().cpu().contiguous() for k in _SAVED}
         meta = {
             "format": _FORMAT,
