@@ -9,9 +9,11 @@ that ``numpy.linalg.lstsq`` gives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -68,6 +70,26 @@ def simplex_basis(n: int) -> Float[Tensor, "n n_minus_1"]:
     return Q
 
 
+#: Dense factorisations up to this size run on one CPU thread: on a small, shared machine
+#: LAPACK's threads spin against each other (eigh of 1280 x 1280 took 82 s with 2 threads and
+#: 3.8 s with 1 on a loaded 2-core machine), and at this size one thread is fast anyway.
+SINGLE_THREAD_MAX = 2048
+
+
+@contextlib.contextmanager
+def lapack_threads(n: int, device: torch.device) -> Iterator[None]:
+    """Run a dense factorisation of size ``n`` on one thread when it is on the CPU and small."""
+    if device.type != "cpu" or n > SINGLE_THREAD_MAX or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def solve_normal(
     A: Float[Tensor, "d d"], B: Float[Tensor, "d S"], ridge: float = 0.0
 ) -> tuple[Float[Tensor, "d S"], int]:
@@ -89,16 +111,17 @@ def solve_normal(
     scale = diag[idx].sqrt()
     As = A[idx][:, idx] / torch.outer(scale, scale)
     Bs = B[idx] / scale[:, None]
-    evals, evecs = torch.linalg.eigh(As)
-    top = float(evals[-1])
-    keep = evals > RANK_TOL_FACTOR * len(idx) * _EPS64 * top
-    V = evecs[:, keep]
-    Xs = V @ ((V.T @ Bs) / evals[keep][:, None])
-    sol = Xs / scale[:, None]
-    dropped = evecs[:, ~keep]
-    if dropped.shape[1]:  # project the null directions out in original coordinates
-        K, _ = torch.linalg.qr(dropped / scale[:, None])
-        sol = sol - K @ (K.T @ sol)
+    with lapack_threads(len(idx), As.device):
+        evals, evecs = torch.linalg.eigh(As)
+        top = float(evals[-1])
+        keep = evals > RANK_TOL_FACTOR * len(idx) * _EPS64 * top
+        V = evecs[:, keep]
+        Xs = V @ ((V.T @ Bs) / evals[keep][:, None])
+        sol = Xs / scale[:, None]
+        dropped = evecs[:, ~keep]
+        if dropped.shape[1]:  # project the null directions out in original coordinates
+            K, _ = torch.linalg.qr(dropped / scale[:, None])
+            sol = sol - K @ (K.T @ sol)
     X[idx] = sol
     return X, int(keep.sum())
 
