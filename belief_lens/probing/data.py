@@ -21,6 +21,7 @@ from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
+from belief_lens.probing.estimator import SVD_MAX_ELEMENTS
 from belief_lens.probing.moments import Moments, row_chunks
 
 __all__ = [
@@ -259,6 +260,45 @@ class ProbeData:
             means = [a.reshape(-1, a.shape[-1]).mean(0) for a in self.acts.values()]
             self._cache["shift_x"] = torch.cat(means).to("cpu", torch.float64)
         return self._cache["shift_x"]
+
+    def distinct_rows(
+        self, targets: Float[Tensor, "N L S"]
+    ) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] | None:
+        """The distinct (position, prefix) rows of each side of the split, or None when they
+        hold more than ``SVD_MAX_ELEMENTS`` activation entries.
+
+        Per group (``"train"``, ``"test"``): activations of the concatenated hooks ``[m, D]``
+        (float64), summed row weights ``[m]``, weighted-mean targets ``[m, S]``, and the
+        weighted squared deviation of the targets from those means ``[S]`` (zero for beliefs,
+        which are a function of the prefix).
+        """
+        f64 = torch.float64
+        D = sum(a.shape[-1] for a in self.acts.values())
+        if sum(len(reps) for _, reps in self._prefixes()) * D > SVD_MAX_ELEMENTS:
+            return None
+        S = targets.shape[-1]
+        out = {}
+        for group, in_group in (("train", ~self.test_mask), ("test", self.test_mask)):
+            xs, cs, ys = [], [], []
+            within = torch.zeros(S, dtype=f64)
+            for t, (ids, reps) in enumerate(self._prefixes()):
+                seqs = torch.nonzero(in_group[:, t]).flatten()
+                w = (
+                    torch.ones(len(seqs), dtype=f64)
+                    if self.weights is None
+                    else self.weights[seqs].to(f64)
+                )
+                Y = targets[seqs, t].to(f64)
+                count = torch.zeros(len(reps), dtype=f64).index_add_(0, ids[seqs], w)
+                wy = torch.zeros(len(reps), S, dtype=f64).index_add_(0, ids[seqs], Y * w[:, None])
+                mean = wy / count.clamp_min(torch.finfo(f64).tiny)[:, None]
+                within += (w[:, None] * (Y - mean[ids[seqs]]) ** 2).sum(0)
+                present = torch.nonzero(count > 0).flatten()
+                xs.append(torch.cat([a[reps[present], t] for a in self.acts.values()], -1).to(f64))
+                cs.append(count[present])
+                ys.append(mean[present])
+            out[group] = (torch.cat(xs), torch.cat(cs), torch.cat(ys), within)
+        return out
 
     def moments(self, targets: Float[Tensor, "N L S"], *, concat: bool) -> dict[str, Moments]:
         """Moments of ``[all hooks concatenated, targets]`` for the ``"train"`` and ``"test"``

@@ -37,6 +37,11 @@ __all__ = [
 ]
 
 BasisKind = Literal["encoding", "decoding"]
+Solver = Literal["auto", "moments", "svd"]
+
+#: ``solver="auto"`` solves on the rows themselves (an SVD) up to this many activation entries
+#: on the CPU, and from the moments above it.
+SVD_MAX_ELEMENTS = 1 << 22
 
 #: Targets whose rows sum to 1 within this tolerance are treated as beliefs (S - 1 free coords).
 SUM_TOL = 1e-6
@@ -124,6 +129,32 @@ def solve_normal(
             sol = sol - K @ (K.T @ sol)
     X[idx] = sol
     return X, int(keep.sum())
+
+
+def solve_rows(A: Float[Tensor, "n d"], B: Float[Tensor, "n S"]) -> tuple[Tensor, int]:
+    """Minimum-norm least-squares ``X`` of ``A X ~ B`` by an SVD of column-standardised ``A``
+    (cut-off: ``eps64 * max(n, d)`` of the largest singular value, as ``numpy.linalg.lstsq``),
+    and its rank. The solution is projected onto ``A``'s row space in the original coordinates,
+    which makes it the minimum-norm one there."""
+    d = A.shape[1]
+    X = torch.zeros(d, B.shape[1], dtype=A.dtype)
+    norms = A.norm(dim=0)
+    live = norms > 0
+    if not bool(live.any()):
+        return X, 0
+    idx = torch.nonzero(live).flatten()
+    scale = norms[idx]
+    As = A[:, idx] / scale
+    with lapack_threads(max(As.shape), As.device):
+        U, sv, Vh = torch.linalg.svd(As, full_matrices=False)
+        k = int((sv > _EPS64 * max(As.shape) * sv[0]).sum())
+        V = Vh[:k].T
+        sol = (V @ ((U[:, :k].T @ B) / sv[:k, None])) / scale[:, None]
+        if k < len(idx):  # the minimum-norm solution lies in A's row space: scale * span(V)
+            R, _ = torch.linalg.qr(V * scale[:, None])
+            sol = R @ (R.T @ sol)
+    X[idx] = sol
+    return X, k
 
 
 def regression_metrics(
@@ -265,9 +296,12 @@ class AffineProbe(RegressorMixin, BaseEstimator):
     True
     """
 
-    def __init__(self, *, ridge: float = 0.0, fit_intercept: bool = True) -> None:
+    def __init__(
+        self, *, ridge: float = 0.0, fit_intercept: bool = True, solver: Solver = "auto"
+    ) -> None:
         self.ridge = ridge
         self.fit_intercept = fit_intercept
+        self.solver = solver
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -277,6 +311,8 @@ class AffineProbe(RegressorMixin, BaseEstimator):
 
     def _check_hyperparameters(self) -> None:
         check_ridge(self.ridge)
+        if self.solver not in ("auto", "moments", "svd"):
+            raise BeliefLensError(f"solver must be 'auto', 'moments' or 'svd', got {self.solver!r}")
         if not isinstance(self.fit_intercept, bool):
             raise BeliefLensError(
                 f"fit_intercept must be True or False, got {self.fit_intercept!r}"
@@ -387,13 +423,29 @@ class AffineProbe(RegressorMixin, BaseEstimator):
             _check_finite(Xt, "acts")
             _check_finite(Yt, "beliefs")
             raise BeliefLensError("acts or beliefs are too large: their squares overflow float64")
-        self.fit_moments(moments, hook_name=hook_name)
+        use_svd = self.solver == "svd" or (
+            self.solver == "auto" and Xt.numel() <= SVD_MAX_ELEMENTS and Xt.device.type == "cpu"
+        )
+        rows = (Xt, Yt.to(Xt.device), w) if use_svd else None
+        self.fit_moments(moments, hook_name=hook_name, rows=rows)
         self._single_output = self._last_single
         return self
 
-    def fit_moments(self, moments: Moments, *, hook_name: str | None = None) -> AffineProbe:
+    def fit_moments(
+        self,
+        moments: Moments,
+        *,
+        hook_name: str | None = None,
+        rows: tuple[Tensor, Tensor, Tensor | None] | None = None,
+    ) -> AffineProbe:
         """Fit from sufficient statistics (the engine behind ``fit``, ``fit_probes``, position
-        and distributed probes); returns self. Results are float64 on the CPU."""
+        and distributed probes); returns self. Results are float64 on the CPU.
+
+        ``rows = (X [m, d], Y [m, S], weights [m] or None)``, rows whose moments are
+        ``moments`` (up to rows with equal ``X`` merged into one with their summed weight and
+        weighted-mean target), makes the decoder an SVD solve on them (``numpy.linalg.lstsq``
+        exactly, where the normal equations lose directions below float64 precision). Ignored
+        with a ridge."""
         self._check_hyperparameters()
         mom = moments.to("cpu")
         if not float(mom.w) > 0:
@@ -422,7 +474,24 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         self.hook_name_ = hook_name
         self.provenance_ = {}
         self._single_output = False
+        if rows is not None and float(self.ridge) == 0.0:
+            self._solve_rows(*rows)
         return self
+
+    def _solve_rows(self, X: Tensor, Y: Tensor, w: Tensor | None) -> None:
+        """Replace the decoder by the SVD solution on the rows themselves (``numpy.linalg.lstsq``
+        to the last bits, where the normal equations lose directions below float64 precision)."""
+        f64 = torch.float64
+        X, Y = X.to("cpu", f64), Y.to("cpu", f64)
+        xm, ym = self.x_mean_, self.y_mean_
+        A, B = X - xm, Y - ym
+        if w is not None:
+            root = w.to("cpu", f64).sqrt()[:, None]
+            A, B = A * root, B * root
+        coef, rank = solve_rows(A, B)
+        self.coef_ = coef.T.contiguous()
+        self.intercept_ = ym - xm @ coef
+        self.rank_ = rank
 
     # -- using the fit
     def predict(

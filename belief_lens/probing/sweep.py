@@ -9,12 +9,14 @@ from itertools import pairwise
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.probing.data import CONCAT, ProbeData
-from belief_lens.probing.estimator import AffineProbe, check_ridge
+from belief_lens.probing.estimator import AffineProbe, check_ridge, regression_metrics
+from belief_lens.probing.moments import Moments
 
 __all__ = [
     "OVERFIT_FEATURE_RATIO",
@@ -178,15 +180,32 @@ def probe_table(
         parts.append((CONCAT, slice(0, bounds[-1]), None))
     counts = data.prefix_counts()
     provenance = {"process": data.hmm.name, "model_fingerprint": data.model_fingerprint}
+    distinct = data.distinct_rows(targets) if ridge == 0 else None
+    if distinct is not None:  # small enough to solve on the rows: lstsq-exact
+        distinct["all"] = tuple(torch.cat([a, b]) for a, b in zip(*distinct.values(), strict=True))[
+            :3
+        ] + (distinct["train"][3] + distinct["test"][3],)
     rows, probes = [], {}
     for label, cols, hook_name in parts:
         train, test, whole = (m.select(cols) for m in (groups["train"], groups["test"], everything))
-        split_probe = AffineProbe(ridge=ridge).fit_moments(train, hook_name=hook_name)
-        all_probe = AffineProbe(ridge=ridge).fit_moments(whole, hook_name=hook_name)
+        if distinct is None:
+            split_probe = AffineProbe(ridge=ridge).fit_moments(train, hook_name=hook_name)
+            all_probe = AffineProbe(ridge=ridge).fit_moments(whole, hook_name=hook_name)
+            tr = split_probe.metrics_moments(train)
+            te = split_probe.metrics_moments(test) if float(test.w) > 0 else _nan_metrics()
+            al = all_probe.metrics_moments(whole)
+        else:
+            sub = {g: (X[:, cols], Y, c) for g, (X, c, Y, _) in distinct.items()}
+            split_probe = AffineProbe().fit_moments(train, hook_name=hook_name, rows=sub["train"])
+            all_probe = AffineProbe().fit_moments(whole, hook_name=hook_name, rows=sub["all"])
+            tr = _row_metrics(split_probe, sub["train"], distinct["train"][3], train)
+            te = (
+                _row_metrics(split_probe, sub["test"], distinct["test"][3], test)
+                if float(test.w) > 0
+                else _nan_metrics()
+            )
+            al = _row_metrics(all_probe, sub["all"], distinct["all"][3], whole)
         all_probe.provenance_ = dict(provenance, hooks=hooks if hook_name is None else [label])
-        tr = split_probe.metrics_moments(train)
-        te = split_probe.metrics_moments(test) if float(test.w) > 0 else _nan_metrics()
-        al = all_probe.metrics_moments(whole)
         features = cols.stop - cols.start
         overfit = features >= OVERFIT_FEATURE_RATIO * counts["train"] or (
             te["mse"] > OVERFIT_MSE_RATIO * tr["mse"]
@@ -223,6 +242,19 @@ def probe_table(
         "model_fingerprint": data.model_fingerprint,
     }
     return ProbeTable(rows=rows, probes=probes, meta=meta)
+
+
+def _row_metrics(
+    probe: AffineProbe,
+    rows: tuple[Tensor, Tensor, Tensor],
+    within: Tensor,
+    moments: Moments,
+) -> dict[str, Any]:
+    """Metrics from the distinct rows (residuals summed exactly, not from moments)."""
+    X, Y, c = rows
+    ss_res = c @ (probe.predict(X) - Y) ** 2 + within
+    ss_tot = moments.about(moments.mean_x, moments.mean_y)[2].diagonal()
+    return regression_metrics(ss_res, ss_tot, float(moments.w))
 
 
 def _nan_metrics() -> dict[str, float]:
