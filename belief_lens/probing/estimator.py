@@ -326,14 +326,12 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         tensor, and X's leading shape. Arrays go through scikit-learn's ``validate_data``."""
         is_tensor = isinstance(X, Tensor)
         lead_nd: tuple[int, ...] | None = None
-        if not is_tensor and np.ndim(X) > 2:  # [..., d] arrays: validate as rows
-            X = np.asarray(X)
+        if isinstance(X, np.ndarray) and X.ndim > 2:  # [..., d] arrays: validate as rows
             lead_nd = X.shape[:-1]
-            if y is not None and np.ndim(y) >= len(lead_nd):
-                y = np.asarray(y)
+            if isinstance(y, np.ndarray) and y.ndim >= len(lead_nd):
                 y = y.reshape(math.prod(y.shape[: len(lead_nd)]), *y.shape[len(lead_nd) :])
-            if sample_weight is not None and np.ndim(sample_weight) > 1:
-                sample_weight = np.asarray(sample_weight).reshape(-1)
+            if isinstance(sample_weight, np.ndarray) and sample_weight.ndim > 1:
+                sample_weight = sample_weight.reshape(-1)
             X = X.reshape(-1, X.shape[-1])
         if not is_tensor:
             try:
