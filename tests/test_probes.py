@@ -134,7 +134,7 @@ def test_float32_acts_and_chunking():
 def test_estimator_contract():
     X, Y = make_data()
     probe = AffineProbe(ridge=0.5)
-    assert probe.get_params() == {"ridge": 0.5, "fit_intercept": True}
+    assert probe.get_params() == {"ridge": 0.5, "fit_intercept": True, "solver": "auto"}
     assert repr(probe) == "AffineProbe(ridge=0.5)"
     assert not [k for k in vars(probe) if k.endswith("_")]  # __init__ stores hyperparameters only
     assert probe.fit(X, Y) is probe
