@@ -9,11 +9,9 @@ that ``numpy.linalg.lstsq`` gives.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
-from belief_lens.probing.moments import Moments, row_chunks
+from belief_lens.probing.moments import Moments, lapack_threads, row_chunks
 
 __all__ = [
     "AffineProbe",
@@ -73,26 +71,6 @@ def simplex_basis(n: int) -> Float[Tensor, "n n_minus_1"]:
         Q[k + 1, k] = -(k + 1.0)
         Q[:, k] /= math.sqrt((k + 1.0) * (k + 2.0))
     return Q
-
-
-#: Dense factorisations up to this size run on one CPU thread: on a small, shared machine
-#: LAPACK's threads spin against each other (eigh of 1280 x 1280 took 82 s with 2 threads and
-#: 3.8 s with 1 on a loaded 2-core machine), and at this size one thread is fast anyway.
-SINGLE_THREAD_MAX = 2048
-
-
-@contextlib.contextmanager
-def lapack_threads(n: int, device: torch.device) -> Iterator[None]:
-    """Run a dense factorisation of size ``n`` on one thread when it is on the CPU and small."""
-    if device.type != "cpu" or n > SINGLE_THREAD_MAX or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def solve_normal(

@@ -9,6 +9,7 @@ accumulation waits for the host.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -20,13 +21,36 @@ from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 
-__all__ = ["Moments", "row_chunks"]
+__all__ = ["Moments", "lapack_threads", "row_chunks"]
 
 #: Elements (rows x features) of one float64 chunk during accumulation (8 MiB): few enough
 #: chunks that thread start-up is paid rarely, small enough to stay out of the way.
 CHUNK_ELEMENTS = 1 << 20
 
 GramBlocks = Literal["full", "diag", "none"]
+
+
+#: Dense factorisations up to this size run on one CPU thread: on a small, shared machine
+#: LAPACK's threads spin against each other (eigh of 1280 x 1280 took 82 s with 2 threads and
+#: 3.8 s with 1 on a loaded 2-core machine), and at this size one thread is fast anyway.
+#: Accumulation of up to ``THIN_GRAM_MAX`` columns runs on one thread for the same reason (a fit
+#: on 590,490 x 64 took 7.5 s with 2 threads and 1.2 s with 1 on that machine).
+SINGLE_THREAD_MAX = 2048
+THIN_GRAM_MAX = 256
+
+
+@contextlib.contextmanager
+def lapack_threads(n: int, device: torch.device, limit: int = SINGLE_THREAD_MAX) -> Iterator[None]:
+    """Run dense linear algebra of size ``n`` on one thread when it is on the CPU and small."""
+    if device.type != "cpu" or n > limit or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def row_chunks(n: int, width: int) -> Iterator[slice]:
@@ -147,19 +171,27 @@ class Moments:
         G = torch.zeros(P + 1, P + 1, dtype=torch.float64, device=dev)
         step = next(row_chunks(n, P + 1))
         buffer = torch.empty(step.stop - step.start, P + 1, dtype=torch.float64, device=dev)
-        for rows in row_chunks(n, P + 1):
-            Z = buffer[: rows.stop - rows.start]
-            Z[:, :D] = X[rows]
-            Z[:, D:P] = Y[rows]
-            Z[:, :P] -= self.shift
-            Z[:, P] = 1.0
-            if sample_weight is not None:
-                Z.mul_(sample_weight[rows].to(dev, torch.float64).sqrt()[:, None])
-            G.addmm_(Z.T, Z)
+        with lapack_threads(P + 1, dev, THIN_GRAM_MAX):
+            for rows in row_chunks(n, P + 1):
+                self._add_chunk(G, buffer, X, Y, sample_weight, rows)
         self.w += G[P, P]
         self.s += G[P, :P]
         self.M += G[:P, :P]
         return self
+
+    def _add_chunk(  # one chunk of ``update``: [x - shift, y - shift, 1] * sqrt(w), then Z^T Z
+        self, G: Tensor, buffer: Tensor, X: Tensor, Y: Tensor, w: Tensor | None, rows: slice
+    ) -> None:
+        D, P = self.n_features, len(self.s)
+        dev = self.M.device
+        Z = buffer[: rows.stop - rows.start]
+        Z[:, :D] = X[rows]
+        Z[:, D:P] = Y[rows]
+        Z[:, :P] -= self.shift
+        Z[:, P] = 1.0
+        if w is not None:
+            Z.mul_(w[rows].to(dev, torch.float64).sqrt()[:, None])
+        G.addmm_(Z.T, Z)
 
     # -- the parts of a deduplicated pass (``belief_lens.probing.data``)
     def add_targets(self, Y: Float[Tensor, "m S"], w: Float[Tensor, " m"] | None) -> None:
