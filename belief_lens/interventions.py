@@ -133,7 +133,8 @@ def _check_simplex(t: Tensor, name: str) -> None:
         i = int(torch.nonzero(off)[0])
         raise BeliefLensError(
             f"{name} must lie on the probability simplex (entries >= 0 summing to 1, within "
-            f"{SIMPLEX_ATOL}); row {i} is {rows[i].tolist()} (sum {float(rows[i].sum()):.6g})"
+            f"{SIMPLEX_ATOL}); row {i} is {rows[i].tolist()} (sum {float(rows[i].sum()):.6g}). "
+            "A probe's read-out can stray off it: clip at 0 and renormalise"
         )
 
 
@@ -292,7 +293,9 @@ def _free_coordinates(S: int, k: int) -> Tensor:
     if k == S:
         return torch.eye(S, dtype=torch.float64)
     if k != S - 1:
-        raise BeliefLensError(f"a probe of {S} targets has {S - 1} or {S} free coordinates, not {k}")
+        raise BeliefLensError(
+            f"a probe of {S} targets has {S - 1} or {S} free coordinates, not {k}"
+        )
     ones = torch.ones(S, 1, dtype=torch.float64)
     q, _ = torch.linalg.qr(torch.cat([ones, torch.eye(S, dtype=torch.float64)[:, : S - 1]], 1))
     return q[:, 1:]
