@@ -570,7 +570,14 @@ class SubspacePatch(_Intervention):
 
     def __post_init__(self) -> None:
         self._check_common()
-        src = self.source if isinstance(self.source, Tensor) else torch.as_tensor(self.source)
+        src = self.source
+        if not isinstance(src, Tensor):
+            try:
+                src = torch.as_tensor(np.asarray(src))
+            except (TypeError, ValueError, RuntimeError):
+                raise BeliefLensError(
+                    f"source must be tokens or activations, got {type(self.source).__name__}"
+                ) from None
         if _is_int(src):
             src = src.detach().to("cpu", torch.long).clone()
             if src.ndim == 1:
@@ -717,7 +724,10 @@ def load_intervention(path: str | Path) -> Steer | SubspacePatch | Ablate:
         raise BeliefLensError(
             f"{str(path)!r} has fields {sorted(unknown)} unknown to {cls.__name__}"
         )
-    return cls(**values, **tensors)
+    try:
+        return cls(**values, **tensors)
+    except TypeError as err:
+        raise BeliefLensError(f"{str(path)!r} does not describe a {cls.__name__}: {err}") from None
 
 
 # ------------------------------------------------------------------------------------- running
