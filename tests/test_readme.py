@@ -30,7 +30,7 @@ def test_readme_patching_example_runs(shared_checkpoint):
     assert len([line for line in code.splitlines() if line.strip()]) == 6
     path = shared_checkpoint("mess3_paper")
     main = main.replace('"../shared/checkpoints/mess3_paper.safetensors"', repr(str(path)))
-    main = "\n".join(line for line in main.splitlines() if "intervention_report" not in line)
+    main = "\n".join(line for line in main.splitlines() if "report" not in line)
     namespace: dict = {}
     exec(compile(main, str(README), "exec"), namespace)
     namespace["probe"] = namespace["table"].probes[namespace["hook"]]
