@@ -30,6 +30,9 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
         "shuffled beliefs", "untrained model", "next-token targets", "distance_r2"
     }  # fmt: skip
     assert "blocks.3.hook_resid_post" in metrics["interventions"]
+    resid_post = [f"blocks.{layer}.hook_resid_post" for layer in range(4)]
+    assert list(metrics["patching"]["recovered"]) == resid_post
+    assert "Activation patching" in (out / "report.html").read_text()
     assert metrics["model_loss"]["optimal_loss"] == pytest.approx(0.57819, abs=1e-5)
     html = (out / "report.html").read_text()
     for section in ("Belief geometry", "Probes per layer", "Controls", "Interventions", "Training"):
