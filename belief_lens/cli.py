@@ -50,6 +50,13 @@ def _analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-controls", action="store_true", help="skip the probe controls")
     p.add_argument("--no-interventions", action="store_true", help="skip the steering experiments")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and controls")
+    p.add_argument(
+        "--export",
+        choices=("png,pdf", "png", "pdf", "svg", "none"),
+        default="png,pdf",
+        help="figure files written beside report.html (needs kaleido and Chrome/Chromium; "
+        "default png,pdf; none to skip)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +122,7 @@ def _analysis_config(args: argparse.Namespace):
         seed=args.seed,
         controls=not args.no_controls,
         interventions=not args.no_interventions,
+        export=() if args.export == "none" else tuple(args.export.split(",")),
     )
 
 
@@ -181,17 +189,9 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
 
 def _summary(metrics: dict[str, Any], out: str) -> str:
     lines = [f"wrote {Path(out) / 'report.html'} and {Path(out) / 'metrics.json'}"]
-    ml = metrics.get("model_loss", {})
-    if ml:
-        lines.append(
-            f"model loss {ml['loss']:.5f} nats vs optimum {ml['optimal_loss']:.5f} "
-            f"(ratio {ml['loss_over_optimal']:.4f})"
-        )
-    probes = metrics.get("probes", {})
-    for hook, mse, mse_test in zip(
-        probes.get("hook", []), probes.get("mse_all", []), probes.get("mse_test", []), strict=False
-    ):
-        lines.append(f"  probe MSE {hook:28s} in-sample {mse:.5f}   held-out {mse_test:.5f}")
+    lines += [f"  {line}" for line in metrics.get("summary", [])]
+    if "figure_export" in metrics:
+        lines.append(f"  {metrics['figure_export']}")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from belief_lens.errors import BeliefLensError
@@ -36,6 +37,8 @@ __all__ = [
 
 _TRIANGLE = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
 _FONT = {"size": 14}
+# plotly_white's layout without its per-trace-type defaults: smaller pages, no WebGL entries.
+_TEMPLATE = go.layout.Template(layout=pio.templates["plotly_white"].layout)
 
 
 def _as_points(beliefs, what: str = "beliefs") -> np.ndarray:
@@ -153,8 +156,8 @@ def marker_size_for(n_points: int) -> float:
 
 def _scatter(xy: np.ndarray, colors, size: float, name: str, **kw) -> go.Scatter:
     return go.Scatter(
-        x=np.round(xy[:, 0], 4),
-        y=np.round(xy[:, 1], 4),
+        x=xy[:, 0].astype(np.float32),
+        y=xy[:, 1].astype(np.float32),
         mode="markers",
         marker={"color": colors, "size": size, "line": {"width": 0}},
         name=name,
@@ -166,9 +169,9 @@ def _scatter(xy: np.ndarray, colors, size: float, name: str, **kw) -> go.Scatter
 
 def _scatter3d(xyz: np.ndarray, colors, size: float, name: str, scene: str) -> go.Scatter3d:
     return go.Scatter3d(
-        x=np.round(xyz[:, 0], 4),
-        y=np.round(xyz[:, 1], 4),
-        z=np.round(xyz[:, 2], 4),
+        x=xyz[:, 0].astype(np.float32),
+        y=xyz[:, 1].astype(np.float32),
+        z=xyz[:, 2].astype(np.float32),
         mode="markers",
         marker={"color": colors, "size": size, "line": {"width": 0}},
         name=name,
@@ -239,7 +242,7 @@ def geometry_figure(
     panels = [("Ground truth", t)] + [((titles or {}).get(k, k), p) for k, p in preds.items()]
     xy = [coords(p) for _, p in panels]
     shown = [display_points(c, max_points, seed) for c in xy]
-    size = marker_size_for(len(shown[0]))
+    sizes = [marker_size_for(len(i)) for i in shown]
     n = len(panels)
     lo = np.min([c[i].min(0) for c, i in zip(xy, shown, strict=True)], axis=0)
     hi = np.max([c[i].max(0) for c, i in zip(xy, shown, strict=True)], axis=0)
@@ -250,7 +253,9 @@ def geometry_figure(
         for col, (c, idx) in enumerate(zip(xy, shown, strict=True), start=1):
             for tr in _triangle(labels):
                 fig.add_trace(tr, row=1, col=col)
-            fig.add_trace(_scatter(c[idx], colors[idx].tolist(), size, panels[col - 1][0]), 1, col)
+            fig.add_trace(
+                _scatter(c[idx], colors[idx].tolist(), sizes[col - 1], panels[col - 1][0]), 1, col
+            )
         lo, hi = np.minimum(lo, [-0.12, -0.1]), np.maximum(hi, [1.12, 0.98])
         for col in range(1, n + 1):
             fig.update_xaxes(range=[lo[0] - pad, hi[0] + pad], visible=False, row=1, col=col)
@@ -267,23 +272,26 @@ def geometry_figure(
         names = coords.labels()
         for col, (c, idx) in enumerate(zip(xy, shown, strict=True), start=1):
             scene = "scene" if col == 1 else f"scene{col}"
-            fig.add_trace(_scatter3d(c[idx], colors[idx].tolist(), size, panels[col - 1][0], scene))
+            fig.add_trace(
+                _scatter3d(c[idx], colors[idx].tolist(), sizes[col - 1], panels[col - 1][0], scene)
+            )
         axes = {
             f"{a}axis": {"range": [lo[i] - pad, hi[i] + pad], "title": {"text": names[i]}}
             for i, a in enumerate("xyz")
         }
-        camera = {"eye": {"x": 1.5, "y": 1.5, "z": 1.1}}
+        camera = {"eye": {"x": 1.75, "y": 1.75, "z": 1.25}}
         for col in range(1, n + 1):
             scene = "scene" if col == 1 else f"scene{col}"
             fig.update_layout({scene: {**axes, "aspectmode": "cube", "camera": camera}})
     fig.update_annotations(font=_FONT)
     fig.update_layout(
         title=title,
-        template="plotly_white",
+        template=_TEMPLATE,
         width=min(1150, 400 * n + 50),
-        height=440,
-        margin={"l": 10, "r": 10, "t": 60 if title else 40, "b": 10},
+        height=460,
+        margin={"l": 10, "r": 40, "t": 70 if title else 45, "b": 10},
         font={"size": 13},
+        modebar={"orientation": "v"},
     )
     return fig
 
@@ -325,7 +333,7 @@ def simplex_figure(
     if b.shape[1] == 3:
         fig.add_traces(_triangle(_state_labels(3, None)))
     fig.add_trace(_scatter(xy[idx], colors[idx].tolist(), size, "beliefs"))
-    fig.update_layout(title=title, template="plotly_white", width=520, height=480)
+    fig.update_layout(title=title, template=_TEMPLATE, width=520, height=480)
     fig.update_xaxes(visible=b.shape[1] != 3, title=coords.labels()[0])
     fig.update_yaxes(visible=b.shape[1] != 3, title=coords.labels()[1], scaleanchor="x")
     return fig
@@ -369,7 +377,7 @@ def layer_grid_figure(
     fig.update_annotations(font_size=12)
     fig.update_layout(
         title=title,
-        template="plotly_white",
+        template=_TEMPLATE,
         width=min(1150, 280 * n_cols),
         height=290 * n_rows + 40,
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
@@ -404,7 +412,7 @@ def probe_scores_figure(
         fig.add_trace(go.Scatter(x=list(hooks), y=list(values), mode="lines+markers", name=name))
     fig.update_layout(
         title=title,
-        template="plotly_white",
+        template=_TEMPLATE,
         width=900,
         height=380,
         yaxis_title=y_title,
@@ -458,7 +466,7 @@ def training_curve_figure(
         title=title,
         xaxis_title="tokens seen",
         yaxis_title="loss / optimal loss",
-        template="plotly_white",
+        template=_TEMPLATE,
         width=800,
         height=400,
         legend={"orientation": "h", "y": 1.1},

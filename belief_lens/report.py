@@ -765,6 +765,7 @@ def write_report(
     if not js.is_file() or js.read_text(encoding="utf-8") != lib:
         atomic_write_text(js, lib)
     paths: dict[str, Any] = {"html": out / "report.html", "metrics": out / "metrics.json"}
+    metrics["summary"] = [line for s in sections for line in (*s.warnings, *s.headline)]
     figures = [f for s in sections for f in s.figures]
     try:
         paths["figures"] = export_figures(figures, out, tuple(export))  # type: ignore[arg-type]

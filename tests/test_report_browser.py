@@ -205,7 +205,7 @@ def test_mess3_demo_report_is_light(mess3_demo):
     size = mess3_demo.stat().st_size
     assert size <= 2_000_000, f"report.html weighs {size / 1e6:.2f} MB"
     text = mess3_demo.read_text(encoding="utf-8")
-    assert "scattergl" not in text
+    assert '"type":"scattergl"' not in text
     assert text.count("<script src='plotly.min.js'>") == 1
     assert (mess3_demo.parent / "plotly.min.js").is_file()
 
