@@ -380,7 +380,8 @@ def layer_grid_figure(
         template=_TEMPLATE,
         width=min(1150, 280 * n_cols),
         height=290 * n_rows + 40,
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        margin={"l": 10, "r": 40, "t": 50, "b": 10},
+        modebar={"orientation": "v"},
     )
     for i in range(1, n_rows * n_cols + 1):
         suffix = "" if i == 1 else str(i)

@@ -727,11 +727,24 @@ def export_figures(
     paths = [out / f"{f.name}.{fmt}" for f in figures for fmt in formats]
     tmps = [p.with_name(f".{p.stem}.tmp.{p.suffix[1:]}") for p in paths]
     try:
+        sizes = [
+            {
+                "width": fig.layout.width or 900,
+                "height": fig.layout.height or 500,
+                "scale": 2 if p.suffix == ".png" else 1,
+            }
+            for fig, p in zip(figs, tmps, strict=True)
+        ]
         if hasattr(pio, "write_images"):  # plotly >= 6.1: one browser for every figure
-            pio.write_images(figs, tmps)
+            pio.write_images(
+                figs,
+                tmps,
+                format=[p.suffix[1:] for p in paths],
+                **{k: [s[k] for s in sizes] for k in ("width", "height", "scale")},
+            )
         else:
-            for fig, p in zip(figs, tmps, strict=True):
-                fig.write_image(p)
+            for fig, p, size in zip(figs, tmps, sizes, strict=True):
+                fig.write_image(p, **size)
     except Exception as e:
         for t in tmps:
             t.unlink(missing_ok=True)
