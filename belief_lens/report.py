@@ -249,7 +249,7 @@ def analyse(
         seed=cfg.seed,
         n_sequences=cfg.n_sequences,
     )
-    table = probes.fit_probes(model, data=data, ridge=cfg.ridge)
+    table = probes.fit_probes(data, ridge=cfg.ridge)
     metrics["probes"] = table.columns()
     best, ranked_by = _best_hook(table.rows)
     metrics["best_hook"] = {"hook": best, "ranked_by": ranked_by}
@@ -259,9 +259,11 @@ def analyse(
 
     if cfg.controls:
         controls = {
-            "shuffled beliefs": probes.shuffle_control(model, data=data, ridge=cfg.ridge),
-            "untrained model": probes.untrained_control(model, data=data, ridge=cfg.ridge),
-            "next-token targets": probes.next_token_control(model, data=data, ridge=cfg.ridge),
+            "shuffled beliefs": probes.shuffle_control(data, seed=cfg.seed, ridge=cfg.ridge),
+            "untrained model": probes.untrained_control(
+                data, model, seed=cfg.seed, ridge=cfg.ridge
+            ),
+            "next-token targets": probes.next_token_control(data, ridge=cfg.ridge),
         }
         metrics["controls"] = {k: v.columns() for k, v in controls.items()}
         true = data.beliefs.reshape(-1, hmm.n_states)
@@ -443,10 +445,9 @@ def _geometry_section(hmm, table, data, hooks, best, ranked_by, cfg) -> Section:
 
 
 def _probe_section(table, best, ranked_by, cfg) -> Section:
-    formats = {"d": "d", "n_train": "d", "n_test": "d", "n_features": "d"}
     wanted = [
         ("hook", "hook", ""),
-        ("d", "features", "d"),
+        ("features|d", "features", "d"),
         ("mse_all", "MSE in-sample", ".3e"),
         ("r2_all", "R² in-sample", ".4f"),
         ("mse_train", "MSE train", ".3e"),
@@ -454,27 +455,28 @@ def _probe_section(table, best, ranked_by, cfg) -> Section:
         ("r2_heldout|r2_test", "R² held-out", ".4f"),
     ]
     present = set().union(*(r.keys() for r in table.rows)) if table.rows else set()
-    for extra in ("n_train_prefixes", "distinct_train_prefixes"):
+    for extra in ("train_prefixes", "n_train_prefixes"):
         if extra in present:
             wanted.insert(2, (extra, "training prefixes", "d"))
+            break
     cols, fmts, keys = [], [], []
     for key, name, fmt in wanted:
         k = next((k for k in key.split("|") if k in present), None)
         if k is not None:
             cols.append(name)
-            fmts.append(formats.get(k, fmt))
+            fmts.append(fmt)
             keys.append(k)
     flag = any(_overfit(r) for r in table.rows)
     rows = []
     for r in table.rows:
         cells = [r.get(k) for k in keys]
         if flag:
-            cells.append("overfit?" if _overfit(r) else "")
+            cells.append("overfit" if _overfit(r) else "")
         rows.append(tuple(cells))
     if flag:
         cols.append("flag")
         fmts.append("")
-    split = table.meta.get("split", "by sequence")
+    split = "by prefix" if "train_prefixes" in present else "by sequence"
     return Section(
         "Probes per hook",
         text=(
@@ -482,6 +484,15 @@ def _probe_section(table, best, ranked_by, cfg) -> Section:
             f"states; mode={table.meta.get('mode', cfg.mode)}, held-out split {split} "
             f"({cfg.test_fraction:.0%} held out). The best hook by {ranked_by} MSE is {best}. "
             "In-sample is the paper's number (fit and scored on every row).",
+        )
+        + (
+            (
+                "Flagged rows may overfit: their features are at least a tenth of their "
+                "distinct training prefixes, or their held-out MSE is above twice their "
+                "training MSE.",
+            )
+            if flag
+            else ()
         ),
         tables=(Table(tuple(cols), tuple(rows), tuple(fmts)),),
     )
