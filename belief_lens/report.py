@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +28,7 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 
 __all__ = [
+    "Analysis",
     "AnalysisConfig",
     "ReportFigure",
     "Section",
@@ -195,6 +196,20 @@ def _overfit(row: Mapping[str, Any]) -> bool:
 # ----------------------------------------------------------------------------- the analysis
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """What a section builder can read: the model and process, the probe data and table (from
+    ``belief_lens.probes``), the best hook by held-out MSE, and the metrics so far."""
+
+    model: Any
+    hmm: HMM
+    config: AnalysisConfig
+    data: Any
+    table: Any
+    best_hook: str
+    metrics: dict[str, Any]
+
+
 def analyse(
     model: Any,
     hmm: HMM,
@@ -204,9 +219,15 @@ def analyse(
     history: Any | None = None,
     title: str = "belief_lens report",
     extra_metrics: dict[str, Any] | None = None,
+    extra_sections: Sequence[Callable[[Analysis], Section]] = (),
 ) -> dict[str, Any]:
     """Run the full analysis of ``model`` on ``hmm`` and write ``report.html``, ``metrics.json``
-    and the figures into ``out_dir``; return the metrics."""
+    and the figures into ``out_dir``; return the metrics.
+
+    ``extra_sections`` are functions of the finished :class:`Analysis` (model, data, probe table,
+    best hook, metrics) that return one more ``Section`` each, placed before the training
+    section; they may add their numbers to ``analysis.metrics``.
+    """
     from belief_lens import probes
     from belief_lens.activations import residual_hooks
 
@@ -277,6 +298,8 @@ def analyse(
         sections.append(_interventions_section(model, hmm, table, metrics, cfg, hooks, best))
         logger.info("interventions done (%.1f s)", time.perf_counter() - t0)
 
+    state = Analysis(model, hmm, cfg, data, table, best, metrics)
+    sections += [build(state) for build in extra_sections]
     if history is not None and getattr(history, "loss", None):
         sections.append(_training_section(history, metrics))
     metrics["analysis_seconds"] = time.perf_counter() - t0

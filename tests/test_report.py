@@ -96,3 +96,33 @@ def test_export_figures_as_png_and_pdf(tmp_path):
     assert paths[1].read_bytes()[:5] == b"%PDF-"
     assert not list(tmp_path.glob(".*tmp*"))
     np.testing.assert_array_less(0, paths[0].stat().st_size)
+
+
+def test_analyse_composes_sections_and_takes_extra_ones(tmp_path):
+    from belief_lens.models import toy_transformer
+    from belief_lens.processes import rrxor
+
+    model = toy_transformer(2, 6, n_layers=1, d_model=16, d_mlp=32, seed=0)
+    seen = {}
+
+    def extra(state: rp.Analysis) -> Section:
+        seen["best"] = state.best_hook
+        state.metrics["extra"] = {"value": 1.0}
+        return Section("Patching", headline=("patching headline",), text=("patching text",))
+
+    cfg = rp.AnalysisConfig(
+        mode="sampled", n_sequences=300, controls=False, interventions=False, export=()
+    )
+    metrics = rp.analyse(model, rrxor(), tmp_path, config=cfg, extra_sections=[extra])
+    assert seen["best"] == metrics["best_hook"]["hook"] != "concat"
+    # An untrained model is far from the optimum: flagged first in the summary.
+    assert metrics["model_loss"]["undertrained"]
+    assert metrics["summary"][0].startswith("Under-trained")
+    assert "patching headline" in metrics["summary"] and metrics["extra"] == {"value": 1.0}
+    page = (tmp_path / "report.html").read_text()
+    order = [
+        page.index(f"<h2>{t}</h2>") for t in ("Process and model", "Belief geometry", "Patching")
+    ]
+    assert order == sorted(order)
+    # Five states: the headline figure is 3D (truth, best hook, concat) in shared scenes.
+    assert page.count('"type":"scatter3d"') == 3 and '"scene3"' in page
