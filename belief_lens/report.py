@@ -625,7 +625,9 @@ def _interventions_section(model, hmm, table, metrics, cfg, hooks, best) -> Sect
         enc, ctl = s.get("fold_encoding", math.nan), s.get("fold_control", math.nan)
         works = enc >= 2 and enc >= 5 * ctl
         head = (
-            f"Steering at {at}: KL(theory || model) {s['kl_before_mean']:.4f} -> "
+            f"Steering at {at}"
+            + ("" if at == best else f" (the largest effect; {best} is not steered)")
+            + f": KL(theory || model) {s['kl_before_mean']:.4f} -> "
             f"{s.get('kl_after_encoding_mean', math.nan):.4f} along the belief directions "
             f"({enc:.1f}x), against {ctl:.2f}x for a norm-matched control: "
             + ("steering works, the control does not." if works else "no clear steering effect."),
