@@ -408,7 +408,9 @@ def _geometry_section(hmm, table, data, hooks, best, ranked_by, cfg) -> Section:
         return f"Probe at {hook}<br>{score}"
 
     shown = {best: preds[best]}
-    if "concat" in preds and not math.isnan(heldout(rows["concat"], "mse")):
+    c_mse = heldout(rows["concat"], "mse") if "concat" in rows else math.nan
+    # The concatenation is drawn only when it beats the best hook held out and is not flagged.
+    if "concat" in preds and c_mse < heldout(rows[best], "mse") and not _overfit(rows["concat"]):
         shown["concat"] = preds["concat"]
     kind = "the simplex" if S == 3 else "the top three principal axes of the true beliefs"
     head = plotting.geometry_figure(

@@ -124,5 +124,7 @@ def test_analyse_composes_sections_and_takes_extra_ones(tmp_path):
         page.index(f"<h2>{t}</h2>") for t in ("Process and model", "Belief geometry", "Patching")
     ]
     assert order == sorted(order)
-    # Five states: the headline figure is 3D (truth, best hook, concat) in shared scenes.
-    assert page.count('"type":"scatter3d"') == 3 and '"scene3"' in page
+    # Five states: the headline figure is 3D, truth and best hook in shared scenes; the
+    # concatenation (worse than the best hook held out for this untrained model) is left out.
+    assert "no better than the best hook held out" in " ".join(metrics["summary"])
+    assert page.count('"type":"scatter3d"') == 2 and '"scene2"' in page
