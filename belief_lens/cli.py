@@ -145,6 +145,13 @@ def _analysis_args(p: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true",
         help="write into an existing --out that holds files (replacing them)",
     )  # fmt: skip
+    p.add_argument(
+        "--export",
+        choices=("png,pdf", "png", "pdf", "svg", "none"),
+        default="png,pdf",
+        help="figure files written beside report.html (needs kaleido and Chrome/Chromium; "
+        "default png,pdf; none to skip)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +236,7 @@ def _analysis_config(args: argparse.Namespace, hmm, n_ctx: int):
         seed=args.seed,
         controls=not args.no_controls,
         interventions=not args.no_interventions,
+        export=() if args.export == "none" else tuple(args.export.split(",")),
     )
 
 
@@ -303,19 +311,8 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
 
 def _summary(metrics: dict[str, Any], out: str) -> str:
     lines = [f"wrote {Path(out) / 'report.html'} and {Path(out) / 'metrics.json'}"]
-    ml = metrics.get("model_loss", {})
-    if ml:
-        lines.append(
-            f"model loss {ml['loss']:.5f} nats vs optimum {ml['optimal_loss']:.5f} "
-            f"(ratio {ml['loss_over_optimal']:.4f})"
-        )
+    lines += [f"  {line}" for line in metrics.get("summary", [])]
     probes = metrics.get("probes", {})
-    best = metrics.get("probes_summary", {})
-    if best:
-        lines.append(
-            f"best hook (held out) {best['best_hook']}: MSE {best['best_mse_test']:.5f}, "
-            f"R^2 {best['best_r2_test']:.3f}; concat gain held out {best['concat_gain_test']:.3g}x"
-        )
     for hook, mse_test, r2_test, mse, overfit in zip(
         probes.get("hook", []), probes.get("mse_test", []), probes.get("r2_test", []),
         probes.get("mse_all", []), probes.get("overfit", []), strict=False,
@@ -325,6 +322,8 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
             f"  probe {hook:28s} held-out MSE {mse_test:.5f} R^2 {r2_test:.3f}   "
             f"in-sample MSE {mse:.5f}{flag}"
         )
+    if "figure_export" in metrics:
+        lines.append(f"  {metrics['figure_export']}")
     return "\n".join(lines)
 
 

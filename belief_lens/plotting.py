@@ -1,22 +1,35 @@
-"""Plotly figures of belief geometry, probe fits and training. Functions return figures; they never
-run models or show anything."""
+"""Plotly figures of belief geometry, probe fits and training. Functions take results and return
+figures; they never run models or show anything.
+
+Figures use SVG traces (``Scatter``) and, for 3D, ``Scatter3d``; never ``Scattergl``, whose
+software fallback is deprecated in headless Chromium. Points shown are deduplicated and, above a
+budget, subsampled with a seed: a figure shows the geometry, the numbers come from all points.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from belief_lens.errors import BeliefLensError
 
 __all__ = [
+    "BeliefCoordinates",
     "belief_colors",
+    "belief_coordinates",
     "compare_figure",
+    "display_points",
+    "geometry_figure",
     "layer_grid_figure",
+    "marker_size_for",
     "patching_figure",
+    "probe_scores_figure",
     "project_beliefs",
     "simplex_figure",
     "simplex_projection",
@@ -24,6 +37,9 @@ __all__ = [
 ]
 
 _TRIANGLE = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+_FONT = {"size": 14}
+# plotly_white's layout without its per-trace-type defaults: smaller pages, no WebGL entries.
+_TEMPLATE = go.layout.Template(layout=pio.templates["plotly_white"].layout)
 
 
 def _as_points(beliefs, what: str = "beliefs") -> np.ndarray:
@@ -42,80 +58,242 @@ def simplex_projection(beliefs) -> np.ndarray:
     return b @ _TRIANGLE
 
 
+@dataclass(frozen=True)
+class BeliefCoordinates:
+    """How beliefs are drawn: the simplex triangle (3 states) or the principal axes of the true
+    beliefs (4 or more), so that ground truth and every probe share one set of coordinates.
+
+    ``mean`` ``[S]`` and ``axes`` ``[S, k]`` map a belief ``b`` to ``(b - mean) @ axes``;
+    ``explained`` is each axis's fraction of the true beliefs' variance (NaN for the simplex).
+    """
+
+    mean: np.ndarray
+    axes: np.ndarray
+    explained: tuple[float, ...]
+    kind: str  # "simplex" | "pca"
+
+    @property
+    def dim(self) -> int:
+        return self.axes.shape[1]
+
+    def __call__(self, beliefs) -> np.ndarray:
+        b = _as_points(beliefs)
+        if b.shape[1] != self.mean.shape[0]:
+            raise BeliefLensError(
+                f"these coordinates are for {self.mean.shape[0]} states, got {b.shape[1]}"
+            )
+        return (b - self.mean) @ self.axes
+
+    def labels(self) -> list[str]:
+        if self.kind == "simplex":
+            return ["", ""]
+        return [f"PC{i + 1} ({e:.0%})" for i, e in enumerate(self.explained)]
+
+
+def belief_coordinates(true_beliefs, n_components: int | None = None) -> BeliefCoordinates:
+    """The drawing coordinates fixed by the true beliefs: the triangle for 3 states, otherwise the
+    top ``n_components`` (default 3) principal axes of the true beliefs."""
+    t = _as_points(true_beliefs)
+    if t.shape[1] == 3 and n_components in (None, 2):
+        return BeliefCoordinates(np.zeros(3), _TRIANGLE.copy(), (math.nan, math.nan), "simplex")
+    k = 3 if n_components is None else int(n_components)
+    mean = t.mean(0)
+    _, s, vt = np.linalg.svd(t - mean, full_matrices=False)
+    axes = vt[:k].T
+    var = s**2
+    total = var.sum() if var.sum() > 0 else 1.0
+    explained = tuple(float(v / total) for v in var[:k])
+    if axes.shape[1] < k:  # fewer free directions than components asked for
+        axes = np.pad(axes, ((0, 0), (0, k - axes.shape[1])))
+        explained += (0.0,) * (k - len(explained))
+    return BeliefCoordinates(mean, axes, explained, "pca")
+
+
 def project_beliefs(beliefs, reference=None, n_components: int = 2) -> np.ndarray:
     """2-D coordinates of beliefs: the simplex triangle for 3 states; otherwise the first principal
     components of ``reference`` (default: the beliefs themselves), so that ground truth and probe
     output share one projection."""
     b = _as_points(beliefs)
-    if b.shape[1] == 3:
+    if b.shape[1] == 3 and n_components == 2:
         return simplex_projection(b)
     ref = b if reference is None else _as_points(reference, "reference")
     if ref.shape[1] != b.shape[1]:
         raise BeliefLensError(f"reference has {ref.shape[1]} states, beliefs {b.shape[1]}")
-    mean = ref.mean(0)
-    _, _, vt = np.linalg.svd(ref - mean, full_matrices=False)
-    out = (b - mean) @ vt[:n_components].T
-    if out.shape[1] < n_components:  # fewer free directions than components asked for
-        out = np.pad(out, ((0, 0), (0, n_components - out.shape[1])))
-    return out
+    return belief_coordinates(ref, n_components)(b)
 
 
-def belief_colors(beliefs) -> list[str]:
-    """One CSS colour per belief: RGB = the belief itself for 3 states, else its first 3 PCs."""
+def belief_colors(beliefs, reference=None) -> list[str]:
+    """One CSS colour per belief: RGB = the belief itself for 3 states; otherwise its first three
+    principal coordinates of ``reference`` (default: the beliefs), rescaled to [0, 1]."""
     b = _as_points(beliefs)
     if b.shape[1] != 3:
-        pcs = project_beliefs(b, n_components=3)
-        lo, hi = pcs.min(0), pcs.max(0)
+        ref = b if reference is None else _as_points(reference, "reference")
+        coords = belief_coordinates(ref, 3)
+        pcs, ref_pcs = coords(b), coords(ref)
+        lo, hi = ref_pcs.min(0), ref_pcs.max(0)
         b = (pcs - lo) / np.where(hi > lo, hi - lo, 1.0)
     rgb = np.clip(np.round(b * 255), 0, 255).astype(int)
     return [f"rgb({r},{g},{b_})" for r, g, b_ in rgb]
 
 
-def _scatter(xy: np.ndarray, colors, size: float, name: str) -> go.Scattergl:
-    return go.Scattergl(
-        x=xy[:, 0],
-        y=xy[:, 1],
+def display_points(xy: np.ndarray, max_points: int, seed: int = 0, resolution: float = 2e-3):
+    """Indices of the points to draw: one per cell of side ``resolution`` (relative to the data's
+    extent), then a seeded subsample of at most ``max_points``, in ascending order."""
+    pts = np.asarray(xy, dtype=float)
+    if len(pts) == 0:
+        return np.zeros(0, dtype=int)
+    span = np.ptp(pts, axis=0).max()
+    cells = np.round(pts / (resolution * (span if span > 0 else 1.0))).astype(np.int64)
+    _, first = np.unique(cells, axis=0, return_index=True)
+    if len(first) > max_points:
+        first = np.random.default_rng(seed).choice(first, max_points, replace=False)
+    return np.sort(first)
+
+
+def marker_size_for(n_points: int) -> float:
+    """Marker diameter in px for ``n_points`` distinct points: 10 for a handful, 2 for ~10,000."""
+    return float(np.clip(16.0 * max(n_points, 1) ** -0.23, 2.0, 10.0))
+
+
+def _scatter(xy: np.ndarray, colors, size: float, name: str, **kw) -> go.Scatter:
+    return go.Scatter(
+        x=xy[:, 0].astype(np.float32),
+        y=xy[:, 1].astype(np.float32),
         mode="markers",
         marker={"color": colors, "size": size, "line": {"width": 0}},
         name=name,
         showlegend=False,
+        hoverinfo="skip",
+        **kw,
     )
 
 
-def _triangle() -> go.Scatter:
+def _scatter3d(xyz: np.ndarray, colors, size: float, name: str, scene: str) -> go.Scatter3d:
+    return go.Scatter3d(
+        x=xyz[:, 0].astype(np.float32),
+        y=xyz[:, 1].astype(np.float32),
+        z=xyz[:, 2].astype(np.float32),
+        mode="markers",
+        marker={"color": colors, "size": size, "line": {"width": 0}},
+        name=name,
+        showlegend=False,
+        hoverinfo="skip",
+        scene=scene,
+    )
+
+
+def _triangle(state_labels: Sequence[str]) -> list[go.Scatter]:
     closed = np.vstack([_TRIANGLE, _TRIANGLE[:1]])
-    return go.Scatter(
-        x=closed[:, 0], y=closed[:, 1], mode="lines", line={"color": "lightgray"}, showlegend=False
+    edge = go.Scatter(
+        x=closed[:, 0],
+        y=closed[:, 1],
+        mode="lines",
+        line={"color": "#999", "width": 1},
+        showlegend=False,
+        hoverinfo="skip",
     )
+    centre = _TRIANGLE.mean(0)
+    out = centre + (_TRIANGLE - centre) * 1.13
+    text = go.Scatter(
+        x=out[:, 0],
+        y=out[:, 1],
+        mode="text",
+        text=list(state_labels),
+        textfont=_FONT,
+        showlegend=False,
+        hoverinfo="skip",
+    )
+    return [edge, text]
 
 
-def _square_axes(fig: go.Figure, n_panels: int) -> None:
-    for i in range(1, n_panels + 1):
-        suffix = "" if i == 1 else str(i)
-        fig.update_layout(
-            {
-                f"xaxis{suffix}": {"visible": False},
-                f"yaxis{suffix}": {
-                    "visible": False,
-                    "scaleanchor": f"x{suffix}",
-                    "scaleratio": 1,
-                },
-            }
-        )
+def _state_labels(n: int, state_labels: Sequence[str] | None) -> list[str]:
+    if state_labels is None:
+        return [f"state {i}" for i in range(n)]
+    if len(state_labels) != n:
+        raise BeliefLensError(f"state_labels has {len(state_labels)} names for {n} states")
+    return [str(s) for s in state_labels]
 
 
-def simplex_figure(
-    beliefs, colors=None, *, title: str | None = None, marker_size: float = 2.0
+def geometry_figure(
+    true_beliefs,
+    predictions: Mapping[str, object],
+    *,
+    titles: Mapping[str, str] | None = None,
+    state_labels: Sequence[str] | None = None,
+    max_points: int = 6_000,
+    seed: int = 0,
+    title: str | None = None,
 ) -> go.Figure:
-    """Beliefs as points on the simplex (3 states) or their first two principal components."""
-    b = _as_points(beliefs)
-    fig = go.Figure()
-    if b.shape[1] == 3:
-        fig.add_trace(_triangle())
-    colors = belief_colors(b) if colors is None else colors
-    fig.add_trace(_scatter(project_beliefs(b), colors, marker_size, "beliefs"))
-    fig.update_layout(title=title, template="plotly_white", width=520, height=480)
-    _square_axes(fig, 1)
+    """Ground truth beside each probe's output, in shared coordinates.
+
+    Three states: the simplex with labelled vertices. Four or more: the top three principal axes
+    of the true beliefs (3D), with every probe's output projected onto the same axes and every
+    scene given the same ranges. Every point is coloured by its true belief, identically in all
+    panels; marker size follows the number of distinct points drawn.
+    """
+    t = _as_points(true_beliefs)
+    preds = {k: _as_points(v, f"predictions[{k!r}]") for k, v in predictions.items()}
+    for k, p in preds.items():
+        if p.shape != t.shape:
+            raise BeliefLensError(
+                f"true beliefs {t.shape} and predictions[{k!r}] {p.shape} differ in shape"
+            )
+    coords = belief_coordinates(t)
+    colors = np.asarray(belief_colors(t))
+    panels = [("Ground truth", t)] + [((titles or {}).get(k, k), p) for k, p in preds.items()]
+    xy = [coords(p) for _, p in panels]
+    shown = [display_points(c, max_points, seed) for c in xy]
+    sizes = [marker_size_for(len(i)) for i in shown]
+    n = len(panels)
+    lo = np.min([c[i].min(0) for c, i in zip(xy, shown, strict=True)], axis=0)
+    hi = np.max([c[i].max(0) for c, i in zip(xy, shown, strict=True)], axis=0)
+    pad = 0.06 * (hi - lo).max()
+    if coords.kind == "simplex":
+        labels = _state_labels(3, state_labels)
+        fig = make_subplots(rows=1, cols=n, subplot_titles=[p[0] for p in panels])
+        for col, (c, idx) in enumerate(zip(xy, shown, strict=True), start=1):
+            for tr in _triangle(labels):
+                fig.add_trace(tr, row=1, col=col)
+            fig.add_trace(
+                _scatter(c[idx], colors[idx].tolist(), sizes[col - 1], panels[col - 1][0]), 1, col
+            )
+        lo, hi = np.minimum(lo, [-0.12, -0.1]), np.maximum(hi, [1.12, 0.98])
+        for col in range(1, n + 1):
+            fig.update_xaxes(range=[lo[0] - pad, hi[0] + pad], visible=False, row=1, col=col)
+            fig.update_yaxes(
+                range=[lo[1] - pad, hi[1] + pad],
+                visible=False,
+                scaleanchor=f"x{'' if col == 1 else col}",
+                row=1,
+                col=col,
+            )
+    else:
+        specs = [[{"type": "scene"}] * n]
+        fig = make_subplots(rows=1, cols=n, specs=specs, subplot_titles=[p[0] for p in panels])
+        names = coords.labels()
+        for col, (c, idx) in enumerate(zip(xy, shown, strict=True), start=1):
+            scene = "scene" if col == 1 else f"scene{col}"
+            fig.add_trace(
+                _scatter3d(c[idx], colors[idx].tolist(), sizes[col - 1], panels[col - 1][0], scene)
+            )
+        axes = {
+            f"{a}axis": {"range": [lo[i] - pad, hi[i] + pad], "title": {"text": names[i]}}
+            for i, a in enumerate("xyz")
+        }
+        camera = {"eye": {"x": 1.75, "y": 1.75, "z": 1.25}}
+        for col in range(1, n + 1):
+            scene = "scene" if col == 1 else f"scene{col}"
+            fig.update_layout({scene: {**axes, "aspectmode": "cube", "camera": camera}})
+    fig.update_annotations(font=_FONT)
+    fig.update_layout(
+        title=title,
+        template=_TEMPLATE,
+        width=min(1150, 400 * n + 50),
+        height=460,
+        margin={"l": 10, "r": 40, "t": 70 if title else 45, "b": 10},
+        font={"size": 13},
+        modebar={"orientation": "v"},
+    )
     return fig
 
 
@@ -125,24 +303,40 @@ def compare_figure(
     *,
     titles: Sequence[str] = ("Ground truth", "Probe output"),
     title: str | None = None,
-    marker_size: float = 2.0,
+    max_points: int = 6_000,
 ) -> go.Figure:
-    """Ground truth and probe output side by side, every point coloured by its true belief."""
+    """Ground truth and one probe's output side by side (see ``geometry_figure``)."""
     t, p = _as_points(true_beliefs), _as_points(predicted_beliefs, "predicted_beliefs")
     if t.shape != p.shape:
         raise BeliefLensError(f"true beliefs {t.shape} and predictions {p.shape} differ in shape")
-    colors = belief_colors(t)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=list(titles))
-    for col, pts in ((1, t), (2, p)):
-        if t.shape[1] == 3:
-            fig.add_trace(_triangle(), row=1, col=col)
-        fig.add_trace(
-            _scatter(project_beliefs(pts, reference=t), colors, marker_size, titles[col - 1]),
-            row=1,
-            col=col,
-        )
-    fig.update_layout(title=title, template="plotly_white", width=1000, height=480)
-    _square_axes(fig, 2)
+    fig = geometry_figure(t, {titles[1]: p}, title=title, max_points=max_points)
+    fig.layout.annotations[0].text = titles[0]
+    return fig
+
+
+def simplex_figure(
+    beliefs,
+    colors=None,
+    *,
+    title: str | None = None,
+    marker_size: float | None = None,
+    max_points: int = 10_000,
+) -> go.Figure:
+    """Beliefs as points on the labelled simplex (3 states) or their first two principal
+    components."""
+    b = _as_points(beliefs)
+    coords = belief_coordinates(b, 2)
+    xy = coords(b)
+    idx = display_points(xy, max_points)
+    colors = np.asarray(belief_colors(b) if colors is None else list(colors))
+    size = marker_size_for(len(idx)) if marker_size is None else marker_size
+    fig = go.Figure()
+    if b.shape[1] == 3:
+        fig.add_traces(_triangle(_state_labels(3, None)))
+    fig.add_trace(_scatter(xy[idx], colors[idx].tolist(), size, "beliefs"))
+    fig.update_layout(title=title, template=_TEMPLATE, width=520, height=480)
+    fig.update_xaxes(visible=b.shape[1] != 3, title=coords.labels()[0])
+    fig.update_yaxes(visible=b.shape[1] != 3, title=coords.labels()[1], scaleanchor="x")
     return fig
 
 
@@ -152,34 +346,82 @@ def layer_grid_figure(
     scores: Mapping[str, float] | None = None,
     *,
     n_cols: int = 4,
-    marker_size: float = 1.5,
+    max_points: int = 1_500,
+    score_name: str = "MSE",
     title: str | None = None,
 ) -> go.Figure:
-    """One panel per hook: its probe output, coloured by true belief, titled with its MSE."""
+    """One 2-D panel per hook: its probe output in the true beliefs' coordinates (simplex, or
+    their first two principal axes), coloured by true belief, titled with its score."""
     if not predictions:
         raise BeliefLensError("predictions is empty: give at least one hook's probe output")
     t = _as_points(true_beliefs)
-    colors = belief_colors(t)
+    coords = belief_coordinates(t, 2)
+    colors = np.asarray(belief_colors(t))
     names = list(predictions)
     n_cols = min(n_cols, len(names))
     n_rows = math.ceil(len(names) / n_cols)
-    sub = [f"{n}<br>MSE {scores[n]:.2e}" if scores and n in scores else n for n in names]
-    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=sub)
+    sub = [f"{n}<br>{score_name} {scores[n]:.2e}" if scores and n in scores else n for n in names]
+    fig = make_subplots(
+        rows=n_rows, cols=n_cols, subplot_titles=sub, vertical_spacing=0.3 / max(n_rows, 1)
+    )
     for k, name in enumerate(names):
         row, col = divmod(k, n_cols)
-        pts = _as_points(predictions[name], name)
-        if t.shape[1] == 3:
-            fig.add_trace(_triangle(), row=row + 1, col=col + 1)
+        xy = coords(_as_points(predictions[name], name))
+        idx = display_points(xy, max_points)
+        if coords.kind == "simplex":
+            fig.add_trace(_triangle(["", "", ""])[0], row=row + 1, col=col + 1)
         fig.add_trace(
-            _scatter(project_beliefs(pts, reference=t), colors, marker_size, name),
+            _scatter(xy[idx], colors[idx].tolist(), marker_size_for(len(idx)) * 0.8, name),
             row=row + 1,
             col=col + 1,
         )
-    fig.update_annotations(font_size=10)
+    fig.update_annotations(font_size=12)
     fig.update_layout(
-        title=title, template="plotly_white", width=260 * n_cols, height=280 * n_rows + 60
+        title=title,
+        template=_TEMPLATE,
+        width=min(1150, 280 * n_cols),
+        height=290 * n_rows + 40,
+        margin={"l": 10, "r": 40, "t": 50, "b": 10},
+        modebar={"orientation": "v"},
     )
-    _square_axes(fig, n_rows * n_cols)
+    for i in range(1, n_rows * n_cols + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.update_layout(
+            {
+                f"xaxis{suffix}": {"visible": False},
+                f"yaxis{suffix}": {"visible": False, "scaleanchor": f"x{suffix}"},
+            }
+        )
+    return fig
+
+
+def probe_scores_figure(
+    hooks: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    y_title: str = "held-out R²",
+    title: str | None = None,
+) -> go.Figure:
+    """One line per run (trained model, each control) of a score against the hook."""
+    if not series:
+        raise BeliefLensError("series is empty: give at least one run's scores")
+    fig = go.Figure()
+    for name, values in series.items():
+        if len(values) != len(hooks):
+            raise BeliefLensError(
+                f"series {name!r} has {len(values)} values for {len(hooks)} hooks"
+            )
+        fig.add_trace(go.Scatter(x=list(hooks), y=list(values), mode="lines+markers", name=name))
+    fig.update_layout(
+        title=title,
+        template=_TEMPLATE,
+        width=900,
+        height=380,
+        yaxis_title=y_title,
+        margin={"l": 60, "r": 10, "t": 40 if title else 20, "b": 120},
+        legend={"orientation": "h", "y": 1.08},
+    )
+    fig.update_xaxes(tickangle=-35)
     return fig
 
 
@@ -216,14 +458,20 @@ def training_curve_figure(
                 name="eval loss / optimal",
             )
         )
-    fig.add_hline(y=1.0, line_dash="dash", annotation_text="optimal", line_color="gray")
+    fig.add_hline(y=1.0, line_dash="dash", line_color="gray")
+    # On a log axis an annotation's y is log10 of the value: 0 is the optimum's line.
+    fig.add_annotation(
+        x=1, xref="paper", xanchor="right", y=0, yref="y", yanchor="bottom",
+        text="optimal", showarrow=False, font={"color": "gray"},
+    )  # fmt: skip
     fig.update_layout(
         title=title,
         xaxis_title="tokens seen",
         yaxis_title="loss / optimal loss",
-        template="plotly_white",
-        width=700,
-        height=420,
+        template=_TEMPLATE,
+        width=800,
+        height=400,
+        legend={"orientation": "h", "y": 1.1},
     )
     fig.update_yaxes(type="log")
     return fig

@@ -35,8 +35,13 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert "Activation patching" in (out / "report.html").read_text()
     assert metrics["model_loss"]["optimal_loss"] == pytest.approx(0.57819, abs=1e-5)
     html = (out / "report.html").read_text()
-    for section in ("Belief geometry", "Probes per layer", "Controls", "Interventions", "Training"):
+    for section in ("Summary", "Belief geometry", "Probes per hook", "Controls", "Steering"):
         assert section in html
+    assert "Training" in html
+    # Eight steps leave the model far from the optimum: the summary says so first.
+    assert metrics["model_loss"]["undertrained"]
+    assert metrics["summary"][0].startswith("Under-trained: the loss is")
+    assert metrics["best_hook"]["hook"] in hooks
     assert (out / "model.safetensors").is_file()
     # The paper's RRXOR architecture, not its Mess3 one.
     assert json.loads((out / "model.config.json").read_text())["d_model"] == 128

@@ -1,0 +1,130 @@
+"""The report's building blocks: tables, sections composed into one page, figure export."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from belief_lens import report as rp
+from belief_lens.errors import BeliefLensError
+from belief_lens.report import ReportFigure, Section, Table, compose_html, heldout, write_report
+
+
+def _fig() -> go.Figure:
+    trace = go.Scatter(x=[0, 1, 2], y=[1, 0, 2], mode="markers", marker={"color": "red"})
+    return go.Figure(trace, layout={"template": "none"})
+
+
+def test_table_uses_one_format_per_column():
+    t = Table(("hook", "MSE"), (("a", 0.0309), ("b", 6.91e-3), ("c", math.nan)), ("", ".2e"))
+    assert t.to_markdown().splitlines()[2:] == ["| a | 3.09e-02 |", "| b | 6.91e-03 |", "| c | – |"]
+    with pytest.raises(BeliefLensError, match="2 columns but 1 formats"):
+        Table(("a", "b"), (), ("",))
+    with pytest.raises(BeliefLensError, match="has 1 cells, not 2"):
+        Table(("a", "b"), (("x",),), ("", ""))
+
+
+def test_heldout_reads_either_name():
+    assert heldout({"mse_heldout": 0.1, "mse_test": 0.2}, "mse") == 0.1
+    assert heldout({"r2_test": 0.9}, "r2") == 0.9
+    assert math.isnan(heldout({"mse_all": 0.1}, "mse"))
+
+
+def test_sections_compose_into_one_page_with_a_summary():
+    sections = [
+        Section("A", headline=("first headline",), warnings=("under-trained",)),
+        Section(
+            "B",
+            headline=("second headline",),
+            text=("some text",),
+            tables=(Table(("x",), ((1.5,),), (".1f",)),),
+            figures=(ReportFigure("f", _fig(), "a caption"),),
+        ),
+    ]
+    page = compose_html("T", sections, {"k": 1})
+    summary = page[page.index("class='summary'") : page.index("</ul></div>")]
+    for line in ("first headline", "second headline", "under-trained"):
+        assert line in summary
+    assert page.count("plotly.min.js") == 1 and 'id="fig-f"' in page
+    assert '"type":"scattergl"' not in page and "a caption" in page
+
+
+def test_write_report_without_kaleido_names_what_is_missing(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        rp.importlib.util, "find_spec", lambda n, *a: None if n == "kaleido" else real(n, *a)
+    )
+    metrics: dict = {}
+    paths = write_report(
+        tmp_path, "T", [Section("A", figures=(ReportFigure("f", _fig()),))], metrics
+    )
+    assert (
+        paths["figures"] == []
+        and "kaleido>=1.0, which is not installed" in metrics["figure_export"]
+    )
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["figure_export"] == metrics["figure_export"]
+    assert "kaleido" in (tmp_path / "report.html").read_text()
+
+
+def test_export_figures_as_png_and_pdf(tmp_path):
+    missing = [
+        what
+        for what, ok in (
+            ("the Python package kaleido", importlib.util.find_spec("kaleido") is not None),
+            ("Chromium", any(shutil.which(b) for b in ("chromium", "google-chrome"))),
+        )
+        if not ok
+    ]
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"figure export needs {' and '.join(missing)} on CI")
+        pytest.skip(
+            f"figure export needs {' and '.join(missing)} (pip install 'belief_lens[export]')"
+        )
+    paths = rp.export_figures([ReportFigure("f", _fig())], tmp_path, ("png", "pdf"))
+    assert [p.name for p in paths] == ["f.png", "f.pdf"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths[1].read_bytes()[:5] == b"%PDF-"
+    assert not list(tmp_path.glob(".*tmp*"))
+    np.testing.assert_array_less(0, paths[0].stat().st_size)
+
+
+def test_analyse_composes_sections_and_takes_extra_ones(tmp_path):
+    from belief_lens.models import toy_transformer
+    from belief_lens.processes import rrxor
+
+    model = toy_transformer(2, 6, n_layers=1, d_model=16, d_mlp=32, seed=0)
+    seen = {}
+
+    def extra(state: rp.Analysis) -> Section:
+        seen["best"] = state.best_hook
+        state.metrics["extra"] = {"value": 1.0}
+        return Section("Patching", headline=("patching headline",), text=("patching text",))
+
+    cfg = rp.AnalysisConfig(
+        mode="sampled", n_sequences=300, controls=False, interventions=False, export=()
+    )
+    metrics = rp.analyse(model, rrxor(), tmp_path, config=cfg, extra_sections=[extra])
+    assert seen["best"] == metrics["best_hook"]["hook"] != "concat"
+    # An untrained model is far from the optimum: flagged first in the summary.
+    assert metrics["model_loss"]["undertrained"]
+    assert metrics["summary"][0].startswith("Under-trained")
+    assert "patching headline" in metrics["summary"] and metrics["extra"] == {"value": 1.0}
+    page = (tmp_path / "report.html").read_text()
+    order = [
+        page.index(f"<h2>{t}</h2>") for t in ("Process and model", "Belief geometry", "Patching")
+    ]
+    assert order == sorted(order)
+    # Five states: the headline figure is 3D, truth and best hook in shared scenes; the
+    # concatenation (worse than the best hook held out for this untrained model) is left out.
+    assert "no better than the best hook held out" in " ".join(metrics["summary"])
+    assert page.count('"type":"scatter3d"') == 2 and '"scene2"' in page

@@ -1,0 +1,218 @@
+"""report.html as a person sees it: opened in headless Chromium, screenshotted, every figure
+region checked for drawn content and the page for JavaScript errors.
+
+Needs Chromium (Debian package ``chromium``); skips with the reason where it is missing, and fails
+under ``CI=true`` (``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from belief_lens.cli import main
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+WIDTH = 1400
+SCALE = 0.5  # device pixels per CSS pixel in the screenshot: smaller PNGs decode faster
+
+# Injected at the top of a copy of the page: records errors (uncaught, rejected promises and
+# console.error) and, after load, every figure's box and the page height into a <pre>.
+PROBE = """<script>
+window.__errors = [];
+addEventListener('error', e => __errors.push('error: ' + (e.message || e)));
+addEventListener('unhandledrejection', e => __errors.push('rejection: ' + e.reason));
+const __ce = console.error;
+console.error = (...a) => { __errors.push('console.error: ' + a.join(' ')); __ce(...a); };
+addEventListener('load', () => setTimeout(() => {
+  const rects = [...document.querySelectorAll('.js-plotly-plot')].map(d => {
+    const r = d.getBoundingClientRect();
+    return {id: d.id, x: r.left + scrollX, y: r.top + scrollY, w: r.width, h: r.height};
+  });
+  const pre = document.createElement('pre');
+  pre.id = '__probe';
+  pre.textContent = JSON.stringify(
+    {errors: __errors, rects, height: document.documentElement.scrollHeight});
+  document.body.appendChild(pre);
+}, 1000));
+</script>"""
+
+
+def _chromium() -> str:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    reason = "Chromium not found (Debian: apt-get install chromium); the browser test needs it"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; .ci/run installs it")
+    pytest.skip(reason)
+
+
+def _run_browser(exe: str, url: str, *args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [
+            exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+            f"--user-data-dir={profile}", "--virtual-time-budget=20000", *args, url,
+        ]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Decode an 8-bit, non-interlaced grey/RGB/RGBA PNG to ``uint8 [h, w, channels]``."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    pos, idat, head = 8, [], None
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
+        if kind == b"IHDR":
+            head = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        pos += 12 + n
+    w, h, depth, ctype, _, _, interlace = head
+    assert depth == 8 and not interlace and ctype in (0, 2, 4, 6), f"unsupported PNG {head}"
+    c = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, 1 + w * c)
+    out = np.zeros((h, w * c), np.uint8)
+    prev = np.zeros(w * c, np.int64)
+    for y in range(h):
+        f, line = raw[y, 0], raw[y, 1:].astype(np.int64)
+        if f == 0:  # None
+            cur = line
+        elif f == 1:  # Sub: a running sum along the row, per channel
+            cur = np.cumsum(line.reshape(w, c), axis=0).reshape(-1) & 255
+        elif f == 2:  # Up
+            cur = (line + prev) & 255
+        else:  # Average, Paeth: sequential along the row
+            cur = np.array(_unfilter(line.tolist(), prev.tolist(), c, int(f)), np.int64)
+        out[y] = cur
+        prev = cur
+    return out.reshape(h, w, c)
+
+
+def _unfilter(line: list[int], prev: list[int], c: int, f: int) -> list[int]:
+    cur = [0] * len(line)
+    for i, x in enumerate(line):
+        a = cur[i - c] if i >= c else 0
+        b = prev[i]
+        if f == 3:
+            cur[i] = (x + ((a + b) >> 1)) & 255
+            continue
+        d = prev[i - c] if i >= c else 0
+        p = a + b - d
+        pa, pb, pd = abs(p - a), abs(p - b), abs(p - d)
+        cur[i] = (x + (a if pa <= pb and pa <= pd else b if pb <= pd else d)) & 255
+    return cur
+
+
+def test_png_reader_against_a_hand_built_file(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (5, 4, 3), dtype=np.uint8)
+    rows, prev = [], np.zeros(12, np.int64)
+    for y, f in enumerate([0, 1, 2, 3, 4]):  # one row per filter type, encoded by hand
+        x = img[y].reshape(-1).astype(np.int64)
+        a = np.concatenate([[0] * 3, x[:-3]])
+        d = np.concatenate([[0] * 3, prev[:-3]])
+        p = a + prev - d
+        pa, pb, pd = abs(p - a), abs(p - prev), abs(p - d)
+        paeth = np.where((pa <= pb) & (pa <= pd), a, np.where(pb <= pd, prev, d))
+        pred = [0 * x, a, prev, (a + prev) // 2, paeth][f]
+        rows.append(bytes([f]) + ((x - pred) & 255).astype(np.uint8).tobytes())
+        prev = x
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 5, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b"")
+    (tmp_path / "x.png").write_bytes(png)
+    np.testing.assert_array_equal(read_png(tmp_path / "x.png"), img)
+
+
+def check_in_browser(report: Path, shots: Path) -> dict:
+    """Open ``report`` in headless Chromium; assert no JavaScript errors and that every figure
+    region of the screenshot holds drawn, coloured content. Returns the probe's record."""
+    exe = _chromium()
+    page = report.with_name("browser_check.html")
+    text = report.read_text(encoding="utf-8")
+    page.write_text(text.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    url = page.resolve().as_uri()
+    dom = _run_browser(exe, url, f"--window-size={WIDTH},3000", "--dump-dom")
+    m = re.search(r'<pre id="__probe">(.*?)</pre>', dom.stdout, re.S)
+    assert m, f"the page never finished loading; stderr:\n{dom.stderr[-2000:]}"
+    probe = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert probe["errors"] == [], probe["errors"]
+    uncaught = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and "Uncaught" in ln]
+    assert uncaught == [], uncaught
+    assert probe["rects"], "no plotly figure on the page"
+
+    shot = shots / f"{report.parent.name}.png"
+    height = int(probe["height"]) + 20
+    run = _run_browser(
+        exe, url, f"--window-size={WIDTH},{height}", f"--force-device-scale-factor={SCALE}",
+        f"--screenshot={shot}",
+    )  # fmt: skip
+    assert shot.is_file(), f"no screenshot; stderr:\n{run.stderr[-2000:]}"
+    img = read_png(shot)[..., :3].astype(float)
+    for r in probe["rects"]:
+        y0, y1 = int(r["y"] * SCALE), int((r["y"] + r["h"]) * SCALE)
+        x0, x1 = int(r["x"] * SCALE), int((r["x"] + r["w"]) * SCALE)
+        region = img[y0:y1, x0:x1]
+        assert region.size, f"figure {r['id']} lies outside the screenshot {img.shape}"
+        coloured = (region.max(-1) - region.min(-1) > 40).mean()
+        assert region.std() > 3 and coloured > 1e-3, (
+            f"figure {r['id']} looks blank: pixel std {region.std():.2f}, "
+            f"coloured fraction {coloured:.2e}"
+        )
+    page.unlink()
+    return probe
+
+
+@pytest.fixture(scope="module")
+def mess3_demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mess3") / "demo"
+    argv = ["-q", "demo", "--max-steps", "30", "--minutes", "1", "--out", str(out)]
+    assert main([*argv, "--no-interventions"]) == 0
+    return out / "report.html"
+
+
+@pytest.fixture(scope="module")
+def rrxor_probe(shared_checkpoint, tmp_path_factory) -> Path:
+    path = shared_checkpoint("rrxor_paper")
+    out = tmp_path_factory.mktemp("rrxor") / "probe"
+    argv = ["-q", "probe", "--checkpoint", str(path), "--process", "rrxor", "--out", str(out)]
+    assert main([*argv, "--no-interventions"]) == 0
+    return out / "report.html"
+
+
+def test_mess3_demo_report_is_light(mess3_demo):
+    size = mess3_demo.stat().st_size
+    assert size <= 2_000_000, f"report.html weighs {size / 1e6:.2f} MB"
+    text = mess3_demo.read_text(encoding="utf-8")
+    assert '"type":"scattergl"' not in text
+    assert text.count("<script src='plotly.min.js'>") == 1
+    assert (mess3_demo.parent / "plotly.min.js").is_file()
+
+
+@pytest.mark.parametrize("report", ["mess3_demo", "rrxor_probe"])
+def test_report_renders_in_a_browser(report, request, tmp_path):
+    path = request.getfixturevalue(report)
+    probe = check_in_browser(path, tmp_path)
+    ids = {r["id"] for r in probe["rects"]}
+    assert {"fig-geometry", "fig-geometry_per_hook", "fig-controls_r2"} <= ids
