@@ -30,6 +30,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from belief_lens.beliefs import belief_states, sample_sequences
+from belief_lens.distributed import (
+    all_reduce_moments,
+    all_reduce_sum,
+    rank_and_world_size,
+    require_process_group,
+    shard,
+)
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.probes import AffineProbe, ProbeTable, _metrics, _Moments
@@ -358,23 +365,51 @@ class _WindowMoments:
 
     Per window ``k``: the row count, ``s[k] = sum (z - shift[k])`` and
     ``M[k] = sum (z - shift[k])(z - shift[k])^T`` in float64 on ``device``; the shift is the first
-    batch's mean, so the sums don't cancel. ``moments(k)`` hands them to ``AffineProbe``'s solver.
+    batch's mean, so the sums don't cancel. With ``accumulate="float32"`` each batch's Gram matrix
+    is computed in float32 (fast where float64 is slow, e.g. consumer GPUs) and added to the
+    float64 sums. ``moments(k)`` hands them to ``AffineProbe``'s solver.
     """
 
-    def __init__(self, n_windows: int, d: int, S: int, device: torch.device) -> None:
+    def __init__(
+        self, windows: list[tuple[int, int]], d: int, S: int, device: torch.device, accumulate: str
+    ) -> None:
         f64 = torch.float64
+        K = len(windows)
         self.d = d
-        self.w = torch.zeros(n_windows, dtype=f64)
-        self.s = torch.zeros(n_windows, d + S, dtype=f64, device=device)
-        self.M = torch.zeros(n_windows, d + S, d + S, dtype=f64, device=device)
-        self.shift: Tensor | None = None  # [n_windows, d + S]
+        self.windows = windows
+        self.gram_dtype = torch.float32 if accumulate == "float32" else f64
+        self.w = torch.zeros(K, dtype=f64)
+        self.s = torch.zeros(K, d + S, dtype=f64, device=device)
+        self.M = torch.zeros(K, d + S, d + S, dtype=f64, device=device)
+        self.shift: Tensor | None = None  # [K, d + S]
 
-    def add(self, k: int, Z: Tensor) -> None:
-        """Add float64 rows ``Z = [X, Y]`` (``[m, d + S]``) to window ``k``."""
-        Z = Z - self.shift[k]
-        self.w[k] += Z.shape[0]
-        self.s[k] += Z.sum(0)
-        self.M[k] += Z.T @ Z
+    def add(self, Z: Float[Tensor, "n L P"]) -> None:
+        """Add float64 rows ``Z = [X, Y]`` of every window (positions along dim 1)."""
+        n, _, P = Z.shape
+        if self.shift is None:  # centre on the first batch's window means
+            self.shift = torch.stack([Z[:, lo:hi].mean((0, 1)) for lo, hi in self.windows])
+        width = self.windows[0][1] - self.windows[0][0]
+        # Windows of equal width go through one batched GEMM; a shorter last one on its own.
+        full = [k for k, (lo, hi) in enumerate(self.windows) if hi - lo == width]
+        rest = [k for k in range(len(self.windows)) if k not in full]
+        K = len(full)
+        Zf = Z[:, : K * width].reshape(n, K, width, P).transpose(0, 1).reshape(K, n * width, P)
+        self._add(slice(0, K), Zf - self.shift[:K, None])
+        for k in rest:
+            lo, hi = self.windows[k]
+            self._add(slice(k, k + 1), (Z[:, lo:hi].reshape(1, -1, P) - self.shift[k]))
+
+    def _add(self, ks: slice, Zc: Float[Tensor, "K m P"]) -> None:
+        self.w[ks] += Zc.shape[1]
+        self.s[ks] += Zc.sum(1)
+        Zg = Zc.to(self.gram_dtype)
+        self.M[ks] += torch.bmm(Zg.transpose(1, 2), Zg).to(torch.float64)
+
+    def all_reduce(self, group: Any = None) -> None:
+        """Sum the statistics over the ranks of ``group`` (each rank had its own shift)."""
+        shift = torch.zeros_like(self.s) if self.shift is None else self.shift
+        w, self.s, self.M, self.shift = all_reduce_moments(self.w, self.s, self.M, shift, group)
+        self.w = w.cpu()
 
     def moments(self, k: int) -> _Moments:
         """Window ``k`` as ``belief_lens.probes._Moments`` on the CPU."""
@@ -405,6 +440,8 @@ def fit_position_probes(
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
     device: str | torch.device | None = None,
     read_at: Literal["symbol", "prediction"] = "symbol",
+    accumulate: Literal["float64", "float32"] = "float64",
+    distributed: bool = False,
 ) -> PositionProbeTable:
     """Affine probes from the residual stream at symbol positions to beliefs, per context window.
 
@@ -425,6 +462,17 @@ def fit_position_probes(
     ``n_sequences``. When the statistics of all hooks exceed half of ``memory_limit_bytes``, the
     hooks are processed in groups, each with its own passes (more compute, same memory); batches
     are sized to the other half.
+
+    Devices and precision: activations stay on ``device`` in the model's dtype until the symbol
+    positions are gathered and upcast there (bf16/fp16 models work); statistics are float64, or,
+    with ``accumulate="float32"``, per-batch float32 Gram matrices summed in float64 (for GPUs
+    whose float64 is slow). Nothing is copied to the host until the passes end.
+
+    ``distributed=True`` (inside an initialised ``torch.distributed`` process group, e.g. under
+    ``torchrun``): every rank draws the same sequences and split, harvests every
+    ``world_size``-th sequence (``belief_lens.distributed.shard``), and the statistics of both
+    passes are all-reduced, so every rank returns the same table, equal to one process's up to
+    rounding. Every rank must call with the same arguments.
     """
     from belief_lens.activations import (
         check_tokens,
@@ -437,6 +485,10 @@ def fit_position_probes(
     require_eval_mode(model)
     _check_map(model, hmm, token_map)
     names = _resolve_hooks(model, hooks)
+    if accumulate not in ("float64", "float32"):
+        raise BeliefLensError(f"accumulate must be 'float64' or 'float32', got {accumulate!r}")
+    if distributed:
+        require_process_group()
     if symbols is None:
         if length is None:
             length = token_map.max_symbols(int(model.cfg.n_ctx))
@@ -456,6 +508,7 @@ def fit_position_probes(
     test_mask = _split(n_sequences, test_fraction, seed)
     train_idx = torch.nonzero(~test_mask).flatten()
     test_idx = torch.nonzero(test_mask).flatten()
+    n_train, n_test = len(train_idx), len(test_idx)
     S = hmm.n_states
     d = int(model.cfg.d_model)
     work = model_device(model) if device is None else torch.device(device)
@@ -466,6 +519,10 @@ def fit_position_probes(
     else:
         raise BeliefLensError(f"read_at must be 'symbol' or 'prediction', got {read_at!r}")
     L_model = token_map.model_length(length)
+    positions = positions.to(work)
+    on_cuda = work.type == "cuda"
+    if distributed:
+        train_idx, test_idx = shard(train_idx), shard(test_idx)
 
     per_hook = _stats_bytes(len(windows), d, S)
     stats_budget = memory_limit_bytes // 2
@@ -489,14 +546,18 @@ def fit_position_probes(
         n_sequences,
     )
 
+    def to_work(t: Tensor) -> Tensor:
+        # Pinned host memory lets the copy run without waiting for the device to finish.
+        return t.pin_memory().to(work, non_blocking=True) if on_cuda else t.to(work)
+
     def batches(idx: Tensor, hook_names: list[str]):
         for lo in range(0, len(idx), size):
             seq = idx[lo : lo + size]
             batch = symbols[seq]
-            tokens = check_tokens(model, token_map.encode(batch))
+            tokens = to_work(check_tokens(model, token_map.encode(batch)))
             acts = residual_stream(model, tokens, hook_names, batch_size=size, device=work)
-            beliefs = belief_states(hmm, batch).to(work)
-            gathered = {h: a[:, positions.to(a.device)] for h, a in acts.items()}
+            beliefs = to_work(belief_states(hmm, batch))
+            gathered = {h: a[:, positions] for h, a in acts.items()}
             del acts  # keep only the symbol positions while the caller works
             yield gathered, beliefs
 
@@ -508,16 +569,13 @@ def fit_position_probes(
     eps_y = torch.finfo(torch.float64).eps
     for group in groups:
         hook_names = [names[i] for i in group]
-        mom = {h: _WindowMoments(len(windows), d, S, work) for h in hook_names}
+        mom = {h: _WindowMoments(windows, d, S, work, accumulate) for h in hook_names}
         for acts, beliefs in batches(train_idx, hook_names):
             for h in hook_names:
-                m = mom[h]
-                Z = torch.cat([acts[h].double(), beliefs], dim=-1)  # [n, L, d + S]
-                if m.shift is None:  # centre on the first batch's window means
-                    m.shift = torch.stack([Z[:, lo:hi].mean((0, 1)) for lo, hi in windows])
-                for k, (lo, hi) in enumerate(windows):
-                    m.add(k, Z[:, lo:hi].reshape(-1, d + S))
-                del Z
+                mom[h].add(torch.cat([acts[h].double(), beliefs], dim=-1))  # [n, L, d + S]
+        if distributed:
+            for h in hook_names:
+                mom[h].all_reduce()
         fitted: dict[str, list[AffineProbe]] = {}
         for h in hook_names:
             fitted[h] = [
@@ -531,10 +589,12 @@ def fit_position_probes(
             for h in hook_names
         }
         del mom
-        # Held-out pass: squared errors and target sums per window and belief coordinate.
-        ss_res = {h: torch.zeros(len(windows), S, dtype=torch.float64) for h in hook_names}
-        sy = torch.zeros(len(windows), S, dtype=torch.float64)
-        syy = torch.zeros(len(windows), S, dtype=torch.float64)
+        # Held-out pass: squared errors and target sums per window and belief coordinate, on
+        # the work device until the pass ends.
+        zeros = {"dtype": torch.float64, "device": work}
+        ss_res = {h: torch.zeros(len(windows), S, **zeros) for h in hook_names}
+        sy = torch.zeros(len(windows), S, **zeros)
+        syy = torch.zeros(len(windows), S, **zeros)
         n_rows = torch.zeros(len(windows), dtype=torch.float64)
         coefs = {
             h: [(p.coef_.T.to(work), p.intercept_.to(work)) for p in fitted[h]] for h in hook_names
@@ -542,13 +602,18 @@ def fit_position_probes(
         for acts, beliefs in batches(test_idx, hook_names):
             for k, (lo, hi) in enumerate(windows):
                 Y = beliefs[:, lo:hi].reshape(-1, S)
-                sy[k] += Y.sum(0).cpu()
-                syy[k] += (Y * Y).sum(0).cpu()
+                sy[k] += Y.sum(0)
+                syy[k] += (Y * Y).sum(0)
                 n_rows[k] += Y.shape[0]
                 for h in hook_names:
                     B, b = coefs[h][k]
                     pred = acts[h][:, lo:hi].reshape(-1, d).double() @ B + b
-                    ss_res[h][k] += ((Y - pred) ** 2).sum(0).cpu()
+                    ss_res[h][k] += ((Y - pred) ** 2).sum(0)
+        held_out = [sy, syy, n_rows, *(ss_res[h] for h in hook_names)]
+        if distributed:
+            held_out = all_reduce_sum(held_out)
+        sy, syy, n_rows, *res = (t.cpu() for t in held_out)
+        ss_res = dict(zip(hook_names, res, strict=True))
         for h in hook_names:
             for k, (lo, hi) in enumerate(windows):
                 n = float(n_rows[k])
@@ -561,8 +626,8 @@ def fit_position_probes(
                         "window_start": lo,
                         "window_stop": hi,
                         "d": d,
-                        "n_train": len(train_idx),
-                        "n_test": len(test_idx),
+                        "n_train": n_train,
+                        "n_test": n_test,
                         "mse_train": tr["mse"],
                         "r2_train": tr["r2"],
                         "mse_test": te["mse"],
@@ -587,5 +652,7 @@ def fit_position_probes(
         "hook_groups": len(groups),
         "stats_bytes_per_hook": per_hook,
         "memory_limit_bytes": memory_limit_bytes,
+        "accumulate": accumulate,
+        "world_size": rank_and_world_size()[1] if distributed else 1,
     }
     return PositionProbeTable(rows=rows, probes=probes, meta=meta)
