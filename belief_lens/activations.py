@@ -191,7 +191,8 @@ def residual_stream(
     wanted = set(names)
     chunks: dict[str, list[Tensor]] = {name: [] for name in names}
     for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start : start + batch_size].to(in_device)
+        # Host-to-device copies never need the host to wait (a pinned source runs async).
+        batch = tokens[start : start + batch_size].to(in_device, non_blocking=True)
         _, cache = model.run_with_cache(
             batch, names_filter=lambda name: name in wanted, stop_at_layer=stop
         )

@@ -168,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a Hugging Face model name (e.g. gpt2), loaded on each rank")
     src.add_argument(
-        "--local",
+        "--random",
         metavar="N_LAYERS,D_MODEL",
         help="a randomly initialised GPT-2-architecture model of this size, built on each rank",
     )
@@ -185,7 +185,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument(
+        "--accumulate",
+        choices=["float64", "float32"],
+        default="float64",
+        help="float32: per-batch Gram matrices in float32 (for GPUs with slow float64)",
+    )
     p.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass")
     p.add_argument("--memory-limit-gib", type=float, default=2.0)
     p.add_argument("--out", required=True, help="output directory (written by rank 0)")
     return p
@@ -199,13 +206,14 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> Any:
         model = load_pretrained(args.model, device=device)
     else:
         try:
-            n_layers, d_model = (int(v) for v in args.local.split(","))
+            n_layers, d_model = (int(v) for v in args.random.split(","))
         except ValueError:
             raise BeliefLensError(
-                f"--local takes N_LAYERS,D_MODEL (e.g. 2,64), got {args.local!r}"
+                f"--random takes N_LAYERS,D_MODEL (e.g. 2,64), got {args.random!r}"
             ) from None
-        model = gpt2_like(n_ctx=128, n_layers=n_layers, d_model=d_model, n_heads=2, seed=0)
-        model = model.to(device)
+        model = gpt2_like(
+            n_ctx=128, n_layers=n_layers, d_model=d_model, n_heads=2, seed=0, device=device
+        )
     if dtype != torch.float32:
         model = model.to(dtype)
     model.eval()
@@ -277,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             window=args.window or None,
             test_fraction=args.test_fraction,
             seed=args.seed,
+            batch_size=args.batch_size,
+            accumulate=args.accumulate,
             memory_limit_bytes=int(args.memory_limit_gib * (1 << 30)),
             distributed=True,
         )

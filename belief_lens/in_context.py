@@ -554,7 +554,8 @@ def fit_position_probes(
         for lo in range(0, len(idx), size):
             seq = idx[lo : lo + size]
             batch = symbols[seq]
-            tokens = to_work(check_tokens(model, token_map.encode(batch)))
+            tokens = check_tokens(model, token_map.encode(batch))  # on the host: checked there
+            tokens = tokens.pin_memory() if on_cuda else tokens
             acts = residual_stream(model, tokens, hook_names, batch_size=size, device=work)
             beliefs = to_work(belief_states(hmm, batch))
             gathered = {h: a[:, positions] for h, a in acts.items()}
