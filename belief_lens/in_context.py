@@ -30,16 +30,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from belief_lens.beliefs import belief_states, sample_sequences
-from belief_lens.distributed import (
+from belief_lens.errors import BeliefLensError
+from belief_lens.hmm import HMM
+from belief_lens.probes import AffineProbe, ProbeTable, _metrics, _Moments
+from belief_lens.probing.distributed import (
     all_reduce_moments,
     all_reduce_sum,
     rank_and_world_size,
     require_process_group,
     shard,
 )
-from belief_lens.errors import BeliefLensError
-from belief_lens.hmm import HMM
-from belief_lens.probes import AffineProbe, ProbeTable, _metrics, _Moments
 from belief_lens.token_map import TokenMap
 
 __all__ = [
@@ -470,9 +470,9 @@ def fit_position_probes(
 
     ``distributed=True`` (inside an initialised ``torch.distributed`` process group, e.g. under
     ``torchrun``): every rank draws the same sequences and split, harvests every
-    ``world_size``-th sequence (``belief_lens.distributed.shard``), and the statistics of both
-    passes are all-reduced, so every rank returns the same table, equal to one process's up to
-    rounding. Every rank must call with the same arguments.
+    ``world_size``-th sequence (``belief_lens.probing.distributed.shard``), and the statistics of
+    both passes are all-reduced, so every rank returns the same table, equal to one process's up
+    to rounding. Every rank must call with the same arguments.
     """
     from belief_lens.activations import (
         check_tokens,

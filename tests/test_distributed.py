@@ -1,8 +1,8 @@
 """Scale-out: probes harvested across processes (torch.distributed), on GPUs, in low precision.
 
 The two-process run is a real ``torchrun`` job (gloo on CPU, a free loopback port chosen by
-``--standalone``) of ``python -m belief_lens.distributed``; the single-process reference is
-``fit_position_probes`` in this process on the same locally built model.
+``--standalone``) of ``python -m belief_lens.probing.distributed``; the single-process reference
+is ``fit_position_probes`` in this process on the same locally built model.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from belief_lens.distributed import all_reduce_moments, rank_and_world_size, shard
 from belief_lens.errors import BeliefLensError
+from belief_lens.probing.distributed import all_reduce_moments, rank_and_world_size, shard
 from belief_lens.processes import mess3
 from belief_lens.token_map import TokenMap
 
@@ -33,7 +33,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def tiny(**kw):
-    """The model ``python -m belief_lens.distributed --random 2,16`` builds on every rank."""
+    """The model ``python -m belief_lens.probing.distributed --random 2,16`` builds on each rank."""
     return gpt2_like(n_ctx=128, n_layers=2, d_model=16, n_heads=2, seed=0, **kw)
 
 
@@ -73,7 +73,7 @@ def test_distributed_needs_a_process_group():
 
 
 def test_cli_refuses_to_run_outside_torchrun(tmp_path, capsys, monkeypatch):
-    from belief_lens.distributed import main
+    from belief_lens.probing.distributed import main
 
     monkeypatch.delenv("RANK", raising=False)
     args = ["--random", "2,16", "--token-ids", *map(str, IDS), "--out", str(tmp_path)]
@@ -93,7 +93,7 @@ def test_two_gloo_processes_give_the_single_process_probes(tmp_path):
     n, length = 80, 12
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "belief_lens.distributed", "--random", "2,16", "--token-ids", *map(str, IDS),
+        "-m", "belief_lens.probing.distributed", "--random", "2,16", "--token-ids", *map(str, IDS),
         "--process", "mess3", "--n-sequences", str(n), "--length", str(length), "--window", "0",
         "--hooks", *HOOKS, "--batch-size", "8", "--backend", "gloo", "--seed", "3",
         "--out", str(out),
@@ -201,7 +201,7 @@ def test_cuda_host_synchronisations_do_not_grow_with_batches():
 def test_two_nccl_processes(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "belief_lens.distributed", "--random", "2,16", "--token-ids", *map(str, IDS),
+        "-m", "belief_lens.probing.distributed", "--random", "2,16", "--token-ids", *map(str, IDS),
         "--n-sequences", "80", "--length", "12", "--window", "0", "--hooks", *HOOKS,
         "--backend", "nccl", "--out", str(tmp_path),
     ]  # fmt: skip

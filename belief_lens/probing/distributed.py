@@ -9,7 +9,7 @@ from the same sums; activations never leave the device that made them. Works und
 Entry point: ``fit_position_probes(..., distributed=True)`` inside an initialised process group,
 or this module's command line::
 
-    torchrun --standalone --nproc-per-node 4 -m belief_lens.distributed \\
+    torchrun --standalone --nproc-per-node 4 -m belief_lens.probing.distributed \\
         --model gpt2 --symbols " A" " B" " C" --process mess3 --n-sequences 20000 --out runs/gpt2
 """
 
@@ -160,7 +160,7 @@ def check_same_on_all_ranks(tensors: Sequence[Tensor], what: str, group: Any = N
 # ------------------------------------------------------------------------------- command line
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m belief_lens.distributed",
+        prog="python -m belief_lens.probing.distributed",
         description="Per-position belief probes of a model on HMM text, harvested by every rank "
         "of a torchrun job (each rank its shard of the sequences) and reduced with "
         "torch.distributed. Rank 0 writes table.json and probes.safetensors to --out.",
