@@ -22,6 +22,7 @@ the learning curve (``n_seen = 0``).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -179,27 +180,28 @@ class InContextResult:
 
 
 class _Running:
-    """Per-position sums of a quantity and its square over sequences (float64)."""
+    """Per-position sums of a quantity and its square over sequences (float64, on ``device``
+    until ``mean``/``std`` bring them to the host)."""
 
-    def __init__(self, P: int) -> None:
-        self.s = torch.zeros(P, dtype=torch.float64)
-        self.ss = torch.zeros(P, dtype=torch.float64)
+    def __init__(self, P: int, device: torch.device) -> None:
+        self.s = torch.zeros(P, dtype=torch.float64, device=device)
+        self.ss = torch.zeros(P, dtype=torch.float64, device=device)
         self.n = 0
 
     def add(self, values: Float[Tensor, "n P"]) -> None:
-        values = values.detach().to("cpu", torch.float64)
+        values = values.detach().to(self.s.device, torch.float64)
         self.s += values.sum(0)
         self.ss += (values * values).sum(0)
         self.n += values.shape[0]
 
     def mean(self) -> Tensor:
-        return self.s / self.n
+        return (self.s / self.n).cpu()
 
     def std(self) -> Tensor:
         if self.n < 2:
-            return torch.full_like(self.s, float("nan"))
+            return torch.full_like(self.s, float("nan")).cpu()
         var = (self.ss - self.s * self.s / self.n) / (self.n - 1)
-        return var.clamp_min(0).sqrt()
+        return var.clamp_min(0).sqrt().cpu()
 
 
 @torch.no_grad()
@@ -246,7 +248,12 @@ def in_context_curve(
     device = model_device(model)
     per_seq = _forward_bytes_per_sequence(model, L_model, 0, logits=True)
     size = _batch_size(batch_size, memory_limit_bytes, per_seq, "in_context_curve", n_sequences)
-    stats = {k: _Running(P) for k in ("kl", "model_ce", "bayes_ce", "entropy", "off")}
+    stats = {k: _Running(P, device) for k in ("kl", "model_ce", "bayes_ce", "entropy", "off")}
+
+    def to_device(t: Tensor) -> Tensor:
+        # Pinned host memory lets the copy run without waiting for the device to finish.
+        return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
     start_belief = hmm.initial_state
     for lo in range(0, n_sequences, size):
         batch = symbols[lo : lo + size]
@@ -254,12 +261,12 @@ def in_context_curve(
         beliefs = belief_states(hmm, batch[:, :length])  # [n, L, S]
         if with_bos:
             beliefs = torch.cat([start_belief.expand(n, 1, -1), beliefs], dim=1)
-        theory = hmm.next_token_probs(beliefs)  # [n, P, V]
-        nxt = batch[:, 1:] if not with_bos else batch  # the symbol each prediction is scored on
-        tokens = check_tokens(model, token_map.encode(batch[:, :length])).to(device)
+        theory = to_device(hmm.next_token_probs(beliefs))  # [n, P, V]
+        nxt = to_device(batch[:, 1:] if not with_bos else batch)  # the symbols scored on
+        tokens = to_device(check_tokens(model, token_map.encode(batch[:, :length])))
         logits = model(tokens)
         probs, off = token_map.predictions(logits, length, include_initial=with_bos)
-        probs, off = probs.cpu(), off.cpu()
+        probs = probs.to(torch.float64)
         del logits
         log_q = probs.clamp_min(1e-300).log()
         log_p = theory.clamp_min(1e-300).log()
@@ -304,7 +311,8 @@ class PositionProbeTable(ProbeTable):
             ``mse_test``, ``r2_test`` (NaN without held-out data). R^2 is the uniform average
             over belief coordinates.
         probes: ``{(hook, window_start): AffineProbe}`` fitted on the training sequences.
-        meta: process, token map, length, window, seed, split, memory figures.
+        meta: process, token map, length, window, seed, split, memory figures, and ``seconds``:
+            wall time of the training pass, the solves and the held-out pass.
     """
 
     probes: dict[Any, AffineProbe] = field(default_factory=dict)
@@ -568,8 +576,16 @@ def fit_position_probes(
     sums_to_one = bool(torch.allclose(hmm.tau, torch.ones_like(hmm.tau)))
     eps_x = torch.finfo(torch.float32).eps
     eps_y = torch.finfo(torch.float64).eps
+    seconds = {"train_pass": 0.0, "solve": 0.0, "test_pass": 0.0}
+
+    def clock() -> float:
+        if on_cuda:
+            torch.cuda.synchronize(work)  # once per pass, never per batch
+        return time.perf_counter()
+
     for group in groups:
         hook_names = [names[i] for i in group]
+        t0 = clock()
         mom = {h: _WindowMoments(windows, d, S, work, accumulate) for h in hook_names}
         for acts, beliefs in batches(train_idx, hook_names):
             for h in hook_names:
@@ -577,6 +593,8 @@ def fit_position_probes(
         if distributed:
             for h in hook_names:
                 mom[h].all_reduce()
+        t1 = clock()
+        seconds["train_pass"] += t1 - t0
         fitted: dict[str, list[AffineProbe]] = {}
         for h in hook_names:
             fitted[h] = [
@@ -585,6 +603,8 @@ def fit_position_probes(
                 )
                 for k in range(len(windows))
             ]
+        t2 = clock()
+        seconds["solve"] += t2 - t1
         train_scores = {
             h: [p._score_moments(mom[h].moments(k)) for k, p in enumerate(fitted[h])]
             for h in hook_names
@@ -614,6 +634,7 @@ def fit_position_probes(
         if distributed:
             held_out = all_reduce_sum(held_out)
         sy, syy, n_rows, *res = (t.cpu() for t in held_out)
+        seconds["test_pass"] += clock() - t2
         ss_res = dict(zip(hook_names, res, strict=True))
         for h in hook_names:
             for k, (lo, hi) in enumerate(windows):
@@ -654,6 +675,7 @@ def fit_position_probes(
         "stats_bytes_per_hook": per_hook,
         "memory_limit_bytes": memory_limit_bytes,
         "accumulate": accumulate,
+        "seconds": seconds,
         "world_size": rank_and_world_size()[1] if distributed else 1,
     }
     return PositionProbeTable(rows=rows, probes=probes, meta=meta)

@@ -219,3 +219,21 @@ def test_two_nccl_processes(tmp_path):
     )
     for (hook, start), probe in one.probes.items():
         assert rel(got[f"{hook}/{start}/coef_"], probe.coef_.cpu()) < 1e-10
+
+
+def test_readme_torchrun_command_parses():
+    """The README's "Large models" command uses only options the entry point has."""
+    import re
+    import shlex
+
+    from belief_lens.probing.distributed import _parser
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Large models\n.*?```bash\n(.*?)```", text, re.S).group(1)
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[:5] == ["torchrun", "--standalone", "--nproc-per-node", "4", "-m"]
+    assert argv[5] == "belief_lens.probing.distributed"
+    args = _parser().parse_args(argv[6:])
+    assert (args.model, args.dtype, args.symbols, args.separator) == (
+        "gpt2", "bfloat16", [" A", " B", " C"], ","
+    )  # fmt: skip
