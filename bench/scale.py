@@ -11,9 +11,9 @@ the probes, once per hook and window, is reported apart):
 - ``forward``: ``model(tokens)`` in batches, logits included: what a user runs anyway;
 - ``hooked``: ``residual_stream`` to the device, the forward pass that harvesting does (it stops
   once the last hook fired, so it skips the unembedding);
-- ``harvest``: ``fit_position_probes``'s training pass (``meta["seconds"]["train_pass"]``:
-  activations, beliefs, statistics per hook and window), for all residual hooks and for one hook,
-  with ``accumulate`` float64 and float32.
+- ``harvest``: ``fit_position_probes``'s pass over the sequences (``meta["seconds"]["pass"]``:
+  activations, beliefs, float64 training and held-out statistics per hook and window), for all
+  residual hooks and for one hook.
 
 Memory: each number of sequences in a fresh process (peak RSS on CPU; peak allocated on CUDA, in
 this process after a reset). Figures are ratios against baselines run in the same process.
@@ -111,13 +111,12 @@ def speed(args: argparse.Namespace, device: str) -> None:
         sync(device)
         return time.perf_counter() - t0
 
-    def harvest(hooks: list[str], accumulate: str) -> tuple[float, float]:
-        """The training pass (every sequence: test_fraction=0) and the solves, in seconds."""
+    def harvest(hooks: list[str]) -> tuple[float, float]:
+        """The pass over the sequences and the solves, in seconds."""
         table = fit_position_probes(
-            model, hmm, tm, hooks, symbols=symbols, window=args.window, test_fraction=0.0,
-            batch_size=B, accumulate=accumulate,
-        )  # fmt: skip
-        return table.meta["seconds"]["train_pass"], table.meta["seconds"]["solve"]
+            model, hmm, tm, hooks, symbols=symbols, window=args.window, batch_size=B
+        )
+        return table.meta["seconds"]["pass"], table.meta["seconds"]["solve"]
 
     params = sum(p.numel() for p in model.parameters())
     print(
@@ -137,10 +136,9 @@ def speed(args: argparse.Namespace, device: str) -> None:
         keep("forward", forward())
         for name, hooks in configs.items():
             keep(f"hooked {name}", hooked(hooks))
-            for acc in ("float64", "float32"):
-                t, s = harvest(hooks, acc)
-                keep(f"harvest {name} {acc}", t)
-                solve[f"{name} {acc}"] = s
+            t, s = harvest(hooks)
+            keep(f"harvest {name}", t)
+            solve[name] = s
     fwd = best["forward"]
     print(f"  forward (logits)               {n_tokens / fwd:10.0f} tokens/s")
     for name, hooks in configs.items():
@@ -148,12 +146,11 @@ def speed(args: argparse.Namespace, device: str) -> None:
         hk = best[f"hooked {name}"]
         print(f"  {label}:")
         print(f"    hooked forward (no stats)    {n_tokens / hk:10.0f} tokens/s   {hk / fwd:5.2f}x")
-        for acc in ("float64", "float32"):
-            hv = best[f"harvest {name} {acc}"]
-            print(
-                f"    harvest pass, {acc} stats {n_tokens / hv:10.0f} tokens/s   {hv / fwd:5.2f}x "
-                f"forward, {hv / hk:5.2f}x hooked; then solving: {solve[f'{name} {acc}']:.2f} s"
-            )
+        hv = best[f"harvest {name}"]
+        print(
+            f"    harvest pass                 {n_tokens / hv:10.0f} tokens/s   {hv / fwd:5.2f}x "
+            f"forward, {hv / hk:5.2f}x hooked; then solving: {solve[name]:.2f} s"
+        )
 
 
 def memory_child(args: argparse.Namespace) -> None:

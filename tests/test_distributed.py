@@ -120,7 +120,10 @@ def test_two_gloo_processes_give_the_single_process_probes(tmp_path):
         for name in ("coef_", "intercept_", "encoding_"):
             assert rel(got[f"{hook}/{start}/{name}"], getattr(probe, name)) < 1e-10, (hook, name)
     for row, ref in zip(table["rows"], one.rows, strict=True):
-        assert (row["hook"], row["n_train"], row["n_test"]) == (ref["hook"], 64, 16)
+        assert row["hook"] == ref["hook"]
+        assert (row["train_prefixes"], row["test_prefixes"]) == (
+            ref["train_prefixes"], ref["test_prefixes"]
+        )  # fmt: skip
         for key in ("mse_train", "r2_train", "mse_test", "r2_test"):
             assert abs(row[key] - ref[key]) <= 1e-10 * abs(ref[key]), (row["hook"], key)
 
@@ -144,25 +147,13 @@ def test_low_precision_models_give_the_float32_mse_within_their_precision(dtype)
     assert not torch.equal(low, ref)  # the model really ran in low precision
 
 
-def test_float32_accumulation_agrees_with_float64():
-    """Per-batch float32 Gram matrices (summed in float64) lose about cond * 1e-7 in the
-    coefficients; the MSE, flat at its minimum, moves far less."""
-    model = tiny()
-    ref = _mse(model)
-    f32 = _mse(model, accumulate="float32")
-    assert ((f32 - ref).abs() / ref).max() < 1e-3
-    with pytest.raises(BeliefLensError, match="accumulate must be 'float64' or 'float32'"):
-        _mse(model, accumulate="float16")
-
-
 # ------------------------------------------------------------------------------ CUDA
 @CUDA
-@pytest.mark.parametrize("accumulate", ["float64", "float32"])
-def test_cuda_harvest_matches_cpu(accumulate):
+def test_cuda_harvest_matches_cpu():
     """Activations and statistics stay on the GPU; probes agree with the CPU's to the float32
     forward pass's precision (kernels differ)."""
     ref = _mse(tiny())
-    gpu = _mse(tiny(device="cuda"), accumulate=accumulate)
+    gpu = _mse(tiny(device="cuda"))
     assert ((gpu - ref).abs() / ref).max() < 1e-3
 
 

@@ -31,6 +31,7 @@ from torch import Tensor
 from belief_lens.errors import BeliefLensError
 
 __all__ = [
+    "all_reduce_moment_list",
     "all_reduce_moments",
     "all_reduce_sum",
     "check_same_on_all_ranks",
@@ -137,6 +138,23 @@ def all_reduce_moments(
     return W, s_sum, M_sum, centre
 
 
+def all_reduce_moment_list(moments: Sequence[Any], group: Any = None) -> list[Any]:
+    """Sum each of several ``Moments`` (same shapes) over the ranks of ``group``, all in two
+    collectives (``Moments.all_reduce`` takes four per object; a per-position table has
+    thousands). Each rank may have used its own shifts. Returns new ``Moments``."""
+    from belief_lens.probing.moments import Moments
+
+    if not moments:
+        return []
+    w = torch.stack([m.w for m in moments])
+    s = torch.stack([m.s for m in moments])
+    M = torch.stack([m.M for m in moments])
+    shift = torch.stack([m.shift.to(s.device) for m in moments])
+    W, S, MM, centre = all_reduce_moments(w, s, M, shift, group)
+    D = moments[0].n_features
+    return [Moments(W[k], S[k], MM[k], centre[k], D) for k in range(len(moments))]
+
+
 def check_same_on_all_ranks(tensors: Sequence[Tensor], what: str, group: Any = None) -> None:
     """Raise unless every rank holds bit-identical ``tensors`` (compared by all-reduced min/max)."""
     rank, world = rank_and_world_size(group)
@@ -185,12 +203,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    p.add_argument(
-        "--accumulate",
-        choices=["float64", "float32"],
-        default="float64",
-        help="float32: per-batch Gram matrices in float32 (for GPUs with slow float64)",
-    )
     p.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass")
     p.add_argument("--memory-limit-gib", type=float, default=2.0)
@@ -286,7 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             test_fraction=args.test_fraction,
             seed=args.seed,
             batch_size=args.batch_size,
-            accumulate=args.accumulate,
             memory_limit_bytes=int(args.memory_limit_gib * (1 << 30)),
             distributed=True,
         )

@@ -9,24 +9,39 @@ that ``numpy.linalg.lstsq`` gives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.probing.moments import Moments, row_chunks
 
-__all__ = ["AffineProbe", "regression_metrics", "simplex_basis"]
+__all__ = [
+    "AffineProbe",
+    "ProbeNotFittedError",
+    "check_ridge",
+    "regression_metrics",
+    "simplex_basis",
+    "solve_normal",
+]
 
 BasisKind = Literal["encoding", "decoding"]
+Solver = Literal["auto", "moments", "svd"]
+
+#: ``solver="auto"`` solves on the rows themselves (an SVD) up to this many activation entries
+#: on the CPU, and from the moments above it.
+SVD_MAX_ELEMENTS = 1 << 22
 
 #: Targets whose rows sum to 1 within this tolerance are treated as beliefs (S - 1 free coords).
 SUM_TOL = 1e-6
@@ -60,6 +75,26 @@ def simplex_basis(n: int) -> Float[Tensor, "n n_minus_1"]:
     return Q
 
 
+#: Dense factorisations up to this size run on one CPU thread: on a small, shared machine
+#: LAPACK's threads spin against each other (eigh of 1280 x 1280 took 82 s with 2 threads and
+#: 3.8 s with 1 on a loaded 2-core machine), and at this size one thread is fast anyway.
+SINGLE_THREAD_MAX = 2048
+
+
+@contextlib.contextmanager
+def lapack_threads(n: int, device: torch.device) -> Iterator[None]:
+    """Run a dense factorisation of size ``n`` on one thread when it is on the CPU and small."""
+    if device.type != "cpu" or n > SINGLE_THREAD_MAX or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def solve_normal(
     A: Float[Tensor, "d d"], B: Float[Tensor, "d S"], ridge: float = 0.0
 ) -> tuple[Float[Tensor, "d S"], int]:
@@ -81,18 +116,45 @@ def solve_normal(
     scale = diag[idx].sqrt()
     As = A[idx][:, idx] / torch.outer(scale, scale)
     Bs = B[idx] / scale[:, None]
-    evals, evecs = torch.linalg.eigh(As)
-    top = float(evals[-1])
-    keep = evals > RANK_TOL_FACTOR * len(idx) * _EPS64 * top
-    V = evecs[:, keep]
-    Xs = V @ ((V.T @ Bs) / evals[keep][:, None])
-    sol = Xs / scale[:, None]
-    dropped = evecs[:, ~keep]
-    if dropped.shape[1]:  # project the null directions out in original coordinates
-        K, _ = torch.linalg.qr(dropped / scale[:, None])
-        sol = sol - K @ (K.T @ sol)
+    with lapack_threads(len(idx), As.device):
+        evals, evecs = torch.linalg.eigh(As)
+        top = float(evals[-1])
+        keep = evals > RANK_TOL_FACTOR * len(idx) * _EPS64 * top
+        V = evecs[:, keep]
+        Xs = V @ ((V.T @ Bs) / evals[keep][:, None])
+        sol = Xs / scale[:, None]
+        dropped = evecs[:, ~keep]
+        if dropped.shape[1]:  # project the null directions out in original coordinates
+            K, _ = torch.linalg.qr(dropped / scale[:, None])
+            sol = sol - K @ (K.T @ sol)
     X[idx] = sol
     return X, int(keep.sum())
+
+
+def solve_rows(A: Float[Tensor, "n d"], B: Float[Tensor, "n S"]) -> tuple[Tensor, int]:
+    """Minimum-norm least-squares ``X`` of ``A X ~ B`` by an SVD of column-standardised ``A``
+    (cut-off: ``eps64 * max(n, d)`` of the largest singular value, as ``numpy.linalg.lstsq``),
+    and its rank. The solution is projected onto ``A``'s row space in the original coordinates,
+    which makes it the minimum-norm one there."""
+    d = A.shape[1]
+    X = torch.zeros(d, B.shape[1], dtype=A.dtype)
+    norms = A.norm(dim=0)
+    live = norms > 0
+    if not bool(live.any()):
+        return X, 0
+    idx = torch.nonzero(live).flatten()
+    scale = norms[idx]
+    As = A[:, idx] / scale
+    with lapack_threads(max(As.shape), As.device):
+        U, sv, Vh = torch.linalg.svd(As, full_matrices=False)
+        k = int((sv > _EPS64 * max(As.shape) * sv[0]).sum())
+        V = Vh[:k].T
+        sol = (V @ ((U[:, :k].T @ B) / sv[:k, None])) / scale[:, None]
+        if k < len(idx):  # the minimum-norm solution lies in A's row space: scale * span(V)
+            R, _ = torch.linalg.qr(V * scale[:, None])
+            sol = R @ (R.T @ sol)
+    X[idx] = sol
+    return X, k
 
 
 def regression_metrics(
@@ -126,6 +188,14 @@ def regression_metrics(
     }
 
 
+def check_ridge(ridge: Any) -> float:
+    """``ridge`` as a float, or a BeliefLensError unless it is a finite number >= 0."""
+    ok = not isinstance(ridge, bool) and isinstance(ridge, (int, float))
+    if not ok or not math.isfinite(ridge) or ridge < 0:
+        raise BeliefLensError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    return float(ridge)
+
+
 def _to_tensor(x: Any, name: str) -> tuple[Tensor, bool]:
     """``x`` as a floating tensor (no copy where possible), and whether it came as a tensor."""
     if isinstance(x, Tensor):
@@ -147,6 +217,19 @@ def _check_finite(t: Tensor, name: str) -> None:
     if not bool(torch.isfinite(t).all()):
         bad = torch.nonzero(~torch.isfinite(t))[0].tolist()
         raise BeliefLensError(f"{name} contains NaN or inf (first at index {bad})")
+
+
+class ProbeNotFittedError(BeliefLensError, NotFittedError):
+    """A probe used before ``fit``: both a BeliefLensError and scikit-learn's NotFittedError."""
+
+
+def _check_fitted(probe: AffineProbe) -> None:
+    try:
+        check_is_fitted(probe)
+    except NotFittedError as err:
+        raise ProbeNotFittedError(
+            f"{err} (AffineProbe is not fitted yet; call fit() first)"
+        ) from None
 
 
 class AffineProbe(RegressorMixin, BaseEstimator):
@@ -213,9 +296,12 @@ class AffineProbe(RegressorMixin, BaseEstimator):
     True
     """
 
-    def __init__(self, *, ridge: float = 0.0, fit_intercept: bool = True) -> None:
+    def __init__(
+        self, *, ridge: float = 0.0, fit_intercept: bool = True, solver: Solver = "auto"
+    ) -> None:
         self.ridge = ridge
         self.fit_intercept = fit_intercept
+        self.solver = solver
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -224,11 +310,9 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         return tags
 
     def _check_hyperparameters(self) -> None:
-        ridge = self.ridge
-        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
-            raise BeliefLensError(f"ridge must be a finite number >= 0, got {ridge!r}")
-        if not math.isfinite(ridge):
-            raise BeliefLensError(f"ridge must be a finite number >= 0, got {ridge!r}")
+        check_ridge(self.ridge)
+        if self.solver not in ("auto", "moments", "svd"):
+            raise BeliefLensError(f"solver must be 'auto', 'moments' or 'svd', got {self.solver!r}")
         if not isinstance(self.fit_intercept, bool):
             raise BeliefLensError(
                 f"fit_intercept must be True or False, got {self.fit_intercept!r}"
@@ -241,20 +325,39 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         """Validate ``X [..., d]`` (and ``y [..., S]``, weights): flat rows, whether X was a
         tensor, and X's leading shape. Arrays go through scikit-learn's ``validate_data``."""
         is_tensor = isinstance(X, Tensor)
+        lead_nd: tuple[int, ...] | None = None
+        if not is_tensor and np.ndim(X) > 2:  # [..., d] arrays: validate as rows
+            X = np.asarray(X)
+            lead_nd = X.shape[:-1]
+            if y is not None and np.ndim(y) >= len(lead_nd):
+                y = np.asarray(y)
+                y = y.reshape(math.prod(y.shape[: len(lead_nd)]), *y.shape[len(lead_nd) :])
+            if sample_weight is not None and np.ndim(sample_weight) > 1:
+                sample_weight = np.asarray(sample_weight).reshape(-1)
+            X = X.reshape(-1, X.shape[-1])
         if not is_tensor:
-            if y is not None or reset:
-                X, y = validate_data(
-                    self, X, y, reset=reset, multi_output=True, y_numeric=True, dtype="numeric"
-                )
-            else:
-                X = validate_data(self, X, reset=False, dtype="numeric")
+            try:
+                if y is not None or reset:
+                    X, y = validate_data(
+                        self, X, y, reset=reset, multi_output=True, y_numeric=True, dtype="numeric"
+                    )
+                else:
+                    X = validate_data(self, X, reset=False, dtype="numeric")
+            except ValueError as err:
+                raise BeliefLensError(str(err)) from None
         Xt, _ = _to_tensor(X, "acts")
+        if is_tensor and Xt.ndim == 1 and not reset:
+            Xt = Xt[None]
+            lead: tuple[int, ...] = ()
+        else:
+            lead = tuple(Xt.shape[:-1])
+        if lead_nd is not None:
+            Xt, lead = Xt.reshape(*lead_nd, Xt.shape[-1]), tuple(lead_nd)
         if Xt.ndim < 2:
             raise BeliefLensError(
                 f"acts must have shape [..., d] with at least one leading dim, got "
                 f"{tuple(Xt.shape)}; use acts[None] for a single sample"
             )
-        lead = tuple(Xt.shape[:-1])
         n = math.prod(lead)
         if is_tensor and not reset and Xt.shape[-1] != self.n_features_in_:
             raise BeliefLensError(
@@ -267,10 +370,12 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         Yt = None
         if y is not None:
             Yt, _ = _to_tensor(y, "beliefs")
-            self._last_single = Yt.ndim == Xt.ndim - 1 and tuple(Yt.shape) == lead
+            if lead_nd is not None:
+                Yt = Yt.reshape(*lead_nd, *Yt.shape[1:])
+            self._last_single = Yt.ndim == len(lead) and tuple(Yt.shape) == lead
             if self._last_single:
                 Yt = Yt[..., None]
-            if Yt.ndim != Xt.ndim or tuple(Yt.shape[:-1]) != lead:
+            if Yt.ndim != len(lead) + 1 or tuple(Yt.shape[:-1]) != lead:
                 raise BeliefLensError(
                     f"beliefs must have shape [..., S] with the leading dims of acts: acts has "
                     f"shape {tuple(Xt.shape)} but beliefs has {tuple(Yt.shape)}"
@@ -318,13 +423,29 @@ class AffineProbe(RegressorMixin, BaseEstimator):
             _check_finite(Xt, "acts")
             _check_finite(Yt, "beliefs")
             raise BeliefLensError("acts or beliefs are too large: their squares overflow float64")
-        self.fit_moments(moments, hook_name=hook_name)
+        use_svd = self.solver == "svd" or (
+            self.solver == "auto" and Xt.numel() <= SVD_MAX_ELEMENTS and Xt.device.type == "cpu"
+        )
+        rows = (Xt, Yt.to(Xt.device), w) if use_svd else None
+        self.fit_moments(moments, hook_name=hook_name, rows=rows)
         self._single_output = self._last_single
         return self
 
-    def fit_moments(self, moments: Moments, *, hook_name: str | None = None) -> AffineProbe:
+    def fit_moments(
+        self,
+        moments: Moments,
+        *,
+        hook_name: str | None = None,
+        rows: tuple[Tensor, Tensor, Tensor | None] | None = None,
+    ) -> AffineProbe:
         """Fit from sufficient statistics (the engine behind ``fit``, ``fit_probes``, position
-        and distributed probes); returns self. Results are float64 on the CPU."""
+        and distributed probes); returns self. Results are float64 on the CPU.
+
+        ``rows = (X [m, d], Y [m, S], weights [m] or None)``, rows whose moments are
+        ``moments`` (up to rows with equal ``X`` merged into one with their summed weight and
+        weighted-mean target), makes the decoder an SVD solve on them (``numpy.linalg.lstsq``
+        exactly, where the normal equations lose directions below float64 precision). Ignored
+        with a ridge."""
         self._check_hyperparameters()
         mom = moments.to("cpu")
         if not float(mom.w) > 0:
@@ -353,7 +474,24 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         self.hook_name_ = hook_name
         self.provenance_ = {}
         self._single_output = False
+        if rows is not None and float(self.ridge) == 0.0:
+            self._solve_rows(*rows)
         return self
+
+    def _solve_rows(self, X: Tensor, Y: Tensor, w: Tensor | None) -> None:
+        """Replace the decoder by the SVD solution on the rows themselves (``numpy.linalg.lstsq``
+        to the last bits, where the normal equations lose directions below float64 precision)."""
+        f64 = torch.float64
+        X, Y = X.to("cpu", f64), Y.to("cpu", f64)
+        xm, ym = self.x_mean_, self.y_mean_
+        A, B = X - xm, Y - ym
+        if w is not None:
+            root = w.to("cpu", f64).sqrt()[:, None]
+            A, B = A * root, B * root
+        coef, rank = solve_rows(A, B)
+        self.coef_ = coef.T.contiguous()
+        self.intercept_ = ym - xm @ coef
+        self.rank_ = rank
 
     # -- using the fit
     def predict(
@@ -361,7 +499,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
     ) -> Float[Tensor, "... S"] | np.ndarray:
         """Decoded beliefs ``[..., S]`` in float64: a tensor on the input's device for a tensor,
         else a numpy array (``[n]`` when fitted on one 1-D target)."""
-        check_is_fitted(self)
+        _check_fitted(self)
         Xt, _, _, is_tensor, lead = self._rows(X, reset=False)
         dev = Xt.device
         B = self.coef_.T.to(dev)
@@ -386,7 +524,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         """Errors on ``(X, y)``: ``mse`` (mean over rows and targets, rows weighted, as in the
         paper), ``rmse``, ``r2`` (uniform average over targets, as ``score``), and
         ``mse_per_target``, ``r2_per_target``."""
-        check_is_fitted(self)
+        _check_fitted(self)
         Xt, Yt, w, _, _ = self._rows(X, y, sample_weight, reset=False)
         if Yt.shape[1] != self.n_targets_:
             raise BeliefLensError(
@@ -414,7 +552,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
 
     def metrics_moments(self, moments: Moments) -> dict[str, Any]:
         """``metrics`` from a row set's sufficient statistics, with no pass over rows."""
-        check_is_fitted(self)
+        _check_fitted(self)
         mom = moments.to("cpu")
         if not float(mom.w) > 0:
             zero = torch.zeros(self.n_targets_, dtype=torch.float64)
@@ -429,7 +567,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
     def encoding_map(self) -> Float[Tensor, "S d"]:
         """``Q @ encoding_``: a belief change ``delta [..., S]`` moves activations by
         ``delta @ encoding_map()`` (only its sum-zero part matters for beliefs)."""
-        check_is_fitted(self)
+        _check_fitted(self)
         return self.simplex_basis_ @ self.encoding_
 
     def _decoding_free(self) -> Float[Tensor, "k d"]:
@@ -439,7 +577,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         """``Q @ pinv(Q.T @ coef_).T``: the minimum-norm activation change, in the probe's row
         space, that moves the decoded belief by ``delta``:
         ``predict(x + delta @ decoding_map()) == predict(x) + delta`` for sum-zero ``delta``."""
-        check_is_fitted(self)
+        _check_fitted(self)
         return self.simplex_basis_ @ self._decoding_free()
 
     def belief_basis(self, kind: BasisKind = "encoding") -> Float[Tensor, "d n_free"]:
@@ -448,7 +586,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         Columns are right singular vectors of the map ordered by singular value, each signed so
         that its largest-magnitude entry is positive.
         """
-        check_is_fitted(self)
+        _check_fitted(self)
         if kind == "encoding":
             M = self.encoding_
         elif kind == "decoding":
@@ -473,7 +611,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         from belief_lens._io import atomic_write
         from belief_lens._tl import tl_version_string
 
-        check_is_fitted(self)
+        _check_fitted(self)
         tensors = {k: getattr(self, k).detach().cpu().contiguous() for k in _SAVED}
         meta = {
             "format": _FORMAT,
