@@ -1,13 +1,12 @@
 """Reading residual streams through TransformerLens hooks.
 
 Only the duck-typed hook surface shared by ``HookedTransformer`` and ``TransformerBridge`` is used
-(``run_with_cache``, ``hook_dict``, ``cfg``), so users' own models of either kind work unchanged.
+(``hooks``, ``hook_dict``, ``cfg``), so users' own models of either kind work unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
@@ -31,8 +30,6 @@ __all__ = [
 #: A hook given by full name (``"blocks.3.hook_resid_post"``) or ``get_act_name`` shorthand
 #: (``("resid_post", 3)``; negative layers count from the end).
 HookSpec = Union[str, tuple[str, int]]  # noqa: UP007 (a runtime alias on Python 3.10)
-
-_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 def residual_hooks(model: Any) -> list[str]:
@@ -81,25 +78,9 @@ def resolve_hook(model: Any, hook: HookSpec) -> str:
     return full
 
 
-def _hook_layer(name: str) -> int | None:
-    """The block index a hook fires in, or None for hooks outside the blocks."""
-    match = _LAYER_RE.match(name)
-    return int(match.group(1)) if match else None
-
-
-def _stop_at_layer(model: Any, names: Sequence[str]) -> int | None:
-    """The ``stop_at_layer`` that still runs every block the hooks need (None: full forward)."""
-    n_layers = int(model.cfg.n_layers)
-    last = -1
-    for name in names:
-        layer = _hook_layer(name)
-        if layer is None:
-            if name.startswith(("hook_embed", "hook_pos_embed", "embed.", "pos_embed.")):
-                continue
-            return None  # ln_final, unembed: the whole model must run
-        last = max(last, layer)
-    stop = last + 1
-    return stop if stop < n_layers else None
+class _AllHooksFired(Exception):
+    """Raised from the last wanted hook: the rest of the forward pass (the unembedding
+    included) is not needed."""
 
 
 def require_eval_mode(model: Any) -> None:
@@ -167,10 +148,11 @@ def residual_stream(
 ) -> dict[str, Float[Tensor, "n pos d_model"]] | Float[Tensor, "n pos n_hooks_d_model"]:
     """Residual-stream activations at ``hooks`` (default: ``residual_hooks(model)``), float32.
 
-    Runs in batches under ``torch.no_grad`` with a ``names_filter`` and stops at the last layer
-    needed, so memory holds only the requested hooks. Returns ``{hook: [n, pos, d_model]}`` in the
-    order asked, or with ``concat=True`` one ``[n, pos, n_hooks * d_model]`` tensor. Results land
-    on ``device`` (default CPU). The model must be in eval mode.
+    Runs in batches under ``torch.no_grad`` with hooks that keep only the requested activations
+    and stop the forward pass once all have fired (no later block, no unembedding). Returns
+    ``{hook: [n, pos, d_model]}`` in the order asked, or with ``concat=True`` one
+    ``[n, pos, n_hooks * d_model]`` tensor. Results land on ``device`` (default CPU). The model
+    must be in eval mode.
     """
     require_eval_mode(model)
     tokens = check_tokens(model, tokens)
@@ -186,17 +168,33 @@ def residual_stream(
     if batch_size < 1:
         raise BeliefLensError(f"batch_size must be >= 1, got {batch_size}")
     out_device = torch.device("cpu") if device is None else torch.device(device)
-    stop = _stop_at_layer(model, names)
     in_device = model_device(model)
-    wanted = set(names)
     chunks: dict[str, list[Tensor]] = {name: [] for name in names}
+    got: dict[str, Tensor] = {}
+
+    def grabber(name: str):
+        def grab(activation: Tensor, hook: Any) -> None:
+            got[name] = activation.detach().to(out_device, torch.float32)
+            if len(got) == len(names):
+                raise _AllHooksFired
+
+        return grab
+
+    fwd_hooks = [(name, grabber(name)) for name in names]
     for start in range(0, tokens.shape[0], batch_size):
-        batch = tokens[start : start + batch_size].to(in_device)
-        _, cache = model.run_with_cache(
-            batch, names_filter=lambda name: name in wanted, stop_at_layer=stop
-        )
+        # Host-to-device copies never need the host to wait (a pinned source runs async).
+        batch = tokens[start : start + batch_size].to(in_device, non_blocking=True)
+        got.clear()
+        try:
+            with model.hooks(fwd_hooks=fwd_hooks):
+                model(batch)
+        except _AllHooksFired:
+            pass
+        missing = [name for name in names if name not in got]
+        if missing:
+            raise BeliefLensError(f"hooks {missing} did not fire during the forward pass")
         for name in names:
-            chunks[name].append(cache[name].detach().to(out_device, torch.float32))
+            chunks[name].append(got[name])
     result = {name: torch.cat(parts) for name, parts in chunks.items()}
     if concat:
         return torch.cat([result[name] for name in names], dim=-1)

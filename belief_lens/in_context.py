@@ -110,27 +110,28 @@ class InContextResult:
 
 
 class _Running:
-    """Per-position sums of a quantity and its square over sequences (float64)."""
+    """Per-position sums of a quantity and its square over sequences (float64, on ``device``
+    until ``mean``/``std`` bring them to the host)."""
 
-    def __init__(self, P: int) -> None:
-        self.s = torch.zeros(P, dtype=torch.float64)
-        self.ss = torch.zeros(P, dtype=torch.float64)
+    def __init__(self, P: int, device: torch.device) -> None:
+        self.s = torch.zeros(P, dtype=torch.float64, device=device)
+        self.ss = torch.zeros(P, dtype=torch.float64, device=device)
         self.n = 0
 
     def add(self, values: Float[Tensor, "n P"]) -> None:
-        values = values.detach().to("cpu", torch.float64)
+        values = values.detach().to(self.s.device, torch.float64)
         self.s += values.sum(0)
         self.ss += (values * values).sum(0)
         self.n += values.shape[0]
 
     def mean(self) -> Tensor:
-        return self.s / self.n
+        return (self.s / self.n).cpu()
 
     def std(self) -> Tensor:
         if self.n < 2:
-            return torch.full_like(self.s, float("nan"))
+            return torch.full_like(self.s, float("nan")).cpu()
         var = (self.ss - self.s * self.s / self.n) / (self.n - 1)
-        return var.clamp_min(0).sqrt()
+        return var.clamp_min(0).sqrt().cpu()
 
 
 @torch.no_grad()
@@ -179,7 +180,12 @@ def in_context_curve(
     size = batch_size_within(
         batch_size, memory_limit_bytes, per_seq, "in_context_curve", n_sequences
     )
-    stats = {k: _Running(P) for k in ("kl", "model_ce", "bayes_ce", "entropy", "off")}
+    stats = {k: _Running(P, device) for k in ("kl", "model_ce", "bayes_ce", "entropy", "off")}
+
+    def to_device(t: Tensor) -> Tensor:
+        # Pinned host memory lets the copy run without waiting for the device to finish.
+        return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
     start_belief = hmm.initial_state
     for lo in range(0, n_sequences, size):
         batch = symbols[lo : lo + size]
@@ -187,12 +193,12 @@ def in_context_curve(
         beliefs = belief_states(hmm, batch[:, :length])  # [n, L, S]
         if with_bos:
             beliefs = torch.cat([start_belief.expand(n, 1, -1), beliefs], dim=1)
-        theory = hmm.next_token_probs(beliefs)  # [n, P, V]
-        nxt = batch[:, 1:] if not with_bos else batch  # the symbol each prediction is scored on
-        tokens = check_tokens(model, token_map.encode(batch[:, :length])).to(device)
+        theory = to_device(hmm.next_token_probs(beliefs))  # [n, P, V]
+        nxt = to_device(batch[:, 1:] if not with_bos else batch)  # the symbols scored on
+        tokens = to_device(check_tokens(model, token_map.encode(batch[:, :length])))
         logits = model(tokens)
         probs, off = token_map.predictions(logits, length, include_initial=with_bos)
-        probs, off = probs.cpu(), off.cpu()
+        probs = probs.to(torch.float64)
         del logits
         log_q = probs.clamp_min(1e-300).log()
         log_p = theory.clamp_min(1e-300).log()

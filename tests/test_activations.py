@@ -149,3 +149,30 @@ def test_paper_model_loss_near_optimal(mess3_paper):
     optimum = optimal_loss(hmm, 10)
     assert float(expected_ce.mean() / optimum.mean()) == pytest.approx(1.0, abs=0.002)
     assert (expected_ce >= optimum - 1e-9).all()
+
+
+def test_residual_stream_stops_once_every_hook_fired(model, tokens):
+    """Later blocks and the unembedding don't run; the activations equal a full cached run's."""
+    calls = {"unembed": 0, "last_block": 0}
+    handles = [
+        model.unembed.register_forward_hook(
+            lambda *a: calls.__setitem__("unembed", 1 + calls["unembed"])
+        ),
+        model.blocks[2].register_forward_hook(
+            lambda *a: calls.__setitem__("last_block", 1 + calls["last_block"])
+        ),
+    ]
+    try:
+        hooks = ["blocks.1.hook_resid_post", "blocks.0.hook_resid_mid"]
+        acts = residual_stream(model, tokens, hooks, batch_size=len(tokens))
+        assert calls == {"unembed": 0, "last_block": 0}
+        residual_stream(model, tokens, ["ln_final.hook_normalized"], batch_size=len(tokens))
+        assert calls == {"unembed": 0, "last_block": 1}
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens)
+        assert calls == {"unembed": 1, "last_block": 2}
+    finally:
+        for handle in handles:
+            handle.remove()
+    for hook in hooks:
+        torch.testing.assert_close(acts[hook], cache[hook].float(), rtol=1e-6, atol=1e-6)

@@ -13,6 +13,7 @@ Alignment follows ``TokenMap``: beliefs are read at symbol positions (the positi
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +25,12 @@ from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.probing.data import prefix_ids, resolve_hooks, split_prefixes
+from belief_lens.probing.distributed import (
+    all_reduce_moment_list,
+    rank_and_world_size,
+    require_process_group,
+    shard,
+)
 from belief_lens.probing.estimator import AffineProbe, check_ridge
 from belief_lens.probing.moments import Moments
 from belief_lens.probing.sweep import OVERFIT_FEATURE_RATIO, OVERFIT_MSE_RATIO, ProbeTable
@@ -105,7 +112,8 @@ class PositionProbeTable(ProbeTable):
             data), ``mse_train``, ``r2_train``, ``overfit`` (as ``ProbeTable``). R^2 is the
             uniform average over belief coordinates.
         probes: ``{(hook, window_start): AffineProbe}`` fitted on the training rows.
-        meta: process, token map, length, window, seed, split, memory figures.
+        meta: process, token map, length, window, seed, split, memory figures, world size,
+            and ``seconds`` (wall time of the passes over the sequences and of the solves).
     """
 
     probes: dict[Any, AffineProbe] = field(default_factory=dict)
@@ -200,6 +208,7 @@ def fit_position_probes(
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
     device: str | torch.device | None = None,
     read_at: Literal["symbol", "prediction"] = "symbol",
+    distributed: bool = False,
 ) -> PositionProbeTable:
     """Affine probes from the residual stream at symbol positions to beliefs, per context window.
 
@@ -216,6 +225,16 @@ def fit_position_probes(
     with ``n_sequences``. When the statistics of all hooks exceed half of
     ``memory_limit_bytes``, hooks are processed in groups, one pass each; batches are sized to
     the other half.
+
+    Devices: activations stay on ``device`` in the model's dtype until the symbol positions are
+    gathered (bf16/fp16 models work; the statistics upcast them), and nothing is copied to the
+    host until a pass ends. ``meta["seconds"]`` times the passes and the solves.
+
+    ``distributed=True`` (inside an initialised ``torch.distributed`` process group, e.g. under
+    ``torchrun``): every rank draws the same sequences and split, harvests every
+    ``world_size``-th sequence (``belief_lens.probing.distributed.shard``), and the statistics are
+    all-reduced, so every rank returns the same table, equal to one process's up to float64
+    rounding. Every rank must call with the same arguments.
     """
     from belief_lens.activations import (
         check_tokens,
@@ -227,6 +246,8 @@ def fit_position_probes(
     require_eval_mode(model)
     check_token_map(model, hmm, token_map)
     names = resolve_hooks(model, hooks)
+    if distributed:
+        require_process_group()
     if symbols is None:
         if length is None:
             length = token_map.max_symbols(int(model.cfg.n_ctx))
@@ -277,6 +298,21 @@ def fit_position_probes(
     )
     counts = _window_prefix_counts(symbols, test_mask, windows)
     pos = positions.to(work)
+    on_cuda = work.type == "cuda"
+    seq_idx = torch.arange(n_sequences)
+    if distributed:
+        seq_idx = shard(seq_idx)
+
+    def to_work(t: Tensor) -> Tensor:
+        # Pinned host memory lets the copy run without waiting for the device to finish.
+        return t.pin_memory().to(work, non_blocking=True) if on_cuda else t.to(work)
+
+    seconds = {"pass": 0.0, "solve": 0.0}
+
+    def clock() -> float:
+        if on_cuda:
+            torch.cuda.synchronize(work)  # once per pass, never per batch
+        return time.perf_counter()
 
     rows: list[dict[str, Any]] = []
     probes: dict[Any, AffineProbe] = {}
@@ -284,12 +320,15 @@ def fit_position_probes(
         hook_names = [names[i] for i in group]
         # moments[h][k] = (train, test) for hook h and window k; built on the first batch
         moments: dict[str, list[tuple[Moments, Moments]]] = {}
-        for lo_seq in range(0, n_sequences, size):
-            batch = symbols[lo_seq : lo_seq + size]
-            tokens = check_tokens(model, token_map.encode(batch))
+        t0 = clock()
+        for lo_seq in range(0, len(seq_idx), size):
+            sel = seq_idx[lo_seq : lo_seq + size]
+            batch = symbols[sel]
+            tokens = check_tokens(model, token_map.encode(batch))  # checked on the host
+            tokens = tokens.pin_memory() if on_cuda else tokens
             acts = residual_stream(model, tokens, hook_names, batch_size=size, device=work)
-            beliefs = belief_states(hmm, batch).to(work)
-            held = test_mask[lo_seq : lo_seq + size].to(work, torch.float64)
+            beliefs = to_work(belief_states(hmm, batch))
+            held = to_work(test_mask[sel].to(torch.float64))
             for h in hook_names:
                 a = acts.pop(h)[:, pos]  # [n, L, d]: only the symbol positions
                 if h not in moments:
@@ -308,6 +347,17 @@ def fit_position_probes(
                     train.update(X, Y, 1.0 - m)
                     test.update(X, Y, m)
                 del a
+        if distributed:
+            for h in hook_names:
+                if h not in moments:  # this rank had no sequences
+                    moments[h] = [
+                        (Moments.zeros(d, S, device=work), Moments.zeros(d, S, device=work))
+                        for _ in windows
+                    ]
+                flat = all_reduce_moment_list([m for pair in moments[h] for m in pair])
+                moments[h] = list(zip(flat[0::2], flat[1::2], strict=True))
+        t1 = clock()
+        seconds["pass"] += t1 - t0
         for h in hook_names:
             for k, (lo, hi) in enumerate(windows):
                 train, test = moments[h][k]
@@ -334,6 +384,7 @@ def fit_position_probes(
                 )
                 probes[(h, lo)] = probe
         del moments
+        seconds["solve"] += clock() - t1
     order = {h: i for i, h in enumerate(names)}
     rows.sort(key=lambda r: (order[r["hook"]], r["window_start"]))
     meta = {
@@ -351,5 +402,7 @@ def fit_position_probes(
         "hook_groups": len(groups),
         "stats_bytes_per_hook": per_hook,
         "memory_limit_bytes": memory_limit_bytes,
+        "world_size": rank_and_world_size()[1] if distributed else 1,
+        "seconds": seconds,
     }
     return PositionProbeTable(rows=rows, probes=probes, meta=meta)
