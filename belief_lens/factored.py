@@ -33,7 +33,10 @@ except ImportError:
 
 
 __all__ = [
+    "DEFAULT_HOOK",
+    "FactoredExperiment",
     "FactoredGeometry",
+    "FactoredRun",
     "GeometryOverTraining",
     "SubspacePair",
     "cumulative_explained_variance",
@@ -42,6 +45,8 @@ __all__ = [
     "geometry_over_training",
     "model_factored_geometry",
     "principal_cosines",
+    "run_factored_experiment",
+    "step_checkpoints",
     "vary_one_overlap",
 ]
 
@@ -90,14 +95,13 @@ class FactoredGeometry:
     @property
     def verdict(self) -> Verdict:
         """``"factored"``: at most one dimension beyond the factored prediction holds 95% of the
-        variance and the factors' subspaces are orthogonal (cosine <= 0.2); else ``"joint"`` when
-        99% of the variance needs the joint prediction's dimensions; else ``"unclear"``."""
-        if (
-            self.dims_95 <= self.predicted.factored + 1
-            and self.max_subspace_cosine <= ORTHOGONAL_COSINE
-        ):
+        variance and the factors' subspaces are orthogonal (cosine <= 0.2); ``"joint"``: the
+        95% dimension is nearer the joint prediction and at most one beyond it; else
+        ``"unclear"`` (an untrained network's activations fill many more dimensions)."""
+        p, d95 = self.predicted, self.dims_95
+        if d95 <= p.factored + 1 and self.max_subspace_cosine <= ORTHOGONAL_COSINE:
             return "factored"
-        if self.dims_99 >= self.predicted.joint:
+        if abs(d95 - p.joint) < abs(d95 - p.factored) and d95 <= p.joint + 1:
             return "joint"
         return "unclear"
 
@@ -337,4 +341,195 @@ def geometry_over_training(
         raise BeliefLensError(f"checkpoint steps repeat: {sorted(steps)}")
     return GeometryOverTraining(
         steps=tuple(steps[k] for k in order), geometries=tuple(geoms[k] for k in order)
+    )
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+#: Where the paper reads the residual stream; the last layer's output before the final norm.
+DEFAULT_HOOK = "blocks.3.hook_resid_post"
+
+
+@dataclass(frozen=True)
+class FactoredExperiment:
+    """Train the paper's Mess3 architecture on Mess3 x Mess3 seen through joint-vocabulary noise
+    ``epsilon`` (0: independent factors), then measure the factored geometry over training."""
+
+    epsilon: float = 0.0
+    minutes: float = 4.0  # training time budget
+    n_ctx: int = 10
+    hook: str = DEFAULT_HOOK
+    n_eval_sequences: int = 3000  # sampled sequences the probes are fitted and scored on
+    n_vary_one: int = 1000
+    n_checkpoints: int = 8
+    batch_size: int = 128
+    lr: float = 3e-3
+    targets: Literal["bayes", "tokens"] = "bayes"
+    max_steps: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.epsilon <= 1:
+            raise BeliefLensError(f"epsilon must be in [0, 1], got {self.epsilon}")
+        if not self.minutes > 0:
+            raise BeliefLensError(f"minutes must be positive, got {self.minutes}")
+        for name in ("n_ctx", "n_eval_sequences", "n_vary_one", "n_checkpoints", "batch_size"):
+            if getattr(self, name) < 1:
+                raise BeliefLensError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.targets not in ("bayes", "tokens"):
+            raise BeliefLensError(f"targets must be 'bayes' or 'tokens', got {self.targets!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise BeliefLensError(f"max_steps must be >= 1, got {self.max_steps}")
+
+    def factors(self) -> tuple[HMM, HMM]:
+        from belief_lens.processes import mess3
+
+        return mess3(), mess3()
+
+    def process(self) -> HMM:
+        from belief_lens.processes import noisy_product, product
+
+        f = self.factors()
+        return product(*f) if self.epsilon == 0 else noisy_product(*f, epsilon=self.epsilon)
+
+
+@dataclass(frozen=True)
+class FactoredRun:
+    """What :func:`run_factored_experiment` found: the final geometry and its course."""
+
+    config: FactoredExperiment
+    process_name: str
+    steps: int
+    train_seconds: float  # wall clock, step-budget calibration included
+    train_cpu_seconds: float  # CPU time of this process (all its threads) over the same span
+    final: FactoredGeometry
+    over_training: GeometryOverTraining
+    factored_cost: float  # mean nats per position lost by the product of marginals
+    truth: tuple[Float[Tensor, "k S_i"], ...]  # each factor's true marginal, held-out rows
+    probed: tuple[Float[Tensor, "k S_i"], ...]  # the per-factor probes' outputs there
+    loss_over_optimal: float | None
+
+    def metrics(self) -> dict[str, Any]:
+        """The numbers ``metrics.json`` holds."""
+        g = self.final
+        return {
+            "process": self.process_name,
+            "epsilon": self.config.epsilon,
+            "steps": self.steps,
+            "train_seconds": self.train_seconds,
+            "train_cpu_seconds": self.train_cpu_seconds,
+            "hook": g.hook_name,
+            "factor_r2_heldout": list(g.factor_r2),
+            "joint_r2_heldout": g.joint_r2,
+            "factored_r2_heldout": g.factored_r2,
+            "max_subspace_cosine": g.max_subspace_cosine,
+            "subspace_cosines": [list(p.cosines) for p in g.pairs],
+            "vary_one_overlap": [p.overlap for p in g.pairs],
+            "vary_one_random_baseline": [p.baseline for p in g.pairs],
+            "dims_95": g.dims_95,
+            "dims_99": g.dims_99,
+            "predicted_dims_factored": g.predicted.factored,
+            "predicted_dims_joint": g.predicted.joint,
+            "verdict": g.verdict,
+            "factored_cost_nats": self.factored_cost,
+            "loss_over_optimal": self.loss_over_optimal,
+            "over_training": {
+                "steps": list(self.over_training.steps),
+                "dims_95": self.over_training.series("dims_95"),
+                "dims_99": self.over_training.series("dims_99"),
+                "max_subspace_cosine": self.over_training.series("max_subspace_cosine"),
+                "factor_r2_heldout": [list(r) for r in self.over_training.series("factor_r2")],
+                "joint_r2_heldout": self.over_training.series("joint_r2"),
+            },
+        }
+
+
+def step_checkpoints(directory: Any) -> list[tuple[int, Any]]:
+    """``(step, path)`` of the model checkpoints the trainer wrote in ``directory``, by step."""
+    from pathlib import Path
+
+    found = []
+    for path in Path(directory).glob("step_*.safetensors"):
+        head = path.name.split(".")[0]
+        if path.name == f"{head}.safetensors" and head[5:].isdigit():
+            found.append((int(head[5:]), path))
+    return sorted(found)
+
+
+def run_factored_experiment(config: FactoredExperiment, work_dir: Any) -> FactoredRun:
+    """Train as ``config`` says (checkpoints in ``work_dir``), then measure every checkpoint."""
+    import time
+    from pathlib import Path
+
+    from belief_lens.beliefs import sample_sequences
+    from belief_lens.factors import factored_cost
+    from belief_lens.models import PAPER_ARCHITECTURES, load_checkpoint, toy_transformer
+    from belief_lens.training import budget_steps, train
+
+    ckpt_dir = Path(work_dir) / "checkpoints"
+    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise BeliefLensError(
+            f"{ckpt_dir} already holds checkpoints; choose another directory so nothing is lost"
+        )
+    hmm, factors = config.process(), config.factors()
+    model = toy_transformer(
+        hmm.n_symbols, config.n_ctx, seed=config.seed, **PAPER_ARCHITECTURES["mess3"]
+    )
+    settings = {
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "targets": config.targets,
+        "seed": config.seed,
+    }
+    t0, c0 = time.perf_counter(), time.process_time()
+    n_steps = budget_steps(model, hmm, config.minutes * 60, **settings)
+    if config.max_steps is not None:
+        n_steps = min(n_steps, config.max_steps)
+    every = max(1, n_steps // config.n_checkpoints)
+    history = train(
+        model,
+        hmm,
+        n_steps=n_steps,
+        checkpoint_dir=ckpt_dir,
+        checkpoint_every=every,
+        eval_every=every,
+        progress=False,
+        **settings,
+    )
+    train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+
+    tokens = sample_sequences(hmm, config.n_eval_sequences, config.n_ctx, seed=config.seed + 1)
+    kwargs = {"seed": config.seed, "n_vary_one": config.n_vary_one}
+
+    def models():
+        for step, path in step_checkpoints(ckpt_dir):
+            yield step, load_checkpoint(path).eval()
+
+    course = geometry_over_training(models(), hmm, factors, config.hook, tokens, **kwargs)
+    final = course.geometries[-1]
+    # Each factor's simplex, truth beside probe, on held-out prefixes of the final model.
+    from belief_lens.activations import residual_stream
+
+    last = load_checkpoint(step_checkpoints(ckpt_dir)[-1][1]).eval()
+    acts = residual_stream(last, tokens, config.hook)[config.hook].double()
+    beliefs = factored_beliefs(hmm, [f.n_states for f in factors], tokens)
+    test = split_prefixes(tokens, 0.2, config.seed)
+    truth, probed = [], []
+    for marginal in beliefs.marginals:
+        probe = AffineProbe().fit(acts[~test], marginal[~test])
+        truth.append(marginal[test])
+        probed.append(probe.predict(acts[test]))
+    cost = factored_cost(hmm, [f.n_states for f in factors], tokens)
+    return FactoredRun(
+        config=config,
+        process_name=hmm.name,
+        steps=history.steps,
+        train_seconds=train_seconds,
+        train_cpu_seconds=train_cpu,
+        final=final,
+        over_training=course,
+        factored_cost=float(cost.mean()),
+        truth=tuple(truth),
+        probed=tuple(probed),
+        loss_over_optimal=history.evals[-1].loss_over_optimal if history.evals else None,
     )

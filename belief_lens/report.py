@@ -319,3 +319,45 @@ def _jsonable(x: Any) -> Any:
     if hasattr(x, "item") and callable(x.item):
         return x.item()
     return x
+
+
+# ----------------------------------------------------------------------------- factored geometry
+
+
+def factored_section(run: Any, max_points: int = 4000) -> Section:
+    """The report section of a :class:`belief_lens.factored.FactoredRun`: each factor's simplex
+    (truth beside probe), the principal-angle table, and effective dimension over training
+    against both hypotheses' predictions (arXiv 2602.02385)."""
+    from belief_lens import plotting
+
+    g = run.final
+    text = (
+        f"{run.process_name}, {run.steps} steps ({run.train_seconds:.0f} s) at {g.hook_name}. "
+        f"Held-out R^2 per factor {', '.join(f'{r:.4f}' for r in g.factor_r2)}; joint probe "
+        f"{g.joint_r2:.4f}, factored probe {g.factored_r2:.4f}. PCs for 95%/99% of the variance: "
+        f"{g.dims_95}/{g.dims_99}, against {g.predicted.factored} (factored) and "
+        f"{g.predicted.joint} (joint). Verdict: {g.verdict}. The product of marginals loses "
+        f"{run.factored_cost:.3g} nats per position on the next token."
+    )
+    figures = []
+    for i, (truth, probed) in enumerate(zip(run.truth, run.probed, strict=True)):
+        keep = _subsample(torch.arange(len(truth)), max_points, seed=i)
+        figures.append(
+            plotting.compare_figure(
+                truth[keep], probed[keep], title=f"factor {i}: true marginal belief vs probe"
+            )
+        )
+    figures.append(
+        plotting.factored_dims_figure(run.over_training, title="effective dimension over training")
+    )
+    rows = [
+        [
+            f"{p.factors[0]} vs {p.factors[1]}",
+            ", ".join(f"{c:.3f}" for c in p.cosines),
+            "n/a" if p.overlap is None else p.overlap,
+            p.baseline,
+        ]
+        for p in g.pairs
+    ]
+    header = ["factors", "principal-angle cosines", "vary-one overlap", "random baseline k/d"]
+    return Section("Factored belief geometry", text, figures, [(header, rows)])
