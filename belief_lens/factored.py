@@ -9,6 +9,7 @@ effective dimension of the activations (PCA) against both predicted dimensions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -356,7 +357,7 @@ class FactoredExperiment:
     ``epsilon`` (0: independent factors), then measure the factored geometry over training."""
 
     epsilon: float = 0.0
-    minutes: float = 4.0  # training time budget
+    minutes: float | None = 4.0  # training time budget; None: max_steps alone sets the length
     n_ctx: int = 10
     hook: str = DEFAULT_HOOK
     n_eval_sequences: int = 3000  # sampled sequences the probes are fitted and scored on
@@ -371,7 +372,9 @@ class FactoredExperiment:
     def __post_init__(self) -> None:
         if not 0 <= self.epsilon <= 1:
             raise BeliefLensError(f"epsilon must be in [0, 1], got {self.epsilon}")
-        if not self.minutes > 0:
+        if self.minutes is None and self.max_steps is None:
+            raise BeliefLensError("give minutes, max_steps or both to bound training")
+        if self.minutes is not None and not self.minutes > 0:
             raise BeliefLensError(f"minutes must be positive, got {self.minutes}")
         for name in ("n_ctx", "n_eval_sequences", "n_vary_one", "n_checkpoints", "batch_size"):
             if getattr(self, name) < 1:
@@ -482,9 +485,11 @@ def run_factored_experiment(config: FactoredExperiment, work_dir: Any) -> Factor
         "seed": config.seed,
     }
     t0, c0 = time.perf_counter(), time.process_time()
-    n_steps = budget_steps(model, hmm, config.minutes * 60, **settings)
-    if config.max_steps is not None:
-        n_steps = min(n_steps, config.max_steps)
+    n_steps = config.max_steps
+    if config.minutes is not None:
+        n_steps = min(
+            budget_steps(model, hmm, config.minutes * 60, **settings), n_steps or math.inf
+        )
     every = max(1, n_steps // config.n_checkpoints)
     history = train(
         model,

@@ -168,3 +168,45 @@ def test_bad_inputs_raise(setup):
         factored_geometry(acts, fb, test_mask=torch.zeros(600, 10, dtype=torch.bool))
     with pytest.raises(BeliefLensError, match="tokens"):
         factored_geometry(acts, fb)
+
+
+def test_experiment_end_to_end_on_a_tiny_budget(tmp_path):
+    from belief_lens.factored import FactoredExperiment, run_factored_experiment, step_checkpoints
+    from belief_lens.report import factored_section, write_report
+
+    config = FactoredExperiment(
+        epsilon=0.1,
+        minutes=None,
+        max_steps=4,
+        n_ctx=3,
+        n_eval_sequences=300,
+        n_vary_one=60,
+        n_checkpoints=2,
+    )
+    run = run_factored_experiment(config, tmp_path)
+    assert [s for s, _ in step_checkpoints(tmp_path / "checkpoints")] == [2, 4]
+    assert run.over_training.steps == (2, 4) and run.steps == 4
+    metrics = run.metrics()
+    required = {
+        "factor_r2_heldout", "joint_r2_heldout", "max_subspace_cosine", "dims_95", "dims_99",
+        "predicted_dims_factored", "predicted_dims_joint", "epsilon", "steps",
+    }  # fmt: skip
+    assert required <= set(metrics)
+    assert len(metrics["factor_r2_heldout"]) == 2
+    assert (metrics["predicted_dims_factored"], metrics["predicted_dims_joint"]) == (4, 8)
+    assert metrics["epsilon"] == 0.1 and metrics["factored_cost_nats"] > 0
+    paths = write_report(tmp_path, "factored", [factored_section(run)], metrics)
+    assert "principal-angle cosines" in paths["html"].read_text()
+    with pytest.raises(BeliefLensError, match="already holds checkpoints"):
+        run_factored_experiment(config, tmp_path)
+
+
+def test_experiment_config_is_validated():
+    from belief_lens.factored import FactoredExperiment
+
+    with pytest.raises(BeliefLensError, match="epsilon"):
+        FactoredExperiment(epsilon=2.0)
+    with pytest.raises(BeliefLensError, match="minutes, max_steps"):
+        FactoredExperiment(minutes=None)
+    with pytest.raises(BeliefLensError, match="targets"):
+        FactoredExperiment(targets="logits")
