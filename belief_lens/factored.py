@@ -9,7 +9,6 @@ effective dimension of the activations (PCA) against both predicted dimensions.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,7 +46,6 @@ __all__ = [
     "model_factored_geometry",
     "principal_cosines",
     "run_factored_experiment",
-    "step_checkpoints",
     "vary_one_overlap",
 ]
 
@@ -362,7 +360,8 @@ class FactoredExperiment:
     hook: str = DEFAULT_HOOK
     n_eval_sequences: int = 3000  # sampled sequences the probes are fitted and scored on
     n_vary_one: int = 1000
-    n_checkpoints: int = 8
+    n_checkpoints: int = 8  # analysed, evenly spaced over the run (the last always)
+    checkpoint_every: int = 20  # training steps between the step checkpoints written
     batch_size: int = 128
     lr: float = 3e-3
     targets: Literal["bayes", "tokens"] = "bayes"
@@ -376,7 +375,10 @@ class FactoredExperiment:
             raise BeliefLensError("give minutes, max_steps or both to bound training")
         if self.minutes is not None and not self.minutes > 0:
             raise BeliefLensError(f"minutes must be positive, got {self.minutes}")
-        for name in ("n_ctx", "n_eval_sequences", "n_vary_one", "n_checkpoints", "batch_size"):
+        for name in (
+            "n_ctx", "n_eval_sequences", "n_vary_one", "n_checkpoints", "checkpoint_every",
+            "batch_size",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise BeliefLensError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.targets not in ("bayes", "tokens"):
@@ -447,18 +449,6 @@ class FactoredRun:
         }
 
 
-def step_checkpoints(directory: Any) -> list[tuple[int, Any]]:
-    """``(step, path)`` of the model checkpoints the trainer wrote in ``directory``, by step."""
-    from pathlib import Path
-
-    found = []
-    for path in Path(directory).glob("step_*.safetensors"):
-        head = path.name.split(".")[0]
-        if path.name == f"{head}.safetensors" and head[5:].isdigit():
-            found.append((int(head[5:]), path))
-    return sorted(found)
-
-
 def run_factored_experiment(config: FactoredExperiment, work_dir: Any) -> FactoredRun:
     """Train as ``config`` says (checkpoints in ``work_dir``), then measure every checkpoint."""
     import time
@@ -467,7 +457,7 @@ def run_factored_experiment(config: FactoredExperiment, work_dir: Any) -> Factor
     from belief_lens.beliefs import sample_sequences
     from belief_lens.factors import factored_cost
     from belief_lens.models import PAPER_ARCHITECTURES, load_checkpoint, toy_transformer
-    from belief_lens.training import budget_steps, train
+    from belief_lens.training import TrainConfig, step_checkpoints, train
 
     ckpt_dir = Path(work_dir) / "checkpoints"
     if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
@@ -478,44 +468,39 @@ def run_factored_experiment(config: FactoredExperiment, work_dir: Any) -> Factor
     model = toy_transformer(
         hmm.n_symbols, config.n_ctx, seed=config.seed, **PAPER_ARCHITECTURES["mess3"]
     )
-    settings = {
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "targets": config.targets,
-        "seed": config.seed,
-    }
-    t0, c0 = time.perf_counter(), time.process_time()
-    n_steps = config.max_steps
-    if config.minutes is not None:
-        n_steps = min(
-            budget_steps(model, hmm, config.minutes * 60, **settings), n_steps or math.inf
-        )
-    every = max(1, n_steps // config.n_checkpoints)
-    history = train(
-        model,
-        hmm,
-        n_steps=n_steps,
-        checkpoint_dir=ckpt_dir,
-        checkpoint_every=every,
-        eval_every=every,
-        progress=False,
-        **settings,
+    train_config = TrainConfig(
+        seconds=None if config.minutes is None else config.minutes * 60,
+        steps=config.max_steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        warmup_steps=10,
+        targets=config.targets,
+        seed=config.seed,
+        checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=10**9,  # every step checkpoint stays: they are the course of training
     )
+    t0, c0 = time.perf_counter(), time.process_time()
+    history = train(model, hmm, train_config, checkpoint_dir=ckpt_dir, progress=False)
     train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - c0
 
     tokens = sample_sequences(hmm, config.n_eval_sequences, config.n_ctx, seed=config.seed + 1)
     kwargs = {"seed": config.seed, "n_vary_one": config.n_vary_one}
 
+    saved = step_checkpoints(ckpt_dir)
+    picks = sorted({round(i * (len(saved) - 1) / max(1, config.n_checkpoints - 1))
+                    for i in range(config.n_checkpoints)})  # fmt: skip
+    chosen = [saved[i] for i in picks]
+
     def models():
-        for step, path in step_checkpoints(ckpt_dir):
-            yield step, load_checkpoint(path).eval()
+        for step, path in chosen:
+            yield step, load_checkpoint(path / "model.safetensors").eval()
 
     course = geometry_over_training(models(), hmm, factors, config.hook, tokens, **kwargs)
     final = course.geometries[-1]
     # Each factor's simplex, truth beside probe, on held-out prefixes of the final model.
     from belief_lens.activations import residual_stream
 
-    last = load_checkpoint(step_checkpoints(ckpt_dir)[-1][1]).eval()
+    last = load_checkpoint(chosen[-1][1] / "model.safetensors").eval()
     acts = residual_stream(last, tokens, config.hook)[config.hook].double()
     beliefs = factored_beliefs(hmm, [f.n_states for f in factors], tokens)
     test = split_prefixes(tokens, 0.2, config.seed)

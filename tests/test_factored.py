@@ -171,7 +171,8 @@ def test_bad_inputs_raise(setup):
 
 
 def test_experiment_end_to_end_on_a_tiny_budget(tmp_path):
-    from belief_lens.factored import FactoredExperiment, run_factored_experiment, step_checkpoints
+    from belief_lens.factored import FactoredExperiment, run_factored_experiment
+    from belief_lens.training import step_checkpoints
     from belief_lens.report import factored_section, write_report
 
     config = FactoredExperiment(
@@ -182,6 +183,7 @@ def test_experiment_end_to_end_on_a_tiny_budget(tmp_path):
         n_eval_sequences=300,
         n_vary_one=60,
         n_checkpoints=2,
+        checkpoint_every=2,
     )
     run = run_factored_experiment(config, tmp_path)
     assert [s for s, _ in step_checkpoints(tmp_path / "checkpoints")] == [2, 4]
