@@ -361,7 +361,8 @@ class FactoredExperiment:
     n_eval_sequences: int = 3000  # sampled sequences the probes are fitted and scored on
     n_vary_one: int = 1000
     n_checkpoints: int = 8  # analysed, evenly spaced over the run (the last always)
-    checkpoint_every: int = 20  # training steps between the step checkpoints written
+    checkpoint_every: int | None = None  # steps between step checkpoints; None: each tenth
+    eval_sequences: int = 512  # the trainer's loss evaluations (one per checkpoint)
     batch_size: int = 128
     lr: float = 3e-3
     targets: Literal["bayes", "tokens"] = "bayes"
@@ -376,13 +377,15 @@ class FactoredExperiment:
         if self.minutes is not None and not self.minutes > 0:
             raise BeliefLensError(f"minutes must be positive, got {self.minutes}")
         for name in (
-            "n_ctx", "n_eval_sequences", "n_vary_one", "n_checkpoints", "checkpoint_every",
+            "n_ctx", "n_eval_sequences", "n_vary_one", "n_checkpoints", "eval_sequences",
             "batch_size",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise BeliefLensError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.targets not in ("bayes", "tokens"):
             raise BeliefLensError(f"targets must be 'bayes' or 'tokens', got {self.targets!r}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise BeliefLensError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise BeliefLensError(f"max_steps must be >= 1, got {self.max_steps}")
 
@@ -477,6 +480,8 @@ def run_factored_experiment(config: FactoredExperiment, work_dir: Any) -> Factor
         targets=config.targets,
         seed=config.seed,
         checkpoint_every=config.checkpoint_every,
+        eval_every=config.checkpoint_every,
+        eval_sequences=config.eval_sequences,
         keep_checkpoints=10**9,  # every step checkpoint stays: they are the course of training
     )
     t0, c0 = time.perf_counter(), time.process_time()

@@ -172,8 +172,8 @@ def test_bad_inputs_raise(setup):
 
 def test_experiment_end_to_end_on_a_tiny_budget(tmp_path):
     from belief_lens.factored import FactoredExperiment, run_factored_experiment
-    from belief_lens.training import step_checkpoints
     from belief_lens.report import factored_section, write_report
+    from belief_lens.training import step_checkpoints
 
     config = FactoredExperiment(
         epsilon=0.1,
@@ -212,3 +212,28 @@ def test_experiment_config_is_validated():
         FactoredExperiment(minutes=None)
     with pytest.raises(BeliefLensError, match="targets"):
         FactoredExperiment(targets="logits")
+
+
+def test_cli_and_demo_run_end_to_end(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from belief_lens.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["factored", "--epsilon", "0.05", "--max-steps", "2", "--minutes", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epsilon"] == 0.05 and metrics["steps"] == 2
+    assert (out / "report.html").stat().st_size > 0
+    assert main([*argv, "--out", str(out)]) == 2  # never trains over a finished run
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+    path = Path(__file__).resolve().parent.parent / "demos" / "factored_beliefs.py"
+    spec = importlib.util.spec_from_file_location("factored_beliefs", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.main(["--max-steps", "2", "--minutes", "2", "--out", str(tmp_path / "demo")]) == 0
+    for run in ("independent", "coupled"):
+        assert json.loads((tmp_path / "demo" / run / "metrics.json").read_text())["steps"] == 2
