@@ -20,17 +20,7 @@ from torch import Tensor
 from belief_lens.errors import BeliefLensError
 from belief_lens.factors import FactoredBeliefs, PredictedDims, factored_beliefs, vary_one_tokens
 from belief_lens.hmm import HMM
-from belief_lens.probes import AffineProbe
-
-try:  # TODO(factored): drop once the probing branch is merged
-    from belief_lens.probes import split_prefixes
-except ImportError:
-
-    def split_prefixes(tokens: Tensor, test_fraction: float, seed: int) -> Tensor:
-        gen = torch.Generator().manual_seed(seed)
-        rows = torch.rand(tokens.shape[0], generator=gen) < test_fraction
-        return rows[:, None].expand(tokens.shape).clone()
-
+from belief_lens.probes import AffineProbe, split_prefixes
 
 __all__ = [
     "DEFAULT_HOOK",
@@ -192,8 +182,7 @@ def dims_for(curve: Sequence[float] | Tensor, level: float) -> int:
 
 def _held_out_r2(X: Tensor, Y: Tensor, test: Tensor, ridge: float) -> tuple[float, AffineProbe]:
     probe = AffineProbe(ridge=ridge).fit(X[~test], Y[~test])
-    score = probe.score(X[test], Y[test])
-    return float(score["r2"] if isinstance(score, dict) else score), probe
+    return probe.score(X[test], Y[test]), probe
 
 
 def factored_geometry(
