@@ -311,9 +311,14 @@ def _factored_parser(sub: Any) -> None:
     )
     p.add_argument("--epsilon", type=float, default=0.0, help="joint-vocabulary noise (default 0)")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget (default 4)")
-    p.add_argument("--out", default="runs/factored", help="output directory")
+    p.add_argument(
+        "--out", default=None, help="a new output directory (default: runs/factored-<time>)"
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data and splits")
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an unexpected error"
+    )
 
 
 def run_factored(args: argparse.Namespace) -> dict[str, Any]:
@@ -323,8 +328,10 @@ def run_factored(args: argparse.Namespace) -> dict[str, Any]:
     config = FactoredExperiment(
         epsilon=args.epsilon, minutes=args.minutes, max_steps=args.max_steps, seed=args.seed
     )
+    out = _prepare_out(args.out, "factored", overwrite=False)
+    args.out = str(out)
     logger.info("training on %s for up to %.1f min", config.process().name, config.minutes)
-    run = run_factored_experiment(config, args.out)
+    run = run_factored_experiment(config, out)
     metrics = run.metrics()
     write_report(args.out, f"belief_lens factored: {run.process_name}", [factored_section(run)],
                  metrics)  # fmt: skip

@@ -228,7 +228,7 @@ def test_cli_and_demo_run_end_to_end(tmp_path, capsys):
     assert metrics["epsilon"] == 0.05 and metrics["steps"] == 2
     assert (out / "report.html").stat().st_size > 0
     assert main([*argv, "--out", str(out)]) == 2  # never trains over a finished run
-    assert "already holds checkpoints" in capsys.readouterr().err
+    assert "already holds files" in capsys.readouterr().err
 
     path = Path(__file__).resolve().parent.parent / "demos" / "factored_beliefs.py"
     spec = importlib.util.spec_from_file_location("factored_beliefs", path)
