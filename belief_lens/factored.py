@@ -397,7 +397,7 @@ class FactoredRun:
     config: FactoredExperiment
     process_name: str
     steps: int
-    train_seconds: float  # wall clock, step-budget calibration included
+    train_seconds: float  # wall clock of the training run, its evaluations included
     train_cpu_seconds: float  # CPU time of this process (all its threads) over the same span
     final: FactoredGeometry
     over_training: GeometryOverTraining
@@ -442,7 +442,8 @@ class FactoredRun:
 
 
 def run_factored_experiment(config: FactoredExperiment, work_dir: Any) -> FactoredRun:
-    """Train as ``config`` says (checkpoints in ``work_dir``), then measure every checkpoint."""
+    """Train as ``config`` says (step checkpoints in ``work_dir/checkpoints``, all kept), then
+    measure ``n_checkpoints`` of them, evenly spaced and ending with the last."""
     import time
     from pathlib import Path
 
