@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -25,6 +26,7 @@ __all__ = [
     "belief_coordinates",
     "compare_figure",
     "display_points",
+    "factored_dims_figure",
     "geometry_figure",
     "layer_grid_figure",
     "marker_size_for",
@@ -518,5 +520,51 @@ def patching_figure(result, *, title: str | None = None) -> go.Figure:
         template="plotly_white",
         width=1100,
         height=120 + 40 * len(hooks) + 120,
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- factored geometry
+
+
+def factored_dims_figure(over_training: Any, *, title: str | None = None) -> go.Figure:
+    """Effective dimension (PCs for 95% and 99% of the variance) over training, with the
+    factored and joint hypotheses' predicted dimensions drawn as lines.
+
+    Takes a :class:`belief_lens.factored.GeometryOverTraining`.
+    """
+    steps = list(over_training.steps)
+    if not steps:
+        raise BeliefLensError("over_training has no steps to plot")
+    predicted = over_training.geometries[0].predicted
+    fig = go.Figure()
+    for name in ("dims_95", "dims_99"):
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=over_training.series(name),
+                mode="lines+markers",
+                name=f"PCs for {name[-2:]}% variance",
+            )
+        )
+    fig.add_hline(
+        y=predicted.factored,
+        line_dash="dash",
+        line_color="green",
+        annotation_text=f"factored prediction {predicted.factored}",
+    )
+    fig.add_hline(
+        y=predicted.joint,
+        line_dash="dot",
+        line_color="firebrick",
+        annotation_text=f"joint prediction {predicted.joint}",
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="training step",
+        yaxis_title="effective dimension",
+        template="plotly_white",
+        width=700,
+        height=420,
     )
     return fig

@@ -23,23 +23,25 @@ from belief_lens.validation import (
 
 __all__ = [
     "PROCESSES",
+    "chained_product",
     "coin",
     "days_of_week",
-    "fanizza",
-    "leaky_rrxor",
-    "matching_parens",
-    "mr_name",
-    "sns",
     "even_process",
+    "fanizza",
     "golden_mean",
+    "leaky_rrxor",
     "make_process",
+    "matching_parens",
     "mess3",
     "mixture",
+    "mr_name",
+    "noisy_product",
     "post_quantum",
     "product",
     "random_hmm",
     "relabel",
     "rrxor",
+    "sns",
     "tom_quantum",
     "z1r",
 ]
@@ -489,6 +491,66 @@ def product(*processes: HMM) -> HMM:
     if any(p.generalized for p in processes):
         return _signed(T, init, tau, name, processes)
     return HMM(T, initial_state=init, name=name)
+
+
+# ----------------------------------------------------------------------------- factored processes
+# Two ways to break the conditional independence of ``product``'s factors, after Shai et al.,
+# "Transformers learn factored representations" (arXiv 2602.02385). Each has one parameter, and
+# at 0 its transition tensor equals ``product``'s exactly.
+
+
+def _check_factors(factors: Sequence[HMM], what: str) -> None:
+    if not factors:
+        raise BeliefLensError(f"{what} needs at least one factor process")
+    if any(f.generalized for f in factors):
+        raise BeliefLensError(f"{what} takes HMM factors, not generalized HMMs")
+
+
+def noisy_product(*factors: HMM, epsilon: float) -> HMM:
+    """``product(*factors)`` seen through a noisy channel on the joint vocabulary.
+
+    Each emitted joint token is kept with probability ``1 - epsilon`` and otherwise replaced by a
+    uniformly drawn joint token: ``T'[y] = sum_x B[x, y] T[x]`` with
+    ``B = (1 - epsilon) I + epsilon 11^T / V`` and ``V`` the joint vocabulary size. The hidden
+    states still move independently, but observing one factor's token now tells about the
+    others', so the joint belief stops being the product of its marginals for ``epsilon > 0``.
+    """
+    _check_factors(factors, "noisy_product")
+    _check_prob("epsilon", epsilon)
+    base = product(*factors)
+    V = base.n_symbols
+    B = (1 - epsilon) * torch.eye(V, dtype=torch.float64) + epsilon / V
+    T = torch.einsum("xy,xij->yij", B, base.T)
+    inner = ", ".join(f.name for f in factors)
+    return HMM(T, initial_state=base.initial_state, name=f"noisy_product({inner}; eps={epsilon})")
+
+
+def chained_product(*factors: HMM, coupling: float) -> HMM:
+    """Factors run side by side, factor ``i``'s parameters set by the token factor ``i-1`` emits.
+
+    In each step factor 0 emits ``a`` first; factor 1 then emits with the variant
+    ``T1^(a)[x] = (1 - coupling) T1[x] + coupling T1[(x + a) mod V1]`` (its emission labels
+    rotated by the parent's token), and so on down the chain. Joint tokens and states are
+    numbered as in ``product``. The joint belief stays a product of per-factor beliefs, but each
+    factor's belief now needs the parent's tokens and the next joint token no longer factorises.
+    """
+    _check_factors(factors, "chained_product")
+    _check_prob("coupling", coupling)
+    T = factors[0].T
+    v_parent = factors[0].n_symbols
+    for f in factors[1:]:
+        V, S = f.n_symbols, f.n_states
+        shift = (torch.arange(V)[None, :] + torch.arange(v_parent)[:, None]) % V  # [a, x]
+        variants = (1 - coupling) * f.T[None] + coupling * f.T[shift]  # [a, x, i, j]
+        parent = variants[torch.arange(T.shape[0]) % v_parent]  # [X, x, i, j]
+        n_states = T.shape[1] * S
+        T = torch.einsum("XIJ,Xbij->XbIiJj", T, parent).reshape(-1, n_states, n_states)
+        v_parent = V
+    init = factors[0].initial_state
+    for f in factors[1:]:
+        init = torch.kron(init, f.initial_state)
+    inner = ", ".join(f.name for f in factors)
+    return HMM(T, initial_state=init, name=f"chained_product({inner}; coupling={coupling})")
 
 
 PROCESSES: dict[str, Callable[..., HMM]] = {

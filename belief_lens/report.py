@@ -908,3 +908,61 @@ def _jsonable(x: Any) -> Any:
     if hasattr(x, "item") and callable(x.item):
         return x.item()
     return x
+
+
+# ----------------------------------------------------------------------------- factored geometry
+
+
+def factored_section(run: Any, max_points: int = 4000) -> Section:
+    """The report section of a :class:`belief_lens.factored.FactoredRun`: each factor's simplex
+    (truth beside probe), the principal-angle table, and effective dimension over training
+    against both hypotheses' predictions (arXiv 2602.02385)."""
+    from belief_lens import plotting
+
+    g = run.final
+    text = (
+        f"{run.process_name}, {run.steps} steps ({run.train_seconds:.0f} s) at {g.hook_name}. "
+        f"Held-out R^2 per factor {', '.join(f'{r:.4f}' for r in g.factor_r2)}; joint probe "
+        f"{g.joint_r2:.4f}, factored probe {g.factored_r2:.4f}. PCs for 95%/99% of the variance: "
+        f"{g.dims_95}/{g.dims_99}, against {g.predicted.factored} (factored) and "
+        f"{g.predicted.joint} (joint). Verdict: {g.verdict}. The product of marginals loses "
+        f"{run.factored_cost:.3g} nats per position on the next token."
+    )
+    figures = [
+        ReportFigure(
+            f"factor_{i}",
+            plotting.compare_figure(
+                truth,
+                probed,
+                titles=(f"factor {i}: true marginal belief", f"factor {i}: probe"),
+                max_points=max_points,
+            ),
+            f"Factor {i}'s marginal belief and the per-factor probe's output, shared coordinates.",
+        )
+        for i, (truth, probed) in enumerate(zip(run.truth, run.probed, strict=True))
+    ]
+    figures.append(
+        ReportFigure(
+            "factored_dims",
+            plotting.factored_dims_figure(
+                run.over_training, title="effective dimension over training"
+            ),
+            "PCs for 95% and 99% of the activation variance, against both predictions.",
+        )
+    )
+    rows = tuple(
+        (
+            f"{p.factors[0]} vs {p.factors[1]}",
+            ", ".join(f"{c:.3f}" for c in p.cosines),
+            math.nan if p.overlap is None else p.overlap,
+            p.baseline,
+        )
+        for p in g.pairs
+    )
+    header = ("factors", "principal-angle cosines", "vary-one overlap", "random baseline k/d")
+    return Section(
+        "Factored belief geometry",
+        headline=(text,),
+        tables=(Table(header, rows, ("", "", ".4f", ".4f")),),
+        figures=tuple(figures),
+    )

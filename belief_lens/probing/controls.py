@@ -20,6 +20,7 @@ from belief_lens.probing.sweep import ProbeTable, probe_table, targets_for
 
 __all__ = ["distance_r2", "next_token_control", "shuffle_control", "untrained_control"]
 
+
 def shuffle_control(
     data: ProbeData, *, seed: int = 0, ridge: float = 0.0, concat: bool = True
 ) -> ProbeTable:

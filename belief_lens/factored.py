@@ -1,0 +1,520 @@
+"""Factored belief geometry: does a network hold each factor's belief in its own subspace?
+
+Tests the two hypotheses of Shai et al., "Transformers learn factored representations" (arXiv
+2602.02385) on activations: per-factor affine probes (held out), the joint-belief probe against
+the factored one (all marginals side by side), principal angles between the factors' encoding
+subspaces, the paper's "vary-one" subspace overlap beside its random-subspace baseline, and the
+effective dimension of the activations (PCA) against both predicted dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from belief_lens.errors import BeliefLensError
+from belief_lens.factors import FactoredBeliefs, PredictedDims, factored_beliefs, vary_one_tokens
+from belief_lens.hmm import HMM
+from belief_lens.probes import AffineProbe, split_prefixes
+
+__all__ = [
+    "DEFAULT_HOOK",
+    "FactoredExperiment",
+    "FactoredGeometry",
+    "FactoredRun",
+    "GeometryOverTraining",
+    "SubspacePair",
+    "cumulative_explained_variance",
+    "dims_for",
+    "factored_geometry",
+    "geometry_over_training",
+    "model_factored_geometry",
+    "principal_cosines",
+    "run_factored_experiment",
+    "vary_one_overlap",
+]
+
+Verdict = Literal["factored", "joint", "unclear"]
+
+#: Above this principal-angle cosine two factors' subspaces no longer count as orthogonal.
+ORTHOGONAL_COSINE = 0.2
+
+
+@dataclass(frozen=True)
+class SubspacePair:
+    """How two factors' encoding subspaces sit relative to each other.
+
+    ``cosines`` are the cosines of the principal angles between the probes' encoding subspaces,
+    largest first (0 = orthogonal, 1 = a shared direction). ``overlap`` is the paper's vary-one
+    overlap ``||V_i V_j^T||_F^2 / k`` of the top-``k`` principal directions of activations in
+    which only one factor varies (None without vary-one data); ``baseline`` is its value for
+    random ``k``-dimensional subspaces of ``R^d``, ``k / d``.
+    """
+
+    factors: tuple[int, int]
+    cosines: tuple[float, ...]
+    overlap: float | None
+    baseline: float
+
+
+@dataclass(frozen=True)
+class FactoredGeometry:
+    """One layer's factored-geometry measurements; all R^2 are on held-out sequences."""
+
+    hook_name: str | None
+    factor_r2: tuple[float, ...]  # probe to each factor's marginal belief
+    joint_r2: float  # probe to the joint belief
+    factored_r2: float  # probe to all marginals side by side
+    pairs: tuple[SubspacePair, ...]
+    explained_variance: tuple[float, ...]  # cumulative, by number of principal components
+    dims_95: int
+    dims_99: int
+    predicted: PredictedDims
+
+    @property
+    def max_subspace_cosine(self) -> float:
+        """The largest principal-angle cosine over all pairs of factors (0 if one factor)."""
+        return max((p.cosines[0] for p in self.pairs if p.cosines), default=0.0)
+
+    @property
+    def verdict(self) -> Verdict:
+        """``"factored"``: at most one dimension beyond the factored prediction holds 95% of the
+        variance and the factors' subspaces are orthogonal (cosine <= 0.2); ``"joint"``: the
+        95% dimension is nearer the joint prediction and at most one beyond it; else
+        ``"unclear"`` (an untrained network's activations fill many more dimensions)."""
+        p, d95 = self.predicted, self.dims_95
+        if d95 <= p.factored + 1 and self.max_subspace_cosine <= ORTHOGONAL_COSINE:
+            return "factored"
+        if abs(d95 - p.joint) < abs(d95 - p.factored) and d95 <= p.joint + 1:
+            return "joint"
+        return "unclear"
+
+
+@dataclass(frozen=True)
+class GeometryOverTraining:
+    """:class:`FactoredGeometry` at each training step, in step order."""
+
+    steps: tuple[int, ...]
+    geometries: tuple[FactoredGeometry, ...]
+
+    def series(self, name: str) -> list[Any]:
+        """One field or property of every step's geometry, e.g. ``series("dims_95")``."""
+        return [getattr(g, name) for g in self.geometries]
+
+
+# ----------------------------------------------------------------------------- pure measures
+
+
+def principal_cosines(
+    A: Float[Tensor, "d k1"], B: Float[Tensor, "d k2"]
+) -> Float[Tensor, " k_min"]:
+    """Cosines of the principal angles between the column spans of ``A`` and ``B``, largest
+    first (``A`` and ``B`` need not be orthonormal)."""
+    A = torch.as_tensor(A, dtype=torch.float64)
+    B = torch.as_tensor(B, dtype=torch.float64)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
+        raise BeliefLensError(
+            f"A and B must be [d, k] with the same d, got {tuple(A.shape)} and {tuple(B.shape)}"
+        )
+    if A.shape[1] == 0 or B.shape[1] == 0:
+        return A.new_zeros(0)
+    Qa, Qb = torch.linalg.qr(A)[0], torch.linalg.qr(B)[0]
+    return torch.linalg.svdvals(Qa.T @ Qb).clamp(0.0, 1.0)
+
+
+def _top_directions(acts: Tensor, k: int) -> Tensor:
+    """The top-``k`` principal directions ``[k, d]`` of per-position centred activations."""
+    centred = acts - acts.mean(0, keepdim=True)  # the other factors are frozen per position
+    return torch.linalg.svd(centred.reshape(-1, acts.shape[-1]), full_matrices=False)[2][:k]
+
+
+def vary_one_overlap(
+    acts_i: Float[Tensor, "n L d"], acts_j: Float[Tensor, "n L d"], k: int
+) -> float:
+    """The paper's vary-one overlap ``||V_i V_j^T||_F^2 / k`` in [0, 1].
+
+    ``acts_i`` are activations of sequences in which only factor ``i`` varies (the others are
+    the same in every row); ``V_i`` are their top-``k`` principal directions after subtracting
+    each position's mean. 0 means orthogonal subspaces, 1 the same subspace, and random
+    subspaces give about ``k / d``.
+    """
+    acts_i = torch.as_tensor(acts_i, dtype=torch.float64)
+    acts_j = torch.as_tensor(acts_j, dtype=torch.float64)
+    if acts_i.ndim != 3 or acts_j.ndim != 3 or acts_i.shape[-1] != acts_j.shape[-1]:
+        raise BeliefLensError(
+            "vary-one activations must be [n, L, d] with the same d, got "
+            f"{tuple(acts_i.shape)} and {tuple(acts_j.shape)}"
+        )
+    if not 1 <= k <= acts_i.shape[-1]:
+        raise BeliefLensError(f"k must be in [1, d={acts_i.shape[-1]}], got {k}")
+    Vi, Vj = _top_directions(acts_i, k), _top_directions(acts_j, k)
+    return float((Vi @ Vj.T).pow(2).sum() / k)
+
+
+def cumulative_explained_variance(acts: Float[Tensor, "... d"]) -> Float[Tensor, " d"]:
+    """Cumulative fraction of the activations' variance in their first 1, 2, ... principal
+    components (all rows pooled, centred)."""
+    X = torch.as_tensor(acts, dtype=torch.float64)
+    X = X.reshape(-1, X.shape[-1])
+    X = X - X.mean(0, keepdim=True)
+    var = torch.linalg.svdvals(X).pow(2)
+    total = var.sum()
+    if not total > 0:
+        raise BeliefLensError("activations have zero variance; no explained-variance curve")
+    return var.cumsum(0) / total
+
+
+def dims_for(curve: Sequence[float] | Tensor, level: float) -> int:
+    """The fewest principal components whose cumulative explained variance reaches ``level``."""
+    if not 0 < level <= 1:
+        raise BeliefLensError(f"level must be in (0, 1], got {level}")
+    c = torch.as_tensor(curve, dtype=torch.float64)
+    return int((c < level - 1e-12).sum()) + 1
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def _held_out_r2(X: Tensor, Y: Tensor, test: Tensor, ridge: float) -> tuple[float, AffineProbe]:
+    probe = AffineProbe(ridge=ridge).fit(X[~test], Y[~test])
+    return probe.score(X[test], Y[test]), probe
+
+
+def factored_geometry(
+    acts: Float[Tensor, "n L d"],
+    beliefs: FactoredBeliefs,
+    *,
+    test_mask: Bool[Tensor, "n L"] | None = None,
+    tokens: Tensor | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    vary_one: Sequence[Float[Tensor, "m L d"]] | None = None,
+    ridge: float = 0.0,
+    hook_name: str | None = None,
+) -> FactoredGeometry:
+    """Measure the factored geometry of ``acts`` against ``beliefs``.
+
+    Probes are fitted on the training rows and scored on the held-out rows of ``test_mask``
+    (True = held out), by default ``split_prefixes(tokens, test_fraction, seed)``, the
+    leak-free split by prefix. ``vary_one[i]`` are activations of sequences in which only factor
+    ``i`` varies (see :func:`belief_lens.factors.vary_one_tokens`); without them the vary-one
+    overlaps are None. Effective dimension uses all rows.
+    """
+    acts = torch.as_tensor(acts, dtype=torch.float64)
+    n, L = beliefs.joint.shape[:2]
+    if acts.ndim != 3 or acts.shape[:2] != (n, L):
+        raise BeliefLensError(
+            f"acts must be [n, L, d] with n, L = {n}, {L} as the beliefs, got {tuple(acts.shape)}"
+        )
+    n_factors = len(beliefs.marginals)
+    if vary_one is not None and len(vary_one) != n_factors:
+        raise BeliefLensError(f"vary_one needs one activation set per factor ({n_factors})")
+    if test_mask is None:
+        if tokens is None:
+            raise BeliefLensError("give test_mask, or tokens to split them by prefix")
+        test_mask = split_prefixes(tokens, test_fraction, seed)
+    test = torch.as_tensor(test_mask, dtype=torch.bool)
+    if test.shape != (n, L) or test.all() or not test.any():
+        raise BeliefLensError(
+            f"test_mask must be [n, L] = [{n}, {L}] with both train and test rows, "
+            f"got shape {tuple(test.shape)} with {int(test.sum())} held out"
+        )
+
+    factor_r2, bases = [], []
+    for marginal in beliefs.marginals:
+        r2, probe = _held_out_r2(acts, marginal, test, ridge)
+        factor_r2.append(r2)
+        bases.append(probe.belief_basis("encoding"))
+    joint_r2, _ = _held_out_r2(acts, beliefs.joint, test, ridge)
+    factored_r2, _ = _held_out_r2(acts, beliefs.concatenated, test, ridge)
+
+    d = acts.shape[-1]
+    pairs = []
+    for i in range(n_factors):
+        for j in range(i + 1, n_factors):
+            k = min(bases[i].shape[1], bases[j].shape[1])
+            overlap = None
+            if vary_one is not None and k > 0:
+                overlap = vary_one_overlap(vary_one[i], vary_one[j], k)
+            pairs.append(
+                SubspacePair(
+                    factors=(i, j),
+                    cosines=tuple(principal_cosines(bases[i], bases[j]).tolist()),
+                    overlap=overlap,
+                    baseline=k / d,
+                )
+            )
+    curve = cumulative_explained_variance(acts)
+    return FactoredGeometry(
+        hook_name=hook_name,
+        factor_r2=tuple(factor_r2),
+        joint_r2=joint_r2,
+        factored_r2=factored_r2,
+        pairs=tuple(pairs),
+        explained_variance=tuple(curve.tolist()),
+        dims_95=dims_for(curve, 0.95),
+        dims_99=dims_for(curve, 0.99),
+        predicted=beliefs.dims,
+    )
+
+
+# ----------------------------------------------------------------------------- on a model
+
+
+def model_factored_geometry(
+    model: Any,
+    hmm: HMM,
+    factors: Sequence[HMM],
+    hook: str,
+    tokens: Tensor,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    n_vary_one: int = 1000,
+    ridge: float = 0.0,
+) -> FactoredGeometry:
+    """:func:`factored_geometry` of ``model``'s activations at ``hook`` on ``tokens`` from
+    ``hmm``, a process on the states of ``factors`` (``product(*factors)`` or a broken version).
+
+    Vary-one data is drawn from the independent product of ``factors``.
+    """
+    from belief_lens.activations import residual_stream
+
+    shape = [f.n_states for f in factors]
+    beliefs = factored_beliefs(hmm, shape, tokens)
+    if not isinstance(hook, str):
+        raise BeliefLensError(f"hook must be a full hook name, got {hook!r}")
+    acts = residual_stream(model, tokens, hook)[hook]
+    vary = [
+        residual_stream(
+            model, vary_one_tokens(factors, i, n_vary_one, tokens.shape[1], seed=seed + i), hook
+        )[hook]
+        for i in range(len(factors))
+    ]
+    return factored_geometry(
+        acts,
+        beliefs,
+        tokens=tokens,
+        test_fraction=test_fraction,
+        seed=seed,
+        vary_one=vary,
+        ridge=ridge,
+        hook_name=hook,
+    )
+
+
+def geometry_over_training(
+    checkpoints: Iterable[tuple[int, Any]],
+    hmm: HMM,
+    factors: Sequence[HMM],
+    hook: str,
+    tokens: Tensor,
+    **kwargs: Any,
+) -> GeometryOverTraining:
+    """:func:`model_factored_geometry` for each ``(step, model)``, e.g. the trainer's step
+    checkpoints loaded in turn; the same tokens and split at every step."""
+    steps, geoms = [], []
+    for step, model in checkpoints:
+        steps.append(int(step))
+        geoms.append(model_factored_geometry(model, hmm, factors, hook, tokens, **kwargs))
+    if not steps:
+        raise BeliefLensError("geometry_over_training got no checkpoints")
+    order = sorted(range(len(steps)), key=steps.__getitem__)
+    if len(set(steps)) != len(steps):
+        raise BeliefLensError(f"checkpoint steps repeat: {sorted(steps)}")
+    return GeometryOverTraining(
+        steps=tuple(steps[k] for k in order), geometries=tuple(geoms[k] for k in order)
+    )
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+#: Where the paper reads the residual stream; the last layer's output before the final norm.
+DEFAULT_HOOK = "blocks.3.hook_resid_post"
+
+
+@dataclass(frozen=True)
+class FactoredExperiment:
+    """Train the paper's Mess3 architecture on Mess3 x Mess3 seen through joint-vocabulary noise
+    ``epsilon`` (0: independent factors), then measure the factored geometry over training."""
+
+    epsilon: float = 0.0
+    minutes: float | None = 4.0  # training time budget; None: max_steps alone sets the length
+    n_ctx: int = 10
+    hook: str = DEFAULT_HOOK
+    n_eval_sequences: int = 3000  # sampled sequences the probes are fitted and scored on
+    n_vary_one: int = 1000
+    n_checkpoints: int = 8  # analysed, evenly spaced over the run (the last always)
+    checkpoint_every: int | None = None  # steps between step checkpoints; None: each tenth
+    eval_sequences: int = 512  # the trainer's loss evaluations (one per checkpoint)
+    batch_size: int = 128
+    lr: float = 3e-3
+    targets: Literal["bayes", "tokens"] = "bayes"
+    max_steps: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.epsilon <= 1:
+            raise BeliefLensError(f"epsilon must be in [0, 1], got {self.epsilon}")
+        if self.minutes is None and self.max_steps is None:
+            raise BeliefLensError("give minutes, max_steps or both to bound training")
+        if self.minutes is not None and not self.minutes > 0:
+            raise BeliefLensError(f"minutes must be positive, got {self.minutes}")
+        for name in (
+            "n_ctx", "n_eval_sequences", "n_vary_one", "n_checkpoints", "eval_sequences",
+            "batch_size",
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise BeliefLensError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.targets not in ("bayes", "tokens"):
+            raise BeliefLensError(f"targets must be 'bayes' or 'tokens', got {self.targets!r}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise BeliefLensError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise BeliefLensError(f"max_steps must be >= 1, got {self.max_steps}")
+
+    def factors(self) -> tuple[HMM, HMM]:
+        from belief_lens.processes import mess3
+
+        return mess3(), mess3()
+
+    def process(self) -> HMM:
+        from belief_lens.processes import noisy_product, product
+
+        f = self.factors()
+        return product(*f) if self.epsilon == 0 else noisy_product(*f, epsilon=self.epsilon)
+
+
+@dataclass(frozen=True)
+class FactoredRun:
+    """What :func:`run_factored_experiment` found: the final geometry and its course."""
+
+    config: FactoredExperiment
+    process_name: str
+    steps: int
+    train_seconds: float  # wall clock of the training run, its evaluations included
+    train_cpu_seconds: float  # CPU time of this process (all its threads) over the same span
+    final: FactoredGeometry
+    over_training: GeometryOverTraining
+    factored_cost: float  # mean nats per position lost by the product of marginals
+    truth: tuple[Float[Tensor, "k S_i"], ...]  # each factor's true marginal, held-out rows
+    probed: tuple[Float[Tensor, "k S_i"], ...]  # the per-factor probes' outputs there
+    loss_over_optimal: float | None
+
+    def metrics(self) -> dict[str, Any]:
+        """The numbers ``metrics.json`` holds."""
+        g = self.final
+        return {
+            "process": self.process_name,
+            "epsilon": self.config.epsilon,
+            "steps": self.steps,
+            "train_seconds": self.train_seconds,
+            "train_cpu_seconds": self.train_cpu_seconds,
+            "hook": g.hook_name,
+            "factor_r2_heldout": list(g.factor_r2),
+            "joint_r2_heldout": g.joint_r2,
+            "factored_r2_heldout": g.factored_r2,
+            "max_subspace_cosine": g.max_subspace_cosine,
+            "subspace_cosines": [list(p.cosines) for p in g.pairs],
+            "vary_one_overlap": [p.overlap for p in g.pairs],
+            "vary_one_random_baseline": [p.baseline for p in g.pairs],
+            "dims_95": g.dims_95,
+            "dims_99": g.dims_99,
+            "predicted_dims_factored": g.predicted.factored,
+            "predicted_dims_joint": g.predicted.joint,
+            "verdict": g.verdict,
+            "factored_cost_nats": self.factored_cost,
+            "loss_over_optimal": self.loss_over_optimal,
+            "over_training": {
+                "steps": list(self.over_training.steps),
+                "dims_95": self.over_training.series("dims_95"),
+                "dims_99": self.over_training.series("dims_99"),
+                "max_subspace_cosine": self.over_training.series("max_subspace_cosine"),
+                "factor_r2_heldout": [list(r) for r in self.over_training.series("factor_r2")],
+                "joint_r2_heldout": self.over_training.series("joint_r2"),
+            },
+        }
+
+
+def run_factored_experiment(config: FactoredExperiment, work_dir: Any) -> FactoredRun:
+    """Train as ``config`` says (step checkpoints in ``work_dir/checkpoints``, all kept), then
+    measure ``n_checkpoints`` of them, evenly spaced and ending with the last."""
+    import time
+    from pathlib import Path
+
+    from belief_lens.beliefs import sample_sequences
+    from belief_lens.factors import factored_cost
+    from belief_lens.models import PAPER_ARCHITECTURES, load_checkpoint, toy_transformer
+    from belief_lens.training import TrainConfig, step_checkpoints, train
+
+    ckpt_dir = Path(work_dir) / "checkpoints"
+    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise BeliefLensError(
+            f"{ckpt_dir} already holds checkpoints; choose another directory so nothing is lost"
+        )
+    hmm, factors = config.process(), config.factors()
+    model = toy_transformer(
+        hmm.n_symbols, config.n_ctx, seed=config.seed, **PAPER_ARCHITECTURES["mess3"]
+    )
+    train_config = TrainConfig(
+        seconds=None if config.minutes is None else config.minutes * 60,
+        steps=config.max_steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        warmup_steps=10,
+        targets=config.targets,
+        seed=config.seed,
+        checkpoint_every=config.checkpoint_every,
+        eval_every=config.checkpoint_every,
+        eval_sequences=config.eval_sequences,
+        keep_checkpoints=10**9,  # every step checkpoint stays: they are the course of training
+    )
+    t0, c0 = time.perf_counter(), time.process_time()
+    history = train(model, hmm, train_config, checkpoint_dir=ckpt_dir, progress=False)
+    train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+
+    tokens = sample_sequences(hmm, config.n_eval_sequences, config.n_ctx, seed=config.seed + 1)
+    kwargs = {"seed": config.seed, "n_vary_one": config.n_vary_one}
+
+    saved = step_checkpoints(ckpt_dir)
+    picks = sorted({round(i * (len(saved) - 1) / max(1, config.n_checkpoints - 1))
+                    for i in range(config.n_checkpoints)})  # fmt: skip
+    chosen = [saved[i] for i in picks]
+
+    def models():
+        for step, path in chosen:
+            yield step, load_checkpoint(path / "model.safetensors").eval()
+
+    course = geometry_over_training(models(), hmm, factors, config.hook, tokens, **kwargs)
+    final = course.geometries[-1]
+    # Each factor's simplex, truth beside probe, on held-out prefixes of the final model.
+    from belief_lens.activations import residual_stream
+
+    last = load_checkpoint(chosen[-1][1] / "model.safetensors").eval()
+    acts = residual_stream(last, tokens, config.hook)[config.hook].double()
+    beliefs = factored_beliefs(hmm, [f.n_states for f in factors], tokens)
+    test = split_prefixes(tokens, 0.2, config.seed)
+    truth, probed = [], []
+    for marginal in beliefs.marginals:
+        probe = AffineProbe().fit(acts[~test], marginal[~test])
+        truth.append(marginal[test])
+        probed.append(probe.predict(acts[test]))
+    cost = factored_cost(hmm, [f.n_states for f in factors], tokens)
+    return FactoredRun(
+        config=config,
+        process_name=hmm.name,
+        steps=history.steps,
+        train_seconds=train_seconds,
+        train_cpu_seconds=train_cpu,
+        final=final,
+        over_training=course,
+        factored_cost=float(cost.mean()),
+        truth=tuple(truth),
+        probed=tuple(probed),
+        loss_over_optimal=history.evals[-1].loss_over_optimal if history.evals else None,
+    )
