@@ -6,6 +6,7 @@ Alignment: ``beliefs[:, t]`` is the belief after reading tokens ``0..t``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -15,12 +16,17 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
-from belief_lens.hmm import HMM
+from belief_lens.hmm import HMM, NEGATIVE_TOL
+from belief_lens.validation import check_float, check_int, check_real_tensor, check_seed
 
 __all__ = [
     "SequenceSet",
+    "available_memory",
     "belief_states",
     "belief_walk",
+    "check_memory",
+    "count_sequences",
+    "default_max_bytes",
     "enumerate_sequences",
     "log_probs",
     "next_token_distributions",
@@ -32,13 +38,69 @@ Impossible = Literal["raise", "mask"]
 
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
     if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise BeliefLensError(
+                f"generator must be a torch.Generator, got {type(generator).__name__}"
+            )
         return generator
     gen = torch.Generator()
     if seed is None:
         gen.seed()
     else:
-        gen.manual_seed(seed)
+        gen.manual_seed(check_seed("seed", seed))
     return gen
+
+
+def check_hmm(hmm) -> HMM:
+    """Refuse anything but an :class:`~belief_lens.hmm.HMM` (or generalized HMM)."""
+    if not isinstance(hmm, HMM):
+        raise BeliefLensError(f"hmm must be an HMM or GeneralizedHMM, got {type(hmm).__name__}")
+    return hmm
+
+
+# ---------------------------------------------------------------------------------- memory
+def available_memory() -> int:
+    """Bytes of memory this process can still use: ``MemAvailable``, capped by a cgroup limit."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 4 * 2**30
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            avail = min(avail, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def default_max_bytes() -> int:
+    """The default memory bound of the enumerations: a quarter of :func:`available_memory`."""
+    return available_memory() // 4
+
+
+def check_memory(estimate: int, max_bytes: int | None, what: str, options: str) -> None:
+    """Raise before allocating when ``estimate`` bytes exceed ``max_bytes`` (default a quarter of
+    the available memory), naming the estimate, the bound and the ways out."""
+    bound = default_max_bytes() if max_bytes is None else max_bytes
+    if estimate > bound:
+        source = "max_bytes" if max_bytes is not None else "default: a quarter of available memory"
+        raise BeliefLensError(
+            f"{what} needs about {estimate / 2**30:.3g} GiB, over the bound of "
+            f"{bound / 2**30:.3g} GiB ({source}); options: {options}"
+        )
 
 
 def sample_sequences(
@@ -55,13 +117,21 @@ def sample_sequences(
     Hidden states start from ``initial_state`` (default ``hmm.initial_state``). Generalized HMMs,
     which have no hidden-state sampler, are sampled exactly from their belief trajectories.
     """
-    if n_sequences < 0 or length < 0:
-        raise BeliefLensError(f"n_sequences and length must be >= 0, got {n_sequences}, {length}")
+    check_hmm(hmm)
+    n_sequences = check_int("n_sequences", n_sequences, low=0)
+    length = check_int("length", length, low=0)
+    if n_sequences * length * 8 * 3 > default_max_bytes():
+        check_memory(
+            n_sequences * length * 8 * 3,
+            None,
+            f"sampling {n_sequences} x {length}",
+            "fewer or shorter sequences, sampled in batches",
+        )
     gen = _generator(seed, generator)
     init = (
         hmm.initial_state
         if initial_state is None
-        else hmm._check_belief(initial_state, "initial_state")
+        else hmm.check_belief(initial_state, "initial_state")
     )
     u = torch.rand(n_sequences, length, generator=gen, dtype=torch.float64)
     tokens = torch.empty(n_sequences, length, dtype=torch.long)
@@ -94,10 +164,36 @@ def belief_walk(
     Yields ``(next_token_probs, symbol, new_belief)`` per step. This samples any process exactly,
     generalized HMMs included, and is the chaos game that traces a process's belief fractal.
     """
+    check_hmm(hmm)
+    beliefs = check_real_tensor("beliefs", beliefs)
+    uniforms = check_real_tensor("uniforms", uniforms)
+    if beliefs.ndim != 2 or beliefs.shape[1] != hmm.n_states:
+        raise BeliefLensError(
+            f"beliefs must have shape [n, {hmm.n_states}], got {tuple(beliefs.shape)}"
+        )
+    if uniforms.ndim != 2 or uniforms.shape[1] != beliefs.shape[0]:
+        raise BeliefLensError(
+            f"uniforms must have shape [steps, {beliefs.shape[0]}], got {tuple(uniforms.shape)}"
+        )
+    if not torch.isfinite(beliefs).all() or ((uniforms < 0) | (uniforms > 1)).any():
+        raise BeliefLensError("beliefs must be finite and uniforms in [0, 1] (NaN refused)")
+    if uniforms.isnan().any():
+        raise BeliefLensError("uniforms must be in [0, 1], got NaN")
+    return _walk(hmm, beliefs, uniforms)
+
+
+def _walk(hmm: HMM, beliefs: Tensor, uniforms: Tensor) -> Iterator:
     last = hmm.n_symbols - 1
     cols = beliefs.T.contiguous()
     for u in uniforms:
-        p = (hmm.T_tau @ cols).T.clamp_min(0)
+        p = (hmm.T_tau @ cols).T
+        if hmm.generalized and (p < -NEGATIVE_TOL).any():
+            i, x = torch.nonzero(p < -NEGATIVE_TOL)[0].tolist()
+            raise BeliefLensError(
+                f"{hmm.name} gives token {x} negative probability {p[i, x].item():.6g} at walk "
+                f"{i}: it is not a valid process from this belief, so it cannot be sampled"
+            )
+        p = p.clamp_min(0)
         cdf = p.cumsum(-1)
         x = (u[:, None] * cdf[:, -1:] > cdf).sum(-1).clamp_max(last)
         new, norm = hmm.step(cols, x)
@@ -118,7 +214,8 @@ def _filter(
     Sequences go through in chunks whose per-step temporaries stay in cache, in a column layout
     (``[S, chunk]``) that makes the skinny matmuls fast.
     """
-    if impossible not in ("raise", "mask"):
+    check_hmm(hmm)
+    if not isinstance(impossible, str) or impossible not in ("raise", "mask"):
         raise BeliefLensError(f"impossible must be 'raise' or 'mask', got {impossible!r}")
     tokens = hmm.check_tokens(tokens)
     if tokens.ndim != 2:
@@ -127,7 +224,7 @@ def _filter(
     init = (
         hmm.initial_state
         if initial_state is None
-        else hmm._check_belief(initial_state, "initial_state")
+        else hmm.check_belief(initial_state, "initial_state")
     )
     beliefs = torch.empty(n, L, hmm.n_states, dtype=torch.float64)
     norms = torch.empty(n, L, dtype=torch.float64)
@@ -142,6 +239,14 @@ def _filter(
             eta = torch.div(new, chunk_norms[t], out=cols[t])
         beliefs[c : c + chunk] = cols.permute(2, 0, 1)
         norms[c : c + chunk] = chunk_norms.T
+    negative = norms < -NEGATIVE_TOL
+    if negative.any():
+        i, t = torch.nonzero(negative)[0].tolist()
+        raise BeliefLensError(
+            f"sequence {i} has negative probability: token {int(tokens[i, t])} at position {t} "
+            f"gets P = {norms[i, t].item():.6g} after the tokens {tokens[i, :t].tolist()}; "
+            f"{hmm.name} is not a valid process there"
+        )
     zero = ~(norms > 0)
     after = None
     if zero.any():
@@ -200,6 +305,7 @@ def next_token_distributions(
     beliefs: Tensor | None = None,
 ) -> Float[Tensor, "n L n_symbols"]:
     """``P(token t+1 | tokens 0..t)`` at every position: what an optimal predictor outputs."""
+    check_hmm(hmm)
     if beliefs is None:
         beliefs = belief_states(hmm, tokens, initial_state=initial_state)
     return hmm.next_token_probs(beliefs)
@@ -223,6 +329,42 @@ class SequenceSet:
         return self.tokens.shape[0]
 
 
+def count_sequences(
+    hmm: HMM, length: int, *, initial_state: Tensor | None = None, max_supports: int = 4096
+) -> int | None:
+    """The exact number of sequences of ``length`` with nonzero probability, without listing them.
+
+    Counts words through the support automaton (which hidden states are possible after each
+    prefix), so the cost is the number of distinct supports, not of sequences. For a generalized
+    HMM this is an upper bound (signed entries can cancel); ``None`` if the supports pass
+    ``max_supports``.
+    """
+    check_hmm(hmm)
+    length = check_int("length", length, low=0)
+    init = hmm.initial_state if initial_state is None else hmm.check_belief(initial_state)
+    step = (hmm.T != 0).to(torch.float64)  # [V, S, S]
+    counts = {tuple((init != 0).tolist()): 1}
+    for _ in range(length):
+        keys = list(counts)
+        nxt = torch.einsum("ks,xsj->kxj", torch.tensor(keys, dtype=torch.float64), step) > 0
+        new: dict[tuple, int] = {}
+        for key, row in zip(keys, nxt.tolist(), strict=True):
+            for supp in row:
+                if any(supp):
+                    t = tuple(supp)
+                    new[t] = new.get(t, 0) + counts[key]
+        counts = new
+        if len(counts) > max_supports:
+            return None
+    return sum(counts.values())
+
+
+def _enumeration_bytes(n: int, length: int, S: int) -> int:
+    """Peak bytes of holding ``n`` sequences of ``length``: tokens, beliefs, probabilities, and
+    the copy made while a level is appended."""
+    return 2 * n * length * (S + 1) * 8 + 4 * n * (S + 1) * 8
+
+
 def enumerate_sequences(
     hmm: HMM,
     length: int,
@@ -230,36 +372,73 @@ def enumerate_sequences(
     initial_state: Tensor | None = None,
     min_prob: float = 0.0,
     max_sequences: int = 10_000_000,
+    max_bytes: int | None = None,
 ) -> SequenceSet:
     """All sequences of ``length`` with probability above ``min_prob``, built level by level.
 
     Zero-probability prefixes are pruned as they appear, so the cost is the number of valid
-    sequences, not ``n_symbols ** length``.
+    sequences, not ``n_symbols ** length``. Memory is checked before it is allocated: the count
+    (exact for an HMM, from :func:`count_sequences`) and each next level are estimated in bytes,
+    and past ``max_bytes`` (default: a quarter of the available memory) or ``max_sequences`` this
+    raises with the estimate. A word with negative probability (an invalid generalized HMM)
+    raises, naming it.
     """
-    if length < 1:
-        raise BeliefLensError(f"length must be >= 1, got {length}")
+    check_hmm(hmm)
+    length = check_int("length", length, low=1)
+    min_prob = check_float("min_prob", min_prob, low=0.0, high=1.0)
+    max_sequences = check_int("max_sequences", max_sequences, low=1)
+    if max_bytes is not None:
+        max_bytes = check_int("max_bytes", max_bytes, low=1)
     init = (
         hmm.initial_state
         if initial_state is None
-        else hmm._check_belief(initial_state, "initial_state")
+        else hmm.check_belief(initial_state, "initial_state")
     )
     S = hmm.n_states
+    options = (
+        "pass max_bytes= (or max_sequences=) to allow more, enumerate a shorter length, "
+        "raise min_prob=, or sample with sample_sequences()"
+    )
+    if not hmm.generalized and min_prob == 0:
+        n = count_sequences(hmm, length, initial_state=init)
+        if n is not None:
+            what = f"enumerating the {n} sequences of length {length} of {hmm.name}"
+            if n > max_sequences:
+                raise BeliefLensError(
+                    f"{what}: {n} exceed max_sequences={max_sequences}; {options}"
+                )
+            check_memory(_enumeration_bytes(n, length, S), max_bytes, what, options)
     tokens = torch.empty(1, 0, dtype=torch.long)
     beliefs = torch.empty(1, 0, S, dtype=torch.float64)
     eta = init[None, :]
     logp = torch.zeros(1, dtype=torch.float64)
     # Tiny positive floor: in a generalized HMM, cancellation leaves ~1e-17 instead of exact zeros.
     floor = max(min_prob, 1e-14 if hmm.generalized else 0.0)
-    for _ in range(length):
-        new = torch.einsum("ns,xsj->nxj", eta, hmm.T)  # [N, V, S]
-        p = new @ hmm.tau  # [N, V]  P(x | prefix)
-        parent, sym = torch.nonzero(logp.exp()[:, None] * p > floor, as_tuple=True)
-        if len(parent) > max_sequences:
+    for level in range(1, length + 1):
+        N = len(eta)
+        p = eta @ hmm.T_tau.T  # [N, V]  P(x | prefix)
+        if hmm.generalized and (p < -NEGATIVE_TOL).any():
+            n, x = torch.nonzero(p < -NEGATIVE_TOL)[0].tolist()
             raise BeliefLensError(
-                f"{len(parent)} sequences exceed max_sequences={max_sequences}; raise the limit "
-                "or sample instead"
+                f"word {tokens[n].tolist() + [x]} of {hmm.name} has negative probability "
+                f"{(logp[n].exp() * p[n, x]).item():.6g}: not a valid process"
             )
-        eta = new[parent, sym] / p[parent, sym, None]
+        keep = logp.exp()[:, None] * p > floor
+        M = int(keep.sum())
+        what = f"enumerating {hmm.name} to length {length} ({M} sequences at length {level})"
+        if M > max_sequences:
+            raise BeliefLensError(f"{what}: exceeds max_sequences={max_sequences}; {options}")
+        # Each positive-probability prefix has a continuation, so the final level is at least M
+        # sequences long (a lower bound) when nothing is pruned by min_prob.
+        final = M if min_prob == 0 else 0
+        estimate = max(
+            _enumeration_bytes(M, level, S) + N * hmm.n_symbols * S * 8,
+            _enumeration_bytes(final, length, S),
+        )
+        check_memory(estimate, max_bytes, what, options)
+        parent, sym = torch.nonzero(keep, as_tuple=True)
+        new = torch.einsum("ns,xsj->nxj", eta, hmm.T)[parent, sym]
+        eta = new / p[parent, sym, None]
         logp = logp[parent] + p[parent, sym].log()
         tokens = torch.cat([tokens[parent], sym[:, None]], dim=1)
         beliefs = torch.cat([beliefs[parent], eta[:, None]], dim=1)

@@ -15,9 +15,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from belief_lens.beliefs import belief_walk
+from belief_lens.beliefs import belief_walk, check_hmm, check_memory
 from belief_lens.errors import BeliefLensError
-from belief_lens.hmm import HMM
+from belief_lens.hmm import HMM, NEGATIVE_TOL
+from belief_lens.validation import check_float, check_int, check_real_tensor, check_seed
 
 __all__ = [
     "MixedStatePresentation",
@@ -34,7 +35,16 @@ __all__ = [
 
 
 def entropy(p: Float[Tensor, "... k"], dim: int = -1) -> Float[Tensor, "..."]:
-    """Shannon entropy in nats along ``dim``, with ``0 log 0 = 0``; negative entries are clipped."""
+    """Shannon entropy in nats along ``dim``, with ``0 log 0 = 0``.
+
+    Round-off negatives (above ``-1e-10``) are read as zero; larger negative entries or NaN raise.
+    """
+    p = check_real_tensor("p", p)
+    dim = check_int("dim", dim)
+    if p.ndim == 0 or not -p.ndim <= dim < p.ndim:
+        raise BeliefLensError(f"dim must index one of p's {p.ndim} dimensions, got {dim}")
+    if p.isnan().any() or (p < -NEGATIVE_TOL).any():
+        raise BeliefLensError("p must be probabilities (finite, >= 0); got NaN or negative entries")
     p = p.clamp_min(0)
     return -torch.special.xlogy(p, p).sum(dim)
 
@@ -56,35 +66,79 @@ def belief_levels(
     tol: float = 1e-9,
     max_states: int = 2_000_000,
     initial_state: Tensor | None = None,
+    max_bytes: int | None = None,
 ) -> Iterator[tuple[Float[Tensor, "K S"], Float[Tensor, " K"]]]:
     """Yield the distribution over beliefs after ``L = 0 .. max_length`` tokens.
 
     Each level is ``(beliefs [K, S], probs [K])``, identical beliefs merged. Processes whose
-    beliefs never merge (Mess3) grow exponentially; past ``max_states`` this raises.
+    beliefs never merge (Mess3) grow exponentially: before each level is allocated its bytes are
+    estimated, and past ``max_bytes`` (default: a quarter of the available memory) or
+    ``max_states`` beliefs this raises with the estimate. A negative word probability (an invalid
+    generalized HMM) raises.
     """
+    check_hmm(hmm)
+    max_length = check_int("max_length", max_length, low=0)
+    tol = check_float("tol", tol, low=0.0, low_open=True)
+    max_states = check_int("max_states", max_states, low=1)
+    if max_bytes is not None:
+        max_bytes = check_int("max_bytes", max_bytes, low=1)
     eta = (
         hmm.initial_state
         if initial_state is None
-        else hmm._check_belief(initial_state, "initial_state")
+        else hmm.check_belief(initial_state, "initial_state")
     )[None]
+    return _belief_levels(hmm, eta, max_length, tol, max_states, max_bytes)
+
+
+def _belief_levels(hmm, eta, max_length, tol, max_states, max_bytes):
+    S, V = hmm.n_states, hmm.n_symbols
+    options = (
+        "pass max_bytes= or max_states= to allow more, shorten max_length, or use "
+        "entropy_rate(method='chaos_game') (sampled belief trajectories)"
+    )
     w = torch.ones(1, dtype=torch.float64)
     yield eta, w
     for L in range(1, max_length + 1):
-        new = torch.einsum("ks,xsj->kxj", eta, hmm.T)
-        p = new @ hmm.tau  # [K, V]
-        keep = w[:, None] * p > (1e-14 if hmm.generalized else 0.0)
-        k, x = torch.nonzero(keep, as_tuple=True)
-        if len(k) > max_states:
+        p = eta @ hmm.T_tau.T  # [K, V]
+        if hmm.generalized and (p < -NEGATIVE_TOL).any():
+            k, x = torch.nonzero(p < -NEGATIVE_TOL)[0].tolist()
             raise BeliefLensError(
-                f"{len(k)} distinct beliefs at length {L} exceed max_states={max_states}; raise "
-                "max_states, shorten max_length, or use entropy_rate(method='chaos_game')"
+                f"{hmm.name} gives token {x} negative probability {p[k, x].item():.6g} after a "
+                f"length-{L - 1} prefix: not a valid process"
             )
+        keep = w[:, None] * p > (1e-14 if hmm.generalized else 0.0)
+        M = int(keep.sum())
+        what = f"belief level {L} of {hmm.name} ({M} beliefs before merging)"
+        if M > max_states:
+            raise BeliefLensError(f"{what} exceeds max_states={max_states}; {options}")
+        # new [K, V, S], the kept beliefs and their merge keys, sort and index temporaries.
+        check_memory(len(eta) * V * S * 8 + M * (4 * S + 6) * 8, max_bytes, what, options)
+        k, x = torch.nonzero(keep, as_tuple=True)
+        new = torch.einsum("ks,xsj->kxj", eta, hmm.T)
         eta, w, _ = _merge(new[k, x] / p[k, x, None], w[k] * p[k, x], tol)
         yield eta, w
 
 
+LEVEL_OPTIONS = ("tol", "max_states", "initial_state", "max_bytes")
+
+
+def check_level_options(kwargs: dict) -> dict:
+    """Refuse keyword arguments that :func:`belief_levels` does not take, by name."""
+    unknown = sorted(set(kwargs) - set(LEVEL_OPTIONS))
+    if unknown:
+        raise BeliefLensError(
+            f"unknown option(s) {unknown}; the belief enumeration takes {list(LEVEL_OPTIONS)}"
+        )
+    return kwargs
+
+
 def myopic_entropy(hmm: HMM, max_length: int, **kwargs) -> Float[Tensor, " max_length_plus_1"]:
-    """``h(L) = H[X_L | X_0 .. X_{L-1}]`` for ``L = 0 .. max_length``, in nats."""
+    """``h(L) = H[X_L | X_0 .. X_{L-1}]`` for ``L = 0 .. max_length``, in nats.
+
+    Keyword options go to :func:`belief_levels` (``tol``, ``max_states``, ``initial_state``,
+    ``max_bytes``).
+    """
+    check_level_options(kwargs)
     return torch.stack(
         [
             (w * entropy(hmm.next_token_probs(b))).sum()
@@ -95,6 +149,9 @@ def myopic_entropy(hmm: HMM, max_length: int, **kwargs) -> Float[Tensor, " max_l
 
 def block_entropy(hmm: HMM, max_length: int, **kwargs) -> Float[Tensor, " max_length_plus_1"]:
     """``H(L) = sum_{l < L} h(l)`` for ``L = 0 .. max_length``, in nats."""
+    check_hmm(hmm)
+    max_length = check_int("max_length", max_length, low=0)
+    check_level_options(kwargs)
     h = myopic_entropy(hmm, max_length - 1, **kwargs) if max_length > 0 else torch.zeros(0)
     return torch.cat([torch.zeros(1, dtype=torch.float64), h.cumsum(0)])
 
@@ -105,8 +162,10 @@ def optimal_loss(hmm: HMM, n_ctx: int, bos: bool = False, **kwargs) -> Float[Ten
     Without BOS, position ``t`` predicts token ``t+1`` from tokens ``0..t``, so the floor is
     ``h(t+1)``; with a BOS token at position 0, position ``t`` predicts token ``t``: ``h(t)``.
     """
-    if n_ctx < 1:
-        raise BeliefLensError(f"n_ctx must be >= 1, got {n_ctx}")
+    check_hmm(hmm)
+    n_ctx = check_int("n_ctx", n_ctx, low=1)
+    if not isinstance(bos, bool):
+        raise BeliefLensError(f"bos must be True or False, got {bos!r}")
     h = myopic_entropy(hmm, n_ctx, **kwargs)
     return h[:n_ctx] if bos else h[1:]
 
@@ -163,10 +222,14 @@ def mixed_state_presentation(
     transient. Processes whose beliefs never merge (Mess3) need ``max_depth``; past ``max_states``
     states this raises.
     """
+    check_hmm(hmm)
+    max_depth = check_int("max_depth", max_depth, low=0)
+    tol = check_float("tol", tol, low=0.0, low_open=True)
+    max_states = check_int("max_states", max_states, low=1)
     start = (
         hmm.initial_state
         if initial_state is None
-        else hmm._check_belief(initial_state, "initial_state")
+        else hmm.check_belief(initial_state, "initial_state")
     )
     keys: dict[bytes, int] = {}
     beliefs: list[Tensor] = []
@@ -201,6 +264,11 @@ def mixed_state_presentation(
         next_frontier = []
         for r, src in enumerate(frontier):
             for x in range(hmm.n_symbols):
+                if p[r, x] < -NEGATIVE_TOL:
+                    raise BeliefLensError(
+                        f"{hmm.name} gives token {x} negative probability {p[r, x].item():.6g} "
+                        f"at depth {d}: not a valid process"
+                    )
                 if p[r, x] > (1e-14 if hmm.generalized else 0.0):
                     n_before = len(beliefs)
                     dst = add(new[r, x] / p[r, x], d + 1)
@@ -288,6 +356,7 @@ def statistical_complexity(hmm: HMM) -> float:
     unifilar presentation). Raises for non-unifilar presentations, whose state entropy is not
     ``C_mu``; use ``mixed_state_presentation`` to obtain the epsilon-machine first.
     """
+    check_hmm(hmm)
     if hmm.generalized or not hmm.is_unifilar:
         raise BeliefLensError(
             f"{hmm.name} is not a unifilar HMM, so H[pi] is not its statistical complexity; build "
@@ -326,10 +395,18 @@ def entropy_rate(
     the next-token entropy along sampled belief trajectories (they follow an iterated function
     system), which works for any process.
     """
+    check_hmm(hmm)
+    max_length = check_int("max_length", max_length, low=1)
+    tol = check_float("tol", tol, low=0.0, low_open=True)
+    n_chains = check_int("n_chains", n_chains, low=1)
+    n_steps = check_int("n_steps", n_steps, low=1)
+    burn_in = check_int("burn_in", burn_in, low=0)
+    seed = check_seed("seed", seed)
+    max_states = check_int("max_states", max_states, low=1)
+    if not isinstance(method, str) or method not in ("exact", "chaos_game"):
+        raise BeliefLensError(f"method must be 'exact' or 'chaos_game', got {method!r}")
     if method == "chaos_game":
         return _chaos_game_rate(hmm, n_chains, n_steps, burn_in, seed)
-    if method != "exact":
-        raise BeliefLensError(f"method must be 'exact' or 'chaos_game', got {method!r}")
     try:
         msp = mixed_state_presentation(hmm, max_depth=max_length, max_states=2_000)
         if msp.complete and msp.n_recurrent > 0:
@@ -365,5 +442,7 @@ def _chaos_game_rate(hmm: HMM, n_chains: int, n_steps: int, burn_in: int, seed: 
 
 def excess_entropy(hmm: HMM, max_length: int = 64, **kwargs) -> float:
     """``E = sum_L (h(L) - h_mu)`` in nats, summed to ``max_length``."""
+    check_hmm(hmm)
+    max_length = check_int("max_length", max_length, low=0)
     h = myopic_entropy(hmm, max_length, **kwargs)
     return float((h - entropy_rate(hmm)).sum())

@@ -16,8 +16,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
+from belief_lens.validation import check_float, check_int, check_real_tensor
 
 _EIG_TOL = 1e-8
+#: A conditional word probability below ``-NEGATIVE_TOL`` makes a generalized HMM invalid; above
+#: it, round-off from cancelling signed entries (about 1e-17) is read as zero.
+NEGATIVE_TOL = 1e-10
+#: Word length up to which a GeneralizedHMM's word probabilities are checked when it is built.
+DEFAULT_CHECK_DEPTH = 6
 
 
 class HMM:
@@ -45,7 +51,10 @@ class HMM:
         atol: float = 1e-8,
         name: str | None = None,
     ) -> None:
-        T = torch.as_tensor(transition_matrices, dtype=torch.float64).clone()
+        T = check_real_tensor("transition_matrices", transition_matrices).clone()
+        if name is not None and not isinstance(name, str):
+            raise BeliefLensError(f"name must be a string or None, got {type(name).__name__}")
+        atol = check_float("atol", atol, low=0.0, low_open=True)
         if T.ndim != 3 or T.shape[1] != T.shape[2] or T.shape[0] < 1 or T.shape[1] < 1:
             raise BeliefLensError(
                 "transition_matrices must have shape [n_symbols, n_states, n_states] "
@@ -61,7 +70,7 @@ class HMM:
         if initial_state is None:
             self.initial_state = self.stationary_distribution
         else:
-            self.initial_state = self._check_belief(initial_state, "initial_state")
+            self.initial_state = self.check_belief(initial_state, "initial_state")
 
     # ----------------------------------------------------------------------------- validation
     def _validate(self) -> None:
@@ -81,8 +90,9 @@ class HMM:
                 "rows of T.sum(0) must sum to 1 (no silent renormalising)"
             )
 
-    def _check_belief(self, belief, what: str) -> Tensor:
-        b = torch.as_tensor(belief, dtype=torch.float64)
+    def check_belief(self, belief, what: str = "belief") -> Tensor:
+        """Validate one belief (shape, finiteness, ``eta @ tau = 1``) and return it normalised."""
+        b = check_real_tensor(what, belief)
         if b.shape != (self.n_states,):
             raise BeliefLensError(
                 f"{what} must have shape ({self.n_states},), got {tuple(b.shape)}"
@@ -152,8 +162,10 @@ class HMM:
         self, beliefs: Float[Tensor, "*batch n_states"]
     ) -> Float[Tensor, "*batch n_symbols"]:
         """``P(x | eta) = eta @ T[x] @ tau`` for every symbol ``x``."""
-        beliefs = torch.as_tensor(beliefs, dtype=torch.float64)
-        if beliefs.shape[-1] != self.n_states:
+        beliefs = check_real_tensor("beliefs", beliefs)
+        if not torch.isfinite(beliefs).all():
+            raise BeliefLensError("beliefs contain NaN or inf")
+        if beliefs.ndim < 1 or beliefs.shape[-1] != self.n_states:
             raise BeliefLensError(
                 f"beliefs must end in n_states={self.n_states}, got shape {tuple(beliefs.shape)}"
             )
@@ -163,7 +175,9 @@ class HMM:
         self, beliefs: Float[Tensor, "*batch n_states"], tokens: Int[Tensor, "*batch"]
     ) -> Float[Tensor, "*batch n_states"]:
         """Bayes-update beliefs on one observed token each; raises if a token is impossible."""
-        beliefs = torch.as_tensor(beliefs, dtype=torch.float64)
+        beliefs = check_real_tensor("beliefs", beliefs)
+        if not torch.isfinite(beliefs).all():
+            raise BeliefLensError("beliefs contain NaN or inf")
         tokens = self.check_tokens(tokens)
         if beliefs.shape[:-1] != tokens.shape or beliefs.shape[-1] != self.n_states:
             raise BeliefLensError(
@@ -172,6 +186,12 @@ class HMM:
             )
         new, norm = self.step(beliefs.reshape(-1, self.n_states).T, tokens.reshape(-1))
         new, norm = new.T.reshape(beliefs.shape), norm.reshape(tokens.shape)
+        if (norm < -NEGATIVE_TOL).any():
+            idx = torch.nonzero(norm < -NEGATIVE_TOL)[0].tolist()
+            raise BeliefLensError(
+                f"token at batch index {idx} has negative probability "
+                f"{norm[tuple(idx)].item():.6g}: {self.name} is not a valid process from there"
+            )
         if (norm <= 0).any():
             idx = torch.nonzero(norm <= 0)[0].tolist()
             raise BeliefLensError(
@@ -204,10 +224,7 @@ class HMM:
 
     def check_tokens(self, tokens) -> Tensor:
         """Return tokens as a LongTensor, raising if any is outside ``[0, n_symbols)``."""
-        tokens = torch.as_tensor(tokens)
-        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-            raise BeliefLensError(f"tokens must be integers, got dtype {tokens.dtype}")
-        tokens = tokens.long()
+        tokens = check_real_tensor("tokens", tokens, integer=True)
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.n_symbols):
             bad = torch.nonzero((tokens < 0) | (tokens >= self.n_symbols))[0].tolist()
             raise BeliefLensError(
@@ -225,10 +242,42 @@ class GeneralizedHMM(HMM):
     """A generalized HMM: ``T`` may have negative entries and normalises with ``tau``.
 
     ``tau`` is the right eigenvector of ``T.sum(0)`` with eigenvalue 1, which must be its largest
-    eigenvalue in modulus; word probabilities are ``pi @ T[w1] ... T[wL] @ tau``.
+    eigenvalue in modulus, scaled so that its largest entry (in modulus) is 1; word probabilities
+    are ``initial_state @ T[w1] ... T[wL] @ tau``. A non-ergodic ``T.sum(0)`` (eigenvalue 1
+    repeated, as in a mixture) needs ``tau=`` given.
+
+    A presentation is a valid process only if no word has negative probability. Construction
+    checks every word up to ``check_depth`` tokens from ``initial_state`` (default
+    :data:`DEFAULT_CHECK_DEPTH`, enough for the enumerations in the tests and demos) and raises
+    naming the first negative word; distinct beliefs are merged, so the cost is the number of
+    distinct beliefs, and the check stops early (``checked_depth`` says where) once a level
+    exceeds ``2**18`` of them. Enumeration, sampling and filtering raise on any negative word
+    probability they meet beyond that depth.
+
+    simplexity scales ``tau`` so that its entries sum to ``n_states`` (here its largest entry is
+    1); both normalise beliefs by ``eta @ tau = 1``, so the beliefs differ by one scalar:
+    ``eta_simplexity = eta * tau.sum() / n_states`` and ``eta = eta_simplexity * n_states /
+    tau.sum()``. Next-token and word probabilities are the same. For an HMM (``tau`` all ones)
+    the two agree.
     """
 
     generalized = True
+
+    def __init__(
+        self,
+        transition_matrices: Tensor | list,
+        initial_state: Tensor | list | None = None,
+        *,
+        atol: float = 1e-8,
+        name: str | None = None,
+        tau: Tensor | list | None = None,
+        check_depth: int | None = None,
+    ) -> None:
+        self._given_tau = None if tau is None else check_real_tensor("tau", tau)
+        depth = DEFAULT_CHECK_DEPTH if check_depth is None else check_depth
+        depth = check_int("check_depth", depth, low=0)
+        super().__init__(transition_matrices, initial_state, atol=atol, name=name)
+        self.checked_depth = self._check_words(depth)
 
     def _validate(self) -> None:
         eig = torch.linalg.eigvals(self.transition_matrix)
@@ -243,13 +292,66 @@ class GeneralizedHMM(HMM):
     @cached_property
     def tau(self) -> Float[Tensor, " n_states"]:
         M = self.transition_matrix
-        S = self.n_states
+        if self._given_tau is not None:
+            tau = self._given_tau
+            if tau.shape != (self.n_states,):
+                raise BeliefLensError(
+                    f"tau must have shape ({self.n_states},), got {tuple(tau.shape)}"
+                )
+            if not torch.isfinite(tau).all() or tau.abs().max() == 0:
+                raise BeliefLensError("tau must be finite and nonzero")
+            if not torch.allclose(M @ tau, tau, atol=1e-8):
+                raise BeliefLensError(
+                    "tau must be a right eigenvector of T.sum(0) with eigenvalue 1; "
+                    f"max |T.sum(0) @ tau - tau| = {(M @ tau - tau).abs().max().item():.3g}"
+                )
+            return tau / tau[tau.abs().argmax()]
         vals, vecs = torch.linalg.eig(M)
         k = int((vals - 1).abs().argmin())
         if ((vals - 1).abs() < 1e-6).sum() != 1:
-            raise BeliefLensError("T.sum(0) has a repeated eigenvalue 1: tau is not unique")
+            raise BeliefLensError(
+                "T.sum(0) has a repeated eigenvalue 1 (a non-ergodic presentation): tau is not "
+                "unique; pass tau= (for a mixture, the stacked components' tau)"
+            )
         tau = vecs[:, k].real
         tau = tau / tau[tau.abs().argmax()]
-        if not torch.allclose(M @ tau, tau, atol=1e-8) or tau.abs().max() == 0 or S == 0:
+        if not torch.allclose(M @ tau, tau, atol=1e-8):
             raise BeliefLensError("could not find the right eigenvector tau of T.sum(0)")
         return tau
+
+    def _check_words(self, depth: int, max_beliefs: int = 2**18) -> int:
+        """Raise on the first word (up to ``depth`` tokens) with negative probability.
+
+        Returns the depth actually checked (less than ``depth`` only when the number of distinct
+        beliefs passed ``max_beliefs``).
+        """
+        S = self.n_states
+        eta = self.initial_state[None]
+        words = torch.empty(1, 0, dtype=torch.long)
+        prob = torch.ones(1, dtype=torch.float64)
+        for d in range(depth):
+            if len(eta) * self.n_symbols > max_beliefs:
+                return d
+            new = torch.einsum("ks,xsj->kxj", eta, self.T)
+            p = new @ self.tau  # [K, V]
+            neg = p < -NEGATIVE_TOL
+            if neg.any():
+                k, x = torch.nonzero(neg)[0].tolist()
+                word = words[k].tolist() + [x]
+                raise BeliefLensError(
+                    f"{self.name} is not a valid process: word {word} has negative probability "
+                    f"{(prob[k] * p[k, x]).item():.6g} (P({x} | {words[k].tolist()}) = "
+                    f"{p[k, x].item():.6g}); its word probabilities must be >= 0"
+                )
+            k, x = torch.nonzero(p > 1e-12, as_tuple=True)
+            eta = new[k, x] / p[k, x, None]
+            prob = prob[k] * p[k, x]
+            words = torch.cat([words[k], x[:, None]], dim=1)
+            keys = torch.round(eta / 1e-9).to(torch.int64)
+            _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+            first = torch.full((int(inverse.max()) + 1 if len(inverse) else 0,), len(eta))
+            first = first.scatter_reduce(0, inverse, torch.arange(len(eta)), reduce="amin")
+            eta, words, prob = eta[first], words[first], prob[first]
+            if S == 0 or len(eta) == 0:
+                return depth
+        return depth
