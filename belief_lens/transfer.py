@@ -158,7 +158,8 @@ def probe_transfer(
     for X, Y, v in ((Xa, Ya, "a"), (Xb, Yb, "b")):
         if X.shape[:-1] != Y.shape[:-1]:
             raise BeliefLensError(
-                f"acts_{v} {tuple(X.shape)} and beliefs_{v} {tuple(Y.shape)} differ in leading shape"
+                f"acts_{v} {tuple(X.shape)} and beliefs_{v} {tuple(Y.shape)} differ before "
+                "the last axis"
             )
     if Xa.shape[-1] != Xb.shape[-1] or Ya.shape[-1] != Yb.shape[-1]:
         raise BeliefLensError(
@@ -336,6 +337,11 @@ class MixtureProbe:
         r2_component: the component posterior alone (the belief's mass per component).
         r2_within: the within-component belief, decoded from the joint probe's output (each
             component's block renormalised) and compared with the true within-component belief.
+
+    The joint belief is the component indicator times the belief within, so an affine probe
+    reads it fully only where the two components' beliefs sit in different directions; a fully
+    shared representation with a separate component flag gives a high ``r2_component`` but
+    not ``r2_joint`` (nor ``r2_within``, which is decoded from the joint probe).
     """
 
     r2_joint: float
