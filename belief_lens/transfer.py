@@ -230,7 +230,8 @@ class SteerTransfer:
         kl_transfer: steered along A's encoding directions.
         kl_control: steered by a change of the same norm in a random subspace orthogonal to A's.
         kl_own: steered along B's own encoding directions (the within-vocabulary reference).
-        n_sequences: how many sequences were steered.
+        n_sequences: how many sequences were steered (the first ``n_sequences`` of B's).
+        target_index: ``[n_sequences]`` whose belief each sequence was steered to.
     """
 
     kl_before: float
@@ -238,6 +239,7 @@ class SteerTransfer:
     kl_control: float
     kl_own: float
     n_sequences: int
+    target_index: Int[Tensor, " n"] = field(repr=False, compare=False)
 
     @property
     def transfer_fold(self) -> float:
@@ -287,7 +289,8 @@ def steering_transfer(
         raise BeliefLensError(f"steering needs >= 2 sequences, got {n}")
     tokens = data_b.tokens[:n]
     current = data_b.beliefs[:n, position].double()
-    target = current[_pair_different(current, seed)]
+    target_index = _pair_different(current, seed)
+    target = current[target_index]
     theory = torch.zeros(n, int(model.cfg.d_vocab), dtype=torch.float64)
     theory[:, list(data_b.vocab_map)] = component.next_token_probs(target)
 
@@ -318,6 +321,7 @@ def steering_transfer(
         kl_control=kl(probe_a, "control"),
         kl_own=kl(probe_b),
         n_sequences=n,
+        target_index=target_index,
     )
 
 

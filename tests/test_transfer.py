@@ -94,3 +94,32 @@ def test_mixture_belief_probe_on_planted_activations():
     assert m3.r2_joint > 0.99 and m3.r2_component > 0.99 and m3.r2_within > 0.99
     with pytest.raises(BeliefLensError, match="block_sizes"):
         mixture_belief_probe(acts, joint, [3, 2])
+
+
+def test_steering_transfer_kl_against_a_plain_forward():
+    from belief_lens import belief_states
+    from belief_lens.models import toy_transformer
+    from belief_lens.transfer import collect_vocab, steering_transfer
+
+    hmm = mess3()
+    model = toy_transformer(6, 6, seed=0, n_layers=1, d_model=16, n_heads=1, d_head=8, d_mlp=32)
+    model.eval()
+    hook = "blocks.0.hook_resid_post"
+    a = collect_vocab(model, hmm, [0, 1, 2], hook, n_sequences=200, seed=0)
+    b = collect_vocab(model, hmm, [3, 4, 5], hook, n_sequences=200, seed=1)
+    assert int(b.tokens.min()) == 3 and int(b.tokens.max()) == 5
+    np.testing.assert_allclose(b.beliefs.numpy(), belief_states(hmm, b.tokens - 3).numpy())
+    t = probe_transfer(a.acts, a.beliefs, b.acts, b.beliefs)
+    s = steering_transfer(model, b, hmm, t.probe_b, t.probe_b, n_sequences=50, seed=2)
+    assert s.kl_transfer == pytest.approx(s.kl_own)  # same probe, same steer
+    # kl_before by hand: the target is another sequence's last belief, theory in B's tokens.
+    cur = b.beliefs[:50, -1]
+    assert not (cur[s.target_index] == cur).all(-1).any()  # steered somewhere else
+    target = cur[s.target_index]
+    p = np.zeros((50, 6))
+    p[:, 3:] = target.numpy() @ hmm.T.numpy().sum(-1).T  # P(x | eta) = eta @ T[x] @ 1
+    with torch.no_grad():
+        q = torch.softmax(model(b.tokens[:50])[:, -1].double(), -1).numpy()
+    kl = np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1) / q), 0), -1).mean()
+    assert s.kl_before == pytest.approx(kl, rel=1e-6)
+    assert s.transfer_fold == pytest.approx(s.kl_before / s.kl_transfer)
