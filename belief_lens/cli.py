@@ -266,10 +266,21 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
             f"(ratio {ml['loss_over_optimal']:.4f})"
         )
     probes = metrics.get("probes", {})
-    for hook, mse, mse_test in zip(
-        probes.get("hook", []), probes.get("mse_all", []), probes.get("mse_test", []), strict=False
-    ):
-        lines.append(f"  probe MSE {hook:28s} in-sample {mse:.5f}   held-out {mse_test:.5f}")
+    best = metrics.get("probes_summary", {})
+    if best:
+        lines.append(
+            f"best hook (held out) {best['best_hook']}: MSE {best['best_mse_test']:.5f}, "
+            f"R^2 {best['best_r2_test']:.3f}; concat gain held out {best['concat_gain_test']:.3g}x"
+        )
+    for hook, mse_test, r2_test, mse, overfit in zip(
+        probes.get("hook", []), probes.get("mse_test", []), probes.get("r2_test", []),
+        probes.get("mse_all", []), probes.get("overfit", []), strict=False,
+    ):  # fmt: skip
+        flag = "  OVERFIT" if overfit else ""
+        lines.append(
+            f"  probe {hook:28s} held-out MSE {mse_test:.5f} R^2 {r2_test:.3f}   "
+            f"in-sample MSE {mse:.5f}{flag}"
+        )
     return "\n".join(lines)
 
 

@@ -117,8 +117,9 @@ def analyse(
         seed=cfg.seed,
         n_sequences=cfg.n_sequences,
     )
-    table = probes.fit_probes(model, data=data, ridge=cfg.ridge)
+    table = probes.fit_probes(data, ridge=cfg.ridge)
     metrics["probes"] = table.columns()
+    metrics["probes_summary"] = table.summary()
     logger.info("probes fitted (%.1f s)\n%s", time.perf_counter() - t0, table.to_markdown())
 
     true = data.beliefs
@@ -130,7 +131,7 @@ def analyse(
     flat_true = true.reshape(-1, hmm.n_states)
     sub = _subsample(flat_true, cfg.max_plot_points, cfg.seed)
     grid = sub[: cfg.max_grid_points]
-    best = min(table.rows, key=lambda r: r["mse_all"])["hook"]
+    best = table.best_hook  # by held-out MSE
     flat = {k: v.reshape(-1, hmm.n_states) for k, v in preds.items()}
     geometry = Section(
         "Belief geometry",
@@ -152,7 +153,9 @@ def analyse(
         Section(
             "Probes per layer",
             f"Affine probes from each residual hook (and their concatenation) to beliefs; "
-            f"mode={cfg.mode}, held-out split by sequence ({cfg.test_fraction:.0%} test).",
+            f"mode={cfg.mode}, held-out split by prefix ({cfg.test_fraction:.0%} of the distinct "
+            "prefixes at each length; no input on both sides). Rows marked OVERFIT have features "
+            ">= a tenth of their training prefixes or held-out MSE > 2x training MSE.",
             tables=[_table(table)],
         )
     )
@@ -160,9 +163,9 @@ def analyse(
     # Controls -----------------------------------------------------------------------------
     if cfg.controls:
         controls = {
-            "shuffled beliefs": probes.shuffle_control(model, data=data, ridge=cfg.ridge),
-            "untrained model": probes.untrained_control(model, data=data, ridge=cfg.ridge),
-            "next-token targets": probes.next_token_control(model, data=data, ridge=cfg.ridge),
+            "shuffled beliefs": probes.shuffle_control(data, ridge=cfg.ridge),
+            "untrained model": probes.untrained_control(data, model, ridge=cfg.ridge),
+            "next-token targets": probes.next_token_control(data, ridge=cfg.ridge),
         }
         metrics["controls"] = {k: v.columns() for k, v in controls.items()}
         best_pred = preds[best].reshape(-1, hmm.n_states)
@@ -175,10 +178,10 @@ def analyse(
         sections.append(
             Section(
                 "Controls",
-                "Held-out MSE per hook for the trained model and each control. Shuffled beliefs "
-                "give the variance of the beliefs; an untrained model gives what architecture "
-                "alone explains; next-token targets show where the belief geometry is more than "
-                "the next-token geometry.",
+                "Held-out MSE (and R^2) per hook for the trained model and each control. "
+                "Shuffled beliefs give the variance of the beliefs; an untrained model gives "
+                "what architecture alone explains; next-token targets show where the belief "
+                "geometry is more than the next-token geometry.",
                 tables=[(["run", *[r["hook"] for r in table.rows]], rows)],
             )
         )
@@ -244,11 +247,12 @@ def _interventions(model, hmm, table, metrics, cfg, hooks) -> Section:
 
 
 def _mse_cells(table) -> list[str]:
-    return [f"{r['mse_test']:.2e}" for r in table.rows]
+    return [f"{r['mse_test']:.2e} (R^2 {r['r2_test']:.2f})" for r in table.rows]
 
 
 def _table(table) -> tuple[list[str], list[list[Any]]]:
-    cols = ["hook", "mse_all", "r2_all", "mse_train", "mse_test", "r2_test"]
+    cols = ["hook", "features", "train_prefixes", "mse_test", "r2_test", "mse_train", "mse_all"]
+    cols += ["r2_all", "overfit"]
     rows = [[r.get(c, "") for c in cols] for r in table.rows]
     return cols, rows
 

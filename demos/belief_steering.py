@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     model = get_model(args, hmm)
     hooks = [h for h in residual_hooks(model) if not h.startswith("ln_final")]
     data = collect_probe_data(model, hmm, 10, hooks, mode=args.mode, n_sequences=args.n_sequences)
-    table = fit_probes(model, data=data, concat=False)
+    table = fit_probes(data, concat=False)
     hook = hooks[-1]
     example = single_example(model, hmm, table.probes[hook], hook)
     background = data.beliefs.reshape(-1, 3)[:20_000]

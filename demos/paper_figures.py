@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     data = collect_probe_data(
         model, hmm, 10, hooks, mode=args.mode, n_sequences=args.n_sequences, seed=0
     )
-    table = fit_probes(model, data=data)
-    next_token = next_token_control(model, data=data)
+    table = fit_probes(data)
+    next_token = next_token_control(data)
     print(table.to_markdown())
 
     # %% Figures: ground truth beside the best probe, and every layer.

@@ -23,13 +23,11 @@ from belief_lens.beliefs import belief_states, sample_sequences  # noqa: E402
 from belief_lens.in_context import (  # noqa: E402
     InContextResult,
     PositionProbeTable,
-    _split,
-    _stats_bytes,
     fit_position_probes,
     in_context_curve,
 )
 from belief_lens.pretrained import gpt2_like, train_mapped  # noqa: E402
-from belief_lens.probes import AffineProbe  # noqa: E402
+from belief_lens.probes import AffineProbe, split_prefixes  # noqa: E402
 
 IDS = [317, 347, 327]  # GPT-2's " A", " B", " C"
 COMMA, PERIOD, EOT = 11, 13, 50256
@@ -99,8 +97,11 @@ def test_probes_find_a_belief_planted_at_symbol_positions(models, name):
         model, hmm, tm, [hook], n_sequences=120, length=6, window=1, test_fraction=0.25
     )
     assert len(table) == 6
-    assert min(row["r2_test"] for row in table) > 0.999
-    assert max(row["mse_test"] for row in table) < 1e-8
+    # Position 0 has 3 distinct prefixes and one is held out: an input no probe has seen (its
+    # one-hot belief is outside the span of the two trained ones), so the split must show it.
+    assert table[(hook, 0)]["test_prefixes"] == 1 and table[(hook, 0)]["mse_test"] > 0.01
+    later = [row for row in table if row["window_start"] >= 1]
+    assert max(row["mse_test"] for row in later) < 1e-8  # (R^2 is degenerate: one-hot targets)
 
     # Controls, fitted directly with AffineProbe on the same kind of data.
     symbols = sample_sequences(hmm, 200, 6, seed=5)
@@ -113,7 +114,7 @@ def test_probes_find_a_belief_planted_at_symbol_positions(models, name):
         wrong["separator"] = tm.prediction_positions(6)[t]
     for label, pos in wrong.items():
         probe = AffineProbe().fit(acts[train, pos], beliefs[train, t])
-        r2 = probe.score(acts[test, pos], beliefs[test, t])["r2"]
+        r2 = probe.score(acts[test, pos], beliefs[test, t])
         assert r2 < 0.5, f"{label}: R^2 {r2} should be far from 1"
     # Reading at the prediction positions is the separators when there are any.
     at_prediction = fit_position_probes(
@@ -142,10 +143,10 @@ def test_window_none_and_windows_shapes(models):
     assert table.hooks == hooks
     assert len(table) == 6
     cols = table.columns()
-    for key in ("hook", "window_start", "window_stop", "d", "n_train", "n_test", "mse_train",
-                "r2_train", "mse_test", "r2_test"):  # fmt: skip
+    keys = ("hook", "window_start", "window_stop", "features", "train_prefixes", "test_prefixes")
+    for key in (*keys, "mse_train", "r2_train", "mse_test", "r2_test", "overfit"):
         assert len(cols[key]) == 6
-    assert cols["n_train"][0] + cols["n_test"][0] == 60
+    assert cols["features"][0] == 64
     assert table.grid("mse_test").shape == (2, 3)
     assert table.window_centres == [2.0, 5.0, 7.0]
     row = table[("blocks.1.hook_resid_post", 3)]
@@ -168,11 +169,12 @@ def test_streaming_matches_a_direct_fit(models):
     kw = {"symbols": symbols, "window": 2, "test_fraction": 0.2, "ridge": 1e-2}
     big = fit_position_probes(model, hmm, tm, hooks, batch_size=256, **kw)
     # Room for one hook's statistics (3 windows of (64 + 3)^2 float64) and a few sequences.
-    per_hook = _stats_bytes(3, 64, 3)
+    per_hook = 2 * 3 * 8 * ((64 + 3) ** 2 + 2 * (64 + 3) + 1)  # train + test Moments
+    assert per_hook == big.meta["stats_bytes_per_hook"]
     limit = 4 * per_hook - 8
     small = fit_position_probes(model, hmm, tm, hooks, memory_limit_bytes=limit, **kw)
     assert small.meta["hook_groups"] == 2 and big.meta["hook_groups"] == 1
-    assert 1 <= small.meta["batch_size"] < 10 and big.meta["batch_size"] == 150
+    assert 1 <= small.meta["batch_size"] < 20 and big.meta["batch_size"] == 150
     for a, b in zip(big.rows, small.rows, strict=True):
         for key in ("mse_train", "mse_test", "r2_test"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-8)
@@ -181,14 +183,17 @@ def test_streaming_matches_a_direct_fit(models):
     acts = residual_stream(model, tm.encode(symbols), hook)[hook][:, tm.symbol_positions(5)]
     beliefs = belief_states(hmm, symbols)
     streamed = big.probes[(hook, 2)]
-    test_mask = _split(150, 0.2, 0)  # the seeded by-sequence split fit_position_probes uses
-    assert int((~test_mask).sum()) == big.rows[0]["n_train"] == 120
-    direct = AffineProbe(ridge=1e-2).fit(acts[~test_mask, 2:4], beliefs[~test_mask, 2:4])
+    test_mask = split_prefixes(symbols, 0.2, 0)[:, 2:4]  # the one split every fitter uses
+    train = ~test_mask
+    distinct = sum(len(set(map(tuple, symbols[train[:, k], : 3 + k].tolist()))) for k in range(2))
+    assert big[(hook, 2)]["train_prefixes"] == distinct
+    A, B = acts[:, 2:4], beliefs[:, 2:4]
+    direct = AffineProbe(ridge=1e-2).fit(A[train], B[train])
     # (float32 activations differ in the last bits between batch compositions)
     torch.testing.assert_close(
         streamed.predict(acts[:, 2:4]), direct.predict(acts[:, 2:4]), rtol=0, atol=1e-4
     )
-    held_out = direct.score(acts[test_mask, 2:4], beliefs[test_mask, 2:4])
+    held_out = direct.metrics(A[test_mask], B[test_mask])
     assert big[(hook, 2)]["mse_test"] == pytest.approx(held_out["mse"], rel=1e-3)
     assert big[(hook, 2)]["r2_test"] == pytest.approx(held_out["r2"], rel=1e-3)
 
@@ -198,7 +203,7 @@ def test_memory_bound_is_enforced(models):
     with pytest.raises(BeliefLensError, match="use window >= 4 or raise the limit"):
         fit_position_probes(
             model, hmm, tm, ["blocks.0.hook_resid_pre"], n_sequences=10, length=8, window=1,
-            memory_limit_bytes=2 * 8 * 2 * 67 * 67 + 2**14,
+            memory_limit_bytes=2 * 2 * 8 * 2 * 67 * 67 + 2**14,  # train + held-out moments
         )  # fmt: skip
     with pytest.raises(BeliefLensError, match="one sequence needs about"):
         in_context_curve(model, hmm, tm, 4, 8, memory_limit_bytes=10_000)

@@ -25,11 +25,11 @@ HOOK = "blocks.3.hook_resid_post"
 @pytest.fixture(scope="module")
 def mess3_setup(shared_checkpoint):
     from belief_lens.models import load_checkpoint
-    from belief_lens.probes import fit_probes
+    from belief_lens.probes import collect_probe_data, fit_probes
 
     model = load_checkpoint(shared_checkpoint("mess3_paper"))
     hmm = mess3()
-    table = fit_probes(model, hmm, 10, hooks=[HOOK], mode="paper", concat=False)
+    table = fit_probes(collect_probe_data(model, hmm, 10, [HOOK], mode="paper"), concat=False)
     return model, hmm, table.probes[HOOK]
 
 
@@ -171,12 +171,13 @@ def test_control_basis_is_orthogonal_and_seeded():
 
 def test_steering_works_on_toy_models_of_the_installed_version():
     from belief_lens.models import toy_transformer
-    from belief_lens.probes import fit_probes
+    from belief_lens.probes import collect_probe_data, fit_probes
 
     hmm = mess3()
     model = toy_transformer(3, 6, n_layers=1, d_model=16, d_mlp=32, n_heads=1, d_head=8).eval()
     hook = "blocks.0.hook_resid_post"
-    probe = fit_probes(model, hmm, 6, hooks=[hook], mode="paper", concat=False).probes[hook]
+    data = collect_probe_data(model, hmm, 6, [hook], mode="paper")
+    probe = fit_probes(data, concat=False).probes[hook]
     tokens = sample_sequences(hmm, 5, 6, seed=0)
     target = torch.eye(3, dtype=torch.float64)[[0, 1, 2, 0, 1]]
     _, cache = model.run_with_cache(tokens, names_filter=[hook])

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.metrics import mean_squared_error, r2_score
 
@@ -23,6 +24,7 @@ from belief_lens.probes import (
     next_token_control,
     shuffle_control,
     simplex_basis,
+    split_prefixes,
     untrained_control,
 )
 from belief_lens.processes import mess3, rrxor
@@ -100,7 +102,7 @@ def test_planted_affine_map_recovered_exactly():
     probe = AffineProbe().fit(X, X @ W.T + b)
     torch.testing.assert_close(probe.coef_, W, atol=1e-10, rtol=0)
     torch.testing.assert_close(probe.intercept_, b, atol=1e-10, rtol=0)
-    assert probe.score(X, X @ W.T + b)["mse"] < 1e-20
+    assert probe.metrics(X, X @ W.T + b)["mse"] < 1e-20
     assert probe.n_free_ == 4  # targets don't sum to 1: every coordinate is free
     torch.testing.assert_close(probe.simplex_basis_, torch.eye(4, dtype=torch.float64))
 
@@ -133,7 +135,7 @@ def test_estimator_contract():
     X, Y = make_data()
     probe = AffineProbe(ridge=0.5)
     assert probe.get_params() == {"ridge": 0.5, "fit_intercept": True}
-    assert repr(probe) == "AffineProbe(ridge=0.5, fit_intercept=True)"
+    assert repr(probe) == "AffineProbe(ridge=0.5)"
     assert not [k for k in vars(probe) if k.endswith("_")]  # __init__ stores hyperparameters only
     assert probe.fit(X, Y) is probe
     fitted = {k for k in vars(probe) if k.endswith("_")}
@@ -182,8 +184,14 @@ def test_score_matches_sklearn_metrics():
     w = np.random.default_rng(7).uniform(0, 2, size=len(X))
     probe = AffineProbe().fit(X[:400], Y[:400])
     for sw in (None, w[400:]):
-        s = probe.score(X[400:], Y[400:], sw)
+        s = probe.metrics(X[400:], Y[400:], sw)
         pred = probe.predict(X[400:])
+        assert probe.score(X[400:], Y[400:], sw) == pytest.approx(
+            r2_score(Y[400:], pred, sample_weight=sw)
+        )
+        assert s["r2_per_target"] == pytest.approx(
+            r2_score(Y[400:], pred, sample_weight=sw, multioutput="raw_values").tolist()
+        )
         assert s["mse"] == pytest.approx(mean_squared_error(Y[400:], pred, sample_weight=sw))
         assert s["r2"] == pytest.approx(r2_score(Y[400:], pred, sample_weight=sw))
         assert s["rmse"] == pytest.approx(math.sqrt(s["mse"]))
@@ -259,46 +267,54 @@ def test_errors():
         probe.decoding_map,
         probe.belief_basis,
     ):
-        with pytest.raises(BeliefLensError, match=r"AffineProbe is not fitted yet; call fit\(\)"):
+        with pytest.raises(NotFittedError, match=r"AffineProbe is not fitted yet; call fit\(\)"):
             call()
-    with pytest.raises(BeliefLensError, match="acts has 512 rows but beliefs has 511"):
+        with pytest.raises(BeliefLensError):
+            call()
+    # numpy goes through scikit-learn's validation, re-raised as BeliefLensError
+    with pytest.raises(BeliefLensError, match=r"inconsistent numbers of samples: \[512, 511\]"):
         probe.fit(X, Y[:511])
-    with pytest.raises(
-        BeliefLensError, match=r"leading shape \(4, 128\) but beliefs has \(128, 4\)"
-    ):
-        probe.fit(X.reshape(4, 128, 64), Y.reshape(128, 4, 3))
-    with pytest.raises(BeliefLensError, match="at least one leading dim, got 1-D"):
-        probe.fit(X[0], Y[0])
-    with pytest.raises(BeliefLensError, match=r"same leading dims as acts.*\(2-D\).*\(3-D\)"):
-        probe.fit(X, Y[:, None, :])
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    with pytest.raises(BeliefLensError, match=r"acts has shape \(4, 128, 64\) but beliefs"):
+        probe.fit(Xt.reshape(4, 128, 64), Yt.reshape(128, 4, 3))
+    with pytest.raises(BeliefLensError, match="at least one leading dim"):
+        probe.fit(Xt[0], Yt[0])
+    with pytest.raises(BeliefLensError, match=r"leading dims of acts.*\(512, 1, 3\)"):
+        probe.fit(Xt, Yt[:, None, :])
     bad = X.copy()
     bad[3, 5] = np.nan
+    with pytest.raises(BeliefLensError, match="Input X contains NaN"):
+        probe.fit(bad, Y)
     with pytest.raises(
         BeliefLensError, match=r"acts contains NaN or inf \(first at index \[3, 5\]\)"
     ):
-        probe.fit(bad, Y)
+        probe.fit(torch.from_numpy(bad), Yt)
     badY = Y.copy()
     badY[0, 0] = np.inf
     with pytest.raises(BeliefLensError, match="beliefs contains NaN or inf"):
-        probe.fit(X, badY)
+        probe.fit(Xt, torch.from_numpy(badY))
     with pytest.raises(BeliefLensError, match="sample_weight must be >= 0, got min -1"):
         probe.fit(X, Y, -np.ones(512))
     with pytest.raises(BeliefLensError, match=r"sample_weight has shape \(5,\) but acts has"):
         probe.fit(X, Y, np.ones(5))
-    with pytest.raises(BeliefLensError, match="sample_weight sums to 0"):
+    with pytest.raises(BeliefLensError, match="sample_weight sums to zero"):
         probe.fit(X, Y, np.zeros(512))
     with pytest.raises(BeliefLensError, match="ridge must be a finite number >= 0, got -1"):
         AffineProbe(ridge=-1).fit(X, Y)
-    with pytest.raises(BeliefLensError, match="no parameter 'alpha'"):
+    with pytest.raises(ValueError, match="Invalid parameter 'alpha'"):
         probe.set_params(alpha=1.0)
     with pytest.raises(BeliefLensError, match="dtype torch.complex64"):
         probe.fit(torch.zeros(4, 2, dtype=torch.complex64), Y[:4])
     probe.fit(X, Y, hook_name=H3)
     with pytest.raises(BeliefLensError, match=r"d=128 features but this probe was fit on d=64"):
+        probe.predict(torch.zeros(3, 128))
+    with pytest.raises(
+        BeliefLensError, match="X has 128 features, but AffineProbe is expecting 64"
+    ):
         probe.predict(np.zeros((3, 128)))
     with pytest.raises(BeliefLensError, match="S=2 targets but this probe was fit on S=3"):
-        probe.score(X, Y[:, :2])
-    with pytest.raises(BeliefLensError, match="acts contains NaN"):
+        probe.metrics(X, Y[:, :2])
+    with pytest.raises(BeliefLensError, match="contains NaN"):
         probe.predict(bad)
     with pytest.raises(
         BeliefLensError, match="kind must be 'encoding' or 'decoding', got 'filter'"
@@ -322,14 +338,12 @@ def synthetic_data(hmm, n_ctx=5, d=8, n_hooks=2, weighted=False, dedupe=True, se
     for h in range(n_hooks):
         W = torch.randn(feats.shape[-1], d, generator=g, dtype=torch.float64)
         acts[f"hook{h}"] = torch.tanh(feats @ W).float()
-    test_mask = torch.zeros(N, dtype=torch.bool)
-    test_mask[torch.randperm(N, generator=g)[: N // 4]] = True
     return ProbeData(
         tokens=seqs.tokens,
         beliefs=seqs.beliefs,
         acts=acts,
         weights=seqs.probs if weighted else None,
-        test_mask=test_mask,
+        test_mask=split_prefixes(seqs.tokens, 0.25, seed),
         hmm=hmm,
         n_ctx=n_ctx,
         mode="weighted" if weighted else "paper",
@@ -342,7 +356,7 @@ def synthetic_data(hmm, n_ctx=5, d=8, n_hooks=2, weighted=False, dedupe=True, se
 @pytest.mark.parametrize("weighted", [False, True])
 def test_engine_matches_direct_fits(weighted):
     data = synthetic_data(rrxor(), n_ctx=6, weighted=weighted)
-    table = fit_probes(None, data=data)
+    table = fit_probes(data)
     assert table.hooks == ["hook0", "hook1", "concat"]
     N, L, S = data.beliefs.shape
     w = None if data.weights is None else data.weights[:, None].expand(N, L)
@@ -356,14 +370,20 @@ def test_engine_matches_direct_fits(weighted):
 
         split = AffineProbe().fit(acts[tr], data.beliefs[tr], sub(w, tr))
         full = AffineProbe().fit(acts, data.beliefs, w)
-        s_tr = split.score(acts[tr], data.beliefs[tr], sub(w, tr))
-        s_te = split.score(acts[te], data.beliefs[te], sub(w, te))
-        s_all = full.score(acts, data.beliefs, w)
+        s_tr = split.metrics(acts[tr], data.beliefs[tr], sub(w, tr))
+        s_te = split.metrics(acts[te], data.beliefs[te], sub(w, te))
+        s_all = full.metrics(acts, data.beliefs, w)
         for key, ref in (("train", s_tr), ("test", s_te), ("all", s_all)):
             assert row[f"mse_{key}"] == pytest.approx(ref["mse"], rel=1e-7), (hook, key)
             assert row[f"r2_{key}"] == pytest.approx(ref["r2"], rel=1e-7, abs=1e-9), (hook, key)
-        assert row["d"] == acts.shape[-1]
-        assert (row["n_train"], row["n_test"]) == (int(tr.sum()), int(te.sum()))
+        assert row["features"] == acts.shape[-1]
+        n_train = sum(
+            len(set(map(tuple, data.tokens[tr[:, t], : t + 1].tolist()))) for t in range(L)
+        )
+        n_test = sum(
+            len(set(map(tuple, data.tokens[te[:, t], : t + 1].tolist()))) for t in range(L)
+        )
+        assert (row["train_prefixes"], row["test_prefixes"]) == (n_train, n_test)
         torch.testing.assert_close(table.probes[hook].coef_, full.coef_, atol=1e-8, rtol=1e-6)
     assert table.probes["hook0"].hook_name_ == "hook0"
     assert table.probes["concat"].hook_name_ is None
@@ -372,16 +392,16 @@ def test_engine_matches_direct_fits(weighted):
 def test_dedupe_is_exact_and_cache_reused():
     a = synthetic_data(mess3(), n_ctx=6, dedupe=True)
     b = synthetic_data(mess3(), n_ctx=6, dedupe=False)
-    ta, tb = fit_probes(None, data=a), fit_probes(None, data=b)
+    ta, tb = fit_probes(a), fit_probes(b)
     for ra, rb in zip(ta.rows, tb.rows, strict=True):
         for key in ("mse_train", "mse_test", "mse_all", "r2_test"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-9)
     assert "xx" in a._cache
-    again = fit_probes(None, data=a)
+    again = fit_probes(a)
     assert again.rows == ta.rows
     # without concat only diagonal blocks are needed; per-hook rows are unchanged
     fresh = synthetic_data(mess3(), n_ctx=6)
-    no_concat = fit_probes(None, data=fresh, concat=False)
+    no_concat = fit_probes(fresh, concat=False)
     assert no_concat.hooks == ["hook0", "hook1"]
     for ra, rb in zip(no_concat.rows, ta.rows[:2], strict=True):
         assert ra["hook"] == rb["hook"]
@@ -391,47 +411,59 @@ def test_dedupe_is_exact_and_cache_reused():
 def test_controls_with_data():
     hmm = rrxor()
     data = synthetic_data(hmm, n_ctx=6)
-    shuffled = shuffle_control(None, data=data, concat=False)
+    shuffled = shuffle_control(data, concat=False)
     assert shuffled.meta["name"] == "shuffle"
     S = data.beliefs.shape[-1]
     variance = data.beliefs.reshape(-1, S).var(0, unbiased=False).mean().item()
     assert shuffled["hook0"]["mse_all"] == pytest.approx(variance, rel=0.05)
-    assert shuffle_control(None, data=data, seed=1)["hook0"]["mse_all"] != pytest.approx(
+    assert shuffle_control(data, seed=1)["hook0"]["mse_all"] != pytest.approx(
         shuffled["hook0"]["mse_all"], rel=1e-12
     )
-    nt = next_token_control(None, data=data)
+    nt = next_token_control(data)
     assert nt.meta["targets"] == "next_token"
     targets = next_token_distributions(hmm, data.tokens)
     direct = AffineProbe().fit(data.acts["hook1"], targets)
     assert nt["hook1"]["mse_all"] == pytest.approx(
-        direct.score(data.acts["hook1"], targets)["mse"], rel=1e-7
+        direct.metrics(data.acts["hook1"], targets)["mse"], rel=1e-7
     )
     assert nt.probes["hook1"].n_targets_ == hmm.n_symbols
 
 
 def test_probe_table_access():
     data = synthetic_data(mess3(), n_ctx=4)
-    table = fit_probes(None, data=data)
+    table = fit_probes(data)
     cols = table.columns()
     assert cols["hook"] == ["hook0", "hook1", "concat"]
-    for key in ("d", "n_train", "n_test", "mse_train", "r2_train", "mse_test", "r2_test"):
+    for key in (
+        "features",
+        "train_prefixes",
+        "test_prefixes",
+        "mse_train",
+        "r2_train",
+        "mse_test",
+        "r2_test",
+        "overfit",
+    ):
         assert len(cols[key]) == 3
     assert cols["mse_all"][0] == table["hook0"]["mse_all"]
     md = table.to_markdown()
-    assert md.splitlines()[0].startswith("| hook | d |") and "concat" in md
+    assert md.splitlines()[0].startswith(
+        "| hook | features | train_prefixes | test_prefixes | mse_test | r2_test |"
+    )
+    assert "concat" in md
     assert "name=probes" in str(table)
     assert len(table) == 3 and [r["hook"] for r in table] == table.hooks
     with pytest.raises(BeliefLensError, match=r"no row for hook 'nope'; rows: \['hook0'"):
         table["nope"]
     assert isinstance(table, ProbeTable)
     with pytest.raises(BeliefLensError, match="targets must be 'beliefs' or 'next_token'"):
-        fit_probes(None, data=data, targets="tokens")
-    with pytest.raises(BeliefLensError, match=r"\['mode'\] given together with data="):
-        fit_probes(None, data=data, mode="sampled")
-    with pytest.raises(BeliefLensError, match="n_ctx=10 but data was collected with n_ctx=4"):
-        fit_probes(None, mess3(), 10, data=data)
-    with pytest.raises(BeliefLensError, match="give model, hmm and n_ctx"):
+        fit_probes(data, targets="tokens")
+    with pytest.raises(BeliefLensError, match="expected ProbeData"):
         fit_probes(None)
+    with pytest.raises(BeliefLensError, match="ridge must be a finite number"):
+        fit_probes(data, ridge=-1.0)
+    assert "ProbeData(process=" in repr(data) and "tensor(" not in repr(data)
+    assert len(repr(data)) < 400
 
 
 def test_distance_r2():
@@ -461,20 +493,22 @@ def tiny_model():
 
 def test_modes_on_a_toy_model(tiny_model):
     hmm = mess3()
-    paper = fit_probes(tiny_model, hmm, 5, test_fraction=0.2, seed=3)
+    paper = fit_probes(collect_probe_data(tiny_model, hmm, 5, test_fraction=0.2, seed=3))
     assert paper.hooks[-1] == "concat" and len(paper.hooks) == 5  # pre, mid, post, ln_final
-    assert paper["concat"]["d"] == 4 * 16
-    assert paper["concat"]["n_train"] + paper["concat"]["n_test"] == 3**5
-    assert paper["concat"]["n_test"] == round(0.2 * 3**5)
+    assert paper["concat"]["features"] == 4 * 16
+    distinct = sum(3**t for t in range(1, 6))
+    assert paper["concat"]["train_prefixes"] + paper["concat"]["test_prefixes"] == distinct
+    assert paper["concat"]["test_prefixes"] == sum(round(0.2 * 3**t) for t in range(1, 6))
     weighted = fit_probes(
-        tiny_model, hmm, 5, mode="weighted", concat=False, hooks=["blocks.0.hook_resid_post"]
+        collect_probe_data(tiny_model, hmm, 5, ["blocks.0.hook_resid_post"], mode="weighted"),
+        concat=False,
     )
     assert weighted.meta["weighted"] and weighted.hooks == ["blocks.0.hook_resid_post"]
     sampled = collect_probe_data(
         tiny_model, hmm, 6, ("resid_post", 0), mode="sampled", n_sequences=300
     )
     assert sampled.tokens.shape == (300, 6) and sampled.weights is None
-    assert int(sampled.test_mask.sum()) == 60
+    assert sampled.test_mask.shape == (300, 6)
     bos = collect_probe_data(tiny_model, hmm, 6, ["blocks.0.hook_resid_post"], bos=True)
     assert bos.tokens.shape == (3**5, 5) and bos.acts["blocks.0.hook_resid_post"].shape == (
         243,
@@ -486,24 +520,26 @@ def test_modes_on_a_toy_model(tiny_model):
     same = collect_probe_data(tiny_model, hmm, 5, ["blocks.0.hook_resid_post"], seed=4)
     assert torch.equal(other.test_mask, same.test_mask)
     assert not torch.equal(other.test_mask, bos.test_mask)
-    untrained = untrained_control(tiny_model, data=other, seed=1)
+    untrained = untrained_control(other, tiny_model, seed=1)
     assert untrained.meta["name"] == "untrained" and untrained.hooks == ["blocks.0.hook_resid_post"]
 
 
 def test_collection_errors(tiny_model):
     hmm = mess3()
     with pytest.raises(BeliefLensError, match="mode must be 'paper', 'weighted' or 'sampled'"):
-        fit_probes(tiny_model, hmm, 5, mode="all")
+        collect_probe_data(tiny_model, hmm, 5, mode="all")
     with pytest.raises(BeliefLensError, match=r"test_fraction must be in \[0, 1\), got 1"):
-        fit_probes(tiny_model, hmm, 5, test_fraction=1)
+        collect_probe_data(tiny_model, hmm, 5, test_fraction=1)
     with pytest.raises(BeliefLensError, match="n_sequences only applies to mode='sampled'"):
-        fit_probes(tiny_model, hmm, 5, n_sequences=100)
+        collect_probe_data(tiny_model, hmm, 5, n_sequences=100)
     with pytest.raises(BeliefLensError, match="unknown hook"):
-        fit_probes(tiny_model, hmm, 5, hooks=["blocks.7.hook_resid_post"])
+        collect_probe_data(tiny_model, hmm, 5, hooks=["blocks.7.hook_resid_post"])
     with pytest.raises(BeliefLensError, match=r"tokens must have shape \[N, 5\]"):
-        fit_probes(tiny_model, hmm, 5, tokens=torch.zeros(4, 3, dtype=torch.long))
+        collect_probe_data(tiny_model, hmm, 5, tokens=torch.zeros(4, 3, dtype=torch.long))
     with pytest.raises(BeliefLensError, match="n_ctx is 6"):
-        fit_probes(tiny_model, hmm, 7)
+        collect_probe_data(tiny_model, hmm, 7)
+    with pytest.raises(BeliefLensError, match="data must be ProbeData"):
+        untrained_control(tiny_model, tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -519,21 +555,23 @@ def mess3_paper(shared_checkpoint):
 @pytest.mark.slow
 def test_mess3_paper_probe_mse(mess3_paper):
     model, data = mess3_paper
-    table = fit_probes(model, data=data)
+    table = fit_probes(data)
     row = table[H3]
     assert table.hooks == [H3]  # one hook: no concat row
-    assert row["n_train"] + row["n_test"] == 3**10
-    assert row["mse_all"] == pytest.approx(0.0004, abs=0.00005)  # paper: in-sample, all data
-    assert row["mse_test"] == pytest.approx(0.0004, abs=0.00005)  # held-out sequences
+    assert row["train_prefixes"] + row["test_prefixes"] == sum(3**t for t in range(1, 11))
+    assert row["mse_all"] == pytest.approx(0.000386, abs=5e-7)  # paper: in-sample, all data
+    # held-out prefixes: no input on both sides, so higher than the old by-sequence 0.000388
+    assert row["mse_test"] == pytest.approx(0.000553, rel=0.02)
+    assert not row["overfit"]
     assert row["r2_all"] > 0.99
     probe = table.probes[H3]
     assert probe.hook_name_ == H3 and probe.n_free_ == 2
-    direct = probe.score(data.acts[H3], data.beliefs)
+    direct = probe.metrics(data.acts[H3], data.beliefs)
     assert direct["mse"] == pytest.approx(row["mse_all"], rel=1e-8)
-    shuffled = shuffle_control(model, data=data)
+    shuffled = shuffle_control(data)
     assert shuffled[H3]["mse_all"] == pytest.approx(0.111, abs=0.005)
     assert shuffled[H3]["mse_test"] == pytest.approx(0.111, abs=0.005)
-    nt = next_token_control(model, data=data)
+    nt = next_token_control(data)
     assert nt[H3]["r2_all"] > 0.99
     pred = probe.predict(data.acts[H3])
     dist = distance_r2(pred, data.beliefs, next_token_distributions(mess3(), data.tokens))
@@ -541,10 +579,12 @@ def test_mess3_paper_probe_mse(mess3_paper):
 
 
 @pytest.mark.slow
-def test_mess3_paper_untrained_and_literal_call(mess3_paper):
+def test_mess3_paper_untrained(mess3_paper):
     model, data = mess3_paper
     tokens = data.tokens[::20]  # a subset keeps the extra forward passes short
-    table = fit_probes(model, mess3(), 10, hooks=[H3], tokens=tokens)
+    small = collect_probe_data(model, mess3(), 10, [H3], tokens=tokens)
+    table = fit_probes(small)
     assert table[H3]["mse_all"] < 0.0006
-    untrained = untrained_control(model, mess3(), 10, hooks=[H3], tokens=tokens)
+    untrained = untrained_control(small, model)
     assert untrained[H3]["mse_all"] > 10 * table[H3]["mse_all"]
+    assert untrained[H3]["r2_test"] < table[H3]["r2_test"] - 0.3

@@ -1,0 +1,308 @@
+"""Sufficient statistics of a weighted least-squares problem, the engine every probe fitter uses.
+
+An affine probe needs only the total weight and the weighted first and second moments of the rows
+``z = [x, y]``. Those add over any partition of the rows (batches, sequences, context windows,
+processes of a ``torch.distributed`` job), so activations can be reduced where they are made and
+thrown away. ``Moments`` holds them in float64 on the activations' device; nothing in
+accumulation waits for the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from belief_lens.errors import BeliefLensError
+
+__all__ = ["Moments", "row_chunks"]
+
+#: Elements (rows x features) of one float64 chunk during accumulation (8 MiB): few enough
+#: chunks that thread start-up is paid rarely, small enough to stay out of the way.
+CHUNK_ELEMENTS = 1 << 20
+
+GramBlocks = Literal["full", "diag", "none"]
+
+
+def row_chunks(n: int, width: int) -> Iterator[slice]:
+    """Consecutive row slices of ``n`` rows, each about ``CHUNK_ELEMENTS / width`` rows."""
+    step = max(512, CHUNK_ELEMENTS // max(width, 1))
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
+
+
+@dataclass
+class Moments:
+    """Weighted sums of rows ``z = [x, y]`` (``n_features`` features, then targets) about ``shift``.
+
+    ``w = sum_i w_i``, ``s = sum_i w_i (z_i - shift)`` and
+    ``M = sum_i w_i (z_i - shift)(z_i - shift)^T``, all float64 on one device. ``M`` holds
+    ``x^T x``, ``x^T y`` and ``y^T y`` as its blocks. The shift is any fixed point (one near the
+    mean keeps the sums from cancelling); moments about different shifts still add, since
+    ``recentred`` moves them exactly.
+
+    Across processes: build every rank's moments about the same shift (``zeros(..., shift=)``)
+    or call ``all_reduce``, which agrees on one first; ``tensors()`` and ``with_tensors()`` give
+    the flat list of tensors to reduce with any other collective.
+
+    >>> import torch
+    >>> X, Y = torch.randn(100, 4, dtype=torch.float64), torch.rand(100, 2, dtype=torch.float64)
+    >>> both = Moments.of(X[:60], Y[:60]) + Moments.of(X[60:], Y[60:])
+    >>> torch.allclose(both.mean_x, X.mean(0)) and float(both.w) == 100.0
+    True
+    """
+
+    w: Float[Tensor, ""]
+    s: Float[Tensor, " P"]
+    M: Float[Tensor, "P P"]
+    shift: Float[Tensor, " P"]
+    n_features: int
+
+    # -- construction
+    @classmethod
+    def zeros(
+        cls,
+        n_features: int,
+        n_targets: int,
+        *,
+        shift: Tensor | None = None,
+        device: str | torch.device | None = None,
+    ) -> Moments:
+        """Empty moments of ``n_features`` features and ``n_targets`` targets about ``shift``
+        (``[n_features + n_targets]``; default zero) on ``device`` (default: the shift's)."""
+        P = n_features + n_targets
+        if shift is None:
+            shift = torch.zeros(P, dtype=torch.float64, device=device)
+        else:
+            shift = torch.as_tensor(shift).to(device=device, dtype=torch.float64)
+            if tuple(shift.shape) != (P,):
+                raise BeliefLensError(
+                    f"shift must have shape [{P}] (n_features + n_targets), got "
+                    f"{tuple(shift.shape)}"
+                )
+        dev = shift.device
+        f64 = torch.float64
+        return cls(
+            torch.zeros((), dtype=f64, device=dev),
+            torch.zeros(P, dtype=f64, device=dev),
+            torch.zeros(P, P, dtype=f64, device=dev),
+            shift,
+            int(n_features),
+        )
+
+    @classmethod
+    def of(
+        cls,
+        X: Float[Tensor, "n d"],
+        Y: Float[Tensor, "n S"],
+        sample_weight: Float[Tensor, " n"] | None = None,
+        *,
+        shift: Tensor | None = None,
+    ) -> Moments:
+        """The moments of rows ``X [n, d]``, ``Y [n, S]`` on ``X``'s device (shift: the first
+        chunk's mean, unless given)."""
+        if shift is None:
+            first = next(row_chunks(X.shape[0], X.shape[1] + Y.shape[1] + 1))
+            shift = torch.cat(
+                [X[first].to(torch.float64).mean(0), Y[first].to(X.device, torch.float64).mean(0)]
+            )
+            shift = torch.where(torch.isfinite(shift), shift, 0.0)
+        mom = cls.zeros(X.shape[1], Y.shape[1], shift=shift, device=X.device)
+        mom.update(X, Y, sample_weight)
+        return mom
+
+    def update(
+        self,
+        X: Float[Tensor, "n d"],
+        Y: Float[Tensor, "n S"],
+        sample_weight: Float[Tensor, " n"] | None = None,
+    ) -> Moments:
+        """Add rows ``X [n, d]``, ``Y [n, S]`` (any float dtype, any device: moved to the
+        moments' device) with optional weights ``[n]``, in place; returns self.
+
+        Each chunk is written once into a float64 buffer ``[x - shift, y - shift, 1]`` (rows
+        times ``sqrt(w)``), whose Gram matrix holds every sum at once. One torch matmul per
+        chunk: no host synchronisation and no second thread pool.
+        """
+        D, P = self.n_features, len(self.s)
+        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+            raise BeliefLensError(
+                f"update needs X [n, d] and Y [n, S] with equal n, got {tuple(X.shape)} and "
+                f"{tuple(Y.shape)}"
+            )
+        if X.shape[1] != D or Y.shape[1] != P - D:
+            raise BeliefLensError(
+                f"these moments hold {D} features and {P - D} targets, got X with "
+                f"{X.shape[1]} and Y with {Y.shape[1]}"
+            )
+        dev = self.M.device
+        n = X.shape[0]
+        if n == 0:
+            return self
+        G = torch.zeros(P + 1, P + 1, dtype=torch.float64, device=dev)
+        step = next(row_chunks(n, P + 1))
+        buffer = torch.empty(step.stop - step.start, P + 1, dtype=torch.float64, device=dev)
+        for rows in row_chunks(n, P + 1):
+            Z = buffer[: rows.stop - rows.start]
+            Z[:, :D] = X[rows]
+            Z[:, D:P] = Y[rows]
+            Z[:, :P] -= self.shift
+            Z[:, P] = 1.0
+            if sample_weight is not None:
+                Z.mul_(sample_weight[rows].to(dev, torch.float64).sqrt()[:, None])
+            G.addmm_(Z.T, Z)
+        self.w += G[P, P]
+        self.s += G[P, :P]
+        self.M += G[:P, :P]
+        return self
+
+    # -- the parts of a deduplicated pass (``belief_lens.probing.data``)
+    def add_targets(self, Y: Float[Tensor, "m S"], w: Float[Tensor, " m"] | None) -> None:
+        """Target rows ``Y`` (already shifted, float64) with weights ``w`` (None: ones): their
+        weight, sums and ``y^T y``. Pair with ``add_cross`` and ``add_features``, then
+        ``symmetrise``."""
+        D = self.n_features
+        if w is None:
+            self.w += Y.shape[0]
+            self.s[D:] += Y.sum(0)
+            self.M[D:, D:] += Y.T @ Y
+        else:
+            self.w += w.sum()
+            self.s[D:] += w @ Y
+            self.M[D:, D:] += (Y * w[:, None]).T @ Y
+
+    def add_cross(self, X: Float[Tensor, "m d"], wy: Float[Tensor, "m S"]) -> None:
+        """``sum w y x^T`` from distinct activation rows ``X`` (shifted) and their summed
+        weighted targets ``wy``."""
+        self.M[self.n_features :, : self.n_features] += wy.T @ X
+
+    def add_features(
+        self,
+        X: Float[Tensor, "m d"],
+        count: Float[Tensor, " m"] | None,
+        blocks: Sequence[int],
+        gram: GramBlocks,
+    ) -> None:
+        """Distinct activation rows ``X`` (shifted float64; overwritten) with their summed
+        weights ``count``: their sums, and ``x^T x`` on the upper block rows between ``blocks``
+        (``"full"``), only its diagonal blocks (``"diag"``), or not at all (``"none"``)."""
+        D = self.n_features
+        self.s[:D] += X.sum(0) if count is None else count @ X
+        if gram == "none":
+            return
+        if count is not None:
+            X.mul_(count.sqrt()[:, None])
+        for lo, hi in pairwise(blocks):
+            right = D if gram == "full" else hi
+            self.M[lo:hi, lo:right] += X[:, lo:hi].T @ X[:, lo:right]
+
+    def symmetrise(self) -> Moments:
+        """Fill ``M`` from the upper ``x^T x`` blocks and the lower ``y x^T`` block that
+        ``add_features`` and ``add_cross`` write; returns self."""
+        D = self.n_features
+        self.M[:D, D:] = self.M[D:, :D].T
+        upper = self.M[:D, :D].triu()
+        self.M[:D, :D] = upper + upper.triu(1).T
+        return self
+
+    # -- algebra
+    def recentred(self, shift: Tensor) -> Moments:
+        """The same moments about another ``shift`` (exact)."""
+        shift = shift.to(self.M.device, torch.float64)
+        u = shift - self.shift
+        s = self.s - self.w * u
+        M = self.M - torch.outer(self.s, u) - torch.outer(u, self.s) + self.w * torch.outer(u, u)
+        return Moments(self.w.clone(), s, M, shift, self.n_features)
+
+    def __add__(self, other: Moments) -> Moments:
+        if not isinstance(other, Moments):
+            return NotImplemented
+        if other.n_features != self.n_features or other.s.shape != self.s.shape:
+            raise BeliefLensError(
+                f"cannot add moments of {other.n_features} features and "
+                f"{len(other.s) - other.n_features} targets to {self.n_features} and "
+                f"{self.n_targets}"
+            )
+        if other.shift is not self.shift and not torch.equal(other.shift, self.shift):
+            other = other.recentred(self.shift)
+        return Moments(
+            self.w + other.w, self.s + other.s, self.M + other.M, self.shift, self.n_features
+        )
+
+    def tensors(self) -> list[Tensor]:
+        """``[w, s, M]``: the tensors a sum over processes reduces (the shift must agree)."""
+        return [self.w, self.s, self.M]
+
+    def with_tensors(self, tensors: Sequence[Tensor]) -> Moments:
+        """These moments with ``[w, s, M]`` replaced (after an ``all_reduce`` of ``tensors()``)."""
+        w, s, M = tensors
+        return Moments(w, s, M, self.shift, self.n_features)
+
+    def all_reduce(self, group: Any = None) -> Moments:
+        """Sum these moments over the processes of ``group`` (``torch.distributed``), in place.
+
+        Ranks first agree on one shift (the mean of theirs) and recentre to it, so each rank may
+        have chosen its own. Every rank ends with the same moments. Returns self.
+        """
+        import torch.distributed as dist
+
+        world = dist.get_world_size(group)
+        shift = self.shift.clone()
+        dist.all_reduce(shift, group=group)
+        shift /= world
+        moved = self.recentred(shift)
+        for t in moved.tensors():
+            dist.all_reduce(t, group=group)
+        self.w, self.s, self.M, self.shift = moved.w, moved.s, moved.M, moved.shift
+        return self
+
+    def to(self, device: str | torch.device) -> Moments:
+        """A copy on ``device``."""
+        return Moments(
+            self.w.to(device),
+            self.s.to(device),
+            self.M.to(device),
+            self.shift.to(device),
+            self.n_features,
+        )
+
+    def select(self, features: slice) -> Moments:
+        """The moments of a subset of feature columns (one hook inside a concatenation)."""
+        D = self.n_features
+        dev = self.s.device
+        idx = torch.cat(
+            [torch.arange(D, device=dev)[features], torch.arange(D, len(self.s), device=dev)]
+        )
+        n = len(idx) - self.n_targets
+        return Moments(self.w, self.s[idx], self.M[idx][:, idx], self.shift[idx], n)
+
+    # -- reading
+    @property
+    def n_targets(self) -> int:
+        return len(self.s) - self.n_features
+
+    @property
+    def mean_x(self) -> Float[Tensor, " d"]:
+        """Weighted mean of the features."""
+        return (self.shift + self.s / self.w)[: self.n_features]
+
+    @property
+    def mean_y(self) -> Float[Tensor, " S"]:
+        """Weighted mean of the targets."""
+        return (self.shift + self.s / self.w)[self.n_features :]
+
+    def about(self, cx: Tensor, cy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Second moments ``sum w (a - c_a)(b - c_b)^T`` about centres ``cx, cy``: xx, xy, yy."""
+        u = torch.cat([cx, cy]).to(self.M.device, torch.float64) - self.shift
+        Mc = self.M - torch.outer(self.s, u) - torch.outer(u, self.s) + self.w * torch.outer(u, u)
+        D = self.n_features
+        return Mc[:D, :D], Mc[:D, D:], Mc[D:, D:]
+
+    def is_finite(self) -> bool:
+        """Whether every sum is finite (one host synchronisation)."""
+        return bool(torch.isfinite(self.M).all() & torch.isfinite(self.s).all())
