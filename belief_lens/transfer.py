@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
+from sklearn.metrics import r2_score
 from torch import Tensor
 
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.probes import AffineProbe
+from belief_lens.probes import AffineProbe, split_prefixes
 from belief_lens.processes import mixture
 
 __all__ = [
@@ -95,29 +96,27 @@ def _rows(x: Any, name: str) -> Tensor:
     return t
 
 
-def _split(n: int, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Sequence indices for training and held-out testing (split by sequence, never by token)."""
-    if not 0 < test_fraction < 1:
-        raise BeliefLensError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    n_test = max(1, round(n * test_fraction))
-    if n_test >= n:
-        raise BeliefLensError(f"{n} sequences are too few to hold out {test_fraction:.0%}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[n_test:], perm[:n_test]
+def _held_out(X: Tensor, tokens: Any, test_fraction: float, seed: int) -> Tensor:
+    """The held-out mask over ``X``'s leading dims: ``split_prefixes`` on ``tokens`` (no prefix on
+    both sides), or whole sequences (the first axis) when no tokens are given."""
+    lead = X.shape[:-1]
+    if tokens is None:
+        ids = torch.arange(lead[0])[:, None]
+        return (
+            split_prefixes(ids, test_fraction, seed)
+            .reshape(-1, *([1] * (len(lead) - 1)))
+            .expand(lead)
+        )
+    tokens = torch.as_tensor(tokens)
+    if tuple(tokens.shape) != tuple(lead):
+        raise BeliefLensError(
+            f"tokens {tuple(tokens.shape)} must match the activations' leading shape {tuple(lead)}"
+        )
+    return split_prefixes(tokens, test_fraction, seed)
 
 
-def _r2(pred: Tensor, Y: Tensor) -> float:
-    """R^2 averaged uniformly over target dims (sklearn's ``r2_score`` convention)."""
-    pred, Y = pred.reshape(-1, Y.shape[-1]).double(), Y.reshape(-1, Y.shape[-1]).double()
-    ss_res = ((Y - pred) ** 2).sum(0)
-    ss_tot = ((Y - Y.mean(0)) ** 2).sum(0)
-    r2 = torch.where(ss_tot > 0, 1 - ss_res / torch.where(ss_tot > 0, ss_tot, 1.0), 0.0)
-    return float(r2.mean())
-
-
-def _fit(acts: Tensor, beliefs: Tensor, ridge: float) -> AffineProbe:
-    d, S = acts.shape[-1], beliefs.shape[-1]
-    return AffineProbe(ridge=ridge).fit(acts.reshape(-1, d), beliefs.reshape(-1, S))
+def _fit(X: Tensor, Y: Tensor, ridge: float) -> AffineProbe:
+    return AffineProbe(ridge=ridge).fit(X, Y)
 
 
 # ----------------------------------------------------------------------------- probe transfer
@@ -147,12 +146,15 @@ def probe_transfer(
     acts_b: Float[Tensor, "n_b ... d"],
     beliefs_b: Float[Tensor, "n_b ... S"],
     *,
+    tokens_a: Int[Tensor, "n_a ..."] | None = None,
+    tokens_b: Int[Tensor, "n_b ..."] | None = None,
     test_fraction: float = 0.25,
     ridge: float = 0.0,
     seed: int = 0,
 ) -> ProbeTransfer:
-    """Fit an affine belief probe on A's training sequences and score it on B's held-out ones,
-    and the reverse. The first axis indexes sequences; the split is by sequence."""
+    """Fit an affine belief probe on A's training rows and score it on B's held-out rows, and
+    the reverse. With ``tokens`` the held-out rows are ``split_prefixes``' (no prefix on both
+    sides); without, whole sequences (the first axis) are held out."""
     Xa, Ya = _rows(acts_a, "acts_a"), _rows(beliefs_a, "beliefs_a")
     Xb, Yb = _rows(acts_b, "acts_b"), _rows(beliefs_b, "beliefs_b")
     for X, Y, v in ((Xa, Ya, "a"), (Xb, Yb, "b")):
@@ -166,20 +168,16 @@ def probe_transfer(
             f"A and B must share d and S: acts {Xa.shape[-1]} vs {Xb.shape[-1]}, "
             f"beliefs {Ya.shape[-1]} vs {Yb.shape[-1]}"
         )
-    tr_a, te_a = _split(Xa.shape[0], test_fraction, seed)
-    tr_b, te_b = _split(Xb.shape[0], test_fraction, seed + 1)
-    pa = _fit(Xa[tr_a], Ya[tr_a], ridge)
-    pb = _fit(Xb[tr_b], Yb[tr_b], ridge)
-    d = Xa.shape[-1]
-
-    def score(p: AffineProbe, X: Tensor, Y: Tensor) -> float:
-        return _r2(p.predict(X.reshape(-1, d)).cpu(), Y)
+    te_a = _held_out(Xa, tokens_a, test_fraction, seed)
+    te_b = _held_out(Xb, tokens_b, test_fraction, seed + 1)
+    pa = _fit(Xa[~te_a], Ya[~te_a], ridge)
+    pb = _fit(Xb[~te_b], Yb[~te_b], ridge)
 
     return ProbeTransfer(
-        r2_a_to_b=score(pa, Xb[te_b], Yb[te_b]),
-        r2_b_to_a=score(pb, Xa[te_a], Ya[te_a]),
-        r2_a_within=score(pa, Xa[te_a], Ya[te_a]),
-        r2_b_within=score(pb, Xb[te_b], Yb[te_b]),
+        r2_a_to_b=pa.score(Xb[te_b], Yb[te_b]),
+        r2_b_to_a=pb.score(Xa[te_a], Ya[te_a]),
+        r2_a_within=pa.score(Xa[te_a], Ya[te_a]),
+        r2_b_within=pb.score(Xb[te_b], Yb[te_b]),
         probe_a=pa,
         probe_b=pb,
     )
@@ -358,6 +356,7 @@ def mixture_belief_probe(
     beliefs: Float[Tensor, "n ... S"],
     block_sizes: Sequence[int],
     *,
+    tokens: Int[Tensor, "n ..."] | None = None,
     test_fraction: float = 0.25,
     ridge: float = 0.0,
     seed: int = 0,
@@ -370,14 +369,13 @@ def mixture_belief_probe(
     sizes = [int(s) for s in block_sizes]
     if sum(sizes) != Y.shape[-1] or min(sizes) < 1:
         raise BeliefLensError(f"block_sizes {sizes} must sum to the {Y.shape[-1]} belief states")
-    tr, te = _split(X.shape[0], test_fraction, seed)
-    d = X.shape[-1]
+    te = _held_out(X, tokens, test_fraction, seed)
     comp = torch.stack([b.sum(-1) for b in Y.split(sizes, -1)], -1)
-    joint = _fit(X[tr], Y[tr], ridge).predict(X[te].reshape(-1, d)).cpu().double()
-    comp_pred = _fit(X[tr], comp[tr], ridge).predict(X[te].reshape(-1, d)).cpu()
-    Yte = Y[te].reshape(-1, Y.shape[-1])
+    joint = _fit(X[~te], Y[~te], ridge).predict(X[te])
+    comp_pred = _fit(X[~te], comp[~te], ridge).predict(X[te])
+    Yte = Y[te]
     # Within-component belief of the component each row truly came from (its largest block).
-    which = comp[te].reshape(-1, len(sizes)).argmax(-1)
+    which = comp[te].argmax(-1)
     starts = torch.tensor([0, *sizes]).cumsum(0)
     within_true, within_pred = [], []
     for k, s in enumerate(sizes):
@@ -387,10 +385,13 @@ def mixture_belief_probe(
             t, p = Yte[rows, sl], joint[rows, sl]
             within_true.append(t / t.sum(-1, keepdim=True))
             within_pred.append(p / p.sum(-1, keepdim=True))
-    r2_within = sum(_r2(p, t) * len(t) for p, t in zip(within_pred, within_true, strict=True))
+    r2_within = sum(
+        r2_score(t.numpy(), p.numpy()) * len(t)
+        for p, t in zip(within_pred, within_true, strict=True)
+    )
     return MixtureProbe(
-        r2_joint=_r2(joint, Yte),
-        r2_component=_r2(comp_pred, comp[te]),
+        r2_joint=r2_score(Yte.numpy(), joint.cpu().numpy()),
+        r2_component=r2_score(comp[te].numpy(), comp_pred.cpu().numpy()),
         r2_within=r2_within / sum(len(t) for t in within_true),
     )
 
@@ -446,7 +447,9 @@ def shared_structure(
         raise BeliefLensError(f"vocab_maps must be [map_a, map_b], got {len(vocab_maps)} maps")
     a = collect_vocab(model, component, vocab_maps[0], hook, n_sequences=n_sequences, seed=seed)
     b = collect_vocab(model, component, vocab_maps[1], hook, n_sequences=n_sequences, seed=seed + 1)
-    transfer = probe_transfer(a.acts, a.beliefs, b.acts, b.beliefs, seed=seed)
+    transfer = probe_transfer(
+        a.acts, a.beliefs, b.acts, b.beliefs, tokens_a=a.tokens, tokens_b=b.tokens, seed=seed
+    )
     angles = subspace_angles(
         transfer.probe_a.belief_basis("encoding"), transfer.probe_b.belief_basis("encoding")
     )
@@ -460,6 +463,7 @@ def shared_structure(
         torch.cat([a.acts, b.acts]),
         belief_states(mix, tokens),
         [component.n_states] * 2,
+        tokens=tokens,
         seed=seed,
     )
     return SharedStructure(a.hook, transfer, angles, steering, mixture_probe)

@@ -37,6 +37,9 @@ def parse_args(argv):
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget (default 5)")
     p.add_argument("--max-steps", type=int, default=None, help="cap on training steps")
     p.add_argument("--n-sequences", type=int, default=2048, help="probe sequences per vocabulary")
+    p.add_argument(
+        "--eval-sequences", type=int, default=200_000, help="loss evaluation (exact up to this)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/shared_structure")
     return p.parse_args(argv)
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     train(model, hmm, n_steps=n_steps, progress=False, **settings)
     train_seconds = time.perf_counter() - t0
     model.eval()
-    loss = evaluate_loss(model, hmm)
+    loss = evaluate_loss(model, hmm, n_sequences=args.eval_sequences)
 
     # %% Every measurement at the last residual stream.
     result = shared_structure(

@@ -17,7 +17,8 @@ def test_shared_structure_demo_tiny(tmp_path):
     spec = importlib.util.spec_from_file_location("shared_structure", DEMO)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    argv = ["--minutes", "0.1", "--max-steps", "2", "--n-sequences", "200", "--out", str(tmp_path)]
+    argv = ["--minutes", "0.1", "--max-steps", "2", "--n-sequences", "200"]
+    argv += ["--eval-sequences", "500", "--out", str(tmp_path)]
     assert demo.main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert KEYS <= set(metrics)

@@ -6,6 +6,7 @@ import scipy.linalg
 import torch
 
 from belief_lens.errors import BeliefLensError
+from belief_lens.probes import split_prefixes
 from belief_lens.processes import mess3
 from belief_lens.transfer import mixture_belief_probe, probe_transfer, subspace_angles
 
@@ -51,12 +52,11 @@ def test_orthogonal_subspaces_do_not_transfer():
 def test_transfer_r2_matches_numpy_lstsq():
     acts_a, b_a, acts_b, b_b = planted(shared=True, noise=0.3)
     t = probe_transfer(acts_a, b_a, acts_b, b_b, test_fraction=0.25, seed=3)
-    # The same split, by sequence: 25% of 400 held out, from the documented permutation.
-    perm = torch.randperm(400, generator=torch.Generator().manual_seed(3))
-    tr_a = perm[100:].numpy()
-    perm_b = torch.randperm(400, generator=torch.Generator().manual_seed(4))
-    te_b = perm_b[:100].numpy()
-    X = np.c_[acts_a.numpy()[tr_a].reshape(-1, D), np.ones(len(tr_a) * 10)]
+    # The same split: whole sequences held out by split_prefixes on their indices.
+    ids = torch.arange(400)[:, None]
+    tr_a = (~split_prefixes(ids, 0.25, seed=3)[:, 0]).numpy()
+    te_b = split_prefixes(ids, 0.25, seed=4)[:, 0].numpy()
+    X = np.c_[acts_a.numpy()[tr_a].reshape(-1, D), np.ones(tr_a.sum() * 10)]
     W = np.linalg.lstsq(X, b_a.numpy()[tr_a].reshape(-1, 3), rcond=None)[0]
     Y = b_b.numpy()[te_b].reshape(-1, 3)
     P = np.c_[acts_b.numpy()[te_b].reshape(-1, D), np.ones(1000)] @ W
