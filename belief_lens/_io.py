@@ -15,8 +15,19 @@ def _umask() -> int:
     return mask
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or directory's contents to disk (directories: their entries, after a
+    rename), so that a crash cannot leave a renamed but empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then ``os.replace`` it into place.
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then ``os.replace`` it
+    into place (and fsync the directory).
 
     The file gets the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask).
     """
@@ -27,7 +38,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

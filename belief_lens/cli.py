@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,36 +22,129 @@ from belief_lens.errors import BeliefLensError
 logger = logging.getLogger("belief_lens")
 
 
-def _param(text: str) -> tuple[str, float]:
+def _param(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def _number(kind: type, *, positive: bool = True):
+    """An argparse type: a finite number of ``kind``, positive (or >= 0), with a clear message."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if positive and value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        if not positive and value < 0:
+            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}" if positive else kind.__name__
+    return parse
+
+
+def _typed_param(name: str, key: str, text: str, annotation: Any) -> Any:
+    """``text`` as the type the process function declares for ``key`` (int, float or bool)."""
+    kinds = {int: "an integer", float: "a number", bool: "true or false"}
+    kind = annotation if annotation in kinds else float
     try:
-        return key, float(value)
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"value of {key} must be a number, got {value!r}"
+        raise BeliefLensError(
+            f"--param {key}={text}: {name} expects {kinds[kind]} for {key}"
         ) from None
+    if kind is float and not math.isfinite(value):
+        raise BeliefLensError(f"--param {key}={text}: {key} must be a finite number")
+    return value
 
 
-def _process(name: str, params: Sequence[tuple[str, float]]):
-    from belief_lens.processes import make_process
+def _process(name: str, params: Sequence[tuple[str, str]]):
+    import inspect
 
-    return make_process(name, **dict(params))
+    from belief_lens.processes import PROCESSES, make_process
+
+    fn = PROCESSES.get(name)
+    signature = inspect.signature(fn, eval_str=True).parameters if fn is not None else {}
+    typed = {}
+    for key, text in params:
+        annotation = signature[key].annotation if key in signature else float
+        typed[key] = _typed_param(name, key, text, annotation)
+    return make_process(name, **typed)
+
+
+def _prepare_out(out: str | None, default_stem: str, overwrite: bool) -> Path:
+    """The run's output directory, created and checked writable before any work.
+
+    Without ``--out``: a new ``runs/<stem>-<timestamp>`` directory. An existing non-empty
+    ``--out`` is refused unless ``--overwrite``: no run replaces another's files silently.
+    """
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for i in range(1, 1000):
+            path = Path("runs") / (f"{default_stem}-{stamp}" + (f"-{i}" if i > 1 else ""))
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                break
+            except FileExistsError:
+                continue
+    else:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise BeliefLensError(f"--out {path} exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise BeliefLensError(
+                f"--out {path} already holds files (of another run?); choose a new directory, "
+                "leave out --out for a fresh runs/<process>-<time> one, or pass --overwrite"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise BeliefLensError(f"--out {path} is not writable: {err.strerror}") from None
+    return path
 
 
 def _analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mode",
         choices=("paper", "weighted", "sampled"),
-        default="paper",
-        help="probe data: every sequence unweighted (paper), probability-weighted, or sampled",
+        default=None,
+        help="probe data: every sequence unweighted (paper), probability-weighted, or sampled "
+        "(default: paper where at most 200,000 sequences exist, else sampled)",
     )
-    p.add_argument("--n-sequences", type=int, default=None, help="sequences for --mode sampled")
-    p.add_argument("--ridge", type=float, default=0.0, help="ridge penalty of the probes")
+    p.add_argument(
+        "--n-sequences", type=_number(int), default=None, help="sequences for --mode sampled"
+    )
+    p.add_argument(
+        "--ridge", type=_number(float, positive=False), default=0.0, help="ridge penalty"
+    )
     p.add_argument("--no-controls", action="store_true", help="skip the probe controls")
     p.add_argument("--no-interventions", action="store_true", help="skip the steering experiments")
-    p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and controls")
+    p.add_argument(
+        "--seed", type=_number(int, positive=False), default=0,
+        help="seed for splits, sampling and controls",
+    )  # fmt: skip
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an unexpected error"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="write into an existing --out that holds files (replacing them)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,9 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a process parameter, e.g. --param x=0.05 (repeatable)",
     )  # fmt: skip
     demo.add_argument(
-        "--minutes", type=float, default=1.5, help="training time budget (default 1.5)"
-    )
-    demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+        "--minutes", type=_number(float), default=1.5,
+        help="training time budget in minutes, evaluations included (default 1.5)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--out", default=None,
+        help="output directory (default: a new runs/<process>-<time>); must be new or empty",
+    )  # fmt: skip
     demo.add_argument(
         "--targets",
         choices=("bayes", "tokens"),
@@ -82,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on exact next-token distributions (bayes, default) or sampled tokens "
         "(tokens: the paper's literal setup)",
     )
-    demo.add_argument("--n-ctx", type=int, default=10, help="context length (default 10)")
-    demo.add_argument("--batch-size", type=int, default=None, help="training batch size")
-    demo.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    demo.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    demo.add_argument("--n-ctx", type=_number(int), default=10, help="context length (default 10)")
+    demo.add_argument("--batch-size", type=_number(int), default=None, help="training batch size")
+    demo.add_argument("--lr", type=_number(float), default=None, help="peak learning rate")
+    demo.add_argument(
+        "--max-steps", type=_number(int), default=None, help="stop after this many steps"
+    )
     _analysis_args(demo)
 
     probe = sub.add_parser(
@@ -100,17 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
         help="a process parameter, e.g. --param alpha=0.85 (repeatable)",
     )  # fmt: skip
-    probe.add_argument("--out", default="runs/probe", help="output directory (default runs/probe)")
+    probe.add_argument(
+        "--out", default=None,
+        help="output directory (default: a new runs/probe-<process>-<time>); must be new or empty",
+    )  # fmt: skip
     _analysis_args(probe)
     _discover_parser(sub)
     return parser
 
 
-def _analysis_config(args: argparse.Namespace):
+def _analysis_config(args: argparse.Namespace, hmm, n_ctx: int):
+    from belief_lens.beliefs import enumerate_sequences
     from belief_lens.report import AnalysisConfig
 
+    mode = args.mode
+    if mode is None:
+        try:
+            enumerate_sequences(hmm, n_ctx, max_sequences=200_000)
+            mode = "paper"
+        except BeliefLensError:
+            mode = "sampled"
+            logger.info("%s has too many sequences of length %d to enumerate: sampled probe data",
+                        hmm.name, n_ctx)  # fmt: skip
     return AnalysisConfig(
-        mode=args.mode,
+        mode=mode,
         n_sequences=args.n_sequences,
         ridge=args.ridge,
         seed=args.seed,
@@ -120,44 +234,49 @@ def _analysis_config(args: argparse.Namespace):
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from belief_lens.models import PAPER_ARCHITECTURES, save_checkpoint, toy_transformer
+    from belief_lens.models import (
+        PAPER_ARCHITECTURES,
+        ModelConfig,
+        save_checkpoint,
+        toy_transformer,
+    )
     from belief_lens.report import analyse
-    from belief_lens.training import DEFAULTS, budget_steps, train
+    from belief_lens.training import DEFAULTS, TrainConfig, train
 
     hmm = _process(args.process, args.param)
-    out = Path(args.out)
     # The paper's RRXOR architecture for rrxor, its Mess3 one for every other process.
     arch = PAPER_ARCHITECTURES.get(args.process, PAPER_ARCHITECTURES["mess3"])
-    model = toy_transformer(hmm.n_symbols, args.n_ctx, seed=args.seed, **arch)
-    settings = dict(DEFAULTS[args.targets], targets=args.targets, seed=args.seed)
-    if args.batch_size:
-        settings["batch_size"] = args.batch_size
-    if args.lr:
-        settings["lr"] = args.lr
-    t0 = time.perf_counter()
-    n_steps = budget_steps(model, hmm, args.minutes * 60, **settings)
-    if args.max_steps:
-        n_steps = min(n_steps, args.max_steps)
-    logger.info(
-        "training the paper architecture on %s: %d steps of %d sequences (%s targets, %.1f min)",
-        hmm.name,
-        n_steps,
-        settings["batch_size"],
-        args.targets,
-        args.minutes,
+    model_config = ModelConfig(d_vocab=hmm.n_symbols, n_ctx=args.n_ctx, **arch)
+    overrides = {"batch_size": args.batch_size, "lr": args.lr}
+    config = TrainConfig(
+        **{**DEFAULTS[args.targets], **{k: v for k, v in overrides.items() if v is not None}},
+        targets=args.targets,
+        seed=args.seed,
+        seconds=args.minutes * 60,
+        steps=args.max_steps,
     )
-    history = train(model, hmm, n_steps=n_steps, progress=not args.quiet, **settings)
-    train_seconds = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
+    out = _prepare_out(args.out, args.process, args.overwrite)
+    args.out = str(out)
+    model = toy_transformer(model_config, seed=args.seed)
+    logger.info(
+        "training the paper architecture on %s for %.1f min%s (batches of %d, %s targets)",
+        hmm.name,
+        args.minutes,
+        f" or {args.max_steps} steps" if args.max_steps else "",
+        config.batch_size,
+        args.targets,
+    )
+    history = train(model, hmm, config, progress=not args.quiet)
+    logger.info("trained %d steps in %.1f s", history.steps, history.seconds)
     save_checkpoint(model, out / "model.safetensors")
     return analyse(
         model,
         hmm,
         out,
-        config=_analysis_config(args),
+        config=_analysis_config(args, hmm, args.n_ctx),
         history=history,
         title=f"belief_lens demo: {hmm.name}",
-        extra_metrics={"train_seconds": train_seconds},
+        extra_metrics={"train_seconds": history.seconds, "train_steps": history.steps},
     )
 
 
@@ -170,11 +289,13 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     if not path.is_file():
         raise BeliefLensError(f"checkpoint {path} does not exist or is not a file")
     model = load_checkpoint(path)
+    out = _prepare_out(args.out, f"probe-{args.process}", args.overwrite)
+    args.out = str(out)
     return analyse(
         model,
         hmm,
-        args.out,
-        config=_analysis_config(args),
+        out,
+        config=_analysis_config(args, hmm, int(model.cfg.n_ctx)),
         title=f"belief_lens: {path.name} on {hmm.name}",
         extra_metrics={"checkpoint": str(path)},
     )
@@ -284,6 +405,10 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
     return "\n".join(lines)
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -299,11 +424,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         metrics = run_demo(args) if args.command == "demo" else run_probe(args)
     except (BeliefLensError, OSError, json.JSONDecodeError) as e:
-        print(f"belief-lens {args.command}: error: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"belief-lens {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"belief-lens {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(
+            f"belief-lens {args.command}: unexpected error: {type(e).__name__}: {_one_line(e)} "
+            "(run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     print(_summary(metrics, args.out))
     return 0
 

@@ -21,12 +21,15 @@ from belief_lens.hmm import HMM, NEGATIVE_TOL
 from belief_lens.validation import check_float, check_int, check_real_tensor, check_seed
 
 __all__ = [
+    "LossFloor",
     "MixedStatePresentation",
     "belief_levels",
     "block_entropy",
     "entropy",
     "entropy_rate",
+    "estimate_optimal_loss",
     "excess_entropy",
+    "loss_floor",
     "mixed_state_presentation",
     "myopic_entropy",
     "optimal_loss",
@@ -446,3 +449,117 @@ def excess_entropy(hmm: HMM, max_length: int = 64, **kwargs) -> float:
     max_length = check_int("max_length", max_length, low=0)
     h = myopic_entropy(hmm, max_length, **kwargs)
     return float((h - entropy_rate(hmm)).sum())
+
+
+# ---------------------------------------------------------------------------- loss floor at scale
+@dataclass(frozen=True)
+class LossFloor:
+    """The optimal next-token loss per prediction position, exact or estimated.
+
+    Attributes:
+        per_position: ``[P]`` floor (nats) at each prediction position.
+        per_position_se: ``[P]`` standard error of each entry (zeros when exact).
+        mean: the mean over positions, the figure a model's mean loss is compared with.
+        mean_se: its standard error (0 when exact).
+        exact: True when computed from the merged belief tree, False when estimated.
+        n_sequences: sampled sequences behind an estimate (0 when exact).
+    """
+
+    per_position: Float[Tensor, " P"]
+    per_position_se: Float[Tensor, " P"]
+    mean: float
+    mean_se: float
+    exact: bool
+    n_sequences: int = 0
+
+    @property
+    def method(self) -> str:
+        """``"exact"`` or ``"estimated ± <se>"``, as reports print it."""
+        return "exact" if self.exact else f"estimated ± {self.mean_se:.2g}"
+
+
+def estimate_optimal_loss(
+    hmm: HMM,
+    n_ctx: int,
+    *,
+    bos: bool = False,
+    n_sequences: int = 4096,
+    seed: int = 0,
+    tokens: Int[Tensor, "n L"] | None = None,
+) -> LossFloor:
+    """Monte Carlo estimate of :func:`optimal_loss` for any context length, with standard errors.
+
+    Samples ``n_sequences`` sequences (or uses ``tokens``, which must be samples of ``hmm``),
+    filters their beliefs exactly and averages the entropy of ``P(. | belief)`` at each prediction
+    position: an unbiased estimate of ``h(t+1)`` (``h(t)`` with BOS), where the belief tree is too
+    large to enumerate (Mess3's grows as ``3^L``).
+    """
+    from belief_lens.beliefs import belief_states, sample_sequences
+
+    if n_ctx < 1:
+        raise BeliefLensError(f"n_ctx must be >= 1, got {n_ctx}")
+    length = n_ctx - 1 if bos else n_ctx
+    if tokens is None:
+        if n_sequences < 2:
+            raise BeliefLensError(
+                f"n_sequences must be >= 2 for a standard error, got {n_sequences}"
+            )
+        tokens = sample_sequences(hmm, n_sequences, length, seed=seed)
+    tokens = hmm.check_tokens(tokens)
+    if tokens.ndim != 2 or tokens.shape[1] < length or tokens.shape[0] < 2:
+        raise BeliefLensError(
+            f"tokens must be [n >= 2, L >= {length}] samples of the process, got "
+            f"{tuple(tokens.shape)}"
+        )
+    tokens = tokens[:, :length]
+    n = tokens.shape[0]
+    beliefs = belief_states(hmm, tokens) if length else tokens.new_empty(n, 0, hmm.n_states)
+    if bos:
+        start = hmm.initial_state.expand(n, 1, -1)
+        beliefs = torch.cat([start, beliefs.to(start.dtype)], dim=1)
+    h = entropy(hmm.next_token_probs(beliefs))  # [n, P]
+    per_seq = h.mean(1)
+    return LossFloor(
+        per_position=h.mean(0),
+        per_position_se=h.std(0) / math.sqrt(n),
+        mean=float(per_seq.mean()),
+        mean_se=float(per_seq.std() / math.sqrt(n)),
+        exact=False,
+        n_sequences=n,
+    )
+
+
+def loss_floor(
+    hmm: HMM,
+    n_ctx: int,
+    *,
+    bos: bool = False,
+    max_states: int = 60_000,
+    n_sequences: int = 4096,
+    seed: int = 0,
+    tokens: Int[Tensor, "n L"] | None = None,
+) -> LossFloor:
+    """:func:`optimal_loss` exactly where the merged belief tree stays within a memory bound, else
+    :func:`estimate_optimal_loss` (from ``tokens`` when given).
+
+    The bound: at most ``max_states`` distinct beliefs in a level and ``8 * max_states`` over all
+    levels (each belief costs ``O(n_symbols * n_states)`` floats to expand). Mess3's 59,049
+    beliefs at length 10 are exact; its ``3^L`` growth beyond is estimated.
+    """
+    if n_ctx < 1:
+        raise BeliefLensError(f"n_ctx must be >= 1, got {n_ctx}")
+    h: list[Tensor] = []
+    total = 0
+    try:
+        for beliefs, w in belief_levels(hmm, n_ctx, max_states=max_states):
+            total += len(w)
+            if total > 8 * max_states:
+                raise BeliefLensError("belief tree over the memory bound")
+            h.append((w * entropy(hmm.next_token_probs(beliefs))).sum())
+    except BeliefLensError:
+        return estimate_optimal_loss(
+            hmm, n_ctx, bos=bos, n_sequences=n_sequences, seed=seed, tokens=tokens
+        )
+    exact = torch.stack(h)
+    exact = exact[:n_ctx] if bos else exact[1:]
+    return LossFloor(exact, torch.zeros_like(exact), float(exact.mean()), 0.0, exact=True)

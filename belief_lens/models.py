@@ -9,11 +9,13 @@ version loads under the other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import random
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from belief_lens.errors import BeliefLensError
 
 __all__ = [
     "PAPER_ARCHITECTURES",
+    "ModelConfig",
     "find_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
@@ -35,27 +38,101 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Architecture fields (``HookedTransformerConfig`` names) recorded in a checkpoint's config.
-ARCH_FIELDS = (
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "d_head",
-    "d_mlp",
-    "n_ctx",
-    "d_vocab",
-    "act_fn",
-    "normalization_type",
-    "attn_only",
-    "positional_embedding_type",
-    "use_attn_scale",
-)
+_ACT_FNS = ("relu", "gelu", "gelu_new", "gelu_fast", "silu", "solu_ln", "gelu_pytorch_tanh")
+_NORMALIZATIONS = (None, "LN", "LNPre", "RMS", "RMSPre")
+_POSITIONAL = ("standard", "rotary", "shortformer", "alibi")
+
+
+def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise BeliefLensError(f"{owner}: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise BeliefLensError(f"{owner}: {name} must be >= {minimum}, got {value}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture of a toy transformer: the one list of architecture fields.
+
+    Field names are ``HookedTransformerConfig``'s, so a config is also the ``.config.json`` of the
+    paper's checkpoints. Validated at construction; ``replace(**fields)`` gives a modified copy.
+
+    >>> ModelConfig(d_vocab=3, n_ctx=10).d_model
+    64
+    """
+
+    d_vocab: int
+    n_ctx: int
+    n_layers: int = 4
+    d_model: int = 64
+    n_heads: int = 1
+    d_head: int = 8
+    d_mlp: int = 256
+    act_fn: str = "relu"
+    normalization_type: str | None = "LN"
+    attn_only: bool = False
+    positional_embedding_type: str = "standard"
+    use_attn_scale: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("d_vocab", "n_ctx", "n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
+            _check_int("ModelConfig", name, getattr(self, name), 1)
+            object.__setattr__(self, name, int(getattr(self, name)))
+        checks = (
+            ("act_fn", _ACT_FNS),
+            ("normalization_type", _NORMALIZATIONS),
+            ("positional_embedding_type", _POSITIONAL),
+        )
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise BeliefLensError(
+                    f"ModelConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
+        for name in ("attn_only", "use_attn_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise BeliefLensError(
+                    f"ModelConfig: {name} must be True or False, got {getattr(self, name)!r}"
+                )
+
+    def replace(self, **fields: Any) -> ModelConfig:
+        """A copy with ``fields`` changed (validated); unknown names raise."""
+        unknown = sorted(set(fields) - set(self.field_names()))
+        if unknown:
+            raise BeliefLensError(
+                f"ModelConfig has no field(s) {unknown}; fields: {', '.join(self.field_names())}"
+            )
+        return dataclasses.replace(self, **fields)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """From a dict of fields, such as a checkpoint's config (other keys are ignored)."""
+        missing = [k for k in ("d_vocab", "n_ctx") if k not in data]
+        if missing:
+            raise BeliefLensError(f"a model config needs {missing}; got keys {sorted(data)}")
+        return cls(**{k: data[k] for k in cls.field_names() if k in data})
+
+    @classmethod
+    def from_model(cls, model: Any) -> ModelConfig:
+        """The architecture of a built model, read from ``model.cfg``."""
+        cfg = model.cfg
+        return cls.from_dict(
+            {k: getattr(cfg, k) for k in cls.field_names() if getattr(cfg, k, None) is not None}
+            | {"normalization_type": getattr(cfg, "normalization_type", "LN")}
+        )
+
+
 #: The architectures of the paper's released models (all 4 layers, LayerNorm, ReLU, n_ctx 10).
 PAPER_ARCHITECTURES: dict[str, dict[str, int]] = {
     "mess3": dict(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256),
     "rrxor": dict(n_layers=4, d_model=128, n_heads=4, d_head=16, d_mlp=512),
 }
-_REQUIRED_FIELDS = ("n_layers", "d_model", "d_head", "n_ctx", "d_vocab")
 _META_KEY = "belief_lens"
 _FORMAT_LEGACY = "hooked_transformer"
 _FORMAT_BRIDGE = "bridge"
@@ -64,41 +141,46 @@ _BUFFER_SUFFIXES = (".mask", ".IGNORE")
 
 
 def toy_transformer(
-    d_vocab: int,
-    n_ctx: int,
-    n_layers: int = 4,
-    d_model: int = 64,
-    n_heads: int = 1,
-    d_head: int = 8,
-    d_mlp: int = 256,
-    act_fn: str = "relu",
-    normalization_type: str | None = "LN",
+    config: ModelConfig | int | None = None,
+    n_ctx: int | None = None,
+    /,
+    *,
     seed: int | None = 0,
     device: str | torch.device | None = None,
-    *,
     kind: str = "auto",
+    **overrides: Any,
 ) -> Any:
     """A randomly initialised toy transformer on the installed TransformerLens, with no hub access.
 
-    The same arguments and seed give the same weights on the same TransformerLens version; the
-    caller's global RNG state is left untouched. ``device=None`` means CPU. ``kind`` is
-    ``"auto"`` (bridge on TL >= 3.4, else ``HookedTransformer``), ``"bridge"`` or ``"hooked"``.
+    ``toy_transformer(ModelConfig(...))``; keyword ``overrides`` replace config fields, and
+    ``toy_transformer(d_vocab, n_ctx, **fields)`` is shorthand for
+    ``toy_transformer(ModelConfig(d_vocab, n_ctx, **fields))``. The same config and seed give the
+    same weights on the same TransformerLens version; the caller's global RNG state is left
+    untouched. ``device=None`` means CPU. ``kind`` is ``"auto"`` (bridge on TL >= 3.4, else
+    ``HookedTransformer``), ``"bridge"`` or ``"hooked"``.
     """
-    arch = {
-        "d_vocab": int(d_vocab),
-        "n_ctx": int(n_ctx),
-        "n_layers": int(n_layers),
-        "d_model": int(d_model),
-        "n_heads": int(n_heads),
-        "d_head": int(d_head),
-        "d_mlp": int(d_mlp),
-        "act_fn": act_fn,
-        "normalization_type": normalization_type,
-    }
-    for name in ("d_vocab", "n_ctx", "n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
-        if arch[name] < 1:
-            raise BeliefLensError(f"toy_transformer: {name} must be >= 1, got {arch[name]}")
-    return _build(arch, seed=seed, device=device, kind=kind)
+    if isinstance(config, ModelConfig):
+        if n_ctx is not None:
+            raise BeliefLensError("toy_transformer: give n_ctx inside the ModelConfig")
+        config = config.replace(**overrides) if overrides else config
+    elif config is None or isinstance(config, (int, np.integer)):
+        fields = dict(overrides)
+        if config is not None:
+            fields["d_vocab"] = config
+        if n_ctx is not None:
+            fields["n_ctx"] = n_ctx
+        unknown = sorted(set(fields) - set(ModelConfig.field_names()))
+        if unknown:
+            raise BeliefLensError(
+                f"toy_transformer: unknown field(s) {unknown}; ModelConfig fields: "
+                f"{', '.join(ModelConfig.field_names())}"
+            )
+        config = ModelConfig.from_dict(fields)
+    else:
+        raise BeliefLensError(
+            f"toy_transformer: expected a ModelConfig, got {type(config).__name__}"
+        )
+    return _build(config, seed=seed, device=device, kind=kind)
 
 
 def _resolve_kind(kind: str) -> str:
@@ -121,7 +203,7 @@ def _resolve_kind(kind: str) -> str:
 
 
 @contextlib.contextmanager
-def _preserve_global_rng() -> Iterator[None]:
+def preserve_global_rng() -> Iterator[None]:
     """Restore torch, numpy and ``random`` global RNG states (TL 2 seeds all three)."""
     np_state = np.random.get_state()  # noqa: NPY002 (TL 2 seeds the legacy global RNG)
     py_state = random.getstate()
@@ -134,20 +216,20 @@ def _preserve_global_rng() -> Iterator[None]:
 
 
 def _build(
-    arch: Mapping[str, Any],
+    config: ModelConfig,
     *,
     seed: int | None,
     device: str | torch.device | None,
     kind: str = "auto",
 ) -> Any:
-    """Build a model from ``HookedTransformerConfig``-style fields on the chosen kind."""
+    """Build a model from a ``ModelConfig`` on the chosen kind."""
     kind = _resolve_kind(kind)
     device = torch.device("cpu") if device is None else torch.device(device)
-    fields = dict(arch)
+    fields = config.to_dict()
     fields["seed"] = seed
     try:
         # TL 2's config seeds the global RNGs in __post_init__, so build it inside the guard too.
-        with _preserve_global_rng():
+        with preserve_global_rng():
             if kind == "bridge":
                 bridge_cls, config_cls = _tl.bridge_classes()
                 model = bridge_cls.boot_native(config_cls(**fields), device=device)
@@ -155,20 +237,8 @@ def _build(
                 model_cls, config_cls = _tl.hooked_classes()
                 model = model_cls(config_cls(**fields, device=str(device)))
     except (TypeError, ValueError) as err:
-        raise BeliefLensError(f"cannot build a {kind} model from {dict(arch)}: {err}") from err
+        raise BeliefLensError(f"cannot build a {kind} model from {config}: {err}") from err
     return model
-
-
-def _architecture(model: Any) -> dict[str, Any]:
-    """The ``HookedTransformerConfig`` architecture fields of a model, read from ``model.cfg``."""
-    cfg = model.cfg
-    missing = object()
-    arch = {}
-    for name in ARCH_FIELDS:
-        value = getattr(cfg, name, missing)
-        if value is not missing:
-            arch[name] = value
-    return arch
 
 
 # --- state-dict formats -------------------------------------------------------------------------
@@ -240,7 +310,7 @@ def _tensors_for_saving(model: Any) -> tuple[dict[str, Tensor], str]:
     if _is_legacy_state_dict(state):
         return state, _FORMAT_LEGACY
     try:
-        return _bridge_to_legacy(state, _architecture(model)), _FORMAT_LEGACY
+        return _bridge_to_legacy(state, ModelConfig.from_model(model).to_dict()), _FORMAT_LEGACY
     except (KeyError, RuntimeError) as err:
         logger.info("saving bridge tensor names: no HookedTransformer name for %s", err)
         return state, _FORMAT_BRIDGE
@@ -256,11 +326,13 @@ def _config_path(path: Path) -> Path:
 def save_checkpoint(
     model: Any, path: str | os.PathLike, *, extra: Mapping[str, Any] | None = None
 ) -> Path:
-    """Save weights to ``path`` (safetensors) and the architecture to ``path.config.json``.
+    """Save weights and architecture to ``path`` (safetensors) in one atomic, fsync'd write.
 
-    The config holds the ``HookedTransformerConfig`` architecture fields at top level (like the
-    paper's) plus a ``belief_lens`` entry with the TransformerLens version, seed, tensor format and
-    ``extra`` (JSON-serialisable). Both files are written atomically. Returns the weights path.
+    The ``ModelConfig``, TransformerLens version, seed, tensor format and ``extra``
+    (JSON-serialisable) ride in the safetensors metadata, so weights and config land together or
+    not at all. A ``path.config.json`` with the architecture at top level (like the paper's) is
+    written beside it for people and older readers; ``load_checkpoint`` prefers the metadata.
+    Returns the weights path.
     """
     from safetensors.torch import save_file
 
@@ -268,29 +340,59 @@ def save_checkpoint(
     if path.suffix != ".safetensors":
         raise BeliefLensError(f"checkpoint path must end in .safetensors, got {str(path)!r}")
     tensors, fmt = _tensors_for_saving(model)
-    config = _architecture(model)
-    config[_META_KEY] = {
+    config = ModelConfig.from_model(model).to_dict()
+    meta = {
+        "model_config": dict(config),
         "transformer_lens_version": _tl.tl_version_string(),
         "seed": getattr(model.cfg, "seed", None),
         "format": fmt,
         "extra": dict(extra) if extra is not None else {},
     }
     try:
-        config_text = json.dumps(config, indent=2, sort_keys=False)
+        meta_text = json.dumps(meta, sort_keys=False)
     except TypeError as err:
         raise BeliefLensError(f"save_checkpoint: extra must be JSON-serialisable: {err}") from err
-
-    def write_config(tmp: str) -> None:
-        Path(tmp).write_text(config_text + "\n")
-
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write(_config_path(path), write_config)
+    config[_META_KEY] = {k: v for k, v in meta.items() if k != "model_config"}
+    config_text = json.dumps(config, indent=2) + "\n"
+    metadata = {"format": "pt", _META_KEY: meta_text}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(_config_path(path), lambda tmp: Path(tmp).write_text(config_text))
     return path
 
 
+def _embedded_meta(path: Path) -> dict[str, Any] | None:
+    """The ``belief_lens`` metadata inside a safetensors file, or None (the paper's files)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(_META_KEY)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BeliefLensError(f"cannot read {str(path)!r} as safetensors: {err}") from err
+    if text is None:
+        return None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BeliefLensError(f"checkpoint {str(path)!r} has corrupt metadata: {err}") from err
+    if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict):
+        raise BeliefLensError(f"checkpoint {str(path)!r} metadata lacks its model_config")
+    return meta
+
+
 def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``.config.json`` beside a checkpoint, as a dict (architecture plus ``belief_lens``)."""
+    """A checkpoint's config as a dict: the architecture fields plus a ``belief_lens`` entry.
+
+    From the safetensors metadata when present, else the ``.config.json`` beside the file (the
+    paper's checkpoints).
+    """
     path = Path(path)
+    if path.is_file():
+        meta = _embedded_meta(path)
+        if meta is not None:
+            config = dict(meta.pop("model_config"))
+            config[_META_KEY] = meta
+            return config
     config_path = _config_path(path)
     if not config_path.is_file():
         raise BeliefLensError(
@@ -302,7 +404,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
         raise BeliefLensError(f"checkpoint config {str(config_path)!r} is not JSON: {err}") from err
     if not isinstance(config, dict):
         raise BeliefLensError(f"checkpoint config {str(config_path)!r} must hold a JSON object")
-    missing = [k for k in _REQUIRED_FIELDS if k not in config]
+    missing = [k for k in ("n_layers", "d_model", "d_head", "n_ctx", "d_vocab") if k not in config]
     if missing:
         raise BeliefLensError(f"checkpoint config {str(config_path)!r} lacks fields {missing}")
     return config
@@ -311,9 +413,10 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None = None) -> Any:
     """Load a checkpoint as a model of the installed TransformerLens (bridge or HookedTransformer).
 
-    Accepts this package's checkpoints and ``HookedTransformer`` state dicts in safetensors with
-    a ``.config.json`` of ``HookedTransformerConfig`` fields (the paper's). Never unpickles.
-    Keys or shapes that don't fit raise a ``BeliefLensError`` naming the file and the keys.
+    Accepts this package's checkpoints (config in the safetensors metadata) and
+    ``HookedTransformer`` state dicts in safetensors with a ``.config.json`` of
+    ``HookedTransformerConfig`` fields (the paper's). Never unpickles. Keys or shapes that don't
+    fit raise a ``BeliefLensError`` naming the file and the keys.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -327,8 +430,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise BeliefLensError(f"cannot read {str(path)!r} as safetensors: {err}") from err
-    seed = meta.get("seed", None)
-    model = _build(config, seed=seed, device="cpu")
+    model = _build(ModelConfig.from_dict(config), seed=meta.get("seed"), device="cpu")
     load_weights_into(model, state, path=path)
     if device is not None:
         model = model.to(device)
@@ -346,7 +448,7 @@ def load_weights_into(
     """
     path = Path(path)
     target = model.state_dict()
-    arch = _architecture(model)
+    arch = ModelConfig.from_model(model).to_dict()
     target_is_legacy = _is_legacy_state_dict(target)
     file_is_legacy = _is_legacy_state_dict(state)
     state = {k: v for k, v in state.items() if not k.endswith(_BUFFER_SUFFIXES)}

@@ -16,7 +16,6 @@ TransformerLens and transformers are imported inside functions only.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -27,15 +26,12 @@ import torch
 
 from belief_lens import _tl
 from belief_lens.errors import BeliefLensError
-from belief_lens.hmm import HMM
-from belief_lens.token_map import TokenMap
 
 __all__ = [
     "GPT2_TOKENS",
     "gpt2_like",
     "hub_reachable",
     "load_pretrained",
-    "train_mapped",
     "word_tokenizer",
 ]
 
@@ -60,9 +56,9 @@ _EOT = "<|endoftext|>"
 @contextlib.contextmanager
 def _seeded(seed: int | None) -> Iterator[None]:
     """Seed torch inside, and restore the caller's global RNG state afterwards."""
-    from belief_lens.models import _preserve_global_rng
+    from belief_lens.models import preserve_global_rng
 
-    with _preserve_global_rng():
+    with preserve_global_rng():
         if seed is not None:
             torch.manual_seed(seed)
         yield
@@ -210,77 +206,6 @@ def _bridge_gpt2(d_vocab, n_ctx, n_layers, d_model, n_heads, d_mlp, tokenizer, s
         tokenizer=tokenizer,
         model_name="gpt2_like",
     )
-
-
-def train_mapped(
-    model: Any,
-    hmm: HMM,
-    token_map: TokenMap,
-    *,
-    n_steps: int,
-    length: int,
-    batch_size: int = 16,
-    lr: float = 3e-3,
-    seed: int = 0,
-) -> list[float]:
-    """Briefly train ``model`` on ``hmm`` text written through ``token_map``; returns the losses.
-
-    A minimal loop for local stand-ins of pretrained models (``gpt2_like``), so tests and demos
-    can compare a model that learned the process with one that did not. Each step samples
-    ``batch_size`` sequences of ``length`` symbols and minimises the soft-target cross-entropy
-    between ``P(. | belief)`` and the model's full-vocabulary softmax at the mapped tokens, at
-    every prediction position (the BOS one included): its optimum puts all mass on the mapped
-    tokens, in the Bayes proportions. AdamW with warmup, cosine decay and gradient clipping; the
-    model is left in eval mode. For toy models over the bare symbol vocabulary use
-    ``belief_lens.training.train``.
-    """
-    from belief_lens.beliefs import belief_states, sample_sequences
-
-    if n_steps < 1 or batch_size < 1 or length < 1:
-        raise BeliefLensError(
-            f"n_steps, batch_size and length must be >= 1, got {n_steps}, {batch_size}, {length}"
-        )
-    if token_map.model_length(length) > int(model.cfg.n_ctx):
-        raise BeliefLensError(
-            f"{length} symbols need {token_map.model_length(length)} positions, more than "
-            f"n_ctx={int(model.cfg.n_ctx)}"
-        )
-    token_map.check_model(model)
-    device = next(model.parameters()).device
-    ids = token_map.ids.to(device)
-    with_bos = token_map.bos is not None
-    positions = token_map.prediction_positions(length, include_initial=with_bos).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # anything stochastic inside the model (e.g. dropout)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warmup = max(1, n_steps // 10)
-    # Linear warmup, then cosine decay to zero: stable at the large vocabulary's first steps.
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / n_steps))),
-    )
-    losses = []
-    model.train()
-    try:
-        for _ in range(n_steps):
-            symbols = sample_sequences(hmm, batch_size, length, generator=gen)
-            beliefs = belief_states(hmm, symbols)
-            if with_bos:
-                start = hmm.initial_state.expand(batch_size, 1, -1)
-                beliefs = torch.cat([start, beliefs], dim=1)
-            target = hmm.next_token_probs(beliefs).float().to(device)  # [n, P, V]
-            logits = model(token_map.encode(symbols).to(device))[:, positions]
-            log_q = torch.log_softmax(logits.float(), dim=-1)[..., ids]
-            loss = -(target * log_q).sum(-1).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-    finally:
-        model.eval()
-    return losses
 
 
 # ---------------------------------------------------------------------------------------- hub

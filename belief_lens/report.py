@@ -97,11 +97,14 @@ def analyse(
         "loss_over_optimal": record.loss_over_optimal,
         "loss_per_position": record.loss_per_position,
         "exact": record.exact,
+        "optimal_loss_method": record.optimal_method,  # "exact" or "estimated ± se"
+        "optimal_loss_se": record.optimal_loss_se,
     }
     logger.info(
-        "model loss %.5f nats, optimum %.5f (ratio %.4f)",
+        "model loss %.5f nats, optimum %.5f (%s; ratio %.4f)",
         ml["loss"],
         ml["optimal_loss"],
+        record.optimal_method,
         ml["loss_over_optimal"],
     )
 
@@ -203,12 +206,17 @@ def analyse(
             eval_tokens=[e.tokens for e in history.evals],
             eval_loss=[e.loss for e in history.evals],
         )
-        sections.append(Section("Training", "Loss relative to the optimal loss.", [fig]))
+        method = getattr(history, "optimal_method", "exact")
+        sections.append(
+            Section("Training", f"Loss relative to the optimal loss ({method}).", [fig])
+        )
         metrics["training"] = {
+            "config": getattr(history, "config", {}),
             "steps": len(history.loss),
+            "seconds": getattr(history, "seconds", None),
             "tokens": len(history.loss) * per_step,
+            "optimal_loss_method": method,
             "final_eval": history.evals[-1].__dict__ if history.evals else None,
-            **getattr(history, "config", {}),
         }
     metrics["analysis_seconds"] = time.perf_counter() - t0
     write_report(out_dir, title, sections, metrics)

@@ -28,7 +28,7 @@ from belief_lens.models import find_checkpoint, load_checkpoint, toy_transformer
 from belief_lens.plotting import simplex_projection
 from belief_lens.probes import collect_probe_data, fit_probes
 from belief_lens.processes import mess3
-from belief_lens.training import DEFAULTS, budget_steps, train
+from belief_lens.training import DEFAULTS, TrainConfig, train
 
 
 def parse_args(argv):
@@ -54,9 +54,10 @@ def get_model(args, hmm):
         return load_checkpoint(path).eval()
     print("paper checkpoint not found: training the paper architecture from scratch")
     model = toy_transformer(3, 10, seed=0)
-    n = budget_steps(model, hmm, args.minutes * 60, targets="bayes", **DEFAULTS["bayes"])
-    n = min(n, args.max_steps or n)
-    train(model, hmm, n_steps=n, targets="bayes", progress=False, **DEFAULTS["bayes"])
+    config = TrainConfig(
+        **DEFAULTS["bayes"], targets="bayes", seconds=args.minutes * 60, steps=args.max_steps
+    )
+    train(model, hmm, config, progress=False)
     return model.eval()
 
 

@@ -26,7 +26,7 @@ from belief_lens.models import PAPER_ARCHITECTURES, load_checkpoint, toy_transfo
 from belief_lens.plotting import compare_figure, layer_grid_figure, training_curve_figure
 from belief_lens.probes import collect_probe_data, fit_probes, next_token_control
 from belief_lens.processes import make_process
-from belief_lens.training import DEFAULTS, budget_steps, train
+from belief_lens.training import DEFAULTS, TrainConfig, train
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,11 +50,10 @@ def get_model(args: argparse.Namespace, hmm):
     if args.checkpoint:
         return load_checkpoint(args.checkpoint), None
     model = toy_transformer(hmm.n_symbols, 10, seed=0, **PAPER_ARCHITECTURES[args.process])
-    settings = DEFAULTS["bayes"]
-    n_steps = budget_steps(model, hmm, args.minutes * 60, targets="bayes", **settings)
-    if args.max_steps:
-        n_steps = min(n_steps, args.max_steps)
-    history = train(model, hmm, n_steps=n_steps, targets="bayes", progress=False, **settings)
+    config = TrainConfig(
+        **DEFAULTS["bayes"], targets="bayes", seconds=args.minutes * 60, steps=args.max_steps
+    )
+    history = train(model, hmm, config, progress=False)
     return model, history
 
 

@@ -29,9 +29,10 @@ from plotly.subplots import make_subplots
 from belief_lens.activations import residual_hooks
 from belief_lens.errors import BeliefLensError
 from belief_lens.in_context import fit_position_probes, in_context_curve
-from belief_lens.pretrained import gpt2_like, load_pretrained, train_mapped, word_tokenizer
+from belief_lens.pretrained import gpt2_like, load_pretrained, word_tokenizer
 from belief_lens.processes import mess3, rrxor
 from belief_lens.token_map import TokenMap
+from belief_lens.training import TrainConfig, train
 
 #: Exit status when the hub is unreachable (sysexits EX_TEMPFAIL: try again later).
 EXIT_HUB_UNREACHABLE = 75
@@ -166,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         token_map = TokenMap.from_strings(model, strings, separator=separator, bos=True)
         length = min(args.length, token_map.max_symbols(int(model.cfg.n_ctx)))
         if args.local and args.train_steps > 0:
-            train_mapped(model, hmm, token_map, n_steps=args.train_steps, length=length)
+            config = TrainConfig(
+                steps=args.train_steps, length=length, batch_size=16, lr=3e-3, targets="bayes",
+                eval_sequences=64,
+            )  # fmt: skip
+            train(model, hmm, config, token_map=token_map, progress=False)
         print(f"{name}: {token_map}, {length} symbols, {args.n_sequences} sequences")
         curve = in_context_curve(
             model, hmm, token_map, args.n_sequences, length, memory_limit_bytes=memory

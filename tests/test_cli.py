@@ -4,31 +4,26 @@ import json
 
 import pytest
 
+from belief_lens import cli
 from belief_lens.cli import main
 
 REPORT_KEYS = {
-    "process", "n_ctx", "train_seconds", "ground_truth", "model_loss", "probes", "controls",
-    "interventions", "training", "analysis_seconds",
+    "process", "n_ctx", "train_seconds", "train_steps", "ground_truth", "model_loss", "probes",
+    "controls", "interventions", "training", "analysis_seconds",
 }  # fmt: skip
 
 
-def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
-    out = tmp_path / "demo"
-    argv = [
-        "demo",
-        "--process",
-        "rrxor",
-        "--minutes",
-        "1",
-        "--max-steps",
-        "8",
-        "--out",
-        str(out),
-    ]
+def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["demo", "--process", "rrxor", "--minutes", "1", "--max-steps", "8"]
     assert main(["-q", *argv]) == 0
+    (out,) = (tmp_path / "runs").iterdir()  # a new runs/<process>-<time> directory
+    assert out.name.startswith("rrxor-")
     metrics = json.loads((out / "metrics.json").read_text())
     assert REPORT_KEYS <= set(metrics)
-    assert metrics["training"]["steps"] == 8
+    assert metrics["training"]["steps"] == 8 and metrics["train_steps"] == 8
+    assert 0 < metrics["train_seconds"] == metrics["training"]["seconds"]
+    assert metrics["model_loss"]["optimal_loss_method"] == "exact"
     hooks = metrics["probes"]["hook"]
     assert hooks[0] == "blocks.0.hook_resid_pre" and hooks[-1] == "concat"
     assert set(metrics["controls"]) == {
@@ -42,7 +37,68 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     assert (out / "model.safetensors").is_file()
     # The paper's RRXOR architecture, not its Mess3 one.
     assert json.loads((out / "model.config.json").read_text())["d_model"] == 128
-    assert "wrote" in capsys.readouterr().out
+    assert f"wrote runs/{out.name}/report.html" in capsys.readouterr().out
+
+    # Nothing a run wrote is replaced by a later run into the same directory.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["-q", *argv, "--out", str(out)]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    probe = ["probe", "--checkpoint", str(out / "model.safetensors"), "--process", "rrxor"]
+    assert main(["-q", *probe, "--out", str(out), "--no-controls"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_output_is_checked_before_training(tmp_path, monkeypatch, capsys):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr("belief_lens.training.train", no_training)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["demo", "--max-steps", "1", "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(blocker) in err and "\n" not in err
+
+
+def test_params_are_typed_by_the_process_signature():
+    hmm = cli._process("random", [("n_states", "3"), ("n_symbols", "2"), ("seed", "4")])
+    assert (hmm.n_states, hmm.n_symbols) == (3, 2)
+    with pytest.raises(cli.BeliefLensError, match="random expects an integer for n_states"):
+        cli._process("random", [("n_states", "2.5"), ("n_symbols", "2")])
+    with pytest.raises(cli.BeliefLensError, match="x must be a finite number"):
+        cli._process("mess3", [("x", "nan")])
+    assert cli._process("mess3", [("x", "0.1")]).name.startswith("mess3(x=0.1")
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--minutes", "nan", "expected a finite number, got 'nan'"),
+        ("--minutes", "-1", "expected a positive number, got '-1'"),
+        ("--batch-size", "0", "expected a positive number, got '0'"),
+        ("--max-steps", "0", "expected a positive number, got '0'"),
+        ("--max-steps", "2.5", "expected an integer, got '2.5'"),
+        ("--lr", "inf", "expected a finite number, got 'inf'"),
+    ],
+)
+def test_bad_numbers_are_refused(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", flag, value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unexpected_errors_print_one_line_and_suggest_debug(monkeypatch, capsys, tmp_path):
+    def broken(args):
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.setattr(cli, "run_demo", broken)
+    assert main(["demo", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "RuntimeError: something broke" in err and "--debug" in err
+    with pytest.raises(RuntimeError):
+        main(["demo", "--debug", "--out", str(tmp_path)])
 
 
 def test_probe_reproduces_the_paper_checkpoint(shared_checkpoint, tmp_path):

@@ -26,12 +26,18 @@ from belief_lens.in_context import (  # noqa: E402
     fit_position_probes,
     in_context_curve,
 )
-from belief_lens.pretrained import gpt2_like, train_mapped  # noqa: E402
+from belief_lens.pretrained import gpt2_like  # noqa: E402
 from belief_lens.probes import AffineProbe, split_prefixes  # noqa: E402
+from belief_lens.training import TrainConfig, train  # noqa: E402
 
 IDS = [317, 347, 327]  # GPT-2's " A", " B", " C"
 COMMA, PERIOD, EOT = 11, 13, 50256
 LENGTH = 8
+#: A brief training on Bayes targets through a token map, with few evaluation sequences.
+MAPPED = TrainConfig(
+    steps=80, length=LENGTH, batch_size=8, lr=5e-3, targets="bayes", warmup_steps=8,
+    eval_sequences=64,
+)  # fmt: skip
 MAPS = {
     "plain": TokenMap(IDS),
     "bos": TokenMap(IDS, bos=EOT),
@@ -67,7 +73,7 @@ def models():
         return curve, table
 
     before = measure()
-    losses = train_mapped(model, hmm, tm, n_steps=80, length=LENGTH, batch_size=8, lr=5e-3)
+    losses = train(model, hmm, MAPPED, token_map=tm, progress=False).loss
     after = measure()
     return {"model": model, "hmm": hmm, "map": tm, "hook": hook, "before": before,
             "after": after, "losses": losses}  # fmt: skip
@@ -317,7 +323,7 @@ def test_steering_through_a_separated_map():
 
     hmm, tm, hook = mess3(), MAPS["comma_bos"], "blocks.1.hook_resid_post"
     model = gpt2_like(n_ctx=32, n_layers=2, d_model=64, n_heads=2, seed=0)
-    train_mapped(model, hmm, tm, n_steps=80, length=LENGTH, batch_size=8, lr=5e-3)
+    train(model, hmm, MAPPED, token_map=tm, progress=False)
     table = fit_position_probes(
         model, hmm, tm, [hook], n_sequences=400, length=LENGTH, window=None, read_at="prediction"
     )

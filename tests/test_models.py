@@ -12,6 +12,7 @@ import torch
 from belief_lens import _tl
 from belief_lens.errors import BeliefLensError
 from belief_lens.models import (
+    ModelConfig,
     find_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -71,12 +72,31 @@ def test_unavailable_kind_raises():
         toy_transformer(3, 8, kind="nope")
     with pytest.raises(BeliefLensError, match="d_model must be >= 1"):
         toy_transformer(3, 8, d_model=0)
+    with pytest.raises(BeliefLensError, match=r"unknown field\(s\) \['d_modle'\]"):
+        toy_transformer(3, 8, d_modle=32)
+
+
+def test_toy_transformer_from_a_config():
+    config = ModelConfig(d_vocab=3, n_ctx=8, **SMALL)
+    a = toy_transformer(config, seed=4)
+    b = toy_transformer(3, 8, **SMALL, seed=4)
+    assert _same_weights(a, b)
+    assert ModelConfig.from_model(a) == config
+    c = toy_transformer(config, d_mlp=32)
+    assert ModelConfig.from_model(c) == config.replace(d_mlp=32)
+    with pytest.raises(BeliefLensError, match="expected a ModelConfig, got dict"):
+        toy_transformer({"d_vocab": 3})
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_load_roundtrip(tmp_path, kind):
     model = toy_transformer(3, 8, **SMALL, seed=3, kind=kind).eval()
     path = save_checkpoint(model, tmp_path / "m.safetensors", extra={"note": "hi"})
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:  # the config rides with the weights
+        embedded = json.loads(f.metadata()["belief_lens"])
+    assert embedded["model_config"] == ModelConfig.from_model(model).to_dict()
     config = json.loads((tmp_path / "m.config.json").read_text())
     assert config["d_model"] == 32 and config["n_heads"] == 2 and config["act_fn"] == "relu"
     meta = config["belief_lens"]
@@ -109,13 +129,38 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.config.json", "m.safetensors"]
 
 
+def test_crash_between_weights_and_sidecar_config_still_loads(tmp_path, monkeypatch):
+    """Weights and config land in one write: a crash before the sidecar .config.json is written
+    leaves a checkpoint that loads as the new model, even beside a stale sidecar."""
+    import belief_lens.models as models
+
+    old = toy_transformer(3, 8, **SMALL, seed=0)
+    path = save_checkpoint(old, tmp_path / "m.safetensors")
+    real = models.atomic_write
+    calls = []
+
+    def crash_on_config(target, write):
+        calls.append(target)
+        if str(target).endswith(".config.json"):
+            raise KeyboardInterrupt
+        return real(target, write)
+
+    monkeypatch.setattr(models, "atomic_write", crash_on_config)
+    new = toy_transformer(3, 8, **{**SMALL, "d_mlp": 32}, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(new, path)
+    assert json.loads((tmp_path / "m.config.json").read_text())["d_mlp"] == 64  # stale
+    loaded = load_checkpoint(path)
+    assert loaded.cfg.d_mlp == 32 and _same_weights(loaded, new.eval())
+
+
 @pytest.mark.skipif(not _tl.is_bridge_available(), reason="needs TransformerBridge")
 def test_bridge_to_legacy_inverts_tl_converter():
-    from belief_lens.models import _architecture, _bridge_to_legacy
+    from belief_lens.models import _bridge_to_legacy
 
     model = toy_transformer(3, 8, **SMALL, seed=0, kind="bridge")
     state = model.state_dict()
-    legacy = _bridge_to_legacy(state, _architecture(model))
+    legacy = _bridge_to_legacy(state, ModelConfig.from_model(model).to_dict())
     assert legacy["blocks.0.attn.W_Q"].shape == (2, 32, 8)
     assert legacy["blocks.0.attn.W_O"].shape == (2, 8, 32)
     back = _tl.convert_legacy_state_dict(legacy, model.cfg)
@@ -144,11 +189,20 @@ def test_paper_rrxor_loads(shared_checkpoint):
     assert logits.shape == (5, 10, 2) and torch.isfinite(logits).all()
 
 
+def _paper_style(model, path):
+    """A bare HookedTransformer-named state dict with a sidecar config, like the paper's files."""
+    from safetensors.torch import load_file, save_file
+
+    save_checkpoint(model, path)
+    save_file(load_file(str(path)), str(path))  # drop the embedded config
+    return path
+
+
 def test_load_missing_files(tmp_path):
     with pytest.raises(BeliefLensError, match=r"nothere\.safetensors.*not found"):
         load_checkpoint(tmp_path / "nothere.safetensors")
     model = toy_transformer(3, 8, **SMALL)
-    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    path = _paper_style(model, tmp_path / "m.safetensors")
     (tmp_path / "m.config.json").unlink()
     with pytest.raises(BeliefLensError, match=r"m\.config\.json.*not found"):
         load_checkpoint(path)
@@ -158,7 +212,7 @@ def test_load_mismatched_keys_names_them(tmp_path):
     from safetensors.torch import load_file, save_file
 
     model = toy_transformer(3, 8, **SMALL)
-    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    path = _paper_style(model, tmp_path / "m.safetensors")
     state = load_file(str(path))
     state.pop("blocks.1.mlp.W_in")
     state["blocks.1.mlp.W_extra"] = torch.zeros(2)
@@ -173,7 +227,7 @@ def test_load_mismatched_keys_names_them(tmp_path):
 
 def test_load_shape_mismatch_names_it(tmp_path):
     model = toy_transformer(3, 8, **SMALL)
-    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    path = _paper_style(model, tmp_path / "m.safetensors")
     config_path = tmp_path / "m.config.json"
     config = json.loads(config_path.read_text())
     config["d_mlp"] = 48
