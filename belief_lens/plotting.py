@@ -17,6 +17,7 @@ __all__ = [
     "compare_figure",
     "discovery_figure",
     "layer_grid_figure",
+    "patching_figure",
     "project_beliefs",
     "simplex_figure",
     "simplex_projection",
@@ -285,4 +286,49 @@ def discovery_figure(
     fig.add_trace(_scatter(xy, colors, marker_size, "coordinates"), row=1, col=2)
     fig.update_layout(title=title, template="plotly_white", width=1000, height=480)
     _square_axes(fig, 2)
+    return fig
+
+
+def patching_figure(result, *, title: str | None = None) -> go.Figure:
+    """Activation patching against theory: the fraction of the KL gap recovered by patching the
+    belief subspace at each ``[hook, position]`` beside the same for its control subspace.
+
+    ``result`` is an ``interventions.PatchingResult`` (anything with ``recovery``,
+    ``control_recovery``, ``hooks``, ``positions`` and ``rank``).
+    """
+    grids = [np.asarray(result.recovery, dtype=float), np.asarray(result.control_recovery, float)]
+    hooks, positions = [str(h) for h in result.hooks], [str(p) for p in result.positions]
+    for grid in grids:
+        if grid.shape != (len(hooks), len(positions)):
+            raise BeliefLensError(
+                f"a recovery grid {grid.shape} does not match {len(hooks)} hooks x "
+                f"{len(positions)} positions"
+            )
+    titles = (
+        f"Belief subspace (rank {result.rank})",
+        f"Control: random rank-{result.rank} subspace orthogonal to it",
+    )
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.2)
+    for col, grid in enumerate(grids, start=1):
+        fig.add_trace(
+            go.Heatmap(
+                z=grid,
+                x=positions,
+                y=hooks,
+                coloraxis="coloraxis",
+                text=np.round(grid, 2),
+                texttemplate="%{text}",
+                hovertemplate="%{y}, position %{x}: %{z:.3f} recovered<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text="patched position", row=1, col=col)
+    fig.update_layout(
+        title=title or "Fraction of KL(theory || model) recovered by patching",
+        coloraxis={"colorscale": "RdBu", "cmin": -1, "cmax": 1, "colorbar": {"title": "recovered"}},
+        template="plotly_white",
+        width=1100,
+        height=120 + 40 * len(hooks) + 120,
+    )
     return fig

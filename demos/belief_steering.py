@@ -7,6 +7,8 @@
 # directions by `(target - current) @ P`. If the model computes its prediction from the belief,
 # its next-token distribution must move to `P(. | target belief)`, which the HMM gives exactly.
 # A norm-matched change along random directions orthogonal to the beliefs is the control.
+# Then activation patching, through TransformerLens's own `generic_activation_patch`: swapping the
+# belief subspace of a clean run into a corrupted one, against theory and the same control.
 #
 # Run: `python demos/belief_steering.py [--checkpoint PATH] [--out runs/steering]`.
 
@@ -23,9 +25,9 @@ from plotly.subplots import make_subplots
 
 from belief_lens.activations import residual_hooks
 from belief_lens.beliefs import belief_states, sample_sequences
-from belief_lens.interventions import intervention_report, steering_hook
+from belief_lens.interventions import Steer, intervene, intervention_report, patching_report
 from belief_lens.models import find_checkpoint, load_checkpoint, toy_transformer
-from belief_lens.plotting import simplex_projection
+from belief_lens.plotting import patching_figure, simplex_projection
 from belief_lens.probes import collect_probe_data, fit_probes
 from belief_lens.processes import mess3
 from belief_lens.training import DEFAULTS, TrainConfig, train
@@ -76,10 +78,10 @@ def single_example(model, hmm, probe, hook):
     src, tgt = tokens[i : i + 1], last[j : j + 1]
     _, cache = model.run_with_cache(src, names_filter=[hook])
     acts = cache[hook]
-    steered = steering_hook(probe, tgt, positions=-1)(acts, None)
+    steer = Steer.from_probe(probe, hook, tgt, positions=-1)  # a value: save it, control it
+    steered = steer.apply(acts)
     logits_before = model(src)[0, -1]
-    with model.hooks(fwd_hooks=[(hook, steering_hook(probe, tgt, positions=-1))]):
-        logits_after = model(src)[0, -1]
+    logits_after = intervene(model, src, steer)[0, -1]
     return {
         "true source belief": last[i],
         "target belief": tgt[0],
@@ -140,6 +142,26 @@ def layer_figure(summaries):
     return fig
 
 
+# %% [markdown]
+# ## Every layer: patching the belief subspace, against theory
+#
+# `patching_report` runs `transformer_lens.patching.generic_activation_patch` with the package's
+# `subspace_patch_setter` and `theory_kl_metric`: at each layer and position, the clean run's
+# belief-subspace component replaces the corrupted run's. Recovery is 0 for the corrupted run and 1
+# for the clean run, measured as KL from the theory's prediction for the clean belief.
+
+
+# %%
+def patch_every_layer(model, hmm, table, n):
+    n_layers = int(model.cfg.n_layers)
+    probes = {layer: table.probes[f"blocks.{layer}.hook_resid_post"] for layer in range(n_layers)}
+    clean = sample_sequences(hmm, n, 10, seed=1)
+    corrupted = sample_sequences(hmm, n, 10, seed=2)
+    result = patching_report(model, clean, corrupted, hmm, probes)
+    print(result.to_markdown())
+    return result
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     hmm = mess3()
@@ -156,7 +178,7 @@ def main(argv=None) -> int:
     summaries = {}
     for hk in hooks:
         rep = intervention_report(
-            model, hmm, table.probes[hk], hk, n_sequences=args.report_sequences
+            model, None, hmm, table.probes[hk], hk, n_sequences=args.report_sequences
         )
         s = summaries[hk] = rep.summary()
         print(
@@ -165,7 +187,13 @@ def main(argv=None) -> int:
             f"control {s['fold_control']:.2f}x"
         )
     layer_figure(summaries).write_html(out / "layers.html")
-    results = {"example": {k: v.tolist() for k, v in example.items()}, "layers": summaries}
+    patching = patch_every_layer(model, hmm, table, args.report_sequences)
+    patching_figure(patching).write_html(out / "patching.html")
+    results = {
+        "example": {k: v.tolist() for k, v in example.items()},
+        "layers": summaries,
+        "patching": patching.summary(),
+    }
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     print(f"figures in {out}/")
     return 0

@@ -44,4 +44,8 @@ def test_belief_steering_demo(shared_checkpoint, tmp_path):
     assert load("belief_steering").main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["layers"]["blocks.3.hook_resid_post"]["fold_encoding"] > 10
+    patching = metrics["patching"]
+    assert patching["recovered"]["blocks.3.hook_resid_post"] > 0.9
+    assert abs(patching["control_recovered"]["blocks.3.hook_resid_post"]) < 0.1
+    assert (tmp_path / "patching.html").stat().st_size > 0
     assert (tmp_path / "example.html").stat().st_size > 0

@@ -303,10 +303,10 @@ def test_steering_through_the_token_map(models):
     tokens = sample_sequences(hmm, 64, LENGTH, seed=11)
     report = intervention_report(
         model,
+        tokens,
         hmm,
         probe,
         hook,
-        tokens,
         position=-1,
         token_map=tm,
         directions=("encoding", "control"),
@@ -328,7 +328,7 @@ def test_steering_through_a_separated_map():
         model, hmm, tm, [hook], n_sequences=400, length=LENGTH, window=None, read_at="prediction"
     )
     report = intervention_report(
-        model, hmm, table.probes[(hook, 0)], hook, sample_sequences(hmm, 64, LENGTH, seed=3),
+        model, sample_sequences(hmm, 64, LENGTH, seed=3), hmm, table.probes[(hook, 0)], hook,
         token_map=tm, directions=("encoding", "control"),
     )  # fmt: skip
     summary = report.summary()
