@@ -25,7 +25,7 @@ from belief_lens.models import PAPER_ARCHITECTURES, save_checkpoint, toy_transfo
 from belief_lens.plotting import compare_figure
 from belief_lens.processes import mess3, mixture
 from belief_lens.report import shared_structure_section, write_report
-from belief_lens.training import DEFAULTS, budget_steps, evaluate_loss, train
+from belief_lens.training import DEFAULTS, TrainConfig, evaluate_loss, train
 from belief_lens.transfer import collect_vocab, shared_structure
 
 VOCAB_MAPS = [[0, 1, 2], [3, 4, 5]]
@@ -54,11 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     component = mess3()
     hmm = mixture([component, component], vocab_maps=VOCAB_MAPS)
     model = toy_transformer(6, 10, seed=args.seed, **PAPER_ARCHITECTURES["mess3"])
-    settings = dict(DEFAULTS["bayes"], targets="bayes", seed=args.seed)
+    config = TrainConfig(
+        seconds=args.minutes * 60,
+        steps=args.max_steps,
+        targets="bayes",
+        seed=args.seed,
+        **DEFAULTS["bayes"],
+    )
     t0 = time.perf_counter()
-    n_steps = budget_steps(model, hmm, args.minutes * 60, **settings)
-    n_steps = min(n_steps, args.max_steps or n_steps)
-    train(model, hmm, n_steps=n_steps, progress=False, **settings)
+    history = train(model, hmm, config, progress=False)
     train_seconds = time.perf_counter() - t0
     model.eval()
     loss = evaluate_loss(model, hmm, n_sequences=args.eval_sequences)
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     metrics = {
         **result.metrics(),
-        "train_steps": n_steps,
+        "train_steps": history.steps,
         "train_seconds": train_seconds,
         "loss": dataclasses.asdict(loss),
     }
