@@ -278,9 +278,11 @@ def steering_transfer(
     seed: int = 0,
 ) -> SteerTransfer:
     """Steer B sequences' belief at ``position`` to another B sequence's belief along A's
-    encoding directions (``(target - true) @ probe_a.encoding_map()``), and compare the model's
-    next-token distribution with theory, against a norm-matched control and B's own directions."""
-    from belief_lens.interventions import kl_divergence, steer_to_belief
+    encoding directions (``(target - true) @ probe_a.encoding_map()``, a ``Steer`` from
+    ``probe_a``), and compare the model's next-token distribution with theory, against the
+    steer's norm-matched control (``Steer.control(seed)``) and B's own directions."""
+    from belief_lens.activations import eval_mode, model_device
+    from belief_lens.interventions import Steer, intervene, kl_divergence
 
     n = min(n_sequences, data_b.tokens.shape[0])
     if n < 2:
@@ -292,41 +294,29 @@ def steering_transfer(
     theory = torch.zeros(n, int(model.cfg.d_vocab), dtype=torch.float64)
     theory[:, list(data_b.vocab_map)] = component.next_token_probs(target)
 
-    def kl(probe: AffineProbe | None, directions: str = "encoding") -> float:
-        if probe is None:
-            from belief_lens.activations import eval_mode
-
+    def kl(intervention: Any | None) -> float:
+        if intervention is None:
             with eval_mode(model):
-                logits = model(tokens.to(_device(model)))
+                logits = model(tokens.to(model_device(model)))
         else:
-            logits = steer_to_belief(
-                model,
-                tokens,
-                probe,
-                data_b.hook,
-                target,
-                positions=position,
-                directions=directions,
-                current_beliefs=current,
-                control_seed=seed,
-            )
+            logits = intervene(model, tokens, intervention)
         q = torch.softmax(logits[:, position].double().cpu(), -1)
         return float(kl_divergence(theory, q).mean())
 
+    def steer(probe: AffineProbe) -> Steer:
+        return Steer.from_probe(
+            probe, data_b.hook, target, positions=position, directions="encoding", current=current
+        )
+
+    along_a = steer(probe_a)
     return SteerTransfer(
         kl_before=kl(None),
-        kl_transfer=kl(probe_a),
-        kl_control=kl(probe_a, "control"),
-        kl_own=kl(probe_b),
+        kl_transfer=kl(along_a),
+        kl_control=kl(along_a.control(seed)),
+        kl_own=kl(steer(probe_b)),
         n_sequences=n,
         target_index=target_index,
     )
-
-
-def _device(model: Any) -> torch.device:
-    from belief_lens.activations import model_device
-
-    return model_device(model)
 
 
 # ----------------------------------------------------------------------------- mixture belief
