@@ -383,6 +383,8 @@ def shared_structure_section(result: Any, figures: Sequence[Any] = ()) -> Sectio
     rows = [
         ["probe R^2, fit on A, held out on B", m["transfer_r2_a_to_b"]],
         ["probe R^2, fit on B, held out on A", m["transfer_r2_b_to_a"]],
+        ["the same, B shifted to A's mean / A to B's", "{:.4f} / {:.4f}".format(
+            m["transfer_r2_a_to_b_centred"], m["transfer_r2_b_to_a_centred"])],
         ["probe R^2 within A / within B", f"{m['within_r2_a']:.4f} / {m['within_r2_b']:.4f}"],
         ["largest cosine between A and B subspaces", m["max_cosine_a_b"]],
         ["principal angles (degrees)", ", ".join(f"{a:.1f}" for a in m["principal_angles_deg"])],

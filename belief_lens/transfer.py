@@ -129,6 +129,10 @@ class ProbeTransfer:
         r2_b_to_a: the reverse.
         r2_a_within: A's probe on A's held-out sequences (the ceiling for ``r2_b_to_a``).
         r2_b_within: B's probe on B's held-out sequences.
+        r2_a_to_b_centred, r2_b_to_a_centred: the same transfers with the target vocabulary's
+            activations shifted to the source's mean (each mean taken on its training rows), so
+            a shared subspace at a different offset still reads; a low value here means the
+            directions differ, not just the offset.
         probe_a, probe_b: the fitted probes (their encoding maps drive steering transfer).
     """
 
@@ -136,6 +140,8 @@ class ProbeTransfer:
     r2_b_to_a: float
     r2_a_within: float
     r2_b_within: float
+    r2_a_to_b_centred: float
+    r2_b_to_a_centred: float
     probe_a: AffineProbe = field(repr=False, compare=False)
     probe_b: AffineProbe = field(repr=False, compare=False)
 
@@ -172,12 +178,15 @@ def probe_transfer(
     te_b = _held_out(Xb, tokens_b, test_fraction, seed + 1)
     pa = _fit(Xa[~te_a], Ya[~te_a], ridge)
     pb = _fit(Xb[~te_b], Yb[~te_b], ridge)
+    mean_a, mean_b = Xa[~te_a].mean(0), Xb[~te_b].mean(0)
 
     return ProbeTransfer(
         r2_a_to_b=pa.score(Xb[te_b], Yb[te_b]),
         r2_b_to_a=pb.score(Xa[te_a], Ya[te_a]),
         r2_a_within=pa.score(Xa[te_a], Ya[te_a]),
         r2_b_within=pb.score(Xb[te_b], Yb[te_b]),
+        r2_a_to_b_centred=pa.score(Xb[te_b] - mean_b + mean_a, Yb[te_b]),
+        r2_b_to_a_centred=pb.score(Xa[te_a] - mean_a + mean_b, Ya[te_a]),
         probe_a=pa,
         probe_b=pb,
     )
@@ -404,6 +413,8 @@ class SharedStructure:
             "hook": self.hook,
             "transfer_r2_a_to_b": t.r2_a_to_b,
             "transfer_r2_b_to_a": t.r2_b_to_a,
+            "transfer_r2_a_to_b_centred": t.r2_a_to_b_centred,
+            "transfer_r2_b_to_a_centred": t.r2_b_to_a_centred,
             "within_r2_a": t.r2_a_within,
             "within_r2_b": t.r2_b_within,
             "max_cosine_a_b": self.angles.max_cosine,

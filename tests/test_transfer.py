@@ -40,10 +40,19 @@ def test_shared_subspace_transfers():
     assert ang.max_cosine > 0.999
 
 
+def test_shared_directions_at_another_offset_transfer_once_centred():
+    acts_a, b_a, acts_b, b_b = planted(shared=True)
+    shift = torch.zeros(D, dtype=torch.float64)
+    shift[-1] = 50.0  # vocabulary B sits elsewhere, along a direction the probe reads
+    t = probe_transfer(acts_a, b_a, acts_b + shift, b_b)
+    assert t.r2_a_to_b_centred > 0.99 and t.r2_b_to_a_centred > 0.99
+
+
 def test_orthogonal_subspaces_do_not_transfer():
     acts_a, b_a, acts_b, b_b = planted(shared=False)
     t = probe_transfer(acts_a, b_a, acts_b, b_b)
     assert t.r2_a_to_b < 0.1 and t.r2_b_to_a < 0.1
+    assert t.r2_a_to_b_centred < 0.1 and t.r2_b_to_a_centred < 0.1
     assert t.r2_a_within > 0.99 and t.r2_b_within > 0.99  # each vocabulary is still decodable
     ang = subspace_angles(t.probe_a.belief_basis(), t.probe_b.belief_basis())
     assert ang.max_cosine < 0.1
