@@ -319,6 +319,9 @@ def _discover_parser(sub: Any) -> None:
     p.add_argument("--n-vertices", type=int, default=None, help="vertices (default: eigengap)")
     p.add_argument("--out", default="runs/discover", help="output directory (runs/discover)")
     p.add_argument("--seed", type=int, default=0, help="seed for the fitting subsample")
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an unexpected error"
+    )
 
 
 def run_discover(args: argparse.Namespace) -> dict[str, Any]:
