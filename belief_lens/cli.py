@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _analysis_args(probe)
     _factored_parser(sub)
+    _discover_parser(sub)
     return parser
 
 
@@ -325,6 +326,26 @@ def _factored_parser(sub: Any) -> None:
     )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data and splits")
+
+
+def _discover_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "discover",
+        help="find a belief simplex in a checkpoint's activations without labels",
+        description="Run a checkpoint on the process's sequences, find a simplex in one hook's "
+        "activations with no belief labels, draw it, and score it against the true beliefs. "
+        "Writes DIR/discovery.html and DIR/discovery.json; never overwrites them.",
+    )
+    p.add_argument("--checkpoint", required=True, help="path to a .safetensors checkpoint")
+    p.add_argument("--hook", default="blocks.3.hook_resid_post", help="hook to read")
+    p.add_argument("--process", default="mess3", help="process whose sequences to run (mess3)")
+    p.add_argument(
+        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+        help="a process parameter (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--n-vertices", type=int, default=None, help="vertices (default: eigengap)")
+    p.add_argument("--out", default="runs/discover", help="output directory (runs/discover)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the fitting subsample")
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
     )
@@ -353,6 +374,63 @@ def run_factored(args: argparse.Namespace) -> dict[str, Any]:
         metrics["predicted_dims_joint"],
     )
     return metrics
+
+
+def run_discover(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``discover`` subcommand: returns the metrics it wrote to ``DIR/discovery.json``."""
+    from belief_lens._io import atomic_write_text
+    from belief_lens.activations import residual_stream, resolve_hook
+    from belief_lens.beliefs import enumerate_sequences
+    from belief_lens.discovery import discover_simplex
+    from belief_lens.models import load_checkpoint
+    from belief_lens.plotting import discovery_figure
+
+    out = Path(args.out)
+    html, js = out / "discovery.html", out / "discovery.json"
+    for f in (html, js):
+        if f.exists():
+            raise BeliefLensError(f"{f} exists; choose another --out (nothing is overwritten)")
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise BeliefLensError(f"checkpoint {path} does not exist or is not a file")
+    hmm = _process(args.process, args.param)
+    model = load_checkpoint(path)
+    model.eval()
+    hook = resolve_hook(model, args.hook)
+    seqs = enumerate_sequences(hmm, int(model.cfg.n_ctx))
+    acts = residual_stream(model, seqs.tokens, hook)[hook]
+    found = discover_simplex(acts, args.n_vertices, seed=args.seed)
+    metrics: dict[str, Any] = {
+        "checkpoint": str(path),
+        "hook": hook,
+        "process": hmm.name,
+        "n_points": int(acts.shape[0] * acts.shape[1]),
+        "n_vertices": found.n_vertices,
+        "n_vertices_chosen_by": found.chosen_by,
+        "explained_variance_ratio": [float(v) for v in found.explained_variance_ratio],
+    }
+    beliefs = seqs.beliefs if found.n_vertices == hmm.n_states else None
+    if beliefs is not None:
+        sc = found.score(beliefs)
+        metrics.update(r2=sc.r2, mse=sc.mse, permutation=list(sc.permutation))
+    title = f"simplex found without labels: {path.name}, {hook}"
+    if beliefs is not None:
+        title += f" (R^2 {metrics['r2']:.3f} vs true beliefs)"
+    fig = discovery_figure(found, beliefs, title=title)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(html, fig.to_html(include_plotlyjs=True))
+    atomic_write_text(js, json.dumps(metrics, indent=2))
+    metrics["out"] = str(out)
+    return metrics
+
+
+def _discover_summary(m: dict[str, Any]) -> str:
+    line = (
+        f"wrote {m['out']}/discovery.html: {m['n_vertices']} vertices ({m['n_vertices_chosen_by']})"
+    )
+    if "r2" in m:
+        line += f", R^2 {m['r2']:.4f} and MSE {m['mse']:.5f} against the true beliefs"
+    return line
 
 
 def _summary(metrics: dict[str, Any], out: str) -> str:
@@ -387,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stdout,
     )
     try:
+        if args.command == "discover":
+            print(_discover_summary(run_discover(args)))
+            return 0
         run = {"demo": run_demo, "probe": run_probe, "factored": run_factored}[args.command]
         metrics = run(args)
     except (BeliefLensError, OSError, json.JSONDecodeError) as e:

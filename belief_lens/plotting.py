@@ -25,6 +25,7 @@ __all__ = [
     "belief_colors",
     "belief_coordinates",
     "compare_figure",
+    "discovery_figure",
     "display_points",
     "factored_dims_figure",
     "geometry_figure",
@@ -476,6 +477,68 @@ def training_curve_figure(
         legend={"orientation": "h", "y": 1.1},
     )
     fig.update_yaxes(type="log")
+    return fig
+
+
+def discovery_figure(
+    discovery,
+    beliefs=None,
+    *,
+    max_points: int = 20_000,
+    seed: int = 0,
+    title: str | None = None,
+    marker_size: float = 2.0,
+) -> go.Figure:
+    """A simplex found without labels (``belief_lens.discovery.Discovery``): the points in its
+    top two principal components with the found vertices joined, and their barycentric
+    coordinates on the simplex. Points are coloured by ``beliefs`` when given (vertices matched
+    to states by ``discovery.score``), else by their coordinates; at most ``max_points`` drawn."""
+    coords = discovery.coords.reshape(-1, discovery.n_vertices).numpy()
+    if beliefs is not None:
+        perm = list(discovery.score(beliefs).permutation)
+        colour_by = _as_points(beliefs)[:, perm]
+    else:
+        colour_by = np.clip(coords, 0, None) / np.clip(coords, 0, None).sum(1, keepdims=True)
+    n = coords.shape[0]
+    keep = np.random.default_rng(seed).permutation(n)[:max_points] if n > max_points else None
+    pick = (lambda a: a[keep]) if keep is not None else (lambda a: a)
+    colors = belief_colors(pick(colour_by))
+    basis = discovery.components.numpy()[:2]
+    verts = discovery.vertices.numpy() - discovery.mean.numpy()
+    vxy = verts @ basis.T
+    pts = pick(coords) @ vxy  # a point's reduced coordinates are its coords times the vertices
+    if vxy.shape[1] == 1:
+        vxy, pts = np.pad(vxy, ((0, 0), (0, 1))), np.pad(pts, ((0, 0), (0, 1)))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=["activations (top PCs) and found simplex", "barycentric coordinates"],
+    )
+    fig.add_trace(_scatter(pts, colors, marker_size, "activations"), row=1, col=1)
+    edges = [(i, j) for i in range(len(vxy)) for j in range(i + 1, len(vxy))]
+    for i, j in edges:
+        fig.add_trace(
+            go.Scatter(
+                x=vxy[[i, j], 0],
+                y=vxy[[i, j], 1],
+                mode="lines",
+                line={"color": "black", "width": 1},
+                showlegend=False,
+            ),
+            row=1,
+            col=1,
+        )
+    if discovery.n_vertices == 3:
+        for trace in _triangle([f"vertex {k}" for k in range(3)]):
+            fig.add_trace(trace, row=1, col=2)
+        xy = pick(coords) @ _TRIANGLE
+    else:
+        xy = project_beliefs(pick(coords))
+    fig.add_trace(_scatter(xy, colors, marker_size, "coordinates"), row=1, col=2)
+    fig.update_layout(title=title, template=_TEMPLATE, width=1000, height=480)
+    for col in (1, 2):
+        fig.update_xaxes(visible=False, row=1, col=col)
+        fig.update_yaxes(visible=False, scaleanchor="x" if col == 1 else "x2", row=1, col=col)
     return fig
 
 
