@@ -326,6 +326,9 @@ def _factored_parser(sub: Any) -> None:
     )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data and splits")
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an unexpected error"
+    )
 
 
 def _discover_parser(sub: Any) -> None:

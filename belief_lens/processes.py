@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM, GeneralizedHMM
@@ -506,6 +507,14 @@ def _check_factors(factors: Sequence[HMM], what: str) -> None:
         raise BeliefLensError(f"{what} takes HMM factors, not generalized HMMs")
 
 
+def _joint_initial_state(factors: Sequence[HMM]) -> Tensor:
+    """The factors' initial states as one joint state, built exactly as ``product`` builds it."""
+    init = factors[0].initial_state
+    for f in factors[1:]:
+        init = torch.kron(init, f.initial_state)
+    return init
+
+
 def noisy_product(*factors: HMM, epsilon: float) -> HMM:
     """``product(*factors)`` seen through a noisy channel on the joint vocabulary.
 
@@ -522,7 +531,8 @@ def noisy_product(*factors: HMM, epsilon: float) -> HMM:
     B = (1 - epsilon) * torch.eye(V, dtype=torch.float64) + epsilon / V
     T = torch.einsum("xy,xij->yij", B, base.T)
     inner = ", ".join(f.name for f in factors)
-    return HMM(T, initial_state=base.initial_state, name=f"noisy_product({inner}; eps={epsilon})")
+    init = _joint_initial_state(factors)
+    return HMM(T, initial_state=init, name=f"noisy_product({inner}; eps={epsilon})")
 
 
 def chained_product(*factors: HMM, coupling: float) -> HMM:
@@ -546,9 +556,7 @@ def chained_product(*factors: HMM, coupling: float) -> HMM:
         n_states = T.shape[1] * S
         T = torch.einsum("XIJ,Xbij->XbIiJj", T, parent).reshape(-1, n_states, n_states)
         v_parent = V
-    init = factors[0].initial_state
-    for f in factors[1:]:
-        init = torch.kron(init, f.initial_state)
+    init = _joint_initial_state(factors)
     inner = ", ".join(f.name for f in factors)
     return HMM(T, initial_state=init, name=f"chained_product({inner}; coupling={coupling})")
 
