@@ -212,9 +212,10 @@ def batch_row_order(
 
 
 def _gram_moments(G: Tensor, shift: Tensor, d: int) -> Moments:
-    """``Moments`` from the Gram matrix of rows ``[x - shift, y - shift, 1]``."""
+    """``Moments`` from the Gram matrix of rows ``[x - shift, y - shift, 1]`` (views of ``G``,
+    so the statistics are never held twice)."""
     P = G.shape[0] - 1
-    return Moments(G[P, P].clone(), G[P, :P].clone(), G[:P, :P].clone(), shift.clone(), d)
+    return Moments(G[P, P], G[P, :P], G[:P, :P], shift, d)
 
 
 def fit_position_probes(
@@ -396,7 +397,6 @@ def fit_position_probes(
             ]
             for h, G in grams.items()
         }
-        del grams
         if distributed:
             for h in hook_names:
                 if h not in moments:  # this rank had no sequences
