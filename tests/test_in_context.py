@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,7 @@ from belief_lens.in_context import (  # noqa: E402
 )
 from belief_lens.pretrained import gpt2_like  # noqa: E402
 from belief_lens.probes import AffineProbe, split_prefixes  # noqa: E402
+from belief_lens.probing.positions import batch_row_order  # noqa: E402
 from belief_lens.training import TrainConfig, train  # noqa: E402
 
 IDS = [317, 347, 327]  # GPT-2's " A", " B", " C"
@@ -202,6 +204,54 @@ def test_streaming_matches_a_direct_fit(models):
     held_out = direct.metrics(A[test_mask], B[test_mask])
     assert big[(hook, 2)]["mse_test"] == pytest.approx(held_out["mse"], rel=1e-3)
     assert big[(hook, 2)]["r2_test"] == pytest.approx(held_out["r2"], rel=1e-3)
+
+
+def test_each_row_lands_on_its_side_of_the_split_once():
+    """Training and held-out metrics equal numpy's on exactly those rows: a row counted twice,
+    or on the wrong side, or read at the wrong model position, moves them."""
+    model = gpt2_like(n_ctx=16, n_layers=1, d_model=8, n_heads=2, seed=0)
+    hmm, tm, hook, length, B = mess3(), MAPS["comma_bos"], "blocks.0.hook_resid_post", 6, 64
+    symbols = sample_sequences(hmm, 200, length, seed=5)  # 3 full batches and one of 8
+    table = fit_position_probes(
+        model, hmm, tm, [hook], symbols=symbols, window=4, test_fraction=0.3, batch_size=B
+    )
+    assert table.windows == [(0, 4), (4, 6)] and table.meta["batch_size"] == B
+    tokens = tm.encode(symbols)
+    acts = (
+        torch.cat(  # the same batches as the harvest, so the same float32 activations
+            [residual_stream(model, tokens[i : i + B], hook)[hook] for i in range(0, 200, B)]
+        )[:, tm.symbol_positions(length)]
+        .double()
+        .numpy()
+    )
+    beliefs = belief_states(hmm, symbols).numpy()
+    held = split_prefixes(symbols, 0.3, 0).numpy()
+    for lo, hi in table.windows:
+        X, Y, m = acts[:, lo:hi].reshape(-1, 8), beliefs[:, lo:hi].reshape(-1, 3), held[:, lo:hi]
+        m = m.reshape(-1)
+        A = np.hstack([X, np.ones((len(X), 1))])
+        coef = np.linalg.lstsq(A[~m], Y[~m], rcond=None)[0]  # full rank: the unique fit
+        probe = table.probes[(hook, lo)]
+        np.testing.assert_allclose(probe.predict(X), A @ coef, rtol=0, atol=1e-9)
+        row = table[(hook, lo)]
+        for side, rows in (("train", ~m), ("test", m)):
+            res = Y[rows] - A[rows] @ coef
+            mse = float((res**2).mean())
+            ss_tot = ((Y[rows] - Y[rows].mean(0)) ** 2).sum(0)
+            r2 = float((1 - (res**2).sum(0) / ss_tot).mean())
+            assert row[f"mse_{side}"] == pytest.approx(mse, rel=1e-9)
+            assert row[f"r2_{side}"] == pytest.approx(r2, rel=1e-9, abs=1e-12)
+        # the check can tell the sides apart: all rows would give another held-out MSE
+        everything = float(((Y - A @ coef) ** 2).mean())
+        assert row["mse_test"] != pytest.approx(everything, rel=1e-4)
+    # the batch layout: every row once, in segments of (window, side)
+    window_of = torch.tensor([0, 0, 0, 0, 1, 1])
+    order, bounds = batch_row_order(torch.from_numpy(held[:B]), window_of, 2)
+    assert sorted(order.tolist()) == list(range(B * length)) and bounds[-1] == B * length
+    flat_held = torch.from_numpy(held[:B]).reshape(-1)
+    for j, (start, stop) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        seg = order[start:stop]
+        assert (window_of[seg % length] == j // 2).all() and (flat_held[seg] == bool(j % 2)).all()
 
 
 def test_memory_bound_is_enforced(models):

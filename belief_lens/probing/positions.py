@@ -3,7 +3,9 @@
 ``fit_position_probes`` streams sequences through the model and keeps, per hook and context
 window, only ``Moments`` (a ``d x d`` Gram matrix and cross moments, float64, on the model's
 device), for the training and the held-out rows of ``split_prefixes`` at once: one pass, memory
-independent of the number of sequences. Probes are solved with ``AffineProbe.fit_moments`` and
+independent of the number of sequences. The split is known before the pass, so each batch's rows
+are ordered by (window, side) on the host and every row enters exactly one Gram matrix on the
+device, with no host synchronisation. Probes are solved with ``AffineProbe.fit_moments`` and
 scored held out with ``AffineProbe.metrics_moments``.
 
 Alignment follows ``TokenMap``: beliefs are read at symbol positions (the position of symbol
@@ -12,13 +14,14 @@ Alignment follows ``TokenMap``: beliefs are read at symbol positions (the positi
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from belief_lens.beliefs import belief_states, sample_sequences
@@ -32,13 +35,14 @@ from belief_lens.probing.distributed import (
     shard,
 )
 from belief_lens.probing.estimator import AffineProbe, check_ridge
-from belief_lens.probing.moments import Moments
+from belief_lens.probing.moments import THIN_GRAM_MAX, Moments, lapack_threads
 from belief_lens.probing.sweep import OVERFIT_FEATURE_RATIO, OVERFIT_MSE_RATIO, ProbeTable
 from belief_lens.token_map import TokenMap
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
     "PositionProbeTable",
+    "batch_row_order",
     "batch_size_within",
     "check_length",
     "check_token_map",
@@ -191,6 +195,29 @@ def _window_prefix_counts(
     ]
 
 
+def batch_row_order(
+    held: Bool[Tensor, "n L"], window_of: Int[Tensor, " L"], n_windows: int
+) -> tuple[Int[Tensor, " nL"], list[int]]:
+    """The rows of a batch (``[n, L]`` flattened) ordered by window, then side of the split.
+
+    Returns the order and the ``2 * n_windows + 1`` bounds (host ints) of its segments: window
+    0's training rows, its held-out rows, window 1's training rows, ... Computed on the host
+    from the held-out mask, so the device indexes with ``index_select`` and slices, never with
+    a boolean mask (which waits for the device on CUDA).
+    """
+    key = (window_of[None, :] * 2 + held.long()).reshape(-1)
+    order = torch.argsort(key, stable=True)
+    counts = torch.bincount(key, minlength=2 * n_windows)
+    return order, [0, *torch.cumsum(counts, 0).tolist()]
+
+
+def _gram_moments(G: Tensor, shift: Tensor, d: int) -> Moments:
+    """``Moments`` from the Gram matrix of rows ``[x - shift, y - shift, 1]`` (views of ``G``,
+    so the statistics are never held twice)."""
+    P = G.shape[0] - 1
+    return Moments(G[P, P], G[P, :P], G[:P, :P], shift, d)
+
+
 def fit_position_probes(
     model: Any,
     hmm: HMM,
@@ -288,7 +315,8 @@ def fit_position_probes(
     max_group = max(len(g) for g in groups)
     needs_logits = any(not n.startswith(("blocks.", "hook_")) for n in names)
     per_seq = forward_bytes_per_sequence(model, L_model, max_group, logits=needs_logits)
-    per_seq += 4 * max_group * length * d  # the gathered copy (float64 per window is transient)
+    per_seq += 4 * max_group * length * d  # the gathered copy
+    per_seq += 8 * length * (d + S + 1)  # one hook's float64 rows at a time
     size = batch_size_within(
         batch_size,
         memory_limit_bytes - max_group * per_hook,
@@ -297,7 +325,10 @@ def fit_position_probes(
         n_sequences,
     )
     counts = _window_prefix_counts(symbols, test_mask, windows)
-    pos = positions.to(work)
+    window_of = torch.repeat_interleave(
+        torch.arange(len(windows)), torch.tensor([hi - lo for lo, hi in windows])
+    )
+    P = d + S
     on_cuda = work.type == "cuda"
     seq_idx = torch.arange(n_sequences)
     if distributed:
@@ -318,8 +349,10 @@ def fit_position_probes(
     probes: dict[Any, AffineProbe] = {}
     for group in groups:
         hook_names = [names[i] for i in group]
-        # moments[h][k] = (train, test) for hook h and window k; built on the first batch
-        moments: dict[str, list[tuple[Moments, Moments]]] = {}
+        # grams[h][k, side]: the Gram matrix of [x - shift, y - shift, 1] over the rows of hook
+        # h, window k, side 0 (training) or 1 (held out); shifts[h][k]; built on the first batch
+        grams: dict[str, Tensor] = {}
+        shifts: dict[str, Tensor] = {}
         t0 = clock()
         for lo_seq in range(0, len(seq_idx), size):
             sel = seq_idx[lo_seq : lo_seq + size]
@@ -327,26 +360,43 @@ def fit_position_probes(
             tokens = check_tokens(model, token_map.encode(batch))  # checked on the host
             tokens = tokens.pin_memory() if on_cuda else tokens
             acts = residual_stream(model, tokens, hook_names, batch_size=size, device=work)
-            beliefs = to_work(belief_states(hmm, batch))
-            held = to_work(test_mask[sel].to(torch.float64))
+            # The split is known on the host: order the rows by (window, side) here, so each
+            # row lands in exactly one Gram without a boolean mask (which syncs) on the device.
+            order, bounds = batch_row_order(test_mask[sel], window_of, len(windows))
+            act_rows = to_work((order // length) * L_model + positions[order % length])
+            beliefs = to_work(belief_states(hmm, batch).reshape(-1, S)[order])
             for h in hook_names:
-                a = acts.pop(h)[:, pos]  # [n, L, d]: only the symbol positions
-                if h not in moments:
-                    moments[h] = []
-                    for lo, hi in windows:
-                        shift = torch.cat(
-                            [a[:, lo:hi].double().mean((0, 1)), beliefs[:, lo:hi].mean((0, 1))]
-                        )
-                        pair = tuple(Moments.zeros(d, S, shift=shift) for _ in range(2))
-                        moments[h].append(pair)
-                for k, (lo, hi) in enumerate(windows):
-                    X = a[:, lo:hi].reshape(-1, d)
-                    Y = beliefs[:, lo:hi].reshape(-1, S)
-                    m = held[:, lo:hi].reshape(-1)
-                    train, test = moments[h][k]
-                    train.update(X, Y, 1.0 - m)
-                    test.update(X, Y, m)
+                a = acts.pop(h)
+                Z = torch.empty(len(order), P + 1, dtype=torch.float64, device=work)
+                Z[:, :d] = a.reshape(-1, d).index_select(0, act_rows)
+                Z[:, d:P] = beliefs
                 del a
+                if h not in grams:
+                    shifts[h] = torch.stack(
+                        [
+                            Z[bounds[2 * k] : bounds[2 * k + 2], :P].mean(0)
+                            for k in range(len(windows))
+                        ]
+                    )
+                    grams[h] = torch.zeros(
+                        len(windows), 2, P + 1, P + 1, dtype=torch.float64, device=work
+                    )
+                for k in range(len(windows)):
+                    Z[bounds[2 * k] : bounds[2 * k + 2], :P] -= shifts[h][k]
+                Z[:, P] = 1.0
+                G = grams[h]
+                with lapack_threads(P + 1, work, THIN_GRAM_MAX):
+                    for j, (start, stop) in enumerate(itertools.pairwise(bounds)):
+                        if stop > start:
+                            G[j // 2, j % 2].addmm_(Z[start:stop].T, Z[start:stop])
+                del Z
+        moments: dict[str, list[tuple[Moments, Moments]]] = {
+            h: [
+                (_gram_moments(G[k, 0], shifts[h][k], d), _gram_moments(G[k, 1], shifts[h][k], d))
+                for k in range(len(windows))
+            ]
+            for h, G in grams.items()
+        }
         if distributed:
             for h in hook_names:
                 if h not in moments:  # this rank had no sequences
