@@ -51,6 +51,7 @@ from belief_lens.activations import (
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
+from belief_lens.probing.estimator import BasisKind
 
 __all__ = [
     "Ablate",
@@ -73,7 +74,6 @@ __all__ = [
     "theory_kl_metric",
 ]
 
-BasisKind = Literal["encoding", "decoding"]
 Directions = Literal["encoding", "decoding", "control"]
 AblateMode = Literal["zero", "mean"]
 Current = Literal["probe", "true"]
