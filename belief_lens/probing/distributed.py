@@ -307,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _save(table, out)
             rank, world = rank_and_world_size()
             print(f"{len(table.rows)} probes from {world} ranks ({backend}); wrote {out}")
+        # Every rank waits for rank 0's write: a rank that tears gloo down while its peer still
+        # holds the connection can abort at exit.
+        dist.barrier()
     except BeliefLensError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
