@@ -11,10 +11,10 @@ from belief_lens.compmech import mixed_state_presentation, myopic_entropy, optim
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM, GeneralizedHMM
 from belief_lens.processes import make_process
-
-__version__ = "0.1.0"
+from belief_lens.version import __version__
 
 __all__ = [
+    "__version__",
     "HMM",
     "BeliefLensError",
     "GeneralizedHMM",

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from belief_lens import _tl
+from belief_lens import tl_compat
 from belief_lens.errors import BeliefLensError
 
 __all__ = [
@@ -65,9 +65,9 @@ def resolve_hook(model: Any, hook: HookSpec) -> str:
             raise BeliefLensError(
                 f"hook {hook!r}: layer must be in [-{n_layers}, {n_layers}), got {hook[1]}"
             )
-        full = _tl.get_act_name(name, layer)
+        full = tl_compat.get_act_name(name, layer)
     elif isinstance(hook, str):
-        full = _tl.get_act_name(hook)
+        full = tl_compat.get_act_name(hook)
     else:
         raise BeliefLensError(f"hook must be a name or (name, layer), got {type(hook).__name__}")
     if full not in model.hook_dict:

@@ -276,14 +276,20 @@ def belief_states(
     *,
     initial_state: Tensor | None = None,
     impossible: Impossible = "raise",
-) -> Float[Tensor, "n L n_states"]:
+    include_start: bool = False,
+) -> Float[Tensor, "n L_or_L_plus_1 n_states"]:
     """Bayesian belief after each prefix: row ``t`` is the belief after tokens ``0..t``.
 
     Exact in float64 for any length (the belief is renormalised every step). A sequence of
     probability zero raises, naming its first impossible position; with ``impossible="mask"``
-    its beliefs are NaN from that position on.
+    its beliefs are NaN from that position on. ``include_start=True`` prepends the belief before
+    any token (``[n, L + 1, S]``): what a model reading a BOS token should hold at the BOS.
     """
-    return _filter(hmm, tokens, initial_state, impossible, want_log_probs=False)[0]
+    beliefs = _filter(hmm, tokens, initial_state, impossible, want_log_probs=False)[0]
+    if not include_start:
+        return beliefs
+    start = hmm.initial_state if initial_state is None else hmm.check_belief(initial_state)
+    return torch.cat([start.to(beliefs).expand(beliefs.shape[0], 1, -1), beliefs], dim=1)
 
 
 def log_probs(

@@ -242,31 +242,18 @@ def _analysis_config(args: argparse.Namespace, hmm, n_ctx: int):
     )
 
 
-#: Peak learning rates that reach the optimum within the demo's budget where the default (1e-2)
-#: does not: RRXOR's wider model (d_model 128) ends at 1.044x optimal with 1e-2 in 90 s on 2 cores
-#: and at 1.0000x with 3e-3.
-DEMO_LEARNING_RATES = {"rrxor": 3e-3}
-
-
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from belief_lens.models import (
-        PAPER_ARCHITECTURES,
-        ModelConfig,
-        save_checkpoint,
-        toy_transformer,
-    )
+    from belief_lens.models import ModelConfig, save_checkpoint, toy_transformer
     from belief_lens.report import analyse
-    from belief_lens.training import DEFAULTS, TrainConfig, train
+    from belief_lens.training import TrainConfig, train
 
     hmm = _process(args.process, args.param)
-    # The paper's RRXOR architecture for rrxor, its Mess3 one for every other process.
-    arch = PAPER_ARCHITECTURES.get(args.process, PAPER_ARCHITECTURES["mess3"])
-    model_config = ModelConfig(d_vocab=hmm.n_symbols, n_ctx=args.n_ctx, **arch)
-    lr = args.lr if args.lr is not None else DEMO_LEARNING_RATES.get(args.process)
-    overrides = {"batch_size": args.batch_size, "lr": lr}
-    config = TrainConfig(
-        **{**DEFAULTS[args.targets], **{k: v for k, v in overrides.items() if v is not None}},
-        targets=args.targets,
+    model_config = ModelConfig.paper(args.process, d_vocab=hmm.n_symbols, n_ctx=args.n_ctx)
+    config = TrainConfig.preset(
+        args.targets,
+        args.process,
+        batch_size=args.batch_size,
+        lr=args.lr,
         seed=args.seed,
         seconds=args.minutes * 60,
         steps=args.max_steps,
@@ -388,12 +375,12 @@ def run_factored(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_discover(args: argparse.Namespace) -> dict[str, Any]:
     """The ``discover`` subcommand: returns the metrics it wrote to ``DIR/discovery.json``."""
-    from belief_lens._io import atomic_write_text
     from belief_lens.activations import residual_stream, resolve_hook
     from belief_lens.beliefs import enumerate_sequences
     from belief_lens.discovery import discover_simplex
     from belief_lens.models import load_checkpoint
     from belief_lens.plotting import discovery_figure
+    from belief_lens.storage import atomic_write_text
 
     out = Path(args.out)
     html, js = out / "discovery.html", out / "discovery.json"

@@ -18,7 +18,8 @@ from torch import Tensor
 from belief_lens.beliefs import belief_walk, check_hmm, check_memory
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM, NEGATIVE_TOL
-from belief_lens.validation import check_float, check_int, check_real_tensor, check_seed
+from belief_lens.metrics import entropy
+from belief_lens.validation import check_float, check_int, check_seed
 
 __all__ = [
     "LossFloor",
@@ -35,21 +36,6 @@ __all__ = [
     "optimal_loss",
     "statistical_complexity",
 ]
-
-
-def entropy(p: Float[Tensor, "... k"], dim: int = -1) -> Float[Tensor, "..."]:
-    """Shannon entropy in nats along ``dim``, with ``0 log 0 = 0``.
-
-    Round-off negatives (above ``-1e-10``) are read as zero; larger negative entries or NaN raise.
-    """
-    p = check_real_tensor("p", p)
-    dim = check_int("dim", dim)
-    if p.ndim == 0 or not -p.ndim <= dim < p.ndim:
-        raise BeliefLensError(f"dim must index one of p's {p.ndim} dimensions, got {dim}")
-    if p.isnan().any() or (p < -NEGATIVE_TOL).any():
-        raise BeliefLensError("p must be probabilities (finite, >= 0); got NaN or negative entries")
-    p = p.clamp_min(0)
-    return -torch.special.xlogy(p, p).sum(dim)
 
 
 def _merge(beliefs: Tensor, weights: Tensor, tol: float) -> tuple[Tensor, Tensor, Tensor]:

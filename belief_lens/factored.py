@@ -20,6 +20,7 @@ from torch import Tensor
 from belief_lens.errors import BeliefLensError
 from belief_lens.factors import FactoredBeliefs, PredictedDims, factored_beliefs, vary_one_tokens
 from belief_lens.hmm import HMM
+from belief_lens.metrics import principal_cosines
 from belief_lens.probes import AffineProbe, split_prefixes
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "factored_geometry",
     "geometry_over_training",
     "model_factored_geometry",
-    "principal_cosines",
     "run_factored_experiment",
     "vary_one_overlap",
 ]
@@ -108,23 +108,6 @@ class GeometryOverTraining:
 
 
 # ----------------------------------------------------------------------------- pure measures
-
-
-def principal_cosines(
-    A: Float[Tensor, "d k1"], B: Float[Tensor, "d k2"]
-) -> Float[Tensor, " k_min"]:
-    """Cosines of the principal angles between the column spans of ``A`` and ``B``, largest
-    first (``A`` and ``B`` need not be orthonormal)."""
-    A = torch.as_tensor(A, dtype=torch.float64)
-    B = torch.as_tensor(B, dtype=torch.float64)
-    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
-        raise BeliefLensError(
-            f"A and B must be [d, k] with the same d, got {tuple(A.shape)} and {tuple(B.shape)}"
-        )
-    if A.shape[1] == 0 or B.shape[1] == 0:
-        return A.new_zeros(0)
-    Qa, Qb = torch.linalg.qr(A)[0], torch.linalg.qr(B)[0]
-    return torch.linalg.svdvals(Qa.T @ Qb).clamp(0.0, 1.0)
 
 
 def _top_directions(acts: Tensor, k: int) -> Tensor:

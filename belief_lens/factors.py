@@ -22,6 +22,7 @@ from torch import Tensor
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
+from belief_lens.metrics import kl_divergence
 
 __all__ = [
     "FactoredBeliefs",
@@ -154,11 +155,6 @@ def factored_beliefs(
     return FactoredBeliefs(joint, marginals, outer_product(marginals), shape)
 
 
-def _kl(p: Tensor, q: Tensor) -> Tensor:
-    ratio = torch.where(p > 0, p / q, torch.ones_like(p))
-    return (p * ratio.log()).sum(-1)
-
-
 def factored_cost(
     hmm: HMM,
     factor_states: Sequence[int],
@@ -173,7 +169,7 @@ def factored_cost(
     It is 0 for an independent product.
     """
     fb = factored_beliefs(hmm, factor_states, tokens)
-    kl = _kl(hmm.next_token_probs(fb.joint), hmm.next_token_probs(fb.factored))  # [n, L]
+    kl = kl_divergence(hmm.next_token_probs(fb.joint), hmm.next_token_probs(fb.factored))  # [n, L]
     if sample_weight is None:
         return kl.mean(0)
     w = torch.as_tensor(sample_weight, dtype=torch.float64)

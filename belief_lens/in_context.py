@@ -186,13 +186,9 @@ def in_context_curve(
         # Pinned host memory lets the copy run without waiting for the device to finish.
         return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
-    start_belief = hmm.initial_state
     for lo in range(0, n_sequences, size):
         batch = symbols[lo : lo + size]
-        n = batch.shape[0]
-        beliefs = belief_states(hmm, batch[:, :length])  # [n, L, S]
-        if with_bos:
-            beliefs = torch.cat([start_belief.expand(n, 1, -1), beliefs], dim=1)
+        beliefs = belief_states(hmm, batch[:, :length], include_start=with_bos)  # [n, P, S]
         theory = to_device(hmm.next_token_probs(beliefs))  # [n, P, V]
         nxt = to_device(batch[:, 1:] if not with_bos else batch)  # the symbols scored on
         tokens = to_device(check_tokens(model, token_map.encode(batch[:, :length])))

@@ -39,8 +39,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from belief_lens import _tl
-from belief_lens._io import atomic_write
+from belief_lens import tl_compat
 from belief_lens.activations import (
     check_tokens,
     eval_mode,
@@ -51,7 +50,9 @@ from belief_lens.activations import (
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
+from belief_lens.metrics import free_coordinates, kl_divergence
 from belief_lens.probing.estimator import BasisKind
+from belief_lens.storage import atomic_write
 
 __all__ = [
     "Ablate",
@@ -64,7 +65,6 @@ __all__ = [
     "control_basis",
     "intervene",
     "intervention_report",
-    "kl_divergence",
     "load_intervention",
     "patch_belief_subspace",
     "patching_report",
@@ -287,26 +287,6 @@ def _readout(probe: Any, d: int) -> tuple[Tensor, Tensor]:
     return weight, bias
 
 
-def _free_coordinates(S: int, k: int) -> Tensor:
-    """An orthonormal ``[S, k]`` basis of the free belief coordinates: the sum-zero subspace
-    when ``k = S - 1`` (beliefs), all coordinates when ``k = S``."""
-    if k == S:
-        return torch.eye(S, dtype=torch.float64)
-    if k != S - 1:
-        raise BeliefLensError(
-            f"a probe of {S} targets has {S - 1} or {S} free coordinates, not {k}"
-        )
-    ones = torch.ones(S, 1, dtype=torch.float64)
-    q, _ = torch.linalg.qr(torch.cat([ones, torch.eye(S, dtype=torch.float64)[:, : S - 1]], 1))
-    return q[:, 1:]
-
-
-def kl_divergence(p: Float[Tensor, "... V"], q: Float[Tensor, "... V"]) -> Float[Tensor, "..."]:
-    """``KL(p || q)`` in nats along the last axis, with ``0 log 0 = 0``."""
-    p, q = p.double(), q.double()
-    return (torch.special.xlogy(p, p) - torch.special.xlogy(p, q)).sum(-1)
-
-
 # ------------------------------------------------------------------------------------- values
 class _Intervention:
     """What ``Steer``, ``SubspacePatch`` and ``Ablate`` share: control, save, load, checks."""
@@ -508,7 +488,7 @@ class Steer(_Intervention):
         else:
             # The minimum-norm x with x @ weight = delta, on the free coordinates only (the
             # sum-zero ones for beliefs): a plain pinv would invert the read-out's null sum.
-            Q = _free_coordinates(weight.shape[1], basis.shape[1])
+            Q = free_coordinates(weight.shape[1], basis.shape[1])
             full = Q @ torch.linalg.pinv(weight @ Q)  # [S, d]
         coords = full @ basis
         if (coords @ basis.T - full).abs().max() > 1e-6 * max(1.0, float(full.abs().max())):
@@ -901,7 +881,9 @@ def _layer_hooks(model: Any, activation_name: str) -> list[str]:
     """The hook name of ``activation_name`` in every layer, as generic_activation_patch uses."""
     if not isinstance(activation_name, str):
         raise BeliefLensError(f"activation_name must be a string, got {activation_name!r}")
-    names = [_tl.get_act_name(activation_name, layer) for layer in range(int(model.cfg.n_layers))]
+    names = [
+        tl_compat.get_act_name(activation_name, layer) for layer in range(int(model.cfg.n_layers))
+    ]
     missing = [n for n in names if n not in model.hook_dict]
     if missing:
         raise BeliefLensError(

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from belief_lens import _tl
-from belief_lens._io import atomic_write
+from belief_lens import tl_compat
 from belief_lens.errors import BeliefLensError
+from belief_lens.storage import atomic_write
 
 __all__ = [
     "PAPER_ARCHITECTURES",
@@ -119,6 +119,17 @@ class ModelConfig:
         return cls(**{k: data[k] for k in cls.field_names() if k in data})
 
     @classmethod
+    def paper(cls, process: str, d_vocab: int, n_ctx: int = 10, **fields: Any) -> ModelConfig:
+        """The paper's architecture for ``process``: its RRXOR model for ``"rrxor"``, its Mess3
+        model (4 layers, d_model 64, 1 head) for every other process; ``fields`` override.
+
+        >>> ModelConfig.paper("mess3", d_vocab=3).d_model
+        64
+        """
+        arch = PAPER_ARCHITECTURES.get(process, PAPER_ARCHITECTURES["mess3"])
+        return cls(d_vocab=d_vocab, n_ctx=n_ctx, **{**arch, **fields})
+
+    @classmethod
     def from_model(cls, model: Any) -> ModelConfig:
         """The architecture of a built model, read from ``model.cfg``."""
         cfg = model.cfg
@@ -185,18 +196,18 @@ def toy_transformer(
 
 def _resolve_kind(kind: str) -> str:
     if kind == "auto":
-        return _tl.default_kind()
+        return tl_compat.default_kind()
     if kind == "bridge":
-        if not _tl.is_bridge_available():
+        if not tl_compat.is_bridge_available():
             raise BeliefLensError(
-                f"kind='bridge' needs TransformerLens >= 3.4, got {_tl.tl_version_string()}"
+                f"kind='bridge' needs TransformerLens >= 3.4, got {tl_compat.tl_version_string()}"
             )
         return kind
     if kind == "hooked":
-        if not _tl.is_hooked_transformer_available():
+        if not tl_compat.is_hooked_transformer_available():
             raise BeliefLensError(
                 f"kind='hooked' needs TransformerLens < 4 (HookedTransformer), "
-                f"got {_tl.tl_version_string()}"
+                f"got {tl_compat.tl_version_string()}"
             )
         return kind
     raise BeliefLensError(f"kind must be 'auto', 'bridge' or 'hooked', got {kind!r}")
@@ -231,10 +242,10 @@ def _build(
         # TL 2's config seeds the global RNGs in __post_init__, so build it inside the guard too.
         with preserve_global_rng():
             if kind == "bridge":
-                bridge_cls, config_cls = _tl.bridge_classes()
+                bridge_cls, config_cls = tl_compat.bridge_classes()
                 model = bridge_cls.boot_native(config_cls(**fields), device=device)
             else:
-                model_cls, config_cls = _tl.hooked_classes()
+                model_cls, config_cls = tl_compat.hooked_classes()
                 model = model_cls(config_cls(**fields, device=str(device)))
     except (TypeError, ValueError) as err:
         raise BeliefLensError(f"cannot build a {kind} model from {config}: {err}") from err
@@ -343,7 +354,7 @@ def save_checkpoint(
     config = ModelConfig.from_model(model).to_dict()
     meta = {
         "model_config": dict(config),
-        "transformer_lens_version": _tl.tl_version_string(),
+        "transformer_lens_version": tl_compat.tl_version_string(),
         "seed": getattr(model.cfg, "seed", None),
         "format": fmt,
         "extra": dict(extra) if extra is not None else {},
@@ -455,7 +466,7 @@ def load_weights_into(
     try:
         if file_is_legacy and not target_is_legacy:
             _check_keys(path, state, _bridge_to_legacy(target, arch), "HookedTransformer")
-            state = _tl.convert_legacy_state_dict(state, model.cfg)
+            state = tl_compat.convert_legacy_state_dict(state, model.cfg)
         elif not file_is_legacy and target_is_legacy:
             state = _bridge_to_legacy(state, arch)
     except (KeyError, ValueError) as err:

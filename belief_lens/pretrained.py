@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from belief_lens import _tl
+from belief_lens import tl_compat
 from belief_lens.errors import BeliefLensError
 
 __all__ = [
@@ -138,7 +138,7 @@ def gpt2_like(
         )
     d_mlp = 4 * d_model if d_mlp is None else int(d_mlp)
     device = torch.device("cpu") if device is None else torch.device(device)
-    if _tl.is_hooked_transformer_available():
+    if tl_compat.is_hooked_transformer_available():
         model = _hooked_gpt2(d_vocab, n_ctx, n_layers, d_model, n_heads, d_mlp, tokenizer, seed)
     else:
         model = _bridge_gpt2(d_vocab, n_ctx, n_layers, d_model, n_heads, d_mlp, tokenizer, seed)
@@ -149,7 +149,7 @@ def gpt2_like(
 
 
 def _hooked_gpt2(d_vocab, n_ctx, n_layers, d_model, n_heads, d_mlp, tokenizer, seed) -> Any:
-    model_cls, config_cls = _tl.hooked_classes()
+    model_cls, config_cls = tl_compat.hooked_classes()
     cfg = config_cls(
         n_layers=n_layers,
         d_model=d_model,
@@ -178,8 +178,8 @@ def _bridge_gpt2(d_vocab, n_ctx, n_layers, d_model, n_heads, d_mlp, tokenizer, s
         )
     except ImportError as err:
         raise BeliefLensError(
-            f"TransformerLens {_tl.tl_version_string()} cannot wrap a local transformers model "
-            f"in a bridge ({err}); use belief_lens.models.toy_transformer instead"
+            f"TransformerLens {tl_compat.tl_version_string()} cannot wrap a local transformers "
+            f"model in a bridge ({err}); use belief_lens.models.toy_transformer instead"
         ) from err
     hf_config = GPT2Config(
         vocab_size=d_vocab,
@@ -256,11 +256,11 @@ def load_pretrained(name: str = "gpt2", *, device: str | torch.device | None = N
             "belief_lens.pretrained.gpt2_like() instead"
         )
     try:
-        if _tl.is_hooked_transformer_available() and _tl.tl_version() < (4, 0, 0):
-            model_cls, _ = _tl.hooked_classes()
+        if tl_compat.is_hooked_transformer_available() and tl_compat.tl_version() < (4, 0, 0):
+            model_cls, _ = tl_compat.hooked_classes()
             model = model_cls.from_pretrained(name, device=device)
         else:
-            bridge_cls, _ = _tl.bridge_classes()
+            bridge_cls, _ = tl_compat.bridge_classes()
             if getattr(bridge_cls, "boot_transformers", None) is None:
                 import transformer_lens.model_bridge.sources.transformers  # noqa: F401
             model = bridge_cls.boot_transformers(name, device=device)

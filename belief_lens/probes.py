@@ -28,7 +28,7 @@ from belief_lens.probing.data import (
     model_fingerprint,
     split_prefixes,
 )
-from belief_lens.probing.estimator import AffineProbe, simplex_basis
+from belief_lens.probing.estimator import AffineProbe
 from belief_lens.probing.moments import Moments
 from belief_lens.probing.positions import PositionProbeTable, fit_position_probes
 from belief_lens.probing.sweep import ProbeTable, fit_probes
@@ -47,7 +47,6 @@ __all__ = [
     "model_fingerprint",
     "next_token_control",
     "shuffle_control",
-    "simplex_basis",
     "split_prefixes",
     "untrained_control",
 ]

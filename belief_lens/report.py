@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 import torch
 
-from belief_lens._io import atomic_write_text
 from belief_lens.compmech import entropy_rate, myopic_entropy
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
+from belief_lens.storage import atomic_write_text
 
 __all__ = [
     "Analysis",

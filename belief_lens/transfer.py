@@ -22,6 +22,7 @@ from torch import Tensor
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
+from belief_lens.metrics import kl_divergence, principal_cosines
 from belief_lens.probes import AffineProbe, split_prefixes
 from belief_lens.processes import mixture
 
@@ -213,13 +214,7 @@ def subspace_angles(
 ) -> SubspaceAngles:
     """Principal angles between the column spaces of ``basis_a`` and ``basis_b`` (any bases;
     they are orthonormalised first)."""
-    A, B = _rows(basis_a, "basis_a"), _rows(basis_b, "basis_b")
-    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
-        raise BeliefLensError(
-            f"bases must be [d, k] with the same d, got {tuple(A.shape)} and {tuple(B.shape)}"
-        )
-    Qa, Qb = torch.linalg.qr(A)[0], torch.linalg.qr(B)[0]
-    cos = torch.linalg.svdvals(Qa.T @ Qb).clamp(0.0, 1.0)
+    cos = principal_cosines(_rows(basis_a, "basis_a"), _rows(basis_b, "basis_b"))
     return SubspaceAngles(cos, torch.rad2deg(torch.arccos(cos)), float(cos.max()))
 
 
@@ -291,7 +286,7 @@ def steering_transfer(
     ``probe_a``), and compare the model's next-token distribution with theory, against the
     steer's norm-matched control (``Steer.control(seed)``) and B's own directions."""
     from belief_lens.activations import eval_mode, model_device
-    from belief_lens.interventions import Steer, intervene, kl_divergence
+    from belief_lens.interventions import Steer, intervene
 
     n = min(n_sequences, data_b.tokens.shape[0])
     if n < 2:

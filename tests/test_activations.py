@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from belief_lens import _tl
+from belief_lens import tl_compat
 from belief_lens.activations import residual_hooks, residual_stream, resolve_hook
 from belief_lens.errors import BeliefLensError
 from belief_lens.models import load_checkpoint, toy_transformer
@@ -13,8 +13,8 @@ from belief_lens.models import load_checkpoint, toy_transformer
 KINDS = [
     k
     for k, ok in [
-        ("bridge", _tl.is_bridge_available()),
-        ("hooked", _tl.is_hooked_transformer_available()),
+        ("bridge", tl_compat.is_bridge_available()),
+        ("hooked", tl_compat.is_hooked_transformer_available()),
     ]
     if ok
 ]

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from belief_lens import cli
-from belief_lens.cli import DEMO_LEARNING_RATES, main
+from belief_lens.cli import main
+from belief_lens.training import PROCESS_LEARNING_RATES
 
 REPORT_KEYS = {
     "process", "n_ctx", "train_seconds", "train_steps", "ground_truth", "model_loss", "probes",
@@ -24,7 +25,7 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert metrics["training"]["steps"] == 8 and metrics["train_steps"] == 8
     assert 0 < metrics["train_seconds"] == metrics["training"]["seconds"]
     assert metrics["model_loss"]["optimal_loss_method"] == "exact"
-    assert metrics["training"]["config"]["lr"] == DEMO_LEARNING_RATES["rrxor"] == 3e-3
+    assert metrics["training"]["config"]["lr"] == PROCESS_LEARNING_RATES["rrxor"] == 3e-3
     hooks = metrics["probes"]["hook"]
     assert hooks[0] == "blocks.0.hook_resid_pre" and hooks[-1] == "concat"
     assert set(metrics["controls"]) == {

@@ -13,10 +13,10 @@ from belief_lens.factored import (
     cumulative_explained_variance,
     dims_for,
     factored_geometry,
-    principal_cosines,
     vary_one_overlap,
 )
 from belief_lens.factors import factored_beliefs, vary_one_tokens
+from belief_lens.metrics import principal_cosines
 from belief_lens.processes import mess3, product
 
 D = 16

@@ -19,7 +19,6 @@ from belief_lens.interventions import (
     control_basis,
     intervene,
     intervention_report,
-    kl_divergence,
     load_intervention,
     patch_belief_subspace,
     patching_report,
@@ -28,6 +27,7 @@ from belief_lens.interventions import (
     subspace_patch_setter,
     theory_kl_metric,
 )
+from belief_lens.metrics import kl_divergence
 from belief_lens.processes import mess3
 
 HOOK = "blocks.3.hook_resid_post"

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from belief_lens import _tl
+from belief_lens import tl_compat
 from belief_lens.errors import BeliefLensError
 from belief_lens.models import (
     ModelConfig,
@@ -22,8 +22,8 @@ from belief_lens.models import (
 KINDS = [
     k
     for k, ok in [
-        ("bridge", _tl.is_bridge_available()),
-        ("hooked", _tl.is_hooked_transformer_available()),
+        ("bridge", tl_compat.is_bridge_available()),
+        ("hooked", tl_compat.is_hooked_transformer_available()),
     ]
     if ok
 ]
@@ -40,10 +40,10 @@ def _same_weights(a, b) -> bool:
 
 
 def test_default_kind_follows_version():
-    expected = "bridge" if _tl.tl_version() >= (3, 4, 0) else "hooked"
-    assert _tl.default_kind() == expected
-    if _tl.tl_version() >= (4, 0, 0):
-        assert not _tl.is_hooked_transformer_available()
+    expected = "bridge" if tl_compat.tl_version() >= (3, 4, 0) else "hooked"
+    assert tl_compat.default_kind() == expected
+    if tl_compat.tl_version() >= (4, 0, 0):
+        assert not tl_compat.is_hooked_transformer_available()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -100,7 +100,7 @@ def test_save_load_roundtrip(tmp_path, kind):
     config = json.loads((tmp_path / "m.config.json").read_text())
     assert config["d_model"] == 32 and config["n_heads"] == 2 and config["act_fn"] == "relu"
     meta = config["belief_lens"]
-    assert meta["transformer_lens_version"] == _tl.tl_version_string()
+    assert meta["transformer_lens_version"] == tl_compat.tl_version_string()
     assert meta["seed"] == 3 and meta["extra"] == {"note": "hi"}
     assert meta["format"] == "hooked_transformer"  # portable across TransformerLens versions
     loaded = load_checkpoint(path)
@@ -154,7 +154,7 @@ def test_crash_between_weights_and_sidecar_config_still_loads(tmp_path, monkeypa
     assert loaded.cfg.d_mlp == 32 and _same_weights(loaded, new.eval())
 
 
-@pytest.mark.skipif(not _tl.is_bridge_available(), reason="needs TransformerBridge")
+@pytest.mark.skipif(not tl_compat.is_bridge_available(), reason="needs TransformerBridge")
 def test_bridge_to_legacy_inverts_tl_converter():
     from belief_lens.models import _bridge_to_legacy
 
@@ -163,7 +163,7 @@ def test_bridge_to_legacy_inverts_tl_converter():
     legacy = _bridge_to_legacy(state, ModelConfig.from_model(model).to_dict())
     assert legacy["blocks.0.attn.W_Q"].shape == (2, 32, 8)
     assert legacy["blocks.0.attn.W_O"].shape == (2, 8, 32)
-    back = _tl.convert_legacy_state_dict(legacy, model.cfg)
+    back = tl_compat.convert_legacy_state_dict(legacy, model.cfg)
     assert back.keys() == state.keys()
     assert all(torch.equal(back[k], state[k]) for k in state)
 

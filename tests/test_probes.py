@@ -14,6 +14,7 @@ from sklearn.metrics import mean_squared_error, r2_score
 
 from belief_lens.beliefs import enumerate_sequences, next_token_distributions
 from belief_lens.errors import BeliefLensError
+from belief_lens.metrics import sum_zero_basis
 from belief_lens.probes import (
     AffineProbe,
     ProbeData,
@@ -23,7 +24,6 @@ from belief_lens.probes import (
     fit_probes,
     next_token_control,
     shuffle_control,
-    simplex_basis,
     split_prefixes,
     untrained_control,
 )
@@ -202,7 +202,7 @@ def test_score_matches_sklearn_metrics():
 
 def test_simplex_basis_is_orthonormal_and_sum_zero():
     for n in (2, 3, 5):
-        Q = simplex_basis(n)
+        Q = sum_zero_basis(n)
         assert Q.shape == (n, n - 1)
         torch.testing.assert_close(Q.T @ Q, torch.eye(n - 1, dtype=torch.float64))
         assert Q.sum(0).abs().max() < 1e-12
@@ -226,7 +226,7 @@ def test_planted_encoding_recovered():
     g = torch.Generator().manual_seed(1)
     n, d, S = 20_000, 24, 3
     beliefs = torch.from_numpy(np.random.default_rng(1).dirichlet(np.ones(S), size=n))
-    Q = simplex_basis(S)
+    Q = sum_zero_basis(S)
     E = torch.randn(S - 1, d, generator=g, dtype=torch.float64)
     x0 = torch.randn(d, generator=g, dtype=torch.float64)
     z = (beliefs - beliefs.mean(0)) @ Q

@@ -235,7 +235,7 @@ def _load_model(args: argparse.Namespace, device: torch.device) -> Any:
 def _save(table: Any, out: Path) -> None:
     from safetensors.torch import save_file
 
-    from belief_lens._io import atomic_write, atomic_write_text
+    from belief_lens.storage import atomic_write, atomic_write_text
 
     tensors = {}
     for (hook, start), probe in table.probes.items():

@@ -23,14 +23,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
+from belief_lens.metrics import regression_metrics, sum_zero_basis
 from belief_lens.probing.moments import Moments, lapack_threads, row_chunks
 
 __all__ = [
     "AffineProbe",
     "ProbeNotFittedError",
     "check_ridge",
-    "regression_metrics",
-    "simplex_basis",
     "solve_normal",
 ]
 
@@ -50,27 +49,6 @@ RANK_TOL_FACTOR = 10.0
 #: Tensors and version of the file format written by ``AffineProbe.save``.
 _SAVED = ("coef_", "intercept_", "x_mean_", "y_mean_", "simplex_basis_", "encoding_")
 _FORMAT = "belief_lens.AffineProbe/1"
-
-
-def simplex_basis(n: int) -> Float[Tensor, "n n_minus_1"]:
-    """The Helmert basis: an orthonormal ``[n, n-1]`` basis of the sum-zero subspace of R^n.
-
-    Column ``k`` (0-based) is ``(1, ..., 1, -(k+1), 0, ..., 0) / sqrt((k+1)(k+2))`` with ``k+1``
-    ones: a fixed, deterministic choice, so free belief coordinates mean the same in every run.
-
-    >>> simplex_basis(3)
-    tensor([[ 0.7071,  0.4082],
-            [-0.7071,  0.4082],
-            [ 0.0000, -0.8165]], dtype=torch.float64)
-    """
-    if n < 1:
-        raise BeliefLensError(f"simplex_basis needs n >= 1, got {n}")
-    Q = torch.zeros(n, n - 1, dtype=torch.float64)
-    for k in range(n - 1):
-        Q[: k + 1, k] = 1.0
-        Q[k + 1, k] = -(k + 1.0)
-        Q[:, k] /= math.sqrt((k + 1.0) * (k + 2.0))
-    return Q
 
 
 def solve_normal(
@@ -133,37 +111,6 @@ def solve_rows(A: Float[Tensor, "n d"], B: Float[Tensor, "n S"]) -> tuple[Tensor
             sol = R @ (R.T @ sol)
     X[idx] = sol
     return X, k
-
-
-def regression_metrics(
-    ss_res: Float[Tensor, " S"], ss_tot: Float[Tensor, " S"], w: float
-) -> dict[str, Any]:
-    """MSE over all entries, its root, R^2 averaged uniformly over targets, and per target.
-
-    A constant target scores R^2 = 1 if predicted exactly, else 0 (as sklearn's ``r2_score``).
-    """
-    S = ss_res.numel()
-    if w <= 0:
-        nan = float("nan")
-        return {
-            "mse": nan,
-            "rmse": nan,
-            "r2": nan,
-            "mse_per_target": [nan] * S,
-            "r2_per_target": [nan] * S,
-        }
-    ss_res = ss_res.clamp_min(0).cpu()
-    ss_tot = ss_tot.clamp_min(0).cpu()
-    mse = float(ss_res.sum()) / (w * S)
-    r2 = torch.where(ss_tot > 0, 1 - ss_res / torch.where(ss_tot > 0, ss_tot, 1.0), 0.0)
-    r2 = torch.where((ss_tot <= 0) & (ss_res <= 0), 1.0, r2)
-    return {
-        "mse": mse,
-        "rmse": math.sqrt(mse),
-        "r2": float(r2.mean()),
-        "mse_per_target": (ss_res / w).tolist(),
-        "r2_per_target": r2.tolist(),
-    }
 
 
 def check_ridge(ridge: Any) -> float:
@@ -434,7 +381,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
             x_mean, y_mean = torch.zeros(D, dtype=f64), torch.zeros(S, dtype=f64)
         Mxx, Mxy, Myy = mom.about(x_mean, y_mean)
         B, rank = solve_normal(Mxx, Mxy, float(self.ridge))  # [D, S]
-        Q = simplex_basis(S) if _sums_to_one(mom) else torch.eye(S, dtype=f64)
+        Q = sum_zero_basis(S) if _sums_to_one(mom) else torch.eye(S, dtype=f64)
         Mzz, Mzx = Q.T @ Myy @ Q, Q.T @ Mxy.T  # [k, k], [k, D]
         E, _ = solve_normal(Mzz, Mzx, float(self.ridge))
         self.coef_ = B.T.contiguous()
@@ -584,8 +531,8 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         from safetensors.torch import save_file
 
         from belief_lens import __version__
-        from belief_lens._io import atomic_write
-        from belief_lens._tl import tl_version_string
+        from belief_lens.storage import atomic_write
+        from belief_lens.tl_compat import tl_version_string
 
         _check_fitted(self)
         tensors = {k: getattr(self, k).detach().cpu().contiguous() for k in _SAVED}

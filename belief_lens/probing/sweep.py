@@ -14,8 +14,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
+from belief_lens.metrics import regression_metrics
 from belief_lens.probing.data import CONCAT, ProbeData
-from belief_lens.probing.estimator import AffineProbe, check_ridge, regression_metrics
+from belief_lens.probing.estimator import AffineProbe, check_ridge
 from belief_lens.probing.moments import Moments
 
 __all__ = [
