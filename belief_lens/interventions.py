@@ -296,6 +296,17 @@ class _Intervention:
     positions: tuple[int, ...] | None
     control_seed: int | None
 
+    def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
+        """A TransformerLens hook function ``fn(activation, hook)``, so that
+        ``model.run_with_hooks(tokens, fwd_hooks=[(iv.hook, iv)])`` applies it with no wrapping.
+
+        The hook point's name is not compared with ``self.hook``: TransformerLens 4's bridge
+        names its hook points canonically (``blocks.3.hook_out`` for ``hook_resid_post``).
+        ``intervene`` adds what a bare hook cannot: the exact hook, a firing count of one, eval
+        mode and a source run's activations.
+        """
+        return self.apply(activation)
+
     @property
     def rank(self) -> int:
         """``k``, the dimension of the subspace acted on."""

@@ -1,7 +1,7 @@
 """Scale-out: probes harvested across processes (torch.distributed), on GPUs, in low precision.
 
 The two-process run is a real ``torchrun`` job (gloo on CPU, a free loopback port chosen by
-``--standalone``) of ``python -m belief_lens.probing.distributed``; the single-process reference
+``--standalone``) of ``python -m belief_lens.probing.torchrun``; the single-process reference
 is ``fit_position_probes`` in this process on the same locally built model.
 """
 
@@ -33,7 +33,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def tiny(**kw):
-    """The model ``python -m belief_lens.probing.distributed --random 2,16`` builds on each rank."""
+    """The model ``python -m belief_lens.probing.torchrun --random 2,16`` builds on each rank."""
     return gpt2_like(n_ctx=128, n_layers=2, d_model=16, n_heads=2, seed=0, **kw)
 
 
@@ -73,7 +73,7 @@ def test_distributed_needs_a_process_group():
 
 
 def test_cli_refuses_to_run_outside_torchrun(tmp_path, capsys, monkeypatch):
-    from belief_lens.probing.distributed import main
+    from belief_lens.probing.torchrun import main
 
     monkeypatch.delenv("RANK", raising=False)
     args = ["--random", "2,16", "--token-ids", *map(str, IDS), "--out", str(tmp_path)]
@@ -93,7 +93,7 @@ def test_two_gloo_processes_give_the_single_process_probes(tmp_path):
     n, length = 80, 12
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "belief_lens.probing.distributed", "--random", "2,16", "--token-ids", *map(str, IDS),
+        "-m", "belief_lens.probing.torchrun", "--random", "2,16", "--token-ids", *map(str, IDS),
         "--process", "mess3", "--n-sequences", str(n), "--length", str(length), "--window", "0",
         "--hooks", *HOOKS, "--batch-size", "8", "--backend", "gloo", "--seed", "3",
         "--out", str(out),
@@ -208,7 +208,7 @@ def test_cuda_host_synchronisations_do_not_grow_with_batches():
 def test_two_nccl_processes(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "belief_lens.probing.distributed", "--random", "2,16", "--token-ids", *map(str, IDS),
+        "-m", "belief_lens.probing.torchrun", "--random", "2,16", "--token-ids", *map(str, IDS),
         "--n-sequences", "80", "--length", "12", "--window", "0", "--hooks", *HOOKS,
         "--backend", "nccl", "--out", str(tmp_path),
     ]  # fmt: skip
@@ -233,13 +233,13 @@ def test_readme_torchrun_command_parses():
     import re
     import shlex
 
-    from belief_lens.probing.distributed import _parser
+    from belief_lens.probing.torchrun import _parser
 
     text = (ROOT / "README.md").read_text()
     block = re.search(r"## Large models\n.*?```bash\n(.*?)```", text, re.S).group(1)
     argv = shlex.split(block.replace("\\\n", " "))
     assert argv[:5] == ["torchrun", "--standalone", "--nproc-per-node", "4", "-m"]
-    assert argv[5] == "belief_lens.probing.distributed"
+    assert argv[5] == "belief_lens.probing.torchrun"
     args = _parser().parse_args(argv[6:])
     assert (args.model, args.dtype, args.symbols, args.separator) == (
         "gpt2", "bfloat16", [" A", " B", " C"], ","

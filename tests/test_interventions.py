@@ -129,8 +129,7 @@ def test_steer_in_user_hooks_equals_intervene(mess3_setup):
     tokens = sample_sequences(hmm, 4, 10, seed=8)
     target = torch.eye(3, dtype=torch.float64)[[0, 1, 2, 0]]
     steer = Steer.from_probe(probes[HOOK], HOOK, target, positions=[-1])
-    with model.hooks(fwd_hooks=[(steer.hook, lambda act, hook: steer.apply(act))]):
-        logits = model(tokens)
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(steer.hook, steer)])
     torch.testing.assert_close(logits, intervene(model, tokens, steer))
     torch.testing.assert_close(
         logits, steer_to_belief(model, tokens, probes[HOOK], HOOK, target, -1)
@@ -527,3 +526,33 @@ def test_steering_works_on_toy_models_of_the_installed_version():
         expected = model(tokens)
     torch.testing.assert_close(intervene(model, tokens, steer), expected)
     assert not torch.allclose(expected, model(tokens))
+
+
+def test_interventions_are_transformer_lens_hook_functions():
+    """Steer, SubspacePatch and Ablate go straight into fwd_hooks on a toy model (no checkpoint):
+    the same logits as intervene(), and no hook left behind."""
+    from belief_lens.models import toy_transformer
+    from belief_lens.probes import collect_probe_data, fit_probes
+
+    hmm = mess3()
+    model = toy_transformer(3, 6, n_layers=1, d_model=16, d_mlp=32, n_heads=1, d_head=8).eval()
+    hook = "blocks.0.hook_resid_post"
+    probe = fit_probes(collect_probe_data(model, hmm, 6, [hook], mode="paper"), concat=False)
+    probe = probe.probes[hook]
+    tokens = sample_sequences(hmm, 5, 6, seed=0)
+    basis = belief_basis(probe)
+    _, cache = model.run_with_cache(sample_sequences(hmm, 5, 6, seed=1), names_filter=[hook])
+    values = [
+        Steer.from_probe(
+            probe, hook, torch.eye(3, dtype=torch.float64)[[0, 1, 2, 0, 1]], positions=-1
+        ),
+        SubspacePatch(hook, basis, cache[hook]),
+        Ablate(hook, basis),
+    ]
+    plain = model(tokens)
+    for iv in values:
+        assert iv.hook == hook
+        hooked = model.run_with_hooks(tokens, fwd_hooks=[(iv.hook, iv)])
+        torch.testing.assert_close(hooked, intervene(model, tokens, iv))
+        assert not torch.allclose(hooked, plain), type(iv).__name__
+        assert no_hooks_left(model)

@@ -7,21 +7,15 @@ from the same sums; activations never leave the device that made them. Works und
 ``torch.distributed`` backend: ``gloo`` (CPU) and ``nccl`` (GPUs), launched by ``torchrun``.
 
 Entry point: ``fit_position_probes(..., distributed=True)`` inside an initialised process group,
-or this module's command line::
+or the command line of :mod:`belief_lens.probing.torchrun`::
 
-    torchrun --standalone --nproc-per-node 4 -m belief_lens.probing.distributed \\
+    torchrun --standalone --nproc-per-node 4 -m belief_lens.probing.torchrun \\
         --model gpt2 --symbols " A" " B" " C" --process mess3 --n-sequences 20000 --out runs/gpt2
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
+from belief_lens.probing.moments import Moments
 
 __all__ = [
     "all_reduce_moment_list",
@@ -142,8 +137,6 @@ def all_reduce_moment_list(moments: Sequence[Any], group: Any = None) -> list[An
     """Sum each of several ``Moments`` (same shapes) over the ranks of ``group``, all in two
     collectives (``Moments.all_reduce`` takes four per object; a per-position table has
     thousands). Each rank may have used its own shifts. Returns new ``Moments``."""
-    from belief_lens.probing.moments import Moments
-
     if not moments:
         return []
     w = torch.stack([m.w for m in moments])
@@ -173,150 +166,3 @@ def check_same_on_all_ranks(tensors: Sequence[Tensor], what: str, group: Any = N
             f"{what} differ between ranks at {int(differ.sum())} of {flat.numel()} entries; "
             "every rank must solve from the same reduced statistics on the same kind of device"
         )
-
-
-# ------------------------------------------------------------------------------- command line
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m belief_lens.probing.distributed",
-        description="Per-position belief probes of a model on HMM text, harvested by every rank "
-        "of a torchrun job (each rank its shard of the sequences) and reduced with "
-        "torch.distributed. Rank 0 writes table.json and probes.safetensors to --out.",
-    )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="a Hugging Face model name (e.g. gpt2), loaded on each rank")
-    src.add_argument(
-        "--random",
-        metavar="N_LAYERS,D_MODEL",
-        help="a randomly initialised GPT-2-architecture model of this size, built on each rank",
-    )
-    p.add_argument("--process", default="mess3", help="a process name (make_process)")
-    ids = p.add_mutually_exclusive_group(required=True)
-    ids.add_argument("--symbols", nargs="+", help="one single-token string per HMM symbol")
-    ids.add_argument("--token-ids", type=int, nargs="+", help="one token id per HMM symbol")
-    p.add_argument("--separator", default=None, help="a string written after every symbol")
-    p.add_argument("--bos", action="store_true", help="prepend the tokenizer's BOS token")
-    p.add_argument("--hooks", nargs="*", default=None, help="hook names (default: residual)")
-    p.add_argument("--n-sequences", type=int, default=1000)
-    p.add_argument("--length", type=int, default=None, help="symbols per sequence")
-    p.add_argument("--window", type=int, default=1, help="positions per probe (0: all in one)")
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    p.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass")
-    p.add_argument("--memory-limit-gib", type=float, default=2.0)
-    p.add_argument("--out", required=True, help="output directory (written by rank 0)")
-    return p
-
-
-def _load_model(args: argparse.Namespace, device: torch.device) -> Any:
-    from belief_lens.pretrained import gpt2_like, load_pretrained
-
-    dtype = getattr(torch, args.dtype)
-    if args.model:
-        model = load_pretrained(args.model, device=device)
-    else:
-        try:
-            n_layers, d_model = (int(v) for v in args.random.split(","))
-        except ValueError:
-            raise BeliefLensError(
-                f"--random takes N_LAYERS,D_MODEL (e.g. 2,64), got {args.random!r}"
-            ) from None
-        model = gpt2_like(
-            n_ctx=128, n_layers=n_layers, d_model=d_model, n_heads=2, seed=0, device=device
-        )
-    if dtype != torch.float32:
-        model = model.to(dtype)
-    model.eval()
-    return model
-
-
-def _save(table: Any, out: Path) -> None:
-    from safetensors.torch import save_file
-
-    from belief_lens.storage import atomic_write, atomic_write_text
-
-    tensors = {}
-    for (hook, start), probe in table.probes.items():
-        for name in ("coef_", "intercept_", "x_mean_", "y_mean_", "encoding_"):
-            tensors[f"{hook}/{start}/{name}"] = getattr(probe, name).detach().cpu().contiguous()
-    atomic_write(out / "probes.safetensors", lambda tmp: save_file(tensors, tmp))
-
-    def clean(v: Any) -> Any:
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
-    rows = [{k: clean(v) for k, v in row.items()} for row in table.rows]
-    meta = {
-        k: v for k, v in table.meta.items() if isinstance(v, (str, int, float, list, type(None)))
-    }
-    atomic_write_text(out / "table.json", json.dumps({"rows": rows, "meta": meta}, indent=1))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the job on this rank (``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)."""
-    import torch.distributed as dist
-
-    from belief_lens.in_context import fit_position_probes
-    from belief_lens.processes import make_process
-    from belief_lens.token_map import TokenMap
-
-    args = _parser().parse_args(argv)
-    out = Path(args.out)
-    if "RANK" not in os.environ:
-        print("run me under torchrun (RANK is not set); see --help", file=sys.stderr)
-        return 2
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = args.backend
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group(backend)
-    try:
-        model = _load_model(args, device)
-        hmm = make_process(args.process)
-        if args.symbols:
-            tmap = TokenMap.from_strings(
-                model, args.symbols, separator=args.separator, bos=args.bos or None
-            )
-        else:
-            if args.separator is not None or args.bos:
-                raise BeliefLensError("--separator and --bos need --symbols (a tokenizer)")
-            tmap = TokenMap(args.token_ids)
-        table = fit_position_probes(
-            model,
-            hmm,
-            tmap,
-            args.hooks,
-            n_sequences=args.n_sequences,
-            length=args.length,
-            window=args.window or None,
-            test_fraction=args.test_fraction,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            memory_limit_bytes=int(args.memory_limit_gib * (1 << 30)),
-            distributed=True,
-        )
-        coefs = [p.coef_ for p in table.probes.values()]
-        check_same_on_all_ranks(coefs, "probe coefficients")
-        if dist.get_rank() == 0:
-            _save(table, out)
-            rank, world = rank_and_world_size()
-            print(f"{len(table.rows)} probes from {world} ranks ({backend}); wrote {out}")
-        # Every rank waits for rank 0's write: a rank that tears gloo down while its peer still
-        # holds the connection can abort at exit.
-        dist.barrier()
-    except BeliefLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    finally:
-        dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
