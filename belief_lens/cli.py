@@ -434,13 +434,13 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
     lines = [f"wrote {Path(out) / 'report.html'} and {Path(out) / 'metrics.json'}"]
     lines += [f"  {line}" for line in metrics.get("summary", [])]
     probes = metrics.get("probes", {})
-    for hook, mse_test, r2_test, mse, overfit in zip(
-        probes.get("hook", []), probes.get("mse_test", []), probes.get("r2_test", []),
+    for hook, mse_heldout, r2_heldout, mse, overfit in zip(
+        probes.get("hook", []), probes.get("mse_heldout", []), probes.get("r2_heldout", []),
         probes.get("mse_all", []), probes.get("overfit", []), strict=False,
     ):  # fmt: skip
         flag = "  OVERFIT" if overfit else ""
         lines.append(
-            f"  probe {hook:28s} held-out MSE {mse_test:.5f} R^2 {r2_test:.3f}   "
+            f"  probe {hook:28s} held-out MSE {mse_heldout:.5f} R^2 {r2_heldout:.3f}   "
             f"in-sample MSE {mse:.5f}{flag}"
         )
     if "figure_export" in metrics:

@@ -31,7 +31,8 @@ from belief_lens.probing.data import (
 from belief_lens.probing.estimator import AffineProbe
 from belief_lens.probing.moments import Moments
 from belief_lens.probing.positions import PositionProbeTable, fit_position_probes
-from belief_lens.probing.sweep import ProbeTable, fit_probes
+from belief_lens.probing.sweep import fit_probes
+from belief_lens.probing.table import ProbeTable, best_hook, heldout, is_overfit
 
 __all__ = [
     "CONCAT",
@@ -40,6 +41,9 @@ __all__ = [
     "PositionProbeTable",
     "ProbeData",
     "ProbeTable",
+    "best_hook",
+    "heldout",
+    "is_overfit",
     "collect_probe_data",
     "distance_r2",
     "fit_position_probes",

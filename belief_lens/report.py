@@ -25,6 +25,7 @@ import torch
 from belief_lens.compmech import entropy_rate, myopic_entropy
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
+from belief_lens.probing.table import best_hook, heldout
 from belief_lens.storage import atomic_write_text
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "analyse",
     "compose_html",
     "export_figures",
-    "heldout",
     "write_report",
 ]
 
@@ -163,34 +163,13 @@ class Section:
 # ----------------------------------------------------------------------------- reading metrics
 
 
-def heldout(row: Mapping[str, Any], metric: Literal["mse", "r2"]) -> float:
-    """A probe row's held-out ``mse`` or ``r2`` (``{metric}_heldout`` or ``{metric}_test``); NaN
-    when the row has neither or no held-out data."""
-    for key in (f"{metric}_heldout", f"{metric}_test"):
-        v = row.get(key)
-        if isinstance(v, (int, float)) and not math.isnan(v):
-            return float(v)
-    return math.nan
-
-
 def _in_sample(row: Mapping[str, Any], metric: str) -> float:
     v = row.get(f"{metric}_all")
     return float(v) if isinstance(v, (int, float)) else math.nan
 
 
-def _best_hook(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
-    """The non-concat hook with the lowest held-out MSE (in-sample where none is held out),
-    and which of the two it was ranked by."""
-    hooks = [r for r in rows if r["hook"] != "concat"]
-    if not hooks:
-        raise BeliefLensError("the probe table has no per-hook rows")
-    if all(not math.isnan(heldout(r, "mse")) for r in hooks):
-        return min(hooks, key=lambda r: heldout(r, "mse"))["hook"], "held-out"
-    return min(hooks, key=lambda r: _in_sample(r, "mse"))["hook"], "in-sample"
-
-
 def _overfit(row: Mapping[str, Any]) -> bool:
-    return bool(row.get("overfit") or row.get("overfitting"))
+    return bool(row.get("overfit"))
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -273,7 +252,7 @@ def analyse(
     table = probes.fit_probes(data, ridge=cfg.ridge)
     metrics["probes"] = table.columns()
     metrics["probes_summary"] = table.summary()
-    best, ranked_by = _best_hook(table.rows)
+    best, ranked_by = best_hook(table.rows)
     metrics["best_hook"] = {"hook": best, "ranked_by": ranked_by}
     logger.info("probes fitted (%.1f s)\n%s", time.perf_counter() - t0, table.to_markdown())
     sections.append(_geometry_section(hmm, table, data, hooks, best, ranked_by, cfg))
@@ -481,8 +460,8 @@ def _probe_section(table, best, ranked_by, cfg) -> Section:
         ("mse_all", "MSE in-sample", ".3e"),
         ("r2_all", "R² in-sample", ".4f"),
         ("mse_train", "MSE train", ".3e"),
-        ("mse_heldout|mse_test", "MSE held-out", ".3e"),
-        ("r2_heldout|r2_test", "R² held-out", ".4f"),
+        ("mse_heldout|mse_heldout", "MSE held-out", ".3e"),
+        ("r2_heldout|r2_heldout", "R² held-out", ".4f"),
     ]
     present = set().union(*(r.keys() for r in table.rows)) if table.rows else set()
     for extra in ("train_prefixes", "n_train_prefixes"):

@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "next_token_control": next_token.columns(),
     }
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
-    best = min(table.rows, key=lambda r: r["mse_test"])
-    print(f"{hmm.name}: best held-out probe MSE {best['mse_test']:.2e} at {best['hook']}")
+    best = min(table.rows, key=lambda r: r["mse_heldout"])
+    print(f"{hmm.name}: best held-out probe MSE {best['mse_heldout']:.2e} at {best['hook']}")
     print(f"figures in {out}/")
     return 0
 

@@ -123,7 +123,7 @@ def curve_figure(curves: dict) -> go.Figure:
 def probe_figure(tables: dict) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(tables), subplot_titles=list(tables))
     for j, (_name, table) in enumerate(tables.items(), start=1):
-        grid = table.grid("r2_test")
+        grid = table.grid("r2_heldout")
         fig.add_heatmap(
             z=grid.tolist(),
             x=table.window_centres,
@@ -181,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
             window=args.window, memory_limit_bytes=memory,
         )  # fmt: skip
         curves[name], tables[name] = curve, table
-        best = max(table.rows, key=lambda r: r["r2_test"])
+        best = max(table.rows, key=lambda r: r["r2_heldout"])
         print(
             f"  KL(Bayes || model) {curve.kl_mean[1].item():.3f} after 1 symbol, "
             f"{curve.kl_mean[-1].item():.3f} after {length}; off-map mass "
-            f"{curve.off_map_mass_mean.mean().item():.3f}; best probe R^2 {best['r2_test']:.3f} "
+            f"{curve.off_map_mass_mean.mean().item():.3f}; best probe R^2 {best['r2_heldout']:.3f} "
             f"at {best['hook']} window {best['window_start']}-{best['window_stop']}"
         )
         metrics[name] = {

@@ -124,7 +124,7 @@ def test_two_gloo_processes_give_the_single_process_probes(tmp_path):
         assert (row["train_prefixes"], row["test_prefixes"]) == (
             ref["train_prefixes"], ref["test_prefixes"]
         )  # fmt: skip
-        for key in ("mse_train", "r2_train", "mse_test", "r2_test"):
+        for key in ("mse_train", "r2_train", "mse_heldout", "r2_heldout"):
             assert abs(row[key] - ref[key]) <= 1e-10 * abs(ref[key]), (row["hook"], key)
 
 

@@ -107,9 +107,9 @@ def test_probes_find_a_belief_planted_at_symbol_positions(models, name):
     assert len(table) == 6
     # Position 0 has 3 distinct prefixes and one is held out: an input no probe has seen (its
     # one-hot belief is outside the span of the two trained ones), so the split must show it.
-    assert table[(hook, 0)]["test_prefixes"] == 1 and table[(hook, 0)]["mse_test"] > 0.01
+    assert table[(hook, 0)]["test_prefixes"] == 1 and table[(hook, 0)]["mse_heldout"] > 0.01
     later = [row for row in table if row["window_start"] >= 1]
-    assert max(row["mse_test"] for row in later) < 1e-8  # (R^2 is degenerate: one-hot targets)
+    assert max(row["mse_heldout"] for row in later) < 1e-8  # (R^2 is degenerate: one-hot targets)
 
     # Controls, fitted directly with AffineProbe on the same kind of data.
     symbols = sample_sequences(hmm, 200, 6, seed=5)
@@ -137,7 +137,7 @@ def test_probes_find_a_belief_planted_at_symbol_positions(models, name):
         read_at="prediction",
     )
     if tm.separator.numel():
-        assert max(row["r2_test"] for row in at_prediction) < 0.5
+        assert max(row["r2_heldout"] for row in at_prediction) < 0.5
     else:
         assert at_prediction.rows == table.rows
 
@@ -152,13 +152,15 @@ def test_window_none_and_windows_shapes(models):
     assert len(table) == 6
     cols = table.columns()
     keys = ("hook", "window_start", "window_stop", "features", "train_prefixes", "test_prefixes")
-    for key in (*keys, "mse_train", "r2_train", "mse_test", "r2_test", "overfit"):
+    for key in (*keys, "mse_train", "r2_train", "mse_heldout", "r2_heldout", "overfit"):
         assert len(cols[key]) == 6
     assert cols["features"][0] == 64
-    assert table.grid("mse_test").shape == (2, 3)
+    assert table.grid("mse_heldout").shape == (2, 3)
     assert table.window_centres == [2.0, 5.0, 7.0]
     row = table[("blocks.1.hook_resid_post", 3)]
-    assert row["window_stop"] == 6 and all(torch.isfinite(torch.tensor(row["mse_test"])).view(-1))
+    assert row["window_stop"] == 6 and all(
+        torch.isfinite(torch.tensor(row["mse_heldout"])).view(-1)
+    )
     probe = table.probes[("blocks.1.hook_resid_post", 3)]
     assert probe.coef_.shape == (3, 64) and probe.hook_name_ == "blocks.1.hook_resid_post"
     assert probe.belief_basis("encoding").shape == (64, 2)
@@ -184,7 +186,7 @@ def test_streaming_matches_a_direct_fit(models):
     assert small.meta["hook_groups"] == 2 and big.meta["hook_groups"] == 1
     assert 1 <= small.meta["batch_size"] < 20 and big.meta["batch_size"] == 150
     for a, b in zip(big.rows, small.rows, strict=True):
-        for key in ("mse_train", "mse_test", "r2_test"):
+        for key in ("mse_train", "mse_heldout", "r2_heldout"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-8)
     # Against a direct fit on the training sequences of window (2, 4).
     hook = hooks[1]
@@ -202,8 +204,8 @@ def test_streaming_matches_a_direct_fit(models):
         streamed.predict(acts[:, 2:4]), direct.predict(acts[:, 2:4]), rtol=0, atol=1e-4
     )
     held_out = direct.metrics(A[test_mask], B[test_mask])
-    assert big[(hook, 2)]["mse_test"] == pytest.approx(held_out["mse"], rel=1e-3)
-    assert big[(hook, 2)]["r2_test"] == pytest.approx(held_out["r2"], rel=1e-3)
+    assert big[(hook, 2)]["mse_heldout"] == pytest.approx(held_out["mse"], rel=1e-3)
+    assert big[(hook, 2)]["r2_heldout"] == pytest.approx(held_out["r2"], rel=1e-3)
 
 
 def test_each_row_lands_on_its_side_of_the_split_once():
@@ -243,7 +245,7 @@ def test_each_row_lands_on_its_side_of_the_split_once():
             assert row[f"r2_{side}"] == pytest.approx(r2, rel=1e-9, abs=1e-12)
         # the check can tell the sides apart: all rows would give another held-out MSE
         everything = float(((Y - A @ coef) ** 2).mean())
-        assert row["mse_test"] != pytest.approx(everything, rel=1e-4)
+        assert row["mse_heldout"] != pytest.approx(everything, rel=1e-4)
     # the batch layout: every row once, in segments of (window, side)
     window_of = torch.tensor([0, 0, 0, 0, 1, 1])
     order, bounds = batch_row_order(torch.from_numpy(held[:B]), window_of, 2)
@@ -311,7 +313,7 @@ def test_training_through_the_map_moves_the_model_toward_bayes(models):
     assert curve1.off_map_mass_mean.mean() < 0.1 < curve0.off_map_mass_mean.mean()
     assert curve1.excess_ce.mean() < curve0.excess_ce.mean()
     hook = models["hook"]
-    assert table1[(hook, 0)]["mse_test"] < table0[(hook, 0)]["mse_test"]
+    assert table1[(hook, 0)]["mse_heldout"] < table0[(hook, 0)]["mse_heldout"]
 
 
 # ------------------------------------------------------------------------------ errors

@@ -394,7 +394,7 @@ def test_dedupe_is_exact_and_cache_reused():
     b = synthetic_data(mess3(), n_ctx=6, dedupe=False)
     ta, tb = fit_probes(a), fit_probes(b)
     for ra, rb in zip(ta.rows, tb.rows, strict=True):
-        for key in ("mse_train", "mse_test", "mse_all", "r2_test"):
+        for key in ("mse_train", "mse_heldout", "mse_all", "r2_heldout"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-9)
     assert "xx" in a._cache
     again = fit_probes(a)
@@ -440,15 +440,15 @@ def test_probe_table_access():
         "test_prefixes",
         "mse_train",
         "r2_train",
-        "mse_test",
-        "r2_test",
+        "mse_heldout",
+        "r2_heldout",
         "overfit",
     ):
         assert len(cols[key]) == 3
     assert cols["mse_all"][0] == table["hook0"]["mse_all"]
     md = table.to_markdown()
     assert md.splitlines()[0].startswith(
-        "| hook | features | train_prefixes | test_prefixes | mse_test | r2_test |"
+        "| hook | features | train_prefixes | test_prefixes | mse_heldout | r2_heldout |"
     )
     assert "concat" in md
     assert "name=probes" in str(table)
@@ -561,7 +561,7 @@ def test_mess3_paper_probe_mse(mess3_paper):
     assert row["train_prefixes"] + row["test_prefixes"] == sum(3**t for t in range(1, 11))
     assert row["mse_all"] == pytest.approx(0.000386, abs=5e-7)  # paper: in-sample, all data
     # held-out prefixes: no input on both sides, so higher than the old by-sequence 0.000388
-    assert row["mse_test"] == pytest.approx(0.000553, rel=0.02)
+    assert row["mse_heldout"] == pytest.approx(0.000553, rel=0.02)
     assert not row["overfit"]
     assert row["r2_all"] > 0.99
     probe = table.probes[H3]
@@ -570,7 +570,7 @@ def test_mess3_paper_probe_mse(mess3_paper):
     assert direct["mse"] == pytest.approx(row["mse_all"], rel=1e-8)
     shuffled = shuffle_control(data)
     assert shuffled[H3]["mse_all"] == pytest.approx(0.111, abs=0.005)
-    assert shuffled[H3]["mse_test"] == pytest.approx(0.111, abs=0.005)
+    assert shuffled[H3]["mse_heldout"] == pytest.approx(0.111, abs=0.005)
     nt = next_token_control(data)
     assert nt[H3]["r2_all"] > 0.99
     pred = probe.predict(data.acts[H3])
@@ -587,4 +587,4 @@ def test_mess3_paper_untrained(mess3_paper):
     assert table[H3]["mse_all"] < 0.0006
     untrained = untrained_control(small, model)
     assert untrained[H3]["mse_all"] > 10 * table[H3]["mse_all"]
-    assert untrained[H3]["r2_test"] < table[H3]["r2_test"]  # TL2 init: 0.71 vs 0.99
+    assert untrained[H3]["r2_heldout"] < table[H3]["r2_heldout"]  # TL2 init: 0.71 vs 0.99

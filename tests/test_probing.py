@@ -228,7 +228,7 @@ def test_rrxor_concat_equals_lstsq_and_beats_every_hook(rrxor_table):
     # 1,280 features on 837 training prefixes: flagged, and worse than the best hook held out
     assert concat["overfit"] and concat["features"] == 1280
     assert concat["train_prefixes"] + concat["test_prefixes"] == 1046
-    assert concat["mse_test"] > table[table.best_hook]["mse_test"]
+    assert concat["mse_heldout"] > table[table.best_hook]["mse_heldout"]
     assert table.concat_gain < 1
     assert concat["rank"] == table.probes["concat"].rank_ >= 1000
     assert "best hook (held out)" in str(table) and "OVERFIT" in table.to_markdown()

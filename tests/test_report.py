@@ -14,7 +14,8 @@ import pytest
 
 from belief_lens import report as rp
 from belief_lens.errors import BeliefLensError
-from belief_lens.report import ReportFigure, Section, Table, compose_html, heldout, write_report
+from belief_lens.probes import best_hook, heldout, is_overfit
+from belief_lens.report import ReportFigure, Section, Table, compose_html, write_report
 
 
 def _fig() -> go.Figure:
@@ -31,10 +32,21 @@ def test_table_uses_one_format_per_column():
         Table(("a", "b"), (("x",),), ("", ""))
 
 
-def test_heldout_reads_either_name():
-    assert heldout({"mse_heldout": 0.1, "mse_test": 0.2}, "mse") == 0.1
-    assert heldout({"r2_test": 0.9}, "r2") == 0.9
+def test_heldout_best_hook_and_overfit_rule_have_one_home():
+    assert heldout({"mse_heldout": 0.1}, "mse") == 0.1
+    assert heldout({"r2_heldout": 0.9}, "r2") == 0.9
     assert math.isnan(heldout({"mse_all": 0.1}, "mse"))
+    rows = [
+        {"hook": "a", "mse_heldout": 0.3, "mse_all": 0.1},
+        {"hook": "b", "mse_heldout": 0.2, "mse_all": 0.2},
+        {"hook": "concat", "mse_heldout": 0.01, "mse_all": 0.0},
+    ]
+    assert best_hook(rows) == ("b", "held-out")  # never the concatenation
+    rows[0]["mse_heldout"] = float("nan")
+    assert best_hook(rows) == ("a", "in-sample")
+    assert is_overfit(64, 100, 0.1, 0.1)  # features >= a tenth of the training prefixes
+    assert is_overfit(64, 10_000, 0.3, 0.1)  # held-out error 3x the training error
+    assert not is_overfit(64, 10_000, 0.15, 0.1)
 
 
 def test_sections_compose_into_one_page_with_a_summary():

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.probing.data import ProbeData, is_causal, model_acts, model_fingerprint
-from belief_lens.probing.sweep import ProbeTable, probe_table, targets_for
+from belief_lens.probing.sweep import probe_table, targets_for
+from belief_lens.probing.table import ProbeTable
 
 __all__ = ["distance_r2", "next_token_control", "shuffle_control", "untrained_control"]
 

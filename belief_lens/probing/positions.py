@@ -36,7 +36,7 @@ from belief_lens.probing.distributed import (
 )
 from belief_lens.probing.estimator import AffineProbe, check_ridge
 from belief_lens.probing.moments import THIN_GRAM_MAX, Moments, lapack_threads
-from belief_lens.probing.sweep import OVERFIT_FEATURE_RATIO, OVERFIT_MSE_RATIO, ProbeTable
+from belief_lens.probing.table import ProbeTable, is_overfit
 from belief_lens.token_map import TokenMap
 
 __all__ = [
@@ -112,7 +112,7 @@ class PositionProbeTable(ProbeTable):
         rows: one dict per (hook, window): ``hook``, ``window_start``, ``window_stop`` (symbol
             positions ``[start, stop)``, i.e. beliefs after ``start + 1 .. stop`` symbols),
             ``features``, ``train_prefixes``, ``test_prefixes`` (distinct inputs of the window on
-            each side of ``split_prefixes``), ``mse_test``, ``r2_test`` (NaN without held-out
+            each side of ``split_prefixes``), ``mse_heldout``, ``r2_heldout`` (NaN without held-out
             data), ``mse_train``, ``r2_train``, ``overfit`` (as ``ProbeTable``). R^2 is the
             uniform average over belief coordinates.
         probes: ``{(hook, window_start): AffineProbe}`` fitted on the training rows.
@@ -149,7 +149,7 @@ class PositionProbeTable(ProbeTable):
         """The mean number of symbols seen by the beliefs of each window (for plotting)."""
         return [(lo + hi + 1) / 2 for lo, hi in self.windows]
 
-    def grid(self, metric: str = "r2_test") -> Float[Tensor, "n_hooks n_windows"]:
+    def grid(self, metric: str = "r2_heldout") -> Float[Tensor, "n_hooks n_windows"]:
         """``metric`` as a ``[hook, window]`` tensor (rows in ``hooks`` order)."""
         hooks, windows = self.hooks, self.windows
         out = torch.full((len(hooks), len(windows)), float("nan"), dtype=torch.float64)
@@ -414,9 +414,7 @@ def fit_position_probes(
                 probe = AffineProbe(ridge=ridge).fit_moments(train, hook_name=h)
                 tr = probe.metrics_moments(train)
                 te = probe.metrics_moments(test)
-                overfit = d >= OVERFIT_FEATURE_RATIO * counts[k]["train"] or (
-                    te["mse"] > OVERFIT_MSE_RATIO * tr["mse"]
-                )
+                overfit = is_overfit(d, counts[k]["train"], te["mse"], tr["mse"])
                 rows.append(
                     {
                         "hook": h,
@@ -425,8 +423,8 @@ def fit_position_probes(
                         "features": d,
                         "train_prefixes": counts[k]["train"],
                         "test_prefixes": counts[k]["test"],
-                        "mse_test": te["mse"],
-                        "r2_test": te["r2"],
+                        "mse_heldout": te["mse"],
+                        "r2_heldout": te["r2"],
                         "mse_train": tr["mse"],
                         "r2_train": tr["r2"],
                         "overfit": bool(overfit),

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -18,129 +15,15 @@ from belief_lens.metrics import regression_metrics
 from belief_lens.probing.data import CONCAT, ProbeData
 from belief_lens.probing.estimator import AffineProbe, check_ridge
 from belief_lens.probing.moments import Moments
+from belief_lens.probing.table import ProbeTable, is_overfit
 
 __all__ = [
-    "OVERFIT_FEATURE_RATIO",
-    "OVERFIT_MSE_RATIO",
-    "ProbeTable",
     "fit_probes",
     "probe_table",
     "targets_for",
 ]
 
 Targets = Literal["beliefs", "next_token"]
-
-#: A row is flagged when its features are at least this fraction of its distinct training
-#: prefixes (it can fit the training inputs instead of a geometry) ...
-OVERFIT_FEATURE_RATIO = 0.1
-#: ... or when its held-out MSE exceeds this multiple of its training MSE.
-OVERFIT_MSE_RATIO = 2.0
-
-
-@dataclass
-class ProbeTable:
-    """Probe results, one row per hook plus the concatenation of all hooks (``"concat"``).
-
-    Attributes
-    ----------
-    rows : list of dict
-        ``hook``, ``features``, ``train_prefixes`` and ``test_prefixes`` (distinct
-        (position, prefix) inputs on each side of ``split_prefixes``), ``mse_test, r2_test``
-        (fit on the training rows, scored on the held-out rows: the figures to trust; NaN without
-        held-out data), ``mse_train, r2_train`` (same fit, training rows), ``mse_all, r2_all``
-        (fit on every row, scored in-sample: the paper's number), and ``overfit`` (features at
-        least ``OVERFIT_FEATURE_RATIO`` of the training prefixes, or held-out MSE above
-        ``OVERFIT_MSE_RATIO`` times training MSE). R^2 is the uniform average over targets.
-    probes : dict of str to AffineProbe
-        The all-data probe of each row, keyed by hook. ``probes["concat"]`` reads the
-        concatenation of ``meta["hooks"]`` in order, and has ``hook_name_`` None.
-    meta : dict
-        What was fitted: ``name``, ``targets``, ``mode``, ``weighted``, ``n_ctx``, ``process``,
-        ``hooks``, ``ridge``, ``test_fraction``, ``seed``, ``bos``, ``model_fingerprint``.
-    """
-
-    rows: list[dict[str, Any]]
-    probes: dict[str, AffineProbe] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def hooks(self) -> list[str]:
-        return [row["hook"] for row in self.rows]
-
-    def columns(self) -> dict[str, list]:
-        """The table as ``{column: values}`` (pandas-free; ``pandas.DataFrame(t.columns())``)."""
-        keys = list(self.rows[0]) if self.rows else []
-        return {k: [row.get(k) for row in self.rows] for k in keys}
-
-    def __getitem__(self, hook: str) -> dict[str, Any]:
-        for row in self.rows:
-            if row["hook"] == hook:
-                return row
-        raise BeliefLensError(f"no row for hook {hook!r}; rows: {self.hooks}")
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.rows)
-
-    @property
-    def best_hook(self) -> str:
-        """The single hook with the lowest held-out MSE (in-sample MSE without held-out data)."""
-        hooks = [r for r in self.rows if r["hook"] != CONCAT]
-        if not hooks:
-            raise BeliefLensError("the table has no hook rows")
-        key = "mse_test" if all(math.isfinite(r["mse_test"]) for r in hooks) else "mse_all"
-        return min(hooks, key=lambda r: r[key])["hook"]
-
-    @property
-    def concat_gain(self) -> float:
-        """Best hook's held-out MSE over the concatenation's (> 1: concat does better held out;
-        NaN without a concat row or held-out data)."""
-        if CONCAT not in self.hooks:
-            return float("nan")
-        best, cat = self[self.best_hook]["mse_test"], self[CONCAT]["mse_test"]
-        return best / cat if cat > 0 else float("nan")
-
-    def summary(self) -> dict[str, Any]:
-        """The headline: best hook with its held-out MSE and R^2, the concat gain, flagged rows."""
-        best = self[self.best_hook]
-        return {
-            "best_hook": best["hook"],
-            "best_mse_test": best["mse_test"],
-            "best_r2_test": best["r2_test"],
-            "concat_gain_test": self.concat_gain,
-            "overfit_rows": [r["hook"] for r in self.rows if r["overfit"]],
-        }
-
-    def to_markdown(self, digits: int = 4) -> str:
-        """A markdown table, floats to ``digits`` significant digits; flagged rows marked."""
-        cols = self.columns()
-        if not cols:
-            return "(empty probe table)"
-
-        def fmt(v: Any) -> str:
-            if isinstance(v, bool):
-                return "OVERFIT" if v else ""
-            return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(fmt(row.get(k)) for k in cols) + " |" for row in self.rows]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        title = ", ".join(
-            f"{k}={self.meta[k]}" for k in ("name", "targets", "mode") if k in self.meta
-        )
-        lines = [title] if title else []
-        if any(r["hook"] != CONCAT for r in self.rows):
-            s = self.summary()
-            lines.append(
-                f"best hook (held out): {s['best_hook']}, MSE {s['best_mse_test']:.4g}, "
-                f"R^2 {s['best_r2_test']:.4g}; concat gain held out {s['concat_gain_test']:.3g}x"
-                + (f"; overfitting: {', '.join(s['overfit_rows'])}" if s["overfit_rows"] else "")
-            )
-        return "\n".join([*lines, self.to_markdown()])
 
 
 def targets_for(data: ProbeData, targets: Targets) -> Float[Tensor, "N L S"]:
@@ -208,17 +91,15 @@ def probe_table(
             al = _row_metrics(all_probe, sub["all"], distinct["all"][3], whole)
         all_probe.provenance_ = dict(provenance, hooks=hooks if hook_name is None else [label])
         features = cols.stop - cols.start
-        overfit = features >= OVERFIT_FEATURE_RATIO * counts["train"] or (
-            te["mse"] > OVERFIT_MSE_RATIO * tr["mse"]
-        )
+        overfit = is_overfit(features, counts["train"], te["mse"], tr["mse"])
         rows.append(
             {
                 "hook": label,
                 "features": features,
                 "train_prefixes": counts["train"],
                 "test_prefixes": counts["test"],
-                "mse_test": te["mse"],
-                "r2_test": te["r2"],
+                "mse_heldout": te["mse"],
+                "r2_heldout": te["r2"],
                 "mse_train": tr["mse"],
                 "r2_train": tr["r2"],
                 "mse_all": al["mse"],
@@ -273,7 +154,7 @@ def fit_probes(
     """Affine probes from each hook of ``data`` (and their concatenation) to beliefs.
 
     For each hook: a probe fitted on the training rows of ``split_prefixes`` and scored on the
-    held-out rows (``mse_test``, the figure to trust) and on its own rows (``mse_train``), and
+    held-out rows (``mse_heldout``, the figure to trust) and on its own rows (``mse_train``), and
     one fitted on every row (``mse_all``, in-sample, as the paper reports; kept in
     ``table.probes``). ``concat`` adds a row for the concatenation of all hooks (two or more).
     ``targets="next_token"`` fits next-token distributions instead of beliefs.
