@@ -50,7 +50,7 @@ from belief_lens.activations import (
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.metrics import free_coordinates, kl_divergence
+from belief_lens.metrics import free_coordinates, kl_divergence, recovery
 from belief_lens.probing.estimator import BasisKind
 from belief_lens.storage import atomic_write
 
@@ -1054,10 +1054,10 @@ def recovery_metric(
             "to recover"
         )
 
-    def recovery(logits: Tensor) -> Tensor:
-        return (torch.as_tensor(metric(logits)) - corrupted) / gap
+    def recovered(logits: Tensor) -> Tensor:
+        return recovery(torch.as_tensor(metric(logits)), clean, corrupted)
 
-    return recovery
+    return recovered
 
 
 @dataclass(frozen=True, eq=False)
@@ -1095,10 +1095,9 @@ class PatchingResult:
             raise BeliefLensError(f"metric_position {self.metric_position} is not in positions")
 
     def _recovery(self, kl: Tensor) -> Tensor:
-        gap = self.kl_corrupted - self.kl_clean
-        if not gap > 0:
+        if not self.kl_corrupted - self.kl_clean > 0:
             return torch.full_like(kl, math.nan)
-        return (self.kl_corrupted - kl) / gap
+        return recovery(kl, self.kl_clean, self.kl_corrupted)
 
     @property
     def recovery(self) -> Float[Tensor, "n_layers pos"]:

@@ -9,7 +9,7 @@ sufficient statistics that add across batches, windows and processes) and solve 
 >>> from belief_lens.probes import AffineProbe, Moments, split_prefixes  # doctest: +SKIP
 >>> data = collect_probe_data(model, mess3(), 10)  # doctest: +SKIP
 >>> table = fit_probes(data)  # doctest: +SKIP
->>> controls = [shuffle_control(data), next_token_control(data), untrained_control(data, model)]
+>>> controls = [shuffle_control(data), next_token_control(data), untrained_control(model, data)]
 ... # doctest: +SKIP
 """
 

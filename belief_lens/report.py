@@ -262,7 +262,7 @@ def analyse(
         controls = {
             "shuffled beliefs": probes.shuffle_control(data, seed=cfg.seed, ridge=cfg.ridge),
             "untrained model": probes.untrained_control(
-                data, model, seed=cfg.seed, ridge=cfg.ridge
+                model, data, seed=cfg.seed, ridge=cfg.ridge
             ),
             "next-token targets": probes.next_token_control(data, ridge=cfg.ridge),
         }

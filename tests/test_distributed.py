@@ -134,7 +134,7 @@ def _scores(model, **kw):
     table = fit_position_probes(
         model, mess3(), TokenMap(IDS), HOOKS, n_sequences=400, length=12, window=None, seed=0, **kw
     )
-    get = lambda key: [[r[f"{key}_train"], r[f"{key}_test"]] for r in table.rows]  # noqa: E731
+    get = lambda key: [[r[f"{key}_train"], r[f"{key}_heldout"]] for r in table.rows]  # noqa: E731
     return torch.tensor(get("mse"), dtype=torch.float64), torch.tensor(
         get("r2"), dtype=torch.float64
     )

@@ -236,7 +236,7 @@ def test_each_row_lands_on_its_side_of_the_split_once():
         probe = table.probes[(hook, lo)]
         np.testing.assert_allclose(probe.predict(X), A @ coef, rtol=0, atol=1e-9)
         row = table[(hook, lo)]
-        for side, rows in (("train", ~m), ("test", m)):
+        for side, rows in (("train", ~m), ("heldout", m)):
             res = Y[rows] - A[rows] @ coef
             mse = float((res**2).mean())
             ss_tot = ((Y[rows] - Y[rows].mean(0)) ** 2).sum(0)

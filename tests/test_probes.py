@@ -373,7 +373,7 @@ def test_engine_matches_direct_fits(weighted):
         s_tr = split.metrics(acts[tr], data.beliefs[tr], sub(w, tr))
         s_te = split.metrics(acts[te], data.beliefs[te], sub(w, te))
         s_all = full.metrics(acts, data.beliefs, w)
-        for key, ref in (("train", s_tr), ("test", s_te), ("all", s_all)):
+        for key, ref in (("train", s_tr), ("heldout", s_te), ("all", s_all)):
             assert row[f"mse_{key}"] == pytest.approx(ref["mse"], rel=1e-7), (hook, key)
             assert row[f"r2_{key}"] == pytest.approx(ref["r2"], rel=1e-7, abs=1e-9), (hook, key)
         assert row["features"] == acts.shape[-1]
@@ -520,7 +520,7 @@ def test_modes_on_a_toy_model(tiny_model):
     same = collect_probe_data(tiny_model, hmm, 5, ["blocks.0.hook_resid_post"], seed=4)
     assert torch.equal(other.test_mask, same.test_mask)
     assert not torch.equal(other.test_mask, bos.test_mask)
-    untrained = untrained_control(other, tiny_model, seed=1)
+    untrained = untrained_control(tiny_model, other, seed=1)
     assert untrained.meta["name"] == "untrained" and untrained.hooks == ["blocks.0.hook_resid_post"]
 
 
@@ -585,6 +585,6 @@ def test_mess3_paper_untrained(mess3_paper):
     small = collect_probe_data(model, mess3(), 10, [H3], tokens=tokens)
     table = fit_probes(small)
     assert table[H3]["mse_all"] < 0.0006
-    untrained = untrained_control(small, model)
+    untrained = untrained_control(model, small)
     assert untrained[H3]["mse_all"] > 10 * table[H3]["mse_all"]
     assert untrained[H3]["r2_heldout"] < table[H3]["r2_heldout"]  # TL2 init: 0.71 vs 0.99

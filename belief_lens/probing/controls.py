@@ -52,8 +52,8 @@ def next_token_control(data: ProbeData, *, ridge: float = 0.0, concat: bool = Tr
 
 
 def untrained_control(
-    data: ProbeData,
     model: Any,
+    data: ProbeData,
     *,
     seed: int = 0,
     ridge: float = 0.0,
@@ -70,7 +70,7 @@ def untrained_control(
 
     if not isinstance(data, ProbeData):
         raise BeliefLensError(
-            f"untrained_control(data, model): data must be ProbeData, got {type(data).__name__}"
+            f"untrained_control(model, data): data must be ProbeData, got {type(data).__name__}"
         )
     cfg = getattr(model, "cfg", None)
     if cfg is None:
