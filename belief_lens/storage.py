@@ -1,12 +1,14 @@
-"""Atomic file writes: a crash mid-write leaves the previous file intact."""
+"""Atomic file writes (a crash mid-write leaves the previous file intact) and JSON-ready values."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -51,3 +53,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with tensors, numpy scalars and tuples turned into JSON types; non-finite floats
+    become the strings ``"nan"``/``"inf"`` (strict JSON has no such numbers)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (int, float, bool, str)):
+        return jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x

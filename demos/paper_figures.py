@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     # %% Numbers behind the figures.
     results = {
         "process": hmm.name,
-        "probes": table.columns(),
-        "next_token_control": next_token.columns(),
+        "probes": table.to_dict(),
+        "next_token_control": next_token.to_dict(),
     }
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     best = min(table.rows, key=lambda r: r["mse_heldout"])

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics[name] = {
             "token_map": repr(token_map),
             "curve": curve.to_dict(),
-            "probes": table.columns(),
+            "probes": table.to_dict(),
         }
     curve_figure(curves).write_html(out / "in_context_curve.html")
     probe_figure(tables).write_html(out / "position_probes.html")

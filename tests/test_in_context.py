@@ -6,6 +6,7 @@ Mess3 text, and measured again.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -150,7 +151,9 @@ def test_window_none_and_windows_shapes(models):
     assert table.windows == [(0, 3), (3, 6), (6, 7)]
     assert table.hooks == hooks
     assert len(table) == 6
-    cols = table.columns()
+    exported = table.to_dict()
+    json.dumps(exported, allow_nan=False)  # JSON-ready, strictly
+    cols = {k: [row[k] for row in exported["rows"]] for k in exported["rows"][0]}
     keys = ("hook", "window_start", "window_stop", "features", "train_prefixes", "test_prefixes")
     for key in (*keys, "mse_train", "r2_train", "mse_heldout", "r2_heldout", "overfit"):
         assert len(cols[key]) == 6

@@ -3,6 +3,7 @@ Mess3 numbers on the released checkpoint."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -432,7 +433,11 @@ def test_controls_with_data():
 def test_probe_table_access():
     data = synthetic_data(mess3(), n_ctx=4)
     table = fit_probes(data)
-    cols = table.columns()
+    exported = table.to_dict()
+    json.dumps(exported, allow_nan=False)  # JSON-ready, strictly
+    assert set(exported) == {"rows", "meta", "summary"}
+    assert exported["summary"]["best_hook"] == table.best_hook
+    cols = {k: [row[k] for row in exported["rows"]] for k in exported["rows"][0]}
     assert cols["hook"] == ["hook0", "hook1", "concat"]
     for key in (
         "features",

@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
-from belief_lens.probing.moments import Moments
+from belief_lens.probing.moments import Moments, recentre
 
 __all__ = [
     "all_reduce_moment_list",
@@ -121,14 +121,7 @@ def all_reduce_moments(
     w, s, M, shift = (t.to(dev, f64) for t in (w, s, M, shift))
     W, total = all_reduce_sum([w, w[..., None] * shift + s], group)
     centre = torch.where(W[..., None] > 0, total / W.clamp_min(1e-300)[..., None], 0.0)
-    u = centre - shift
-    s_moved = s - w[..., None] * u
-    M_moved = (
-        M
-        - s[..., :, None] * u[..., None, :]
-        - u[..., :, None] * s[..., None, :]
-        + w[..., None, None] * u[..., :, None] * u[..., None, :]
-    )
+    s_moved, M_moved = recentre(w, s, M, centre - shift)
     s_sum, M_sum = all_reduce_sum([s_moved, M_moved], group)
     return W, s_sum, M_sum, centre
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 
-__all__ = ["Moments", "lapack_threads", "row_chunks"]
+__all__ = ["Moments", "SegmentedMoments", "lapack_threads", "recentre", "row_chunks"]
 
 #: Elements (rows x features) of one float64 chunk during accumulation (8 MiB): few enough
 #: chunks that thread start-up is paid rarely, small enough to stay out of the way.
@@ -58,6 +58,22 @@ def row_chunks(n: int, width: int) -> Iterator[slice]:
     step = max(512, CHUNK_ELEMENTS // max(width, 1))
     for start in range(0, n, step):
         yield slice(start, min(start + step, n))
+
+
+def recentre(
+    w: Float[Tensor, " *K"], s: Float[Tensor, "*K P"], M: Float[Tensor, "*K P P"], u: Tensor
+) -> tuple[Float[Tensor, "*K P"], Float[Tensor, "*K P P"]]:
+    """Sums about ``shift`` moved exactly to ``shift + u``: ``s - w u`` and
+    ``M - s u^T - u s^T + w u u^T`` (leading dims ``K`` are independent sets). The one home of
+    the formula ``Moments``, its centred blocks and the distributed sum use."""
+    s_moved = s - w[..., None] * u
+    M_moved = (
+        M
+        - s[..., :, None] * u[..., None, :]
+        - u[..., :, None] * s[..., None, :]
+        + w[..., None, None] * u[..., :, None] * u[..., None, :]
+    )
+    return s_moved, M_moved
 
 
 @dataclass
@@ -246,9 +262,7 @@ class Moments:
     def recentred(self, shift: Tensor) -> Moments:
         """The same moments about another ``shift`` (exact)."""
         shift = shift.to(self.M.device, torch.float64)
-        u = shift - self.shift
-        s = self.s - self.w * u
-        M = self.M - torch.outer(self.s, u) - torch.outer(u, self.s) + self.w * torch.outer(u, u)
+        s, M = recentre(self.w, self.s, self.M, shift - self.shift)
         return Moments(self.w.clone(), s, M, shift, self.n_features)
 
     def __add__(self, other: Moments) -> Moments:
@@ -331,10 +345,78 @@ class Moments:
     def about(self, cx: Tensor, cy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Second moments ``sum w (a - c_a)(b - c_b)^T`` about centres ``cx, cy``: xx, xy, yy."""
         u = torch.cat([cx, cy]).to(self.M.device, torch.float64) - self.shift
-        Mc = self.M - torch.outer(self.s, u) - torch.outer(u, self.s) + self.w * torch.outer(u, u)
+        _, Mc = recentre(self.w, self.s, self.M, u)
         D = self.n_features
         return Mc[:D, :D], Mc[:D, D:], Mc[D:, D:]
 
     def is_finite(self) -> bool:
         """Whether every sum is finite (one host synchronisation)."""
         return bool(torch.isfinite(self.M).all() & torch.isfinite(self.s).all())
+
+
+class SegmentedMoments:
+    """``Moments`` of consecutive row segments, accumulated together: the engine batched over
+    context windows and the sides of a split.
+
+    Segment ``j`` is side ``j % sides`` of window ``j // sides``. Each batch arrives as rows
+    ordered by segment with host-side ``bounds`` (``len = n_segments + 1``), so every row lands in
+    exactly one Gram matrix ``[x - shift, y - shift, 1]`` by slicing, never by a boolean mask
+    (which waits for the device on CUDA). The sides of a window share one shift (the mean of the
+    window's rows in the first batch), so their moments add.
+    """
+
+    def __init__(
+        self,
+        n_windows: int,
+        sides: int,
+        n_features: int,
+        n_targets: int,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.n_windows, self.sides, self.n_features = int(n_windows), int(sides), int(n_features)
+        P = n_features + n_targets
+        self.gram = torch.zeros(n_windows, sides, P + 1, P + 1, dtype=torch.float64, device=device)
+        self.shift: Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.gram.device
+
+    def add(self, X: Float[Tensor, "m d"], Y: Float[Tensor, "m S"], bounds: Sequence[int]) -> None:
+        """Rows ``X``, ``Y`` (any float dtype; on the engine's device) ordered by segment, with
+        segment ``j`` at rows ``bounds[j]:bounds[j + 1]``."""
+        P = self.gram.shape[-1] - 1
+        D = self.n_features
+        if len(bounds) != self.n_windows * self.sides + 1:
+            raise BeliefLensError(
+                f"bounds must have n_windows * sides + 1 = {self.n_windows * self.sides + 1} "
+                f"entries, got {len(bounds)}"
+            )
+        Z = torch.empty(X.shape[0], P + 1, dtype=torch.float64, device=self.device)
+        Z[:, :D] = X
+        Z[:, D:P] = Y
+        per_window = [
+            (bounds[k * self.sides], bounds[(k + 1) * self.sides]) for k in range(self.n_windows)
+        ]
+        if self.shift is None:
+            self.shift = torch.stack([Z[lo:hi, :P].mean(0) for lo, hi in per_window])
+            self.shift = torch.where(torch.isfinite(self.shift), self.shift, 0.0)
+        for k, (lo, hi) in enumerate(per_window):
+            Z[lo:hi, :P] -= self.shift[k]
+        Z[:, P] = 1.0
+        G = self.gram.view(-1, P + 1, P + 1)
+        with lapack_threads(P + 1, self.device, THIN_GRAM_MAX):
+            for j, (start, stop) in enumerate(pairwise(bounds)):
+                if stop > start:
+                    G[j].addmm_(Z[start:stop].T, Z[start:stop])
+
+    def moments(self) -> list[list[Moments]]:
+        """``[window][side]`` ``Moments`` (views of the Gram matrices; zero before any rows)."""
+        P = self.gram.shape[-1] - 1
+        shift = self.shift
+        if shift is None:
+            shift = torch.zeros(self.n_windows, P, dtype=torch.float64, device=self.device)
+        return [
+            [Moments(G[P, P], G[P, :P], G[:P, :P], shift[k], self.n_features) for G in self.gram[k]]
+            for k in range(self.n_windows)
+        ]

@@ -4,9 +4,9 @@
 window, only ``Moments`` (a ``d x d`` Gram matrix and cross moments, float64, on the model's
 device), for the training and the held-out rows of ``split_prefixes`` at once: one pass, memory
 independent of the number of sequences. The split is known before the pass, so each batch's rows
-are ordered by (window, side) on the host and every row enters exactly one Gram matrix on the
-device, with no host synchronisation. Probes are solved with ``AffineProbe.fit_moments`` and
-scored held out with ``AffineProbe.metrics_moments``.
+are ordered by (window, side) on the host and every row enters exactly one Gram matrix of
+``SegmentedMoments`` on the device, with no host synchronisation. Probes are solved with
+``AffineProbe.fit_moments`` and scored held out with ``AffineProbe.metrics_moments``.
 
 Alignment follows ``TokenMap``: beliefs are read at symbol positions (the position of symbol
 ``t`` holds the belief after symbols ``0..t``).
@@ -14,9 +14,9 @@ Alignment follows ``TokenMap``: beliefs are read at symbol positions (the positi
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from belief_lens.activations import check_tokens, model_device, require_eval_mode, residual_stream
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
@@ -35,8 +36,9 @@ from belief_lens.probing.distributed import (
     shard,
 )
 from belief_lens.probing.estimator import AffineProbe, check_ridge
-from belief_lens.probing.moments import THIN_GRAM_MAX, Moments, lapack_threads
-from belief_lens.probing.table import ProbeTable, is_overfit
+from belief_lens.probing.moments import Moments, SegmentedMoments
+from belief_lens.probing.table import is_overfit, markdown_table
+from belief_lens.storage import jsonable
 from belief_lens.token_map import TokenMap
 
 __all__ = [
@@ -105,7 +107,7 @@ def batch_size_within(
 
 # ---------------------------------------------------------------------------------- probes
 @dataclass
-class PositionProbeTable(ProbeTable):
+class PositionProbeTable:
     """Probe results per (hook, context window): how the belief code evolves with position.
 
     Attributes:
@@ -113,16 +115,18 @@ class PositionProbeTable(ProbeTable):
             positions ``[start, stop)``, i.e. beliefs after ``start + 1 .. stop`` symbols),
             ``features``, ``train_prefixes``, ``test_prefixes`` (distinct inputs of the window on
             each side of ``split_prefixes``), ``mse_heldout``, ``r2_heldout`` (NaN without held-out
-            data), ``mse_train``, ``r2_train``, ``overfit`` (as ``ProbeTable``). R^2 is the
-            uniform average over belief coordinates.
+            data), ``mse_train``, ``r2_train``, ``overfit`` (``is_overfit``, the rule
+            ``ProbeTable`` uses). R^2 is the uniform average over belief coordinates.
         probes: ``{(hook, window_start): AffineProbe}`` fitted on the training rows.
         meta: process, token map, length, window, seed, split, memory figures, world size,
             and ``seconds`` (wall time of the passes over the sequences and of the solves).
     """
 
-    probes: dict[Any, AffineProbe] = field(default_factory=dict)
+    rows: list[dict[str, Any]]
+    probes: dict[tuple[str, int], AffineProbe] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
-    def __getitem__(self, key: Any) -> dict[str, Any]:
+    def __getitem__(self, key: tuple[str, int]) -> dict[str, Any]:
         """The row for ``(hook, window_start)``."""
         for row in self.rows:
             if (row["hook"], row["window_start"]) == tuple(key):
@@ -132,12 +136,15 @@ class PositionProbeTable(ProbeTable):
             f"window starts {sorted({r['window_start'] for r in self.rows})}"
         )
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
     @property
     def hooks(self) -> list[str]:
         return list(dict.fromkeys(row["hook"] for row in self.rows))
-
-    def __str__(self) -> str:
-        return f"position probes, process={self.meta.get('process')}\n" + self.to_markdown()
 
     @property
     def windows(self) -> list[tuple[int, int]]:
@@ -160,6 +167,17 @@ class PositionProbeTable(ProbeTable):
             j = windows.index((row["window_start"], row["window_stop"]))
             out[i, j] = float(row[metric])
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"rows", "meta"}`` (``pandas.DataFrame(t.rows)`` for a frame)."""
+        return jsonable({"rows": self.rows, "meta": self.meta})
+
+    def to_markdown(self, digits: int = 4) -> str:
+        """A markdown table, floats to ``digits`` significant digits; flagged rows marked."""
+        return markdown_table(self.rows, digits)
+
+    def __str__(self) -> str:
+        return f"position probes, process={self.meta.get('process')}\n" + self.to_markdown()
 
 
 def _windows(length: int, window: int | None) -> list[tuple[int, int]]:
@@ -211,11 +229,189 @@ def batch_row_order(
     return order, [0, *torch.cumsum(counts, 0).tolist()]
 
 
-def _gram_moments(G: Tensor, shift: Tensor, d: int) -> Moments:
-    """``Moments`` from the Gram matrix of rows ``[x - shift, y - shift, 1]`` (views of ``G``,
-    so the statistics are never held twice)."""
-    P = G.shape[0] - 1
-    return Moments(G[P, P], G[P, :P], G[:P, :P], shift, d)
+@dataclass(frozen=True)
+class _Plan:
+    """Everything one fit needs, resolved and checked before the first forward pass."""
+
+    hooks: list[str]
+    symbols: Tensor
+    test_mask: Tensor
+    windows: list[tuple[int, int]]
+    positions: Tensor
+    model_length: int
+    device: torch.device
+    groups: list[list[int]]
+    batch_size: int
+    stats_bytes_per_hook: int
+
+    @property
+    def length(self) -> int:
+        return self.symbols.shape[1]
+
+    @property
+    def window_of(self) -> Int[Tensor, " L"]:
+        sizes = torch.tensor([hi - lo for lo, hi in self.windows])
+        return torch.repeat_interleave(torch.arange(len(self.windows)), sizes)
+
+
+def _symbols(
+    model: Any,
+    hmm: HMM,
+    token_map: TokenMap,
+    n_sequences: int,
+    length: int | None,
+    seed: int,
+    symbols: Tensor | None,
+) -> Int[Tensor, "n L"]:
+    """The sequences to probe: ``symbols`` checked, or ``n_sequences`` sampled with ``seed``."""
+    if symbols is None:
+        if length is None:
+            length = token_map.max_symbols(int(model.cfg.n_ctx))
+        check_length(model, token_map, length)
+        if n_sequences < 2:
+            raise BeliefLensError(f"n_sequences must be >= 2, got {n_sequences}")
+        return sample_sequences(hmm, n_sequences, length, seed)
+    symbols = hmm.check_tokens(symbols)
+    if symbols.ndim != 2:
+        raise BeliefLensError(f"symbols must be [n, L], got shape {tuple(symbols.shape)}")
+    check_length(model, token_map, symbols.shape[1])
+    return symbols
+
+
+def _read_positions(token_map: TokenMap, length: int, read_at: str) -> Int[Tensor, " L"]:
+    if read_at == "symbol":
+        return token_map.symbol_positions(length)
+    if read_at == "prediction":
+        return token_map.prediction_positions(length)
+    raise BeliefLensError(f"read_at must be 'symbol' or 'prediction', got {read_at!r}")
+
+
+def _plan(
+    model: Any,
+    hmm: HMM,
+    token_map: TokenMap,
+    hooks: list[str],
+    symbols: Tensor,
+    window: int | None,
+    split: tuple[float, int],
+    memory: tuple[int | None, int],
+    device: torch.device,
+    read_at: str,
+) -> _Plan:
+    """Windows, positions and the memory plan: hooks grouped so that their statistics take at
+    most half of the memory limit, batches sized to the other half."""
+    (n_sequences, length), (batch_size, limit) = symbols.shape, memory
+    windows = _windows(length, window)
+    positions = _read_positions(token_map, length, read_at)
+    d, S = int(model.cfg.d_model), hmm.n_states
+    per_hook = _stats_bytes(len(windows), d, S)
+    if per_hook > limit // 2:
+        smallest = math.ceil(length / max(1, (limit // 2) // _stats_bytes(1, d, S)))
+        raise BeliefLensError(
+            f"probe statistics for one hook need {per_hook / _GIB:.2f} GiB ({len(windows)} "
+            f"windows x d={d}), more than half of memory_limit_bytes="
+            f"{limit / _GIB:.2f} GiB; use window >= {smallest} or raise the limit"
+        )
+    groups = _group_hooks(len(hooks), per_hook, limit // 2)
+    widest = max(len(g) for g in groups)
+    model_length = token_map.model_length(length)
+    needs_logits = any(not n.startswith(("blocks.", "hook_")) for n in hooks)
+    per_seq = forward_bytes_per_sequence(model, model_length, widest, logits=needs_logits)
+    per_seq += 4 * widest * length * d  # the gathered copy
+    per_seq += 8 * length * (d + S + 1)  # one hook's float64 rows at a time
+    size = batch_size_within(
+        batch_size, limit - widest * per_hook, per_seq, "fit_position_probes", n_sequences
+    )
+    return _Plan(
+        hooks=hooks,
+        symbols=symbols,
+        test_mask=split_prefixes(symbols, *split),
+        windows=windows,
+        positions=positions,
+        model_length=model_length,
+        device=device,
+        groups=groups,
+        batch_size=size,
+        stats_bytes_per_hook=per_hook,
+    )
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    # Pinned host memory lets the copy run without waiting for the device to finish.
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # once per pass, never per batch
+    return time.perf_counter()
+
+
+def _stream(
+    model: Any, hmm: HMM, token_map: TokenMap, plan: _Plan, hooks: list[str], distributed: bool
+) -> dict[str, list[list[Moments]]]:
+    """One pass over the sequences: each hook's training and held-out ``Moments`` per window
+    (``[window][side]``), all-reduced over ranks when ``distributed``."""
+    length, dev, d = plan.length, plan.device, int(model.cfg.d_model)
+    S, n_windows = hmm.n_states, len(plan.windows)
+    window_of = plan.window_of
+    engines = {h: SegmentedMoments(n_windows, 2, d, S, dev) for h in hooks}
+    seq_idx = torch.arange(plan.symbols.shape[0])
+    if distributed:
+        seq_idx = shard(seq_idx)
+    for lo in range(0, len(seq_idx), plan.batch_size):
+        sel = seq_idx[lo : lo + plan.batch_size]
+        batch = plan.symbols[sel]
+        tokens = check_tokens(model, token_map.encode(batch))  # checked on the host
+        tokens = tokens.pin_memory() if dev.type == "cuda" else tokens
+        acts = residual_stream(model, tokens, hooks, batch_size=len(sel), device=dev)
+        order, bounds = batch_row_order(plan.test_mask[sel], window_of, n_windows)
+        rows = _to_device(
+            (order // length) * plan.model_length + plan.positions[order % length], dev
+        )
+        beliefs = _to_device(belief_states(hmm, batch).reshape(-1, S)[order], dev)
+        for h in hooks:
+            a = acts.pop(h)
+            engines[h].add(a.reshape(-1, d).index_select(0, rows), beliefs, bounds)
+            del a
+    moments = {h: e.moments() for h, e in engines.items()}
+    if distributed:
+        for h in hooks:
+            flat = all_reduce_moment_list([m for pair in moments[h] for m in pair])
+            moments[h] = [list(p) for p in zip(flat[0::2], flat[1::2], strict=True)]
+    return moments
+
+
+def _solve(
+    hook: str,
+    moments: list[list[Moments]],
+    windows: list[tuple[int, int]],
+    counts: list[dict[str, int]],
+    ridge: float,
+) -> list[tuple[dict[str, Any], AffineProbe]]:
+    """Each window's probe from its training moments, scored on both sides: (row, probe)."""
+    out = []
+    for (lo, hi), (train, test), n in zip(windows, moments, counts, strict=True):
+        probe = AffineProbe(ridge=ridge).fit_moments(train, hook_name=hook)
+        tr, te = probe.metrics_moments(train), probe.metrics_moments(test)
+        d = train.n_features
+        row = {
+            "hook": hook,
+            "window_start": lo,
+            "window_stop": hi,
+            "features": d,
+            "train_prefixes": n["train"],
+            "test_prefixes": n["test"],
+            "mse_heldout": te["mse"],
+            "r2_heldout": te["r2"],
+            "mse_train": tr["mse"],
+            "r2_train": tr["r2"],
+            "overfit": is_overfit(d, n["train"], te["mse"], tr["mse"]),
+        }
+        out.append((row, probe))
+    return out
 
 
 def fit_position_probes(
@@ -247,15 +443,13 @@ def fit_position_probes(
     ``token_map.symbol_positions``. With separators, ``read_at="prediction"`` reads the last
     separator after symbol ``t`` instead, the position whose logits predict symbol ``t + 1``.
 
-    One streamed pass accumulates each window's training and held-out ``Moments`` (float64, on
-    ``device``, default the model's); probes and held-out errors come from them. Nothing grows
-    with ``n_sequences``. When the statistics of all hooks exceed half of
-    ``memory_limit_bytes``, hooks are processed in groups, one pass each; batches are sized to
-    the other half.
-
-    Devices: activations stay on ``device`` in the model's dtype until the symbol positions are
-    gathered (bf16/fp16 models work; the statistics upcast them), and nothing is copied to the
-    host until a pass ends. ``meta["seconds"]`` times the passes and the solves.
+    One streamed pass accumulates each window's training and held-out ``Moments``
+    (``SegmentedMoments``: float64, on ``device``, default the model's); probes and held-out
+    errors come from them. Nothing grows with ``n_sequences``. When the statistics of all hooks
+    exceed half of ``memory_limit_bytes``, hooks are processed in groups, one pass each; batches
+    are sized to the other half. Activations stay on ``device`` in the model's dtype until the
+    symbol positions are gathered (bf16/fp16 models work), and nothing is copied to the host
+    until a pass ends. ``meta["seconds"]`` times the passes and the solves.
 
     ``distributed=True`` (inside an initialised ``torch.distributed`` process group, e.g. under
     ``torchrun``): every rank draws the same sequences and split, harvests every
@@ -263,194 +457,57 @@ def fit_position_probes(
     all-reduced, so every rank returns the same table, equal to one process's up to float64
     rounding. Every rank must call with the same arguments.
     """
-    from belief_lens.activations import (
-        check_tokens,
-        model_device,
-        require_eval_mode,
-        residual_stream,
-    )
-
     require_eval_mode(model)
     check_token_map(model, hmm, token_map)
     names = resolve_hooks(model, hooks)
     if distributed:
         require_process_group()
-    if symbols is None:
-        if length is None:
-            length = token_map.max_symbols(int(model.cfg.n_ctx))
-        check_length(model, token_map, length)
-        if n_sequences < 2:
-            raise BeliefLensError(f"n_sequences must be >= 2, got {n_sequences}")
-        symbols = sample_sequences(hmm, n_sequences, length, seed)
-    else:
-        symbols = hmm.check_tokens(symbols)
-        if symbols.ndim != 2:
-            raise BeliefLensError(f"symbols must be [n, L], got shape {tuple(symbols.shape)}")
-        n_sequences, length = symbols.shape
-        check_length(model, token_map, length)
+    symbols = _symbols(model, hmm, token_map, n_sequences, length, seed, symbols)
     ridge = check_ridge(ridge)
-    windows = _windows(length, window)
-    test_mask = split_prefixes(symbols, test_fraction, seed)
-    S = hmm.n_states
-    d = int(model.cfg.d_model)
     work = model_device(model) if device is None else torch.device(device)
-    if read_at == "symbol":
-        positions = token_map.symbol_positions(length)
-    elif read_at == "prediction":
-        positions = token_map.prediction_positions(length)
-    else:
-        raise BeliefLensError(f"read_at must be 'symbol' or 'prediction', got {read_at!r}")
-    L_model = token_map.model_length(length)
-
-    per_hook = _stats_bytes(len(windows), d, S)
-    stats_budget = memory_limit_bytes // 2
-    if per_hook > stats_budget:
-        smallest = math.ceil(length / max(1, stats_budget // _stats_bytes(1, d, S)))
-        raise BeliefLensError(
-            f"probe statistics for one hook need {per_hook / _GIB:.2f} GiB ({len(windows)} "
-            f"windows x d={d}), more than half of memory_limit_bytes="
-            f"{memory_limit_bytes / _GIB:.2f} GiB; use window >= {smallest} or raise the limit"
-        )
-    groups = _group_hooks(len(names), per_hook, stats_budget)
-    max_group = max(len(g) for g in groups)
-    needs_logits = any(not n.startswith(("blocks.", "hook_")) for n in names)
-    per_seq = forward_bytes_per_sequence(model, L_model, max_group, logits=needs_logits)
-    per_seq += 4 * max_group * length * d  # the gathered copy
-    per_seq += 8 * length * (d + S + 1)  # one hook's float64 rows at a time
-    size = batch_size_within(
-        batch_size,
-        memory_limit_bytes - max_group * per_hook,
-        per_seq,
-        "fit_position_probes",
-        n_sequences,
+    plan = _plan(
+        model,
+        hmm,
+        token_map,
+        names,
+        symbols,
+        window,
+        (test_fraction, seed),
+        (batch_size, memory_limit_bytes),
+        work,
+        read_at,
     )
-    counts = _window_prefix_counts(symbols, test_mask, windows)
-    window_of = torch.repeat_interleave(
-        torch.arange(len(windows)), torch.tensor([hi - lo for lo, hi in windows])
-    )
-    P = d + S
-    on_cuda = work.type == "cuda"
-    seq_idx = torch.arange(n_sequences)
-    if distributed:
-        seq_idx = shard(seq_idx)
-
-    def to_work(t: Tensor) -> Tensor:
-        # Pinned host memory lets the copy run without waiting for the device to finish.
-        return t.pin_memory().to(work, non_blocking=True) if on_cuda else t.to(work)
-
+    counts = _window_prefix_counts(symbols, plan.test_mask, plan.windows)
     seconds = {"pass": 0.0, "solve": 0.0}
-
-    def clock() -> float:
-        if on_cuda:
-            torch.cuda.synchronize(work)  # once per pass, never per batch
-        return time.perf_counter()
-
-    rows: list[dict[str, Any]] = []
-    probes: dict[Any, AffineProbe] = {}
-    for group in groups:
-        hook_names = [names[i] for i in group]
-        # grams[h][k, side]: the Gram matrix of [x - shift, y - shift, 1] over the rows of hook
-        # h, window k, side 0 (training) or 1 (held out); shifts[h][k]; built on the first batch
-        grams: dict[str, Tensor] = {}
-        shifts: dict[str, Tensor] = {}
-        t0 = clock()
-        for lo_seq in range(0, len(seq_idx), size):
-            sel = seq_idx[lo_seq : lo_seq + size]
-            batch = symbols[sel]
-            tokens = check_tokens(model, token_map.encode(batch))  # checked on the host
-            tokens = tokens.pin_memory() if on_cuda else tokens
-            acts = residual_stream(model, tokens, hook_names, batch_size=size, device=work)
-            # The split is known on the host: order the rows by (window, side) here, so each
-            # row lands in exactly one Gram without a boolean mask (which syncs) on the device.
-            order, bounds = batch_row_order(test_mask[sel], window_of, len(windows))
-            act_rows = to_work((order // length) * L_model + positions[order % length])
-            beliefs = to_work(belief_states(hmm, batch).reshape(-1, S)[order])
-            for h in hook_names:
-                a = acts.pop(h)
-                Z = torch.empty(len(order), P + 1, dtype=torch.float64, device=work)
-                Z[:, :d] = a.reshape(-1, d).index_select(0, act_rows)
-                Z[:, d:P] = beliefs
-                del a
-                if h not in grams:
-                    shifts[h] = torch.stack(
-                        [
-                            Z[bounds[2 * k] : bounds[2 * k + 2], :P].mean(0)
-                            for k in range(len(windows))
-                        ]
-                    )
-                    grams[h] = torch.zeros(
-                        len(windows), 2, P + 1, P + 1, dtype=torch.float64, device=work
-                    )
-                for k in range(len(windows)):
-                    Z[bounds[2 * k] : bounds[2 * k + 2], :P] -= shifts[h][k]
-                Z[:, P] = 1.0
-                G = grams[h]
-                with lapack_threads(P + 1, work, THIN_GRAM_MAX):
-                    for j, (start, stop) in enumerate(itertools.pairwise(bounds)):
-                        if stop > start:
-                            G[j // 2, j % 2].addmm_(Z[start:stop].T, Z[start:stop])
-                del Z
-        moments: dict[str, list[tuple[Moments, Moments]]] = {
-            h: [
-                (_gram_moments(G[k, 0], shifts[h][k], d), _gram_moments(G[k, 1], shifts[h][k], d))
-                for k in range(len(windows))
-            ]
-            for h, G in grams.items()
-        }
-        if distributed:
-            for h in hook_names:
-                if h not in moments:  # this rank had no sequences
-                    moments[h] = [
-                        (Moments.zeros(d, S, device=work), Moments.zeros(d, S, device=work))
-                        for _ in windows
-                    ]
-                flat = all_reduce_moment_list([m for pair in moments[h] for m in pair])
-                moments[h] = list(zip(flat[0::2], flat[1::2], strict=True))
-        t1 = clock()
+    fitted: list[tuple[dict[str, Any], AffineProbe]] = []
+    for group in plan.groups:
+        t0 = _clock(work)
+        group_hooks = [names[i] for i in group]
+        moments = _stream(model, hmm, token_map, plan, group_hooks, distributed)
+        t1 = _clock(work)
+        for h in group_hooks:
+            fitted += _solve(h, moments[h], plan.windows, counts, ridge)
         seconds["pass"] += t1 - t0
-        for h in hook_names:
-            for k, (lo, hi) in enumerate(windows):
-                train, test = moments[h][k]
-                probe = AffineProbe(ridge=ridge).fit_moments(train, hook_name=h)
-                tr = probe.metrics_moments(train)
-                te = probe.metrics_moments(test)
-                overfit = is_overfit(d, counts[k]["train"], te["mse"], tr["mse"])
-                rows.append(
-                    {
-                        "hook": h,
-                        "window_start": lo,
-                        "window_stop": hi,
-                        "features": d,
-                        "train_prefixes": counts[k]["train"],
-                        "test_prefixes": counts[k]["test"],
-                        "mse_heldout": te["mse"],
-                        "r2_heldout": te["r2"],
-                        "mse_train": tr["mse"],
-                        "r2_train": tr["r2"],
-                        "overfit": bool(overfit),
-                    }
-                )
-                probes[(h, lo)] = probe
-        del moments
-        seconds["solve"] += clock() - t1
-    order = {h: i for i, h in enumerate(names)}
-    rows.sort(key=lambda r: (order[r["hook"]], r["window_start"]))
+        seconds["solve"] += _clock(work) - t1
+    rank = {h: i for i, h in enumerate(names)}
+    fitted.sort(key=lambda rp: (rank[rp[0]["hook"]], rp[0]["window_start"]))
     meta = {
         "name": "position_probes",
         "process": hmm.name,
         "token_map": repr(token_map),
-        "length": length,
+        "length": plan.length,
         "window": window,
         "read_at": read_at,
         "hooks": names,
         "ridge": ridge,
         "test_fraction": test_fraction,
         "seed": seed,
-        "batch_size": size,
-        "hook_groups": len(groups),
-        "stats_bytes_per_hook": per_hook,
+        "batch_size": plan.batch_size,
+        "hook_groups": len(plan.groups),
+        "stats_bytes_per_hook": plan.stats_bytes_per_hook,
         "memory_limit_bytes": memory_limit_bytes,
         "world_size": rank_and_world_size()[1] if distributed else 1,
         "seconds": seconds,
     }
-    return PositionProbeTable(rows=rows, probes=probes, meta=meta)
+    probes = {(r["hook"], r["window_start"]): p for r, p in fitted}
+    return PositionProbeTable(rows=[r for r, _ in fitted], probes=probes, meta=meta)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from belief_lens.errors import BeliefLensError
 from belief_lens.probing.data import CONCAT
 from belief_lens.probing.estimator import AffineProbe
+from belief_lens.storage import jsonable
 
 __all__ = [
     "OVERFIT_FEATURE_RATIO",
@@ -19,6 +20,7 @@ __all__ = [
     "best_hook",
     "heldout",
     "is_overfit",
+    "markdown_table",
 ]
 
 #: A row is flagged when its features are at least this fraction of its distinct training
@@ -58,10 +60,12 @@ class ProbeTable:
     def hooks(self) -> list[str]:
         return [row["hook"] for row in self.rows]
 
-    def columns(self) -> dict[str, list]:
-        """The table as ``{column: values}`` (pandas-free; ``pandas.DataFrame(t.columns())``)."""
-        keys = list(self.rows[0]) if self.rows else []
-        return {k: [row.get(k) for row in self.rows] for k in keys}
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"rows", "summary", "meta"}`` (``pandas.DataFrame(t.rows)`` for a frame)."""
+        out = {"rows": self.rows, "meta": self.meta}
+        if any(r["hook"] != CONCAT for r in self.rows):
+            out["summary"] = self.summary()
+        return jsonable(out)
 
     def __getitem__(self, hook: str) -> dict[str, Any]:
         for row in self.rows:
@@ -102,18 +106,7 @@ class ProbeTable:
 
     def to_markdown(self, digits: int = 4) -> str:
         """A markdown table, floats to ``digits`` significant digits; flagged rows marked."""
-        cols = self.columns()
-        if not cols:
-            return "(empty probe table)"
-
-        def fmt(v: Any) -> str:
-            if isinstance(v, bool):
-                return "OVERFIT" if v else ""
-            return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(fmt(row.get(k)) for k in cols) + " |" for row in self.rows]
-        return "\n".join(lines)
+        return markdown_table(self.rows, digits)
 
     def __str__(self) -> str:
         title = ", ".join(
@@ -129,6 +122,23 @@ class ProbeTable:
                 + (f"; overfitting: {', '.join(s['overfit_rows'])}" if s["overfit_rows"] else "")
             )
         return "\n".join([*lines, self.to_markdown()])
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], digits: int = 4) -> str:
+    """Probe rows as a markdown table, floats to ``digits`` significant digits, the overfit flag
+    as ``OVERFIT``."""
+    if not rows:
+        return "(empty probe table)"
+    keys = list(rows[0])
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "OVERFIT" if v else ""
+        return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(row.get(k)) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def is_overfit(features: int, train_prefixes: int, mse_heldout: float, mse_train: float) -> bool:
