@@ -142,17 +142,16 @@ def residual_stream(
     model: Any,
     tokens: Int[Tensor, "n pos"],
     hooks: HookSpec | Sequence[HookSpec] | None = None,
-    concat: bool = False,
     batch_size: int = 4096,
     device: str | torch.device | None = None,
-) -> dict[str, Float[Tensor, "n pos d_model"]] | Float[Tensor, "n pos n_hooks_d_model"]:
+) -> dict[str, Float[Tensor, "n pos d_model"]]:
     """Residual-stream activations at ``hooks`` (default: ``residual_hooks(model)``), float32.
 
     Runs in batches under ``torch.no_grad`` with hooks that keep only the requested activations
     and stop the forward pass once all have fired (no later block, no unembedding). Returns
-    ``{hook: [n, pos, d_model]}`` in the order asked, or with ``concat=True`` one
-    ``[n, pos, n_hooks * d_model]`` tensor. Results land on ``device`` (default CPU). The model
-    must be in eval mode.
+    ``{hook: [n, pos, d_model]}`` in the order asked, always a dict, one hook included
+    (``torch.cat(list(acts.values()), -1)`` concatenates them). Results land on ``device``
+    (default CPU). The model must be in eval mode.
     """
     require_eval_mode(model)
     tokens = check_tokens(model, tokens)
@@ -195,7 +194,4 @@ def residual_stream(
             raise BeliefLensError(f"hooks {missing} did not fire during the forward pass")
         for name in names:
             chunks[name].append(got[name])
-    result = {name: torch.cat(parts) for name, parts in chunks.items()}
-    if concat:
-        return torch.cat([result[name] for name in names], dim=-1)
-    return result
+    return {name: torch.cat(parts) for name, parts in chunks.items()}

@@ -19,6 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
+from belief_lens.metrics import regression_metrics
 
 __all__ = ["Discovery", "DiscoveryScore", "choose_n_vertices", "discover_simplex"]
 
@@ -96,10 +97,8 @@ class Discovery:
         rows, cols = linear_sum_assignment(cost)
         perm = tuple(int(c) for c in cols[np.argsort(rows)])
         res = ss_res[torch.arange(self.n_vertices), torch.tensor(perm)]
-        r2 = torch.where(ss_tot[list(perm)] > 0, 1 - res / safe[list(perm)], torch.zeros(()))
-        return DiscoveryScore(
-            r2=float(r2.mean()), mse=float(res.sum()) / Y.numel(), permutation=perm
-        )
+        m = regression_metrics(res, ss_tot[list(perm)], Y.shape[0])
+        return DiscoveryScore(r2=m["r2"], mse=m["mse"], permutation=perm)
 
 
 def _as_rows(x: Any, name: str) -> tuple[Tensor, tuple[int, ...]]:

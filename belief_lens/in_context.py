@@ -27,9 +27,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from belief_lens.activations import check_tokens, model_device, require_eval_mode
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
+from belief_lens.metrics import RunningStats, entropy, kl_divergence
 from belief_lens.probing.positions import (
     DEFAULT_MEMORY_LIMIT,
     PositionProbeTable,
@@ -109,29 +111,55 @@ class InContextResult:
         return out
 
 
-class _Running:
-    """Per-position sums of a quantity and its square over sequences (float64, on ``device``
-    until ``mean``/``std`` bring them to the host)."""
+def _curve_symbols(
+    model: Any,
+    hmm: HMM,
+    token_map: TokenMap,
+    n_sequences: int,
+    length: int,
+    seed: int,
+    symbols: Tensor | None,
+) -> Int[Tensor, "n L_plus_1"]:
+    """``symbols`` checked, or ``n_sequences`` sequences of ``length + 1`` sampled with ``seed``."""
+    if symbols is None:
+        if n_sequences < 1:
+            raise BeliefLensError(f"n_sequences must be >= 1, got {n_sequences}")
+        check_length(model, token_map, length)
+        return sample_sequences(hmm, n_sequences, length + 1, seed)
+    symbols = hmm.check_tokens(symbols)
+    if symbols.ndim != 2 or symbols.shape[1] < 2:
+        raise BeliefLensError(
+            f"symbols must be [n, length + 1] with length >= 1, got {tuple(symbols.shape)}"
+        )
+    check_length(model, token_map, symbols.shape[1] - 1)
+    return symbols
 
-    def __init__(self, P: int, device: torch.device) -> None:
-        self.s = torch.zeros(P, dtype=torch.float64, device=device)
-        self.ss = torch.zeros(P, dtype=torch.float64, device=device)
-        self.n = 0
 
-    def add(self, values: Float[Tensor, "n P"]) -> None:
-        values = values.detach().to(self.s.device, torch.float64)
-        self.s += values.sum(0)
-        self.ss += (values * values).sum(0)
-        self.n += values.shape[0]
+def _score_batch(
+    model: Any, hmm: HMM, token_map: TokenMap, batch: Int[Tensor, "n L_plus_1"]
+) -> dict[str, Float[Tensor, "n P"]]:
+    """One batch's per-prediction KL to theory, model and Bayes cross-entropy on the sampled
+    next symbol, optimal entropy and off-map mass."""
+    length, with_bos = batch.shape[1] - 1, token_map.bos is not None
+    device = model_device(model)
 
-    def mean(self) -> Tensor:
-        return (self.s / self.n).cpu()
+    def to_device(t: Tensor) -> Tensor:
+        # Pinned host memory lets the copy run without waiting for the device to finish.
+        return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
-    def std(self) -> Tensor:
-        if self.n < 2:
-            return torch.full_like(self.s, float("nan")).cpu()
-        var = (self.ss - self.s * self.s / self.n) / (self.n - 1)
-        return var.clamp_min(0).sqrt().cpu()
+    beliefs = belief_states(hmm, batch[:, :length], include_start=with_bos)  # [n, P, S]
+    theory = to_device(hmm.next_token_probs(beliefs))  # [n, P, V]
+    nxt = to_device(batch[:, 1:] if not with_bos else batch)[..., None]  # the symbols scored on
+    tokens = to_device(check_tokens(model, token_map.encode(batch[:, :length])))
+    probs, off = token_map.predictions(model(tokens), length, include_initial=with_bos)
+    q = probs.to(torch.float64).clamp_min(1e-300)
+    return {
+        "kl": kl_divergence(theory, q),
+        "model_ce": -q.log().gather(-1, nxt)[..., 0],
+        "bayes_ce": -theory.clamp_min(1e-300).log().gather(-1, nxt)[..., 0],
+        "entropy": entropy(theory),
+        "off": off,
+    }
 
 
 @torch.no_grad()
@@ -155,55 +183,21 @@ def in_context_curve(
     the sequences instead (``[n, length + 1]``). Batches are sized so that the logits stay within
     ``memory_limit_bytes`` (``batch_size`` caps them). The model must be in eval mode.
     """
-    from belief_lens.activations import check_tokens, model_device, require_eval_mode
-
     require_eval_mode(model)
     check_token_map(model, hmm, token_map)
-    if symbols is None:
-        if n_sequences < 1:
-            raise BeliefLensError(f"n_sequences must be >= 1, got {n_sequences}")
-        check_length(model, token_map, length)
-        symbols = sample_sequences(hmm, n_sequences, length + 1, seed)
-    else:
-        symbols = hmm.check_tokens(symbols)
-        if symbols.ndim != 2 or symbols.shape[1] < 2:
-            raise BeliefLensError(
-                f"symbols must be [n, length + 1] with length >= 1, got {tuple(symbols.shape)}"
-            )
-        n_sequences, length = symbols.shape[0], symbols.shape[1] - 1
-        check_length(model, token_map, length)
+    symbols = _curve_symbols(model, hmm, token_map, n_sequences, length, seed, symbols)
+    n_sequences, length = symbols.shape[0], symbols.shape[1] - 1
     with_bos = token_map.bos is not None
     P = length + int(with_bos)
-    L_model = token_map.model_length(length)
     device = model_device(model)
-    per_seq = forward_bytes_per_sequence(model, L_model, 0, logits=True)
+    per_seq = forward_bytes_per_sequence(model, token_map.model_length(length), 0, logits=True)
     size = batch_size_within(
         batch_size, memory_limit_bytes, per_seq, "in_context_curve", n_sequences
     )
-    stats = {k: _Running(P, device) for k in ("kl", "model_ce", "bayes_ce", "entropy", "off")}
-
-    def to_device(t: Tensor) -> Tensor:
-        # Pinned host memory lets the copy run without waiting for the device to finish.
-        return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
-
+    stats = {k: RunningStats(P, device) for k in ("kl", "model_ce", "bayes_ce", "entropy", "off")}
     for lo in range(0, n_sequences, size):
-        batch = symbols[lo : lo + size]
-        beliefs = belief_states(hmm, batch[:, :length], include_start=with_bos)  # [n, P, S]
-        theory = to_device(hmm.next_token_probs(beliefs))  # [n, P, V]
-        nxt = to_device(batch[:, 1:] if not with_bos else batch)  # the symbols scored on
-        tokens = to_device(check_tokens(model, token_map.encode(batch[:, :length])))
-        logits = model(tokens)
-        probs, off = token_map.predictions(logits, length, include_initial=with_bos)
-        probs = probs.to(torch.float64)
-        del logits
-        log_q = probs.clamp_min(1e-300).log()
-        log_p = theory.clamp_min(1e-300).log()
-        kl = torch.where(theory > 0, theory * (log_p - log_q), 0.0).sum(-1)
-        stats["kl"].add(kl)
-        stats["model_ce"].add(-log_q.gather(-1, nxt[..., None])[..., 0])
-        stats["bayes_ce"].add(-log_p.gather(-1, nxt[..., None])[..., 0])
-        stats["entropy"].add(-torch.where(theory > 0, theory * log_p, 0.0).sum(-1))
-        stats["off"].add(off)
+        for key, values in _score_batch(model, hmm, token_map, symbols[lo : lo + size]).items():
+            stats[key].add(values)
     n_seen = torch.arange(P) + int(not with_bos)
     return InContextResult(
         n_seen=n_seen,

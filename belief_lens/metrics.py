@@ -20,6 +20,7 @@ from belief_lens.hmm import NEGATIVE_TOL
 from belief_lens.validation import check_int, check_real_tensor
 
 __all__ = [
+    "RunningStats",
     "effective_sample_size",
     "entropy",
     "free_coordinates",
@@ -223,3 +224,35 @@ def free_coordinates(S: int, k: int) -> Float[Tensor, "S k"]:
             f"a probe of {S} targets has {S - 1} or {S} free coordinates, not {k}"
         )
     return sum_zero_basis(S)
+
+
+# ------------------------------------------------------------------------------ running means
+class RunningStats:
+    """Streaming mean, standard deviation and standard error of a vector quantity over rows
+    (sequences), from float64 sums kept on the rows' device until read."""
+
+    def __init__(self, size: int, device: str | torch.device | None = None) -> None:
+        self.s = torch.zeros(size, dtype=torch.float64, device=device)
+        self.ss = torch.zeros(size, dtype=torch.float64, device=device)
+        self.n = 0
+
+    def add(self, values: Float[Tensor, "n size"]) -> None:
+        """Add ``n`` rows."""
+        values = values.detach().to(self.s.device, torch.float64)
+        self.s += values.sum(0)
+        self.ss += (values * values).sum(0)
+        self.n += values.shape[0]
+
+    def mean(self) -> Float[Tensor, " size"]:
+        return (self.s / self.n).cpu()
+
+    def std(self) -> Float[Tensor, " size"]:
+        """Sample standard deviation (``n - 1``); NaN below two rows."""
+        if self.n < 2:
+            return torch.full_like(self.s, float("nan")).cpu()
+        var = (self.ss - self.s * self.s / self.n) / (self.n - 1)
+        return var.clamp_min(0).sqrt().cpu()
+
+    def sem(self) -> Float[Tensor, " size"]:
+        """Standard error of the mean, ``std / sqrt(n)``."""
+        return self.std() / math.sqrt(max(self.n, 1))

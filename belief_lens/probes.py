@@ -29,7 +29,7 @@ from belief_lens.probing.data import (
     split_prefixes,
 )
 from belief_lens.probing.estimator import AffineProbe
-from belief_lens.probing.moments import Moments
+from belief_lens.probing.moments import Moments, SegmentedMoments
 from belief_lens.probing.positions import PositionProbeTable, fit_position_probes
 from belief_lens.probing.sweep import fit_probes
 from belief_lens.probing.table import ProbeTable, best_hook, heldout, is_overfit
@@ -41,6 +41,7 @@ __all__ = [
     "PositionProbeTable",
     "ProbeData",
     "ProbeTable",
+    "SegmentedMoments",
     "best_hook",
     "heldout",
     "is_overfit",

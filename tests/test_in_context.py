@@ -165,7 +165,7 @@ def test_window_none_and_windows_shapes(models):
         torch.isfinite(torch.tensor(row["mse_heldout"])).view(-1)
     )
     probe = table.probes[("blocks.1.hook_resid_post", 3)]
-    assert probe.coef_.shape == (3, 64) and probe.hook_name_ == "blocks.1.hook_resid_post"
+    assert probe.coef_.shape == (3, 64) and probe.hook_ == "blocks.1.hook_resid_post"
     assert probe.belief_basis("encoding").shape == (64, 2)
     with pytest.raises(BeliefLensError, match="no row for"):
         table[("blocks.1.hook_resid_post", 1)]

@@ -145,15 +145,15 @@ def test_estimator_contract():
         "intercept_",
         "n_features_in_",
         "n_targets_",
-        "hook_name_",
+        "hook_",
         "x_mean_",
     } <= fitted
     assert {"y_mean_", "encoding_", "simplex_basis_", "n_free_", "rank_"} <= fitted
     assert probe.coef_.dtype == torch.float64 and probe.coef_.shape == (3, 12)
     assert probe.intercept_.shape == (3,) and probe.encoding_.shape == (2, 12)
     assert (probe.n_features_in_, probe.n_targets_, probe.n_free_) == (12, 3, 2)
-    assert probe.hook_name_ is None
-    assert AffineProbe().fit(X, Y, hook_name=H3).hook_name_ == H3
+    assert probe.hook_ is None
+    assert AffineProbe().fit(X, Y, hook=H3).hook_ == H3
     assert probe.set_params(ridge=0.0) is probe and probe.ridge == 0.0
     with pytest.raises(TypeError):
         AffineProbe(0.5)  # keyword-only
@@ -306,7 +306,7 @@ def test_errors():
         probe.set_params(alpha=1.0)
     with pytest.raises(BeliefLensError, match="dtype torch.complex64"):
         probe.fit(torch.zeros(4, 2, dtype=torch.complex64), Y[:4])
-    probe.fit(X, Y, hook_name=H3)
+    probe.fit(X, Y, hook=H3)
     with pytest.raises(BeliefLensError, match=r"d=128 features but this probe was fit on d=64"):
         probe.predict(torch.zeros(3, 128))
     with pytest.raises(
@@ -386,8 +386,8 @@ def test_engine_matches_direct_fits(weighted):
         )
         assert (row["train_prefixes"], row["test_prefixes"]) == (n_train, n_test)
         torch.testing.assert_close(table.probes[hook].coef_, full.coef_, atol=1e-8, rtol=1e-6)
-    assert table.probes["hook0"].hook_name_ == "hook0"
-    assert table.probes["concat"].hook_name_ is None
+    assert table.probes["hook0"].hook_ == "hook0"
+    assert table.probes["concat"].hook_ is None
 
 
 def test_dedupe_is_exact_and_cache_reused():
@@ -570,7 +570,7 @@ def test_mess3_paper_probe_mse(mess3_paper):
     assert not row["overfit"]
     assert row["r2_all"] > 0.99
     probe = table.probes[H3]
-    assert probe.hook_name_ == H3 and probe.n_free_ == 2
+    assert probe.hook_ == H3 and probe.n_free_ == 2
     direct = probe.metrics(data.acts[H3], data.beliefs)
     assert direct["mse"] == pytest.approx(row["mse_all"], rel=1e-8)
     shuffled = shuffle_control(data)

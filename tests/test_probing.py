@@ -3,6 +3,7 @@ a set-based check of the prefix split, and the paper checkpoints."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -21,6 +22,7 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.probes import (
     AffineProbe,
     Moments,
+    SegmentedMoments,
     collect_probe_data,
     fit_probes,
     split_prefixes,
@@ -79,6 +81,41 @@ def test_moments_add_recentre_and_round_trip():
     a = AffineProbe().fit_moments(rebuilt)
     b = AffineProbe(solver="moments").fit(X, Y, w)
     torch.testing.assert_close(a.coef_, b.coef_, rtol=1e-10, atol=1e-12)
+
+
+def test_segmented_moments_equal_direct_sums_per_segment():
+    """The batched engine gives, per (window, side), the sums a plain float64 loop gives."""
+    g = torch.Generator().manual_seed(1)
+    engine = SegmentedMoments(n_windows=2, sides=2, n_features=4, n_targets=3)
+    segments = [[], [], [], []]
+    for n in (37, 11):  # two batches, each ordered by segment
+        X = torch.randn(n, 4, generator=g) * 5 + 3  # float32 in, as a model gives
+        Y = torch.rand(n, 3, generator=g, dtype=torch.float64)
+        bounds = [0, n // 3, n // 2, n // 2, n]  # segment 2 is empty in every batch
+        engine.add(X, Y, bounds)
+        for j in range(4):
+            segments[j].append((X[bounds[j] : bounds[j + 1]], Y[bounds[j] : bounds[j + 1]]))
+    got = engine.moments()
+    for j, parts in enumerate(segments):
+        X = torch.cat([x for x, _ in parts]).double().numpy()
+        Y = torch.cat([y for _, y in parts]).numpy()
+        mom = got[j // 2][j % 2]
+        assert float(mom.w) == len(X)
+        if len(X) == 0:
+            assert float(mom.M.abs().sum()) == 0.0
+            continue
+        Z = np.hstack([X, Y])
+        np.testing.assert_allclose(mom.mean_x.numpy(), X.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(mom.mean_y.numpy(), Y.mean(0), rtol=1e-12)
+        _, xy, yy = mom.about(torch.from_numpy(X.mean(0)), torch.from_numpy(Y.mean(0)))
+        centred = Z - Z.mean(0)
+        np.testing.assert_allclose(xy.numpy(), (centred.T @ centred)[:4, 4:], atol=1e-9)
+        np.testing.assert_allclose(yy.numpy(), (centred.T @ centred)[4:, 4:], atol=1e-9)
+    # the two sides of a window share a shift, so they add to the window's moments
+    both = got[1][0] + got[1][1]
+    assert both.shift is got[1][0].shift
+    with pytest.raises(BeliefLensError, match="bounds must have"):
+        engine.add(torch.zeros(2, 4), torch.zeros(2, 3), [0, 2])
 
 
 def test_moments_all_reduce_single_process():
@@ -155,19 +192,33 @@ def test_predict_returns_callers_type():
 
 def test_save_load_round_trip_and_damage(tmp_path):
     X, Y = features("rank_deficient", n=400)
-    probe = AffineProbe().fit(X, Y, hook_name="blocks.0.hook_resid_post")
+    probe = AffineProbe().fit(X, Y, hook="blocks.0.hook_resid_post")
     probe.provenance_ = {"process": "mess3", "model_fingerprint": "abc123"}
     path = tmp_path / "probe.safetensors"
     probe.save(path)
     loaded = AffineProbe.load(path)
     np.testing.assert_array_equal(loaded.predict(X), probe.predict(X))
     torch.testing.assert_close(loaded.encoding_map(), probe.encoding_map(), rtol=0, atol=0)
-    assert loaded.hook_name_ == "blocks.0.hook_resid_post" and loaded.rank_ == probe.rank_
+    assert loaded.hook_ == "blocks.0.hook_resid_post" and loaded.rank_ == probe.rank_
     assert loaded.provenance_["process"] == "mess3"
     assert loaded.provenance_["model_fingerprint"] == "abc123"
     assert loaded.provenance_["transformer_lens_version"]
     assert loaded.provenance_["belief_lens_version"]
     assert [p.name for p in tmp_path.iterdir()] == ["probe.safetensors"]  # no temp left over
+    # files written before the rename of ``hook_name`` to ``hook`` still load
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = (
+            json.loads(f.metadata()["belief_lens"]),
+            {k: f.get_tensor(k) for k in f.keys()},
+        )  # noqa: SIM118
+    meta["hook_name"] = meta.pop("hook")
+    old = tmp_path / "old" / "probe.safetensors"
+    old.parent.mkdir()
+    save_file(tensors, str(old), metadata={"belief_lens": json.dumps(meta)})
+    assert AffineProbe.load(old).hook_ == "blocks.0.hook_resid_post"
     data = path.read_bytes()
     for cut in (len(data) // 2, 10, len(data) - 1):
         bad = tmp_path / f"cut{cut}.safetensors"

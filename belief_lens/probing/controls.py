@@ -15,6 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
+from belief_lens.models import ModelConfig, toy_transformer
 from belief_lens.probing.data import ProbeData, is_causal, model_acts, model_fingerprint
 from belief_lens.probing.sweep import probe_table, targets_for
 from belief_lens.probing.table import ProbeTable
@@ -66,8 +67,6 @@ def untrained_control(
     The architecture is read from ``model.cfg`` (``ModelConfig.from_model``) and built with
     ``belief_lens.models.toy_transformer(config, seed=seed)``.
     """
-    from belief_lens.models import ModelConfig, toy_transformer
-
     if not isinstance(data, ProbeData):
         raise BeliefLensError(
             f"untrained_control(model, data): data must be ProbeData, got {type(data).__name__}"

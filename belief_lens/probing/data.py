@@ -19,6 +19,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from belief_lens.activations import residual_hooks, residual_stream, resolve_hook
+from belief_lens.beliefs import belief_states, enumerate_sequences, log_probs, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.probing.estimator import SVD_MAX_ELEMENTS
@@ -29,6 +31,7 @@ __all__ = [
     "ProbeData",
     "collect_probe_data",
     "model_fingerprint",
+    "prefix_counts",
     "prefix_ids",
     "resolve_hooks",
     "split_prefixes",
@@ -50,6 +53,18 @@ def prefix_ids(tokens: Int[Tensor, "N L"]) -> list[Int[Tensor, " N"]]:
     for t in range(L):
         _, ids = torch.unique(ids * V + tokens[:, t].long(), return_inverse=True)
         out.append(ids)
+    return out
+
+
+def prefix_counts(
+    tokens: Int[Tensor, "N L"], test_mask: Bool[Tensor, "N L"]
+) -> list[tuple[int, int]]:
+    """Per position ``t``: the distinct prefixes ``tokens[:, :t+1]`` on the training and on the
+    held-out side of ``test_mask`` (the inputs a probe sees, not the rows)."""
+    out = []
+    for t, ids in enumerate(prefix_ids(tokens)):
+        m = test_mask[:, t]
+        out.append((len(torch.unique(ids[~m])), len(torch.unique(ids[m]))))
     return out
 
 
@@ -88,8 +103,6 @@ def split_prefixes(
 def resolve_hooks(model: Any, hooks: Any) -> list[str]:
     """Hook names for ``hooks`` (names or ``(name, layer)`` shorthands; None: every residual
     hook), deduplicated in order."""
-    from belief_lens.activations import residual_hooks, resolve_hook
-
     if hooks is None:
         return residual_hooks(model)
     if isinstance(hooks, (str, tuple)):
@@ -124,8 +137,6 @@ def model_acts(
     model: Any, tokens: Tensor, hooks: list[str], bos_id: int | None, batch_size: int
 ) -> dict[str, Tensor]:
     """Residual streams at the process tokens' positions (a BOS position is dropped)."""
-    from belief_lens.activations import residual_stream
-
     if bos_id is not None:
         bos_col = torch.full((tokens.shape[0], 1), bos_id, dtype=tokens.dtype)
         tokens = torch.cat([bos_col, tokens], 1)
@@ -247,13 +258,28 @@ class ProbeData:
     def prefix_counts(self) -> dict[str, int]:
         """Distinct (position, prefix) inputs on each side of the split: ``train``, ``test``."""
         if "counts" not in self._cache:
-            train = test = 0
-            for t, ids in enumerate(prefix_ids(self.tokens)):
-                m = self.test_mask[:, t]
-                train += len(torch.unique(ids[~m]))
-                test += len(torch.unique(ids[m]))
-            self._cache["counts"] = {"train": train, "test": test}
+            per_t = prefix_counts(self.tokens, self.test_mask)
+            self._cache["counts"] = {
+                "train": sum(a for a, _ in per_t),
+                "test": sum(b for _, b in per_t),
+            }
         return self._cache["counts"]
+
+    def _grouped(
+        self, t: int, seqs: Tensor, Y: Tensor, w: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The rows ``seqs`` at position ``t`` grouped by prefix: per distinct prefix, the
+        summed weight ``[m]`` and summed weighted targets ``[m, S]``, and the ``present`` ids
+        (prefixes with rows on this side)."""
+        ids, reps = self._prefixes()[t]
+        f64 = torch.float64
+        w = torch.ones(len(seqs), dtype=f64) if w is None else w
+        count = torch.zeros(len(reps), dtype=f64).index_add_(0, ids[seqs], w)
+        wy = torch.zeros(len(reps), Y.shape[-1], dtype=f64).index_add_(0, ids[seqs], Y * w[:, None])
+        return count, wy, torch.nonzero(count > 0).flatten()
+
+    def _weights_of(self, seqs: Tensor) -> Tensor | None:
+        return None if self.weights is None else self.weights[seqs].to(torch.float64)
 
     def _shift_x(self) -> Tensor:
         if "shift_x" not in self._cache:
@@ -283,17 +309,12 @@ class ProbeData:
             within = torch.zeros(S, dtype=f64)
             for t, (ids, reps) in enumerate(self._prefixes()):
                 seqs = torch.nonzero(in_group[:, t]).flatten()
-                w = (
-                    torch.ones(len(seqs), dtype=f64)
-                    if self.weights is None
-                    else self.weights[seqs].to(f64)
-                )
+                w = self._weights_of(seqs)
                 Y = targets[seqs, t].to(f64)
-                count = torch.zeros(len(reps), dtype=f64).index_add_(0, ids[seqs], w)
-                wy = torch.zeros(len(reps), S, dtype=f64).index_add_(0, ids[seqs], Y * w[:, None])
+                count, wy, present = self._grouped(t, seqs, Y, w)
                 mean = wy / count.clamp_min(torch.finfo(f64).tiny)[:, None]
-                within += (w[:, None] * (Y - mean[ids[seqs]]) ** 2).sum(0)
-                present = torch.nonzero(count > 0).flatten()
+                dev = (Y - mean[ids[seqs]]) ** 2
+                within += (dev if w is None else w[:, None] * dev).sum(0)
                 xs.append(torch.cat([a[reps[present], t] for a in self.acts.values()], -1).to(f64))
                 cs.append(count[present])
                 ys.append(mean[present])
@@ -324,18 +345,12 @@ class ProbeData:
         out = {}
         for group, in_group in (("train", ~self.test_mask), ("test", self.test_mask)):
             mom = Moments.zeros(D, S, shift=torch.cat([shift_x, shift_y]))
-            for t, (ids, reps) in enumerate(self._prefixes()):
+            for t, (_, reps) in enumerate(self._prefixes()):
                 seqs = torch.nonzero(in_group[:, t]).flatten()
-                w_seq = None if self.weights is None else self.weights[seqs].to(f64)
+                w_seq = self._weights_of(seqs)
                 Y = targets[seqs, t].to(f64) - shift_y  # [n, S]
                 mom.add_targets(Y, w_seq)
-                wy = Y if w_seq is None else Y * w_seq[:, None]
-                ones = torch.ones(len(seqs), dtype=f64)
-                count = torch.zeros(len(reps), dtype=f64).index_add_(
-                    0, ids[seqs], ones if w_seq is None else w_seq
-                )
-                wy_sum = torch.zeros(len(reps), S, dtype=f64).index_add_(0, ids[seqs], wy)
-                present = torch.nonzero(count > 0).flatten()
+                count, wy_sum, present = self._grouped(t, seqs, Y, w_seq)
                 for rows in row_chunks(len(present), D):
                     u = present[rows]
                     X = torch.empty(len(u), D, dtype=f64)
@@ -350,6 +365,53 @@ class ProbeData:
         if not reuse:
             self._cache["xx"] = (concat, {g: m.M[:D, :D].clone() for g, m in out.items()})
         return out
+
+
+def _check_collect_args(
+    mode: Any, test_fraction: Any, n_sequences: Any, tokens: Any, bos: Any, batch_size: Any
+) -> None:
+    if mode not in ("paper", "weighted", "sampled"):
+        raise BeliefLensError(f"mode must be 'paper', 'weighted' or 'sampled', got {mode!r}")
+    if isinstance(test_fraction, bool) or not 0 <= test_fraction < 1:
+        raise BeliefLensError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    if n_sequences is not None and (mode != "sampled" or tokens is not None):
+        raise BeliefLensError(
+            f"n_sequences only applies to mode='sampled' without tokens, got mode={mode!r}"
+        )
+    if not isinstance(bos, bool):
+        raise BeliefLensError(f"bos must be True or False, got {bos!r}")
+    if batch_size < 1:
+        raise BeliefLensError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _sequences(
+    hmm: HMM,
+    length: int,
+    mode: Mode,
+    seed: int,
+    n_sequences: int | None,
+    tokens: Tensor | None,
+    bos: bool,
+) -> tuple[Int[Tensor, "N L"], Float[Tensor, "N L S"], Float[Tensor, " N"] | None]:
+    """The sequences a mode asks for, their beliefs and (``"weighted"``) their probabilities."""
+    if tokens is not None:
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] != length:
+            raise BeliefLensError(
+                f"tokens must have shape [N, {length}] (n_ctx={length + int(bos)}, bos={bos}), "
+                f"got {tuple(tokens.shape)}"
+            )
+        tokens = hmm.check_tokens(tokens).long()
+        weights = log_probs(hmm, tokens)[:, -1].exp() if mode == "weighted" else None
+        return tokens, belief_states(hmm, tokens), weights
+    if mode == "sampled":
+        n = 20_000 if n_sequences is None else int(n_sequences)
+        if n < 2:
+            raise BeliefLensError(f"n_sequences must be >= 2, got {n}")
+        tokens = sample_sequences(hmm, n, length, seed)
+        return tokens, belief_states(hmm, tokens), None
+    seqs = enumerate_sequences(hmm, length)
+    return seqs.tokens, seqs.beliefs, seqs.probs if mode == "weighted" else None
 
 
 def collect_probe_data(
@@ -385,46 +447,12 @@ def collect_probe_data(
     tokens : ``[N, length]`` process sequences to use instead (``length`` is ``n_ctx``, or
         ``n_ctx - 1`` with BOS); unweighted unless ``mode="weighted"``.
     """
-    from belief_lens.beliefs import belief_states, enumerate_sequences, log_probs, sample_sequences
-
-    if mode not in ("paper", "weighted", "sampled"):
-        raise BeliefLensError(f"mode must be 'paper', 'weighted' or 'sampled', got {mode!r}")
-    if isinstance(test_fraction, bool) or not 0 <= test_fraction < 1:
-        raise BeliefLensError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
-    if n_sequences is not None and (mode != "sampled" or tokens is not None):
-        raise BeliefLensError(
-            f"n_sequences only applies to mode='sampled' without tokens, got mode={mode!r}"
-        )
-    if not isinstance(bos, bool):
-        raise BeliefLensError(f"bos must be True or False, got {bos!r}")
-    if batch_size < 1:
-        raise BeliefLensError(f"batch_size must be >= 1, got {batch_size}")
+    _check_collect_args(mode, test_fraction, n_sequences, tokens, bos, batch_size)
     length = int(n_ctx) - (1 if bos else 0)
     if length < 1:
         raise BeliefLensError(f"n_ctx={n_ctx} leaves no process token (bos={bos})")
     names = resolve_hooks(model, hooks)
-    weights = None
-    if tokens is not None:
-        tokens = torch.as_tensor(tokens)
-        if tokens.ndim != 2 or tokens.shape[1] != length:
-            raise BeliefLensError(
-                f"tokens must have shape [N, {length}] (n_ctx={n_ctx}, bos={bos}), "
-                f"got {tuple(tokens.shape)}"
-            )
-        tokens = hmm.check_tokens(tokens).long()
-        beliefs = belief_states(hmm, tokens)
-        if mode == "weighted":
-            weights = log_probs(hmm, tokens)[:, -1].exp()
-    elif mode == "sampled":
-        n = 20_000 if n_sequences is None else int(n_sequences)
-        if n < 2:
-            raise BeliefLensError(f"n_sequences must be >= 2, got {n}")
-        tokens = sample_sequences(hmm, n, length, seed)
-        beliefs = belief_states(hmm, tokens)
-    else:
-        seqs = enumerate_sequences(hmm, length)
-        tokens, beliefs = seqs.tokens, seqs.beliefs
-        weights = seqs.probs if mode == "weighted" else None
+    tokens, beliefs, weights = _sequences(hmm, length, mode, seed, n_sequences, tokens, bos)
     test_mask = split_prefixes(tokens, test_fraction, seed)
     acts = model_acts(model, tokens, names, hmm.n_symbols if bos else None, batch_size)
     return ProbeData(

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from jaxtyping import Float
+from safetensors import safe_open
+from safetensors.torch import save_file
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -25,6 +27,9 @@ from torch import Tensor
 from belief_lens.errors import BeliefLensError
 from belief_lens.metrics import regression_metrics, sum_zero_basis
 from belief_lens.probing.moments import Moments, lapack_threads, row_chunks
+from belief_lens.storage import atomic_write
+from belief_lens.tl_compat import tl_version_string
+from belief_lens.version import __version__
 
 __all__ = [
     "AffineProbe",
@@ -195,7 +200,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         Encoding directions: ``acts ~ x_mean_ + z @ encoding_``.
     rank_ : int
         Numerical rank of the centred activation second moments (plus ridge).
-    hook_name_ : str or None
+    hook_ : str or None
         The hook the activations came from, if given to ``fit``.
     provenance_ : dict
         What ``save`` records besides the hook: process, model fingerprint (set by
@@ -208,7 +213,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
     >>> acts = torch.randn(1000, 8, generator=g, dtype=torch.float64)
     >>> W = torch.randn(8, 3, generator=g, dtype=torch.float64)
     >>> beliefs = torch.softmax(acts @ W, -1)
-    >>> probe = AffineProbe().fit(acts, beliefs, hook_name="blocks.0.hook_resid_post")
+    >>> probe = AffineProbe().fit(acts, beliefs, hook="blocks.0.hook_resid_post")
     >>> probe
     AffineProbe()
     >>> probe.coef_.shape, probe.n_free_, probe.belief_basis().shape
@@ -285,8 +290,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         if is_tensor and not reset and Xt.shape[-1] != self.n_features_in_:
             raise BeliefLensError(
                 f"acts have d={Xt.shape[-1]} features but this probe was fit on "
-                f"d={self.n_features_in_}"
-                + (f" (hook {self.hook_name_})" if self.hook_name_ else "")
+                f"d={self.n_features_in_}" + (f" (hook {self.hook_})" if self.hook_ else "")
             )
         if n == 0 or Xt.shape[-1] == 0:
             raise BeliefLensError(f"acts has no rows or no features (shape {tuple(Xt.shape)})")
@@ -331,7 +335,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         y: Float[Tensor, "... S"] | np.ndarray,
         sample_weight: Float[Tensor, "..."] | np.ndarray | None = None,
         *,
-        hook_name: str | None = None,
+        hook: str | None = None,
     ) -> AffineProbe:
         """Fit decoder and encoder on ``X [..., d]`` (activations) and ``y [..., S]`` (beliefs;
         ``[...]`` for one target); returns self. Accumulates on ``X``'s device."""
@@ -350,7 +354,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
             self.solver == "auto" and Xt.numel() <= SVD_MAX_ELEMENTS and Xt.device.type == "cpu"
         )
         rows = (Xt, Yt.to(Xt.device), w) if use_svd else None
-        self.fit_moments(moments, hook_name=hook_name, rows=rows)
+        self.fit_moments(moments, hook=hook, rows=rows)
         self._single_output = self._last_single
         return self
 
@@ -358,7 +362,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         self,
         moments: Moments,
         *,
-        hook_name: str | None = None,
+        hook: str | None = None,
         rows: tuple[Tensor, Tensor, Tensor | None] | None = None,
     ) -> AffineProbe:
         """Fit from sufficient statistics (the engine behind ``fit``, ``fit_probes``, position
@@ -394,7 +398,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         self.simplex_basis_ = Q
         self.encoding_ = E.contiguous()
         self.rank_ = rank
-        self.hook_name_ = hook_name
+        self.hook_ = hook
         self.provenance_ = {}
         self._single_output = False
         if rows is not None and float(self.ridge) == 0.0:
@@ -528,17 +532,11 @@ class AffineProbe(RegressorMixin, BaseEstimator):
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted probe to ``path`` (safetensors, atomically), with JSON metadata:
         hook, feature count, hyperparameters, process, model fingerprint, versions."""
-        from safetensors.torch import save_file
-
-        from belief_lens import __version__
-        from belief_lens.storage import atomic_write
-        from belief_lens.tl_compat import tl_version_string
-
         _check_fitted(self)
         tensors = {k: getattr(self, k).detach().cpu().contiguous() for k in _SAVED}
         meta = {
             "format": _FORMAT,
-            "hook_name": self.hook_name_,
+            "hook": self.hook_,
             "n_features": self.n_features_in_,
             "n_targets": self.n_targets_,
             "rank": self.rank_,
@@ -555,8 +553,6 @@ class AffineProbe(RegressorMixin, BaseEstimator):
     @classmethod
     def load(cls, path: str | os.PathLike) -> AffineProbe:
         """Read a probe written by ``save``; a damaged or foreign file raises BeliefLensError."""
-        from safetensors import safe_open
-
         try:
             with safe_open(os.fspath(path), framework="pt") as f:
                 raw = (f.metadata() or {}).get("belief_lens")
@@ -580,7 +576,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         probe.n_targets_ = int(meta["n_targets"])
         probe.n_free_ = probe.simplex_basis_.shape[1]
         probe.rank_ = int(meta["rank"])
-        probe.hook_name_ = meta["hook_name"]
+        probe.hook_ = meta["hook"] if "hook" in meta else meta.get("hook_name")  # older files
         probe.provenance_ = dict(meta.get("provenance") or {})
         probe.provenance_["belief_lens_version"] = meta.get("belief_lens_version")
         probe.provenance_["transformer_lens_version"] = meta.get("transformer_lens_version")

@@ -28,7 +28,7 @@ from belief_lens.activations import check_tokens, model_device, require_eval_mod
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.probing.data import prefix_ids, resolve_hooks, split_prefixes
+from belief_lens.probing.data import prefix_counts, resolve_hooks, split_prefixes
 from belief_lens.probing.distributed import (
     all_reduce_moment_list,
     rank_and_world_size,
@@ -203,10 +203,7 @@ def _window_prefix_counts(
     symbols: Tensor, test_mask: Tensor, windows: list[tuple[int, int]]
 ) -> list[dict[str, int]]:
     """Distinct (position, prefix) inputs in each window on each side of the split."""
-    per_t = []
-    for t, ids in enumerate(prefix_ids(symbols)):
-        m = test_mask[:, t]
-        per_t.append((len(torch.unique(ids[~m])), len(torch.unique(ids[m]))))
+    per_t = prefix_counts(symbols, test_mask)
     return [
         {"train": sum(a for a, _ in per_t[lo:hi]), "test": sum(b for _, b in per_t[lo:hi])}
         for lo, hi in windows
@@ -243,10 +240,27 @@ class _Plan:
     groups: list[list[int]]
     batch_size: int
     stats_bytes_per_hook: int
+    memory_limit_bytes: int
 
     @property
     def length(self) -> int:
         return self.symbols.shape[1]
+
+    def meta(self, hmm: HMM, token_map: TokenMap, ridge: float, distributed: bool) -> dict:
+        """What was fitted and how the memory was planned."""
+        return {
+            "name": "position_probes",
+            "process": hmm.name,
+            "token_map": repr(token_map),
+            "length": self.length,
+            "hooks": self.hooks,
+            "ridge": ridge,
+            "batch_size": self.batch_size,
+            "hook_groups": len(self.groups),
+            "stats_bytes_per_hook": self.stats_bytes_per_hook,
+            "memory_limit_bytes": self.memory_limit_bytes,
+            "world_size": rank_and_world_size()[1] if distributed else 1,
+        }
 
     @property
     def window_of(self) -> Int[Tensor, " L"]:
@@ -333,6 +347,7 @@ def _plan(
         groups=groups,
         batch_size=size,
         stats_bytes_per_hook=per_hook,
+        memory_limit_bytes=limit,
     )
 
 
@@ -394,7 +409,7 @@ def _solve(
     """Each window's probe from its training moments, scored on both sides: (row, probe)."""
     out = []
     for (lo, hi), (train, test), n in zip(windows, moments, counts, strict=True):
-        probe = AffineProbe(ridge=ridge).fit_moments(train, hook_name=hook)
+        probe = AffineProbe(ridge=ridge).fit_moments(train, hook=hook)
         tr, te = probe.metrics_moments(train), probe.metrics_moments(test)
         d = train.n_features
         row = {
@@ -443,13 +458,10 @@ def fit_position_probes(
     ``token_map.symbol_positions``. With separators, ``read_at="prediction"`` reads the last
     separator after symbol ``t`` instead, the position whose logits predict symbol ``t + 1``.
 
-    One streamed pass accumulates each window's training and held-out ``Moments``
-    (``SegmentedMoments``: float64, on ``device``, default the model's); probes and held-out
-    errors come from them. Nothing grows with ``n_sequences``. When the statistics of all hooks
-    exceed half of ``memory_limit_bytes``, hooks are processed in groups, one pass each; batches
-    are sized to the other half. Activations stay on ``device`` in the model's dtype until the
-    symbol positions are gathered (bf16/fp16 models work), and nothing is copied to the host
-    until a pass ends. ``meta["seconds"]`` times the passes and the solves.
+    One streamed pass accumulates each window's training and held-out ``SegmentedMoments``
+    (float64, on ``device``, default the model's; nothing grows with ``n_sequences`` and nothing
+    reaches the host until a pass ends). Hooks whose statistics exceed half of
+    ``memory_limit_bytes`` go in groups, one pass each; batches fit the other half.
 
     ``distributed=True`` (inside an initialised ``torch.distributed`` process group, e.g. under
     ``torchrun``): every rank draws the same sequences and split, harvests every
@@ -491,23 +503,8 @@ def fit_position_probes(
         seconds["solve"] += _clock(work) - t1
     rank = {h: i for i, h in enumerate(names)}
     fitted.sort(key=lambda rp: (rank[rp[0]["hook"]], rp[0]["window_start"]))
-    meta = {
-        "name": "position_probes",
-        "process": hmm.name,
-        "token_map": repr(token_map),
-        "length": plan.length,
-        "window": window,
-        "read_at": read_at,
-        "hooks": names,
-        "ridge": ridge,
-        "test_fraction": test_fraction,
-        "seed": seed,
-        "batch_size": plan.batch_size,
-        "hook_groups": len(plan.groups),
-        "stats_bytes_per_hook": plan.stats_bytes_per_hook,
-        "memory_limit_bytes": memory_limit_bytes,
-        "world_size": rank_and_world_size()[1] if distributed else 1,
-        "seconds": seconds,
-    }
+    meta = plan.meta(hmm, token_map, ridge, distributed)
+    meta.update(window=window, read_at=read_at, test_fraction=test_fraction, seed=seed)
+    meta["seconds"] = seconds
     probes = {(r["hook"], r["window_start"]): p for r, p in fitted}
     return PositionProbeTable(rows=[r for r, _ in fitted], probes=probes, meta=meta)

@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from belief_lens.beliefs import next_token_distributions
 from belief_lens.errors import BeliefLensError
 from belief_lens.metrics import regression_metrics
 from belief_lens.probing.data import CONCAT, ProbeData
@@ -32,8 +33,6 @@ def targets_for(data: ProbeData, targets: Targets) -> Float[Tensor, "N L S"]:
     if targets == "beliefs":
         return data.beliefs
     if targets == "next_token":
-        from belief_lens.beliefs import next_token_distributions
-
         return next_token_distributions(data.hmm, data.tokens, beliefs=data.beliefs)
     raise BeliefLensError(f"targets must be 'beliefs' or 'next_token', got {targets!r}")
 
@@ -70,28 +69,11 @@ def probe_table(
             :3
         ] + (distinct["train"][3] + distinct["test"][3],)
     rows, probes = [], {}
-    for label, cols, hook_name in parts:
-        train, test, whole = (m.select(cols) for m in (groups["train"], groups["test"], everything))
-        if distinct is None:
-            split_probe = AffineProbe(ridge=ridge).fit_moments(train, hook_name=hook_name)
-            all_probe = AffineProbe(ridge=ridge).fit_moments(whole, hook_name=hook_name)
-            tr = split_probe.metrics_moments(train)
-            te = split_probe.metrics_moments(test) if float(test.w) > 0 else _nan_metrics()
-            al = all_probe.metrics_moments(whole)
-        else:
-            sub = {g: (X[:, cols], Y, c) for g, (X, c, Y, _) in distinct.items()}
-            split_probe = AffineProbe().fit_moments(train, hook_name=hook_name, rows=sub["train"])
-            all_probe = AffineProbe().fit_moments(whole, hook_name=hook_name, rows=sub["all"])
-            tr = _row_metrics(split_probe, sub["train"], distinct["train"][3], train)
-            te = (
-                _row_metrics(split_probe, sub["test"], distinct["test"][3], test)
-                if float(test.w) > 0
-                else _nan_metrics()
-            )
-            al = _row_metrics(all_probe, sub["all"], distinct["all"][3], whole)
-        all_probe.provenance_ = dict(provenance, hooks=hooks if hook_name is None else [label])
+    for label, cols, hook in parts:
+        moments = tuple(m.select(cols) for m in (groups["train"], groups["test"], everything))
+        (tr, te, al), all_probe = _fit_part(moments, cols, hook, distinct, ridge)
+        all_probe.provenance_ = dict(provenance, hooks=hooks if hook is None else [label])
         features = cols.stop - cols.start
-        overfit = is_overfit(features, counts["train"], te["mse"], tr["mse"])
         rows.append(
             {
                 "hook": label,
@@ -105,7 +87,7 @@ def probe_table(
                 "mse_all": al["mse"],
                 "r2_all": al["r2"],
                 "rank": all_probe.rank_,
-                "overfit": bool(overfit),
+                "overfit": is_overfit(features, counts["train"], te["mse"], tr["mse"]),
             }
         )
         probes[label] = all_probe
@@ -124,6 +106,36 @@ def probe_table(
         "model_fingerprint": data.model_fingerprint,
     }
     return ProbeTable(rows=rows, probes=probes, meta=meta)
+
+
+def _fit_part(
+    moments: tuple[Moments, Moments, Moments],
+    cols: slice,
+    hook: str | None,
+    distinct: dict[str, tuple] | None,
+    ridge: float,
+) -> tuple[tuple[dict, dict, dict], AffineProbe]:
+    """One row's probes: fitted on the training rows (scored on both sides) and on all rows
+    (scored in-sample); from the distinct rows when ``distinct`` holds them (lstsq-exact), else
+    from the moments. Returns the train, held-out and all-rows metrics and the all-rows probe."""
+    train, test, whole = moments
+    if distinct is None:
+        split_probe = AffineProbe(ridge=ridge).fit_moments(train, hook=hook)
+        all_probe = AffineProbe(ridge=ridge).fit_moments(whole, hook=hook)
+        tr = split_probe.metrics_moments(train)
+        te = split_probe.metrics_moments(test) if float(test.w) > 0 else _nan_metrics()
+        return (tr, te, all_probe.metrics_moments(whole)), all_probe
+    sub = {g: (X[:, cols], Y, c) for g, (X, c, Y, _) in distinct.items()}
+    split_probe = AffineProbe().fit_moments(train, hook=hook, rows=sub["train"])
+    all_probe = AffineProbe().fit_moments(whole, hook=hook, rows=sub["all"])
+    tr = _row_metrics(split_probe, sub["train"], distinct["train"][3], train)
+    te = (
+        _row_metrics(split_probe, sub["test"], distinct["test"][3], test)
+        if float(test.w) > 0
+        else _nan_metrics()
+    )
+    al = _row_metrics(all_probe, sub["all"], distinct["all"][3], whole)
+    return (tr, te, al), all_probe
 
 
 def _row_metrics(

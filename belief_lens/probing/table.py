@@ -46,7 +46,7 @@ class ProbeTable:
         ``OVERFIT_MSE_RATIO`` times training MSE). R^2 is the uniform average over targets.
     probes : dict of str to AffineProbe
         The all-data probe of each row, keyed by hook. ``probes["concat"]`` reads the
-        concatenation of ``meta["hooks"]`` in order, and has ``hook_name_`` None.
+        concatenation of ``meta["hooks"]`` in order, and has ``hook_`` None.
     meta : dict
         What was fitted: ``name``, ``targets``, ``mode``, ``weighted``, ``n_ctx``, ``process``,
         ``hooks``, ``ridge``, ``test_fraction``, ``seed``, ``bos``, ``model_fingerprint``.
