@@ -589,13 +589,13 @@ def _interventions_section(model, hmm, table, metrics, cfg, hooks, best) -> Sect
         rep = intervention_report(
             model,
             None,
-            hmm,
             table.probes[hk],
             hk,
+            hmm,
             n_sequences=cfg.intervention_sequences,
             seed=cfg.seed,
         )
-        s = rep.summary()
+        s = rep.to_dict()
         metrics["interventions"][hk] = s
         rows.append(
             (hk, s["kl_before_mean"])
@@ -658,8 +658,8 @@ def _patching_section(model, hmm, table, metrics, cfg) -> Section:
     }
     clean = sample_sequences(hmm, n, n_ctx, seed=cfg.seed + 1)
     corrupted = sample_sequences(hmm, n, n_ctx, seed=cfg.seed + 2)
-    result = patching_report(model, clean, corrupted, hmm, probes, control_seed=cfg.seed)
-    metrics["patching"] = result.summary()
+    result = patching_report(model, clean, corrupted, probes, hmm, control_seed=cfg.seed)
+    metrics["patching"] = result.to_dict()
     ours, control = result.recovered_at(), result.recovered_at(control=True)
     rows = tuple((hook, ours[hook], control[hook]) for hook in result.hooks)
     worst, top_control = min(ours.values()), max(abs(v) for v in control.values())
