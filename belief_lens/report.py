@@ -951,7 +951,7 @@ def shared_structure_section(result: Any, figures: Sequence[Any] = ()) -> Sectio
     """A report section for ``belief_lens.transfer.SharedStructure``: probe transfer between the
     two vocabularies, principal angles, steering transfer against its control, and the mixture's
     own belief, each with the sentence that says what it means."""
-    m = result.metrics()
+    m = result.to_dict()
     shared = m["transfer_r2_a_to_b"] > 0.9 and m["transfer_r2_b_to_a"] > 0.9
     verdict = (
         "A probe fitted on one vocabulary reads the other: the model writes the shared hidden "
