@@ -589,13 +589,13 @@ def _interventions_section(model, hmm, table, metrics, cfg, hooks, best) -> Sect
         rep = intervention_report(
             model,
             None,
-            hmm,
             table.probes[hk],
             hk,
+            hmm,
             n_sequences=cfg.intervention_sequences,
             seed=cfg.seed,
         )
-        s = rep.summary()
+        s = rep.to_dict()
         metrics["interventions"][hk] = s
         rows.append(
             (hk, s["kl_before_mean"])
@@ -658,8 +658,8 @@ def _patching_section(model, hmm, table, metrics, cfg) -> Section:
     }
     clean = sample_sequences(hmm, n, n_ctx, seed=cfg.seed + 1)
     corrupted = sample_sequences(hmm, n, n_ctx, seed=cfg.seed + 2)
-    result = patching_report(model, clean, corrupted, hmm, probes, control_seed=cfg.seed)
-    metrics["patching"] = result.summary()
+    result = patching_report(model, clean, corrupted, probes, hmm, control_seed=cfg.seed)
+    metrics["patching"] = result.to_dict()
     ours, control = result.recovered_at(), result.recovered_at(control=True)
     rows = tuple((hook, ours[hook], control[hook]) for hook in result.hooks)
     worst, top_control = min(ours.values()), max(abs(v) for v in control.values())
@@ -951,7 +951,7 @@ def shared_structure_section(result: Any, figures: Sequence[Any] = ()) -> Sectio
     """A report section for ``belief_lens.transfer.SharedStructure``: probe transfer between the
     two vocabularies, principal angles, steering transfer against its control, and the mixture's
     own belief, each with the sentence that says what it means."""
-    m = result.metrics()
+    m = result.to_dict()
     shared = m["transfer_r2_a_to_b"] > 0.9 and m["transfer_r2_b_to_a"] > 0.9
     verdict = (
         "A probe fitted on one vocabulary reads the other: the model writes the shared hidden "

@@ -16,15 +16,18 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from sklearn.metrics import r2_score
 from torch import Tensor
 
+from belief_lens.activations import eval_mode, model_device, residual_stream, resolve_hook
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.metrics import kl_divergence, principal_cosines
+from belief_lens.interventions import Steer, intervene
+from belief_lens.interventions.steering import pair_different
+from belief_lens.metrics import kl_divergence, principal_angles_deg, principal_cosines, r2_score
 from belief_lens.probes import AffineProbe, split_prefixes
 from belief_lens.processes import mixture
+from belief_lens.validation import check_finite_tensor
 
 __all__ = [
     "MixtureProbe",
@@ -73,8 +76,6 @@ def collect_vocab(
 ) -> VocabData:
     """Sample ``component`` sequences, write them in the vocabulary ``vocab_map``, and read the
     model's activations at ``hook`` with the component's (true) beliefs."""
-    from belief_lens.activations import residual_stream, resolve_hook
-
     vmap = tuple(int(v) for v in vocab_map)
     if len(vmap) != component.n_symbols:
         raise BeliefLensError(
@@ -89,11 +90,9 @@ def collect_vocab(
 
 
 def _rows(x: Any, name: str) -> Tensor:
-    t = torch.as_tensor(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=torch.float64)
+    t = check_finite_tensor(name, x)
     if t.ndim < 2:
         raise BeliefLensError(f"{name} must be [n, ..., dim], got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise BeliefLensError(f"{name} contain NaN or infinite values")
     return t
 
 
@@ -214,8 +213,9 @@ def subspace_angles(
 ) -> SubspaceAngles:
     """Principal angles between the column spaces of ``basis_a`` and ``basis_b`` (any bases;
     they are orthonormalised first)."""
-    cos = principal_cosines(_rows(basis_a, "basis_a"), _rows(basis_b, "basis_b"))
-    return SubspaceAngles(cos, torch.rad2deg(torch.arccos(cos)), float(cos.max()))
+    a, b = _rows(basis_a, "basis_a"), _rows(basis_b, "basis_b")
+    cos = principal_cosines(a, b)
+    return SubspaceAngles(cos, principal_angles_deg(a, b), float(cos.max()))
 
 
 # ----------------------------------------------------------------------------- steering
@@ -257,19 +257,6 @@ class SteerTransfer:
         return self.kl_before / self.kl_own
 
 
-def _pair_different(beliefs: Tensor, seed: int) -> Tensor:
-    """A target index for each row: a random other row, re-drawn where beliefs coincide."""
-    n = beliefs.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(n, generator=gen)
-    for _ in range(10):
-        same = (beliefs[idx] - beliefs).abs().amax(-1) < 1e-9
-        if not same.any():
-            break
-        idx[same] = torch.randint(n, (int(same.sum()),), generator=gen)
-    return idx
-
-
 def steering_transfer(
     model: Any,
     data_b: VocabData,
@@ -285,15 +272,12 @@ def steering_transfer(
     encoding directions (``(target - true) @ probe_a.encoding_map()``, a ``Steer`` from
     ``probe_a``), and compare the model's next-token distribution with theory, against the
     steer's norm-matched control (``Steer.control(seed)``) and B's own directions."""
-    from belief_lens.activations import eval_mode, model_device
-    from belief_lens.interventions import Steer, intervene
-
     n = min(n_sequences, data_b.tokens.shape[0])
     if n < 2:
         raise BeliefLensError(f"steering needs >= 2 sequences, got {n}")
     tokens = data_b.tokens[:n]
     current = data_b.beliefs[:n, position].double()
-    target_index = _pair_different(current, seed)
+    target_index = pair_different(current, seed, atol=1e-9)
     target = current[target_index]
     theory = torch.zeros(n, int(model.cfg.d_vocab), dtype=torch.float64)
     theory[:, list(data_b.vocab_map)] = component.next_token_probs(target)
@@ -379,13 +363,10 @@ def mixture_belief_probe(
             t, p = Yte[rows, sl], joint[rows, sl]
             within_true.append(t / t.sum(-1, keepdim=True))
             within_pred.append(p / p.sum(-1, keepdim=True))
-    r2_within = sum(
-        r2_score(t.numpy(), p.numpy()) * len(t)
-        for p, t in zip(within_pred, within_true, strict=True)
-    )
+    r2_within = sum(r2_score(t, p) * len(t) for p, t in zip(within_pred, within_true, strict=True))
     return MixtureProbe(
-        r2_joint=r2_score(Yte.numpy(), joint.cpu().numpy()),
-        r2_component=r2_score(comp[te].numpy(), comp_pred.cpu().numpy()),
+        r2_joint=r2_score(Yte, joint.cpu()),
+        r2_component=r2_score(comp[te], comp_pred.cpu()),
         r2_within=r2_within / sum(len(t) for t in within_true),
     )
 
@@ -401,7 +382,7 @@ class SharedStructure:
     steering: SteerTransfer
     mixture: MixtureProbe
 
-    def metrics(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Flat JSON-ready numbers (the demo's ``metrics.json`` keys among them)."""
         t, s, m = self.transfer, self.steering, self.mixture
         return {

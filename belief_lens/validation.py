@@ -131,3 +131,92 @@ def check_int_list(name: str, value, *, length: int | None = None, low: int = 0)
     if length is not None and len(out) != length:
         raise BeliefLensError(f"{name} must have {length} entries, got {len(out)}: {out}")
     return out
+
+
+# ------------------------------------------------------------- options, positions, hooks, tensors
+from collections.abc import Sequence  # noqa: E402 (appended section; the lead may move it up)
+from typing import get_args  # noqa: E402
+
+__all__ += [
+    "Positions",
+    "check_finite_tensor",
+    "check_hook_name",
+    "check_option",
+    "check_positions",
+    "resolve_positions",
+]
+
+#: Positions as users give them: one index, several, or None for every position.
+Positions = int | Sequence[int] | None
+
+
+def check_option(name: str, value, options) -> str:
+    """``value`` if it is one of the ``Literal`` ``options``, else an error naming them."""
+    valid = get_args(options)
+    if not isinstance(value, str) or value not in valid:
+        raise BeliefLensError(
+            f"{name} must be one of {', '.join(repr(v) for v in valid)}; got {value!r}"
+        )
+    return value
+
+
+def check_hook_name(name: str, value) -> str:
+    """A full TransformerLens hook name: a non-empty string (whether the model has it is the
+    model's business, checked where the model is at hand)."""
+    if not isinstance(value, str) or not value:
+        raise BeliefLensError(
+            f"{name} must be a full TransformerLens hook name such as "
+            f"'blocks.3.hook_resid_post', got {value!r}"
+        )
+    return value
+
+
+def check_positions(name: str, value) -> tuple[int, ...] | None:
+    """Positions as a tuple of ints (an int is one position), or None for all; never empty."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, numbers.Integral) else value
+    if isinstance(items, str | bytes):
+        raise BeliefLensError(f"{name} must be an int, a sequence of ints or None, got {value!r}")
+    try:
+        items = list(items)
+    except TypeError:
+        raise BeliefLensError(
+            f"{name} must be an int, a sequence of ints or None, got {type(value).__name__}"
+        ) from None
+    if not items:
+        raise BeliefLensError(f"{name} is empty; give at least one position, or None for all")
+    for p in items:
+        if isinstance(p, bool | np.bool_) or not isinstance(p, numbers.Integral):
+            raise BeliefLensError(f"{name} must be ints, got {p!r} in {value!r}")
+    return tuple(int(p) for p in items)
+
+
+def resolve_positions(positions: tuple[int, ...] | None, n_pos: int) -> list[int]:
+    """Checked ``positions`` as distinct indices into ``n_pos`` positions (negative ones count
+    from the end; None is every position)."""
+    if positions is None:
+        return list(range(n_pos))
+    out = []
+    for p in positions:
+        if not -n_pos <= p < n_pos:
+            raise BeliefLensError(f"position {p} is out of range for {n_pos} positions")
+        out.append(p % n_pos)
+    if len(set(out)) != len(out):
+        raise BeliefLensError(f"positions {list(positions)} repeat a position of {n_pos}")
+    return out
+
+
+def check_finite_tensor(name: str, value) -> Tensor:
+    """A detached, contiguous float64 CPU copy of ``value``, refusing what
+    :func:`check_real_tensor` refuses and NaN or infinite entries (naming the first)."""
+    if isinstance(value, Tensor):
+        value = value.detach()
+    t = check_real_tensor(name, value).to("cpu").clone().contiguous()
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        raise BeliefLensError(
+            f"{name} contains {int(bad.sum())} NaN or infinite entries (first at index "
+            f"{torch.nonzero(bad)[0].tolist()})"
+        )
+    return t

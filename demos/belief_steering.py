@@ -157,7 +157,7 @@ def patch_every_layer(model, hmm, table, n):
     probes = {layer: table.probes[f"blocks.{layer}.hook_resid_post"] for layer in range(n_layers)}
     clean = sample_sequences(hmm, n, 10, seed=1)
     corrupted = sample_sequences(hmm, n, 10, seed=2)
-    result = patching_report(model, clean, corrupted, hmm, probes)
+    result = patching_report(model, clean, corrupted, probes, hmm)
     print(result.to_markdown())
     return result
 
@@ -178,9 +178,9 @@ def main(argv=None) -> int:
     summaries = {}
     for hk in hooks:
         rep = intervention_report(
-            model, None, hmm, table.probes[hk], hk, n_sequences=args.report_sequences
+            model, None, table.probes[hk], hk, hmm, n_sequences=args.report_sequences
         )
-        s = summaries[hk] = rep.summary()
+        s = summaries[hk] = rep.to_dict()
         print(
             f"{hk:26s} KL {s['kl_before_mean']:.4f} -> {s['kl_after_encoding_mean']:.4f} "
             f"encoding ({s['fold_encoding']:.0f}x), decoding {s['fold_decoding']:.1f}x, "
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     results = {
         "example": {k: v.tolist() for k, v in example.items()},
         "layers": summaries,
-        "patching": patching.summary(),
+        "patching": patching.to_dict(),
     }
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     print(f"figures in {out}/")

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         model, component, VOCAB_MAPS, HOOK, n_sequences=args.n_sequences, seed=args.seed
     )
     metrics = {
-        **result.metrics(),
+        **result.to_dict(),
         "train_steps": history.steps,
         "train_seconds": train_seconds,
         "loss": dataclasses.asdict(loss),

@@ -359,14 +359,14 @@ def test_steering_through_the_token_map(models):
     report = intervention_report(
         model,
         tokens,
-        hmm,
         probe,
         hook,
+        hmm,
         position=-1,
         token_map=tm,
         directions=("encoding", "control"),
     )
-    summary = report.summary()
+    summary = report.to_dict()
     assert summary["fold_encoding"] > 4, summary
     assert summary["fold_control"] < 2, summary
 
@@ -383,9 +383,9 @@ def test_steering_through_a_separated_map():
         model, hmm, tm, [hook], n_sequences=400, length=LENGTH, window=None, read_at="prediction"
     )
     report = intervention_report(
-        model, sample_sequences(hmm, 64, LENGTH, seed=3), hmm, table.probes[(hook, 0)], hook,
+        model, sample_sequences(hmm, 64, LENGTH, seed=3), table.probes[(hook, 0)], hook, hmm,
         token_map=tm, directions=("encoding", "control"),
     )  # fmt: skip
-    summary = report.summary()
+    summary = report.to_dict()
     assert summary["fold_encoding"] > 3, summary
     assert summary["fold_control"] < 2, summary

@@ -1,0 +1,197 @@
+"""Running a model with an intervention: ``intervene`` and its two shortcuts, ``steer_to_belief``
+and ``ablate_belief_subspace``.
+
+Every intervention runs through the model's own ``hooks()`` context manager, in eval mode without
+gradients, so no hook is left behind even when a run raises, and the hook must fire exactly once.
+Everything that can be checked (tokens, the exact hook, positions, batch, width) is checked before
+any forward pass. Any model exposing the TransformerLens hook API works (``HookedTransformer`` or
+``TransformerBridge``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from belief_lens.activations import (
+    check_tokens,
+    eval_mode,
+    model_device,
+    residual_hooks,
+    resolve_hook,
+)
+from belief_lens.errors import BeliefLensError
+from belief_lens.interventions.bases import as_basis
+from belief_lens.interventions.values import Ablate, AblateMode, Steer, SubspacePatch
+from belief_lens.validation import Positions, check_option
+
+__all__ = [
+    "Directions",
+    "ablate_belief_subspace",
+    "check_intervention",
+    "intervene",
+    "run_intervention",
+    "steer_along",
+    "steer_to_belief",
+]
+
+#: Steering directions: the probe's encoding map, its decoding map's minimum-norm inverse, or the
+#: encoding steer's norm-matched control.
+Directions = Literal["encoding", "decoding", "control"]
+
+
+def check_intervention(model: Any, tokens: Tensor, intervention: Any) -> None:
+    """Everything about ``intervention`` on ``model`` and checked ``tokens`` that can be checked
+    before a forward pass: its type, its exact hook, its width at a residual hook, its positions
+    and batch, and a source run's tokens."""
+    if not isinstance(intervention, (Steer, SubspacePatch, Ablate)):
+        raise BeliefLensError(
+            f"intervention must be a Steer, SubspacePatch or Ablate, got "
+            f"{type(intervention).__name__}"
+        )
+    if intervention.hook not in model.hook_dict:
+        raise BeliefLensError(
+            f"unknown hook {intervention.hook!r}: give a full hook name of this model, e.g. one "
+            f"of its residual-stream hooks {residual_hooks(model)}"
+        )
+    if intervention.hook in residual_hooks(model):
+        d_model = int(model.cfg.d_model)
+        if intervention.d_model != d_model:
+            raise BeliefLensError(
+                f"the basis has d={intervention.d_model} rows but {intervention.hook} has "
+                f"d_model={d_model}"
+            )
+    intervention.check_run(int(tokens.shape[0]), int(tokens.shape[1]))
+    if isinstance(intervention, SubspacePatch) and intervention.source_is_tokens:
+        check_tokens(model, intervention.source)
+
+
+def _run_hooked(
+    model: Any, tokens: Tensor, hook: str, fn: Callable[[Tensor], Tensor | None]
+) -> tuple[Tensor, Tensor]:
+    """Run ``model`` on ``tokens`` in eval mode with ``fn`` at ``hook`` through ``model.hooks()``;
+    the hook must fire exactly once. Returns the logits and the activation the hook saw."""
+    seen: list[Tensor] = []
+
+    def hook_fn(activation: Tensor, hook: Any = None) -> Tensor | None:
+        seen.append(activation)
+        return fn(activation)
+
+    with eval_mode(model), model.hooks(fwd_hooks=[(hook, hook_fn)]):
+        logits = model(tokens.to(model_device(model)))
+    if len(seen) != 1:
+        raise BeliefLensError(f"hook {hook!r} fired {len(seen)} times in one forward, expected 1")
+    return logits, seen[0]
+
+
+def run_intervention(
+    model: Any, tokens: Tensor, intervention: Steer | SubspacePatch | Ablate
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """``intervene`` on input already checked (``check_tokens``, ``check_intervention``)."""
+    if isinstance(intervention, SubspacePatch) and intervention.source_is_tokens:
+        _, source = _run_hooked(model, intervention.source, intervention.hook, lambda a: None)
+        return _run_hooked(
+            model, tokens, intervention.hook, lambda a: intervention.apply(a, source)
+        )[0]
+    return _run_hooked(model, tokens, intervention.hook, intervention.apply)[0]
+
+
+def intervene(
+    model: Any, tokens: Int[Tensor, "batch pos"], intervention: Steer | SubspacePatch | Ablate
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Run ``model`` on ``tokens`` with ``intervention`` applied at its hook; return the logits.
+
+    Tokens, the hook name (exact), positions, batch and (for residual hooks) the width are checked
+    before any forward pass. The hook runs through the model's own ``hooks()`` context manager,
+    which removes it on any exception, and must fire exactly once.
+    """
+    tokens = check_tokens(model, tokens)
+    check_intervention(model, tokens, intervention)
+    return run_intervention(model, tokens, intervention)
+
+
+def steer_along(
+    probe: Any,
+    hook: str,
+    target: Tensor,
+    directions: Directions = "encoding",
+    *,
+    positions: Positions = None,
+    scale: float = 1.0,
+    current: Tensor | None = None,
+    control_seed: int = 0,
+) -> Steer:
+    """``Steer.from_probe`` along ``directions``, where ``"control"`` is the encoding steer's
+    ``.control(control_seed)``."""
+    kind = check_option("directions", directions, Directions)
+    steer = Steer.from_probe(
+        probe,
+        hook,
+        target,
+        positions=positions,
+        scale=scale,
+        directions="encoding" if kind == "control" else kind,  # type: ignore[arg-type]
+        current=current,
+    )
+    return steer.control(control_seed) if kind == "control" else steer
+
+
+def steer_to_belief(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    probe: Any,
+    hook: str,
+    target: Tensor,
+    *,
+    positions: Positions = None,
+    scale: float = 1.0,
+    directions: Directions = "encoding",
+    current: Tensor | None = None,
+    control_seed: int = 0,
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Run ``model`` with the belief at ``hook`` steered to ``target``; return logits.
+
+    ``intervene(model, tokens, Steer.from_probe(probe, hook, target, ...))``; without ``current``
+    (e.g. the true belief) the current belief is the probe's read-out. ``directions="control"``
+    steers along the encoding steer's ``.control(control_seed)``.
+    """
+    tokens = check_tokens(model, tokens)
+    steer = steer_along(
+        probe,
+        resolve_hook(model, hook),
+        target,
+        directions,
+        positions=positions,
+        scale=scale,
+        current=current,
+        control_seed=control_seed,
+    )
+    check_intervention(model, tokens, steer)
+    return run_intervention(model, tokens, steer)
+
+
+def ablate_belief_subspace(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    basis: Any,
+    hook: str,
+    mode: AblateMode = "zero",
+    *,
+    mean_activation: Tensor | None = None,
+    positions: Positions = None,
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Run with the belief subspace at ``hook`` ablated: ``intervene(model, tokens, Ablate(...))``.
+    ``basis`` is a ``[d, k]`` orthonormal basis or a probe (its encoding basis)."""
+    tokens = check_tokens(model, tokens)
+    ablate = Ablate(
+        hook=resolve_hook(model, hook),
+        basis=as_basis(basis, "encoding"),
+        mode=mode,
+        mean=mean_activation,
+        positions=positions,  # type: ignore[arg-type]
+    )
+    check_intervention(model, tokens, ablate)
+    return run_intervention(model, tokens, ablate)
