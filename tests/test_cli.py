@@ -63,7 +63,7 @@ def test_output_is_checked_before_training(tmp_path, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking --out")
 
-    monkeypatch.setattr("belief_lens.training.train", no_training)
+    monkeypatch.setattr("belief_lens.experiments.paper.train", no_training)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["demo", "--max-steps", "1", "--out", str(blocker / "sub")]) == 2

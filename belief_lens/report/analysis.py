@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from belief_lens.activations import residual_hooks
-from belief_lens.beliefs import sample_sequences
+from belief_lens.beliefs import check_hmm, enumerate_sequences, sample_sequences
 from belief_lens.compmech import entropy_rate, myopic_entropy
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
@@ -39,20 +39,30 @@ from belief_lens.report.sections import UNDERTRAINED_RATIO
 from belief_lens.training import evaluate_loss
 from belief_lens.validation import check_float, check_int, check_seed
 
-__all__ = ["Analysis", "AnalysisConfig", "AnalysisMode", "analyse"]
+__all__ = [
+    "Analysis",
+    "AnalysisConfig",
+    "AnalysisMode",
+    "analyse",
+    "check_vocabulary",
+    "resolve_mode",
+]
 
 logger = logging.getLogger(__name__)
 
-AnalysisMode = Literal["paper", "weighted", "sampled"]
+AnalysisMode = Literal["paper", "weighted", "sampled", "auto"]
+#: Mode "auto" enumerates every sequence (the paper's data) where at most this many exist.
+MAX_ENUMERATED = 200_000
 
 
 @dataclass(frozen=True)
 class AnalysisConfig:
     """What :func:`analyse` runs; the defaults are the paper's analysis (all sequences,
-    unweighted). Validated at construction."""
+    unweighted). ``mode="auto"`` is ``"paper"`` where at most :data:`MAX_ENUMERATED` sequences of
+    the model's context length exist, else ``"sampled"``. Validated at construction."""
 
     mode: AnalysisMode = "paper"
-    n_sequences: int | None = None  # for mode="sampled"
+    n_sequences: int | None = None  # for mode="sampled" (or "auto" when it samples)
     test_fraction: float = 0.2
     ridge: float = 0.0
     seed: int = 0
@@ -119,6 +129,7 @@ def analyse(
     section; they may add their numbers to ``analysis.metrics``.
     """
     cfg = config or AnalysisConfig()
+    check_hmm(hmm)
     check_vocabulary(model, hmm)
     model.eval()
     t0 = time.perf_counter()
@@ -157,6 +168,20 @@ def check_vocabulary(model: Any, hmm: HMM) -> None:
         )
     if d_vocab > hmm.n_symbols:
         logger.warning("the model has %d tokens for %d symbols", d_vocab, hmm.n_symbols)
+
+
+def resolve_mode(hmm: HMM, n_ctx: int, mode: AnalysisMode) -> AnalysisMode:
+    """``mode``, with ``"auto"`` resolved: ``"paper"`` where at most :data:`MAX_ENUMERATED`
+    sequences of length ``n_ctx`` exist, else ``"sampled"``."""
+    if mode != "auto":
+        return mode
+    try:
+        enumerate_sequences(hmm, n_ctx, max_sequences=MAX_ENUMERATED)
+    except BeliefLensError:
+        logger.info("%s has too many sequences of length %d to enumerate: sampled probe data",
+                    hmm.name, n_ctx)  # fmt: skip
+        return "sampled"
+    return "paper"
 
 
 def _describe(model: Any, hmm: HMM) -> dict[str, Any]:
@@ -222,7 +247,7 @@ def _fit_probes(model: Any, hmm: HMM, cfg: AnalysisConfig, metrics: dict[str, An
         hmm,
         metrics["n_ctx"],
         residual_hooks(model),
-        mode=cfg.mode,
+        mode=resolve_mode(hmm, metrics["n_ctx"], cfg.mode),
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
         n_sequences=cfg.n_sequences,
