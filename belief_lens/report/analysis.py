@@ -139,15 +139,15 @@ def analyse(
     report = [sections.model_section(hmm, metrics)]
 
     state = _fit_probes(model, hmm, cfg, metrics)  # one forward pass, shared by what follows
-    logger.info("probes fitted (%.1f s)\n%s", time.perf_counter() - t0, state.table.to_markdown())
-    report.append(sections.geometry_section(state.table, state.data, state.best_hook,
-                                            state.ranked_by, cfg))  # fmt: skip
-    report.append(sections.probe_section(state.table, state.best_hook, state.ranked_by, cfg))
+    table, best, ranked_by = state.table, state.best_hook, state.ranked_by
+    logger.info("probes fitted (%.1f s)\n%s", time.perf_counter() - t0, table.to_markdown())
+    report.append(sections.geometry_section(table, state.data, best, ranked_by, cfg))
+    report.append(sections.probe_section(table, best, ranked_by, cfg))
     if cfg.controls:
-        report.append(sections.controls_section(state.table, _controls(state), state.best_hook))
+        report.append(sections.controls_section(table, _controls(state), best))
         logger.info("controls done (%.1f s)", time.perf_counter() - t0)
     if cfg.interventions:
-        report.append(sections.steering_section(_steering(state), state.best_hook))
+        report.append(sections.steering_section(_steering(state), best))
         report.append(sections.patching_section(_patching(state)))
         logger.info("interventions done (%.1f s)", time.perf_counter() - t0)
     report += [build(state) for build in extra_sections]
