@@ -1,12 +1,15 @@
-"""The ``belief-lens`` command: ``demo`` trains and analyses a model, ``probe`` a checkpoint.
+"""The ``belief-lens`` command: ``demo`` trains and analyses a model, ``probe`` a checkpoint,
+``factored`` runs the factored-geometry experiment, ``discover`` finds a simplex without labels.
 
-A thin layer over :func:`belief_lens.report.analyse`: it parses arguments into the same config
-objects the Python API uses, logs progress, and turns bad input into a one-line error.
+It parses arguments into the config objects the Python API uses, calls the recipe in
+:mod:`belief_lens.experiments`, logs progress, and turns bad input into a one-line error. Each
+subcommand imports its experiment when it runs, so ``--help`` pays for none of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import math
@@ -18,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from belief_lens.errors import BeliefLensError
+from belief_lens.hmm import HMM
+from belief_lens.models import load_checkpoint
+from belief_lens.processes import PROCESSES, make_process
 
 logger = logging.getLogger("belief_lens")
 
@@ -70,11 +76,8 @@ def _typed_param(name: str, key: str, text: str, annotation: Any) -> Any:
     return value
 
 
-def _process(name: str, params: Sequence[tuple[str, str]]):
-    import inspect
-
-    from belief_lens.processes import PROCESSES, make_process
-
+def _process(name: str, params: Sequence[tuple[str, str]]) -> HMM:
+    """The named process, its ``--param`` values typed by the process function's signature."""
     fn = PROCESSES.get(name)
     signature = inspect.signature(fn, eval_str=True).parameters if fn is not None else {}
     typed = {}
@@ -218,21 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _analysis_config(args: argparse.Namespace, hmm, n_ctx: int):
-    from belief_lens.beliefs import enumerate_sequences
-    from belief_lens.report import AnalysisConfig
+def _checkpoint(text: str) -> Path:
+    """The ``--checkpoint`` argument as a path to an existing file."""
+    path = Path(text)
+    if not path.is_file():
+        raise BeliefLensError(f"checkpoint {path} does not exist or is not a file")
+    return path
 
-    mode = args.mode
-    if mode is None:
-        try:
-            enumerate_sequences(hmm, n_ctx, max_sequences=200_000)
-            mode = "paper"
-        except BeliefLensError:
-            mode = "sampled"
-            logger.info("%s has too many sequences of length %d to enumerate: sampled probe data",
-                        hmm.name, n_ctx)  # fmt: skip
+
+def _analysis_config(args: argparse.Namespace) -> Any:
+    """The analysis options of ``demo`` and ``probe`` as an ``AnalysisConfig``."""
+    from belief_lens.report import AnalysisConfig  # plotly and the probes: not for --help
+
     return AnalysisConfig(
-        mode=mode,
+        mode=args.mode or "auto",
         n_sequences=args.n_sequences,
         ridge=args.ridge,
         seed=args.seed,
@@ -243,15 +245,15 @@ def _analysis_config(args: argparse.Namespace, hmm, n_ctx: int):
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from belief_lens.models import ModelConfig, save_checkpoint, toy_transformer
-    from belief_lens.report import analyse
-    from belief_lens.training import TrainConfig, train
+    """The ``demo`` subcommand: :func:`belief_lens.experiments.paper.run_paper_demo`."""
+    from belief_lens.experiments import paper
 
-    hmm = _process(args.process, args.param)
-    model_config = ModelConfig.paper(args.process, d_vocab=hmm.n_symbols, n_ctx=args.n_ctx)
-    config = TrainConfig.preset(
-        args.targets,
+    demo = paper.PaperDemo.preset(
         args.process,
+        _process(args.process, args.param),
+        n_ctx=args.n_ctx,
+        targets=args.targets,
+        analysis=_analysis_config(args),
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
@@ -260,49 +262,20 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     )
     out = _prepare_out(args.out, args.process, args.overwrite)
     args.out = str(out)
-    model = toy_transformer(model_config, seed=args.seed)
-    logger.info(
-        "training the paper architecture on %s for %.1f min%s (batches of %d, %s targets)",
-        hmm.name,
-        args.minutes,
-        f" or {args.max_steps} steps" if args.max_steps else "",
-        config.batch_size,
-        args.targets,
-    )
-    history = train(model, hmm, config, progress=not args.quiet)
-    logger.info("trained %d steps in %.1f s", history.steps, history.seconds)
-    extra = {"train_config": history.config, "process": history.process, "steps": history.steps}
-    save_checkpoint(model, out / "model.safetensors", extra=extra)
-    return analyse(
-        model,
-        hmm,
-        out,
-        config=_analysis_config(args, hmm, args.n_ctx),
-        history=history,
-        title=f"belief_lens demo: {hmm.name}",
-        extra_metrics={"train_seconds": history.seconds, "train_steps": history.steps},
-    )
+    return paper.run_paper_demo(demo, out, progress=not args.quiet)
 
 
 def run_probe(args: argparse.Namespace) -> dict[str, Any]:
-    from belief_lens.models import load_checkpoint
-    from belief_lens.report import analyse
+    """The ``probe`` subcommand: :func:`belief_lens.experiments.paper.analyse_checkpoint`."""
+    from belief_lens.experiments import paper
 
     hmm = _process(args.process, args.param)
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise BeliefLensError(f"checkpoint {path} does not exist or is not a file")
-    model = load_checkpoint(path)
+    checkpoint = _checkpoint(args.checkpoint)
+    config = _analysis_config(args)
+    model = load_checkpoint(checkpoint)
     out = _prepare_out(args.out, f"probe-{args.process}", args.overwrite)
     args.out = str(out)
-    return analyse(
-        model,
-        hmm,
-        out,
-        config=_analysis_config(args, hmm, int(model.cfg.n_ctx)),
-        title=f"belief_lens: {path.name} on {hmm.name}",
-        extra_metrics={"checkpoint": str(path)},
-    )
+    return paper.analyse_checkpoint(model, hmm, out, checkpoint=checkpoint, analysis=config)
 
 
 def _factored_parser(sub: Any) -> None:
@@ -349,19 +322,17 @@ def _discover_parser(sub: Any) -> None:
 
 
 def run_factored(args: argparse.Namespace) -> dict[str, Any]:
-    from belief_lens.factored import FactoredExperiment, run_factored_experiment
-    from belief_lens.report import factored_section, write_report
+    """The ``factored`` subcommand: :mod:`belief_lens.experiments.factored`."""
+    from belief_lens.experiments import factored
 
-    config = FactoredExperiment(
-        epsilon=args.epsilon, minutes=args.minutes, max_steps=args.max_steps, seed=args.seed
+    training = factored.factored_training(
+        seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed
     )
+    config = factored.FactoredExperiment(epsilon=args.epsilon, train=training)
     out = _prepare_out(args.out, "factored", overwrite=False)
     args.out = str(out)
-    logger.info("training on %s for up to %.1f min", config.process().name, config.minutes)
-    run = run_factored_experiment(config, out)
-    metrics = run.metrics()
-    write_report(args.out, f"belief_lens factored: {run.process_name}", [factored_section(run)],
-                 metrics)  # fmt: skip
+    logger.info("training on %s for up to %.1f min", config.process().name, args.minutes)
+    metrics = factored.write_factored_report(factored.run_factored_experiment(config, out), out)
     logger.info(
         "factor R^2 %s, max cosine %.3f, dims95 %d (factored %d, joint %d)",
         [round(r, 4) for r in metrics["factor_r2_heldout"]],
@@ -375,50 +346,16 @@ def run_factored(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_discover(args: argparse.Namespace) -> dict[str, Any]:
     """The ``discover`` subcommand: returns the metrics it wrote to ``DIR/discovery.json``."""
-    from belief_lens.activations import residual_stream, resolve_hook
-    from belief_lens.beliefs import enumerate_sequences
-    from belief_lens.discovery import discover_simplex
-    from belief_lens.models import load_checkpoint
-    from belief_lens.plotting import discovery_figure
-    from belief_lens.storage import atomic_write_text
+    from belief_lens.experiments import discovery
 
-    out = Path(args.out)
-    html, js = out / "discovery.html", out / "discovery.json"
-    for f in (html, js):
-        if f.exists():
-            raise BeliefLensError(f"{f} exists; choose another --out (nothing is overwritten)")
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise BeliefLensError(f"checkpoint {path} does not exist or is not a file")
-    hmm = _process(args.process, args.param)
-    model = load_checkpoint(path)
-    model.eval()
-    hook = resolve_hook(model, args.hook)
-    seqs = enumerate_sequences(hmm, int(model.cfg.n_ctx))
-    acts = residual_stream(model, seqs.tokens, hook)[hook]
-    found = discover_simplex(acts, args.n_vertices, seed=args.seed)
-    metrics: dict[str, Any] = {
-        "checkpoint": str(path),
-        "hook": hook,
-        "process": hmm.name,
-        "n_points": int(acts.shape[0] * acts.shape[1]),
-        "n_vertices": found.n_vertices,
-        "n_vertices_chosen_by": found.chosen_by,
-        "explained_variance_ratio": [float(v) for v in found.explained_variance_ratio],
-    }
-    beliefs = seqs.beliefs if found.n_vertices == hmm.n_states else None
-    if beliefs is not None:
-        sc = found.score(beliefs)
-        metrics.update(r2=sc.r2, mse=sc.mse, permutation=list(sc.permutation))
-    title = f"simplex found without labels: {path.name}, {hook}"
-    if beliefs is not None:
-        title += f" (R^2 {metrics['r2']:.3f} vs true beliefs)"
-    fig = discovery_figure(found, beliefs, title=title)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(html, fig.to_html(include_plotlyjs=True))
-    atomic_write_text(js, json.dumps(metrics, indent=2))
-    metrics["out"] = str(out)
-    return metrics
+    return discovery.discover_in_checkpoint(
+        _checkpoint(args.checkpoint),
+        _process(args.process, args.param),
+        args.out,
+        hook=args.hook,
+        n_vertices=args.n_vertices,
+        seed=args.seed,
+    )
 
 
 def _discover_summary(m: dict[str, Any]) -> str:
@@ -433,15 +370,12 @@ def _discover_summary(m: dict[str, Any]) -> str:
 def _summary(metrics: dict[str, Any], out: str) -> str:
     lines = [f"wrote {Path(out) / 'report.html'} and {Path(out) / 'metrics.json'}"]
     lines += [f"  {line}" for line in metrics.get("summary", [])]
-    probes = metrics.get("probes", {})
-    for hook, mse_heldout, r2_heldout, mse, overfit in zip(
-        probes.get("hook", []), probes.get("mse_heldout", []), probes.get("r2_heldout", []),
-        probes.get("mse_all", []), probes.get("overfit", []), strict=False,
-    ):  # fmt: skip
-        flag = "  OVERFIT" if overfit else ""
+    for row in metrics.get("probes", {}).get("rows", []):
+        flag = f"  OVERFIT: {row['overfit_reason']}" if row["overfit"] else ""
         lines.append(
-            f"  probe {hook:28s} held-out MSE {mse_heldout:.5f} R^2 {r2_heldout:.3f}   "
-            f"in-sample MSE {mse:.5f}{flag}"
+            f"  probe {row['hook']:28s} held-out MSE {row['mse_heldout']:.5f} "
+            f"± {row['mse_heldout_se']:.1g} R^2 {row['r2_heldout']:.3f}   "
+            f"in-sample MSE {row['mse_all']:.5f}{flag}"
         )
     if "figure_export" in metrics:
         lines.append(f"  {metrics['figure_export']}")

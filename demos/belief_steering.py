@@ -26,11 +26,11 @@ from plotly.subplots import make_subplots
 from belief_lens.activations import residual_hooks
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.interventions import Steer, intervene, intervention_report, patching_report
-from belief_lens.models import find_checkpoint, load_checkpoint, toy_transformer
+from belief_lens.models import ModelConfig, find_checkpoint, load_checkpoint, toy_transformer
 from belief_lens.plotting import patching_figure, simplex_projection
 from belief_lens.probes import collect_probe_data, fit_probes
 from belief_lens.processes import mess3
-from belief_lens.training import DEFAULTS, TrainConfig, train
+from belief_lens.training import TrainConfig, train
 
 
 def parse_args(argv):
@@ -55,10 +55,8 @@ def get_model(args, hmm):
     if path is not None:
         return load_checkpoint(path).eval()
     print("paper checkpoint not found: training the paper architecture from scratch")
-    model = toy_transformer(3, 10, seed=0)
-    config = TrainConfig(
-        **DEFAULTS["bayes"], targets="bayes", seconds=args.minutes * 60, steps=args.max_steps
-    )
+    model = toy_transformer(ModelConfig.paper("mess3", d_vocab=hmm.n_symbols), seed=0)
+    config = TrainConfig.preset("bayes", "mess3", seconds=args.minutes * 60, steps=args.max_steps)
     train(model, hmm, config, progress=False)
     return model.eval()
 

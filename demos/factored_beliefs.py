@@ -24,8 +24,12 @@ import json
 import sys
 from pathlib import Path
 
-from belief_lens.factored import FactoredExperiment, run_factored_experiment
-from belief_lens.report import factored_section, write_report
+from belief_lens.experiments.factored import (
+    FactoredExperiment,
+    factored_training,
+    run_factored_experiment,
+    write_factored_report,
+)
 
 
 def parse_args(argv):
@@ -40,14 +44,9 @@ def parse_args(argv):
 
 # %%
 def run_one(epsilon: float, args, out: Path) -> dict:
-    config = FactoredExperiment(
-        epsilon=epsilon, minutes=args.minutes, max_steps=args.max_steps, seed=args.seed
-    )
-    run = run_factored_experiment(config, out)
-    metrics = run.metrics()
-    write_report(out, f"Factored belief geometry: {run.process_name}", [factored_section(run)],
-                 metrics)  # fmt: skip
-    return metrics
+    training = factored_training(seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed)
+    run = run_factored_experiment(FactoredExperiment(epsilon=epsilon, train=training), out)
+    return write_factored_report(run, out, f"Factored belief geometry: {run.process_name}")
 
 
 def main(argv=None) -> int:

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from belief_lens.activations import residual_hooks
-from belief_lens.models import PAPER_ARCHITECTURES, load_checkpoint, toy_transformer
+from belief_lens.models import ModelConfig, load_checkpoint, toy_transformer
 from belief_lens.plotting import compare_figure, layer_grid_figure, training_curve_figure
 from belief_lens.probes import collect_probe_data, fit_probes, next_token_control
 from belief_lens.processes import make_process
-from belief_lens.training import DEFAULTS, TrainConfig, train
+from belief_lens.training import TrainConfig, train
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,9 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def get_model(args: argparse.Namespace, hmm):
     if args.checkpoint:
         return load_checkpoint(args.checkpoint), None
-    model = toy_transformer(hmm.n_symbols, 10, seed=0, **PAPER_ARCHITECTURES[args.process])
-    config = TrainConfig(
-        **DEFAULTS["bayes"], targets="bayes", seconds=args.minutes * 60, steps=args.max_steps
+    model = toy_transformer(ModelConfig.paper(args.process, d_vocab=hmm.n_symbols), seed=0)
+    config = TrainConfig.preset(
+        "bayes", args.process, seconds=args.minutes * 60, steps=args.max_steps
     )
     history = train(model, hmm, config, progress=False)
     return model, history

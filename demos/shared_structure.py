@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from belief_lens.activations import eval_mode
-from belief_lens.models import PAPER_ARCHITECTURES, save_checkpoint, toy_transformer
+from belief_lens.models import ModelConfig, save_checkpoint, toy_transformer
 from belief_lens.plotting import compare_figure
 from belief_lens.processes import mess3, mixture
 from belief_lens.report import shared_structure_section, write_report
-from belief_lens.training import DEFAULTS, TrainConfig, evaluate_loss, train
+from belief_lens.training import TrainConfig, evaluate_loss, train
 from belief_lens.transfer import collect_vocab, shared_structure
 
 VOCAB_MAPS = [[0, 1, 2], [3, 4, 5]]
@@ -53,13 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{out / 'metrics.json'} exists; choose another --out")
     component = mess3()
     hmm = mixture([component, component], vocab_maps=VOCAB_MAPS)
-    model = toy_transformer(6, 10, seed=args.seed, **PAPER_ARCHITECTURES["mess3"])
-    config = TrainConfig(
-        seconds=args.minutes * 60,
-        steps=args.max_steps,
-        targets="bayes",
-        seed=args.seed,
-        **DEFAULTS["bayes"],
+    model = toy_transformer(ModelConfig.paper("mess3", d_vocab=6), seed=args.seed)
+    config = TrainConfig.preset(
+        "bayes", "mess3", seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed
     )
     t0 = time.perf_counter()
     history = train(model, hmm, config, progress=False)

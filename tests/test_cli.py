@@ -26,7 +26,7 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert 0 < metrics["train_seconds"] == metrics["training"]["seconds"]
     assert metrics["model_loss"]["optimal_loss_method"] == "exact"
     assert metrics["training"]["config"]["lr"] == PROCESS_LEARNING_RATES["rrxor"] == 3e-3
-    hooks = metrics["probes"]["hook"]
+    hooks = [row["hook"] for row in metrics["probes"]["rows"]]
     assert hooks[0] == "blocks.0.hook_resid_pre" and hooks[-1] == "concat"
     assert set(metrics["controls"]) == {
         "shuffled beliefs", "untrained model", "next-token targets", "distance_r2"
@@ -63,7 +63,7 @@ def test_output_is_checked_before_training(tmp_path, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking --out")
 
-    monkeypatch.setattr("belief_lens.training.train", no_training)
+    monkeypatch.setattr("belief_lens.experiments.paper.train", no_training)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["demo", "--max-steps", "1", "--out", str(blocker / "sub")]) == 2
@@ -118,7 +118,7 @@ def test_probe_reproduces_the_paper_checkpoint(shared_checkpoint, tmp_path):
     argv += ["--no-controls", "--no-interventions"]  # paper mode: all 59,049 sequences
     assert main(["-q", *argv]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    mse = dict(zip(metrics["probes"]["hook"], metrics["probes"]["mse_all"], strict=True))
+    mse = {row["hook"]: row["mse_all"] for row in metrics["probes"]["rows"]}
     assert mse["blocks.3.hook_resid_post"] == pytest.approx(0.0004, abs=0.0001)
     assert mse["ln_final.hook_normalized"] == pytest.approx(0.0003, abs=0.0001)
     assert metrics["model_loss"]["loss_over_optimal"] < 1.002

@@ -26,14 +26,14 @@ def test_paper_figures_from_scratch(process, tmp_path):
     for name in ("geometry.html", "layers.html", "training.html", "metrics.json"):
         assert (out / name).stat().st_size > 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["probes"]["hook"][-1] == "concat"
+    assert metrics["probes"]["rows"][-1]["hook"] == "concat"
 
 
 def test_paper_figures_on_the_paper_checkpoint(shared_checkpoint, tmp_path):
     argv = ["--checkpoint", str(shared_checkpoint("rrxor_paper")), "--process", "rrxor"]
     assert load("paper_figures").main([*argv, "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    r2 = dict(zip(metrics["probes"]["hook"], metrics["probes"]["r2_all"], strict=True))
+    r2 = {row["hook"]: row["r2_all"] for row in metrics["probes"]["rows"]}
     # RRXOR: the concatenated residual stream holds the geometry better than any single layer.
     assert r2["concat"] > max(v for k, v in r2.items() if k != "concat")
 

@@ -34,7 +34,7 @@ def test_demo_runs_locally(demo, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"model", "mess3", "rrxor"}
     assert len(metrics["mess3"]["curve"]["kl_mean"]) == 7  # BOS prediction + 6 symbols
-    assert len(metrics["rrxor"]["probes"]["hook"]) == 4 * 2  # 4 residual hooks x 2 windows
+    assert len(metrics["rrxor"]["probes"]["rows"]) == 4 * 2  # 4 residual hooks x 2 windows
     printed = capsys.readouterr().out
     assert "mess3" in printed and "KL(Bayes || model)" in printed
 

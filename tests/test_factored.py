@@ -9,7 +9,7 @@ import torch
 
 from belief_lens.beliefs import sample_sequences
 from belief_lens.errors import BeliefLensError
-from belief_lens.factored import (
+from belief_lens.factored_geometry import (
     cumulative_explained_variance,
     dims_for,
     factored_geometry,
@@ -170,25 +170,48 @@ def test_bad_inputs_raise(setup):
         factored_geometry(acts, fb)
 
 
+def test_model_factored_geometry_takes_model_and_tokens_first():
+    from belief_lens.factored_geometry import geometry_over_training, model_factored_geometry
+    from belief_lens.models import toy_transformer
+
+    m = mess3()
+    hmm = product(m, m)
+    model = toy_transformer(9, 4, n_layers=1, d_model=16, d_mlp=32, seed=0).eval()
+    tokens = sample_sequences(hmm, 200, 4, seed=0)
+    hook = "blocks.0.hook_resid_post"
+    geo = model_factored_geometry(model, tokens, hmm, (m, m), hook, n_vary_one=40)
+    assert geo.hook == hook and len(geo.factor_r2) == 2
+    exported = geo.to_dict()
+    assert exported["hook"] == hook and exported["verdict"] == geo.verdict
+    assert exported["factor_r2_heldout"] == list(geo.factor_r2)
+    course = geometry_over_training([(2, model), (1, model)], tokens, hmm, (m, m), hook,
+                                    n_vary_one=40)  # fmt: skip
+    assert course.steps == (1, 2) and course.to_dict()["dims_95"] == [geo.dims_95] * 2
+    with pytest.raises(BeliefLensError, match="full hook name"):
+        model_factored_geometry(model, tokens, hmm, (m, m), 3)
+
+
 def test_experiment_end_to_end_on_a_tiny_budget(tmp_path):
-    from belief_lens.factored import FactoredExperiment, run_factored_experiment
-    from belief_lens.report import factored_section, write_report
+    from belief_lens.experiments.factored import (
+        FactoredExperiment,
+        factored_training,
+        run_factored_experiment,
+        write_factored_report,
+    )
     from belief_lens.training import step_checkpoints
 
     config = FactoredExperiment(
         epsilon=0.1,
-        minutes=None,
-        max_steps=4,
+        train=factored_training(steps=4, checkpoint_every=2),
         n_ctx=3,
         n_eval_sequences=300,
         n_vary_one=60,
         n_checkpoints=2,
-        checkpoint_every=2,
     )
     run = run_factored_experiment(config, tmp_path)
     assert [s for s, _ in step_checkpoints(tmp_path / "checkpoints")] == [2, 4]
     assert run.over_training.steps == (2, 4) and run.steps == 4
-    metrics = run.metrics()
+    metrics = run.to_dict()
     required = {
         "factor_r2_heldout", "joint_r2_heldout", "max_subspace_cosine", "dims_95", "dims_99",
         "predicted_dims_factored", "predicted_dims_joint", "epsilon", "steps",
@@ -197,21 +220,33 @@ def test_experiment_end_to_end_on_a_tiny_budget(tmp_path):
     assert len(metrics["factor_r2_heldout"]) == 2
     assert (metrics["predicted_dims_factored"], metrics["predicted_dims_joint"]) == (4, 8)
     assert metrics["epsilon"] == 0.1 and metrics["factored_cost_nats"] > 0
-    paths = write_report(tmp_path, "factored", [factored_section(run)], metrics)
-    assert "principal-angle cosines" in paths["html"].read_text()
+    assert metrics["hook"] == run.final.hook == "blocks.3.hook_resid_post"
+    assert metrics["over_training"]["steps"] == [2, 4]
+    written = write_factored_report(run, tmp_path, "factored")  # adds the page's summary lines
+    assert {k: v for k, v in written.items() if k != "summary"} == metrics
+    assert "principal-angle cosines" in (tmp_path / "report.html").read_text()
     with pytest.raises(BeliefLensError, match="already holds checkpoints"):
         run_factored_experiment(config, tmp_path)
 
 
 def test_experiment_config_is_validated():
-    from belief_lens.factored import FactoredExperiment
+    from belief_lens.experiments.factored import FactoredExperiment, factored_training
+    from belief_lens.training import TrainConfig
 
+    default = FactoredExperiment().train
+    # the Bayes preset, with the factored run's learning rate, warmup and evaluations
+    preset = TrainConfig.preset("bayes", "mess3", seconds=240.0)
+    assert default == preset.replace(lr=3e-3, warmup_steps=10, eval_sequences=512)
     with pytest.raises(BeliefLensError, match="epsilon"):
         FactoredExperiment(epsilon=2.0)
-    with pytest.raises(BeliefLensError, match="minutes, max_steps"):
-        FactoredExperiment(minutes=None)
+    with pytest.raises(BeliefLensError, match="steps, n_tokens or seconds"):
+        factored_training()
     with pytest.raises(BeliefLensError, match="targets"):
-        FactoredExperiment(targets="logits")
+        factored_training("logits", steps=1)
+    with pytest.raises(BeliefLensError, match="train must be a TrainConfig"):
+        FactoredExperiment(train={"steps": 4})
+    with pytest.raises(BeliefLensError, match="n_checkpoints"):
+        FactoredExperiment(n_checkpoints=0)
 
 
 def test_cli_and_demo_run_end_to_end(tmp_path, capsys):

@@ -71,7 +71,7 @@ def test_sections_compose_into_one_page_with_a_summary():
 def test_write_report_without_kaleido_names_what_is_missing(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        rp.importlib.util, "find_spec", lambda n, *a: None if n == "kaleido" else real(n, *a)
+        importlib.util, "find_spec", lambda n, *a: None if n == "kaleido" else real(n, *a)
     )
     metrics: dict = {}
     paths = write_report(
@@ -140,3 +140,59 @@ def test_analyse_composes_sections_and_takes_extra_ones(tmp_path):
     # concatenation (worse than the best hook held out for this untrained model) is left out.
     assert "no better than the best hook held out" in " ".join(metrics["summary"])
     assert page.count('"type":"scatter3d"') == 2 and '"scene2"' in page
+
+
+def test_the_package_re_exports_its_public_api():
+    import belief_lens.plotting as plotting
+    from belief_lens.report import analysis, document, experiment_sections
+
+    assert rp.analyse is analysis.analyse and rp.Table is document.Table
+    assert rp.factored_section is experiment_sections.factored_section
+    for package in (rp, plotting):
+        missing = [name for name in package.__all__ if not hasattr(package, name)]
+        assert not missing, f"{package.__name__} lists {missing} but does not export them"
+
+
+def test_analysis_config_is_validated_at_construction():
+    assert rp.AnalysisConfig(export=["svg"]).export == ("svg",)
+    for kwargs, message in (
+        ({"mode": "all"}, "mode must be one of"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"n_sequences": 0}, "n_sequences"),
+        ({"seed": -1}, "seed"),
+        ({"export": ("jpg",)}, "png, pdf or svg"),
+        ({"export": "png"}, "png, pdf or svg"),
+        ({"controls": "no"}, "controls must be True or False"),
+    ):
+        with pytest.raises(BeliefLensError, match=message):
+            rp.AnalysisConfig(**kwargs)
+
+
+def test_a_table_turns_on_its_side():
+    t = Table(("position", "loss"), ((0, 0.51), (1, 0.25)), ("d", ".2f"), caption="c")
+    side = t.transposed()
+    assert side.columns == ("", "0", "1") and side.rows == (("loss", "0.51", "0.25"),)
+    assert side.caption == "c" and side.formats == ("", "", "")
+
+
+def test_probe_section_reads_the_keys_the_probe_table_has():
+    from belief_lens.probes import ProbeTable
+    from belief_lens.report.sections import probe_section
+
+    def row(hook, overfit, heldout_mse):
+        return {
+            "hook": hook, "features": 64, "train_prefixes": 900, "test_prefixes": 200,
+            "mse_heldout": heldout_mse, "r2_heldout": 0.9, "mse_train": 0.01, "r2_train": 0.95,
+            "mse_all": 0.01, "r2_all": 0.95, "rank": 64, "overfit": overfit,
+        }  # fmt: skip
+
+    table = ProbeTable([row("a", False, 0.02), row("concat", True, math.nan)], meta={})
+    section = probe_section(table, "a", "held-out", rp.AnalysisConfig())
+    (t,) = section.tables
+    assert t.columns == (
+        "hook", "features", "training prefixes", "MSE in-sample", "R² in-sample", "MSE train",
+        "MSE held-out", "R² held-out", "flag",
+    )  # fmt: skip
+    assert t.rows[0][2] == 900 and t.rows[0][-1] == "" and t.rows[1][-1] == "overfit"
+    assert math.isnan(t.rows[1][6]) and "split by prefix" in section.text[0]
+    assert "Flagged rows may overfit" in section.text[1]

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from belief_lens.activations import residual_stream
 from belief_lens.errors import BeliefLensError
 from belief_lens.factors import FactoredBeliefs, PredictedDims, factored_beliefs, vary_one_tokens
 from belief_lens.hmm import HMM
@@ -24,10 +25,7 @@ from belief_lens.metrics import principal_cosines
 from belief_lens.probes import AffineProbe, split_prefixes
 
 __all__ = [
-    "DEFAULT_HOOK",
-    "FactoredExperiment",
     "FactoredGeometry",
-    "FactoredRun",
     "GeometryOverTraining",
     "SubspacePair",
     "cumulative_explained_variance",
@@ -35,7 +33,6 @@ __all__ = [
     "factored_geometry",
     "geometry_over_training",
     "model_factored_geometry",
-    "run_factored_experiment",
     "vary_one_overlap",
 ]
 
@@ -66,7 +63,7 @@ class SubspacePair:
 class FactoredGeometry:
     """One layer's factored-geometry measurements; all R^2 are on held-out sequences."""
 
-    hook_name: str | None
+    hook: str | None
     factor_r2: tuple[float, ...]  # probe to each factor's marginal belief
     joint_r2: float  # probe to the joint belief
     factored_r2: float  # probe to all marginals side by side
@@ -94,6 +91,25 @@ class FactoredGeometry:
             return "joint"
         return "unclear"
 
+    def to_dict(self) -> dict[str, Any]:
+        """The measurements as JSON-ready values (R^2 keys end in ``_heldout``)."""
+        return {
+            "hook": self.hook,
+            "factor_r2_heldout": list(self.factor_r2),
+            "joint_r2_heldout": self.joint_r2,
+            "factored_r2_heldout": self.factored_r2,
+            "max_subspace_cosine": self.max_subspace_cosine,
+            "subspace_cosines": [list(p.cosines) for p in self.pairs],
+            "vary_one_overlap": [p.overlap for p in self.pairs],
+            "vary_one_random_baseline": [p.baseline for p in self.pairs],
+            "dims_95": self.dims_95,
+            "dims_99": self.dims_99,
+            "predicted_dims_factored": self.predicted.factored,
+            "predicted_dims_joint": self.predicted.joint,
+            "verdict": self.verdict,
+            "explained_variance": list(self.explained_variance),
+        }
+
 
 @dataclass(frozen=True)
 class GeometryOverTraining:
@@ -105,6 +121,17 @@ class GeometryOverTraining:
     def series(self, name: str) -> list[Any]:
         """One field or property of every step's geometry, e.g. ``series("dims_95")``."""
         return [getattr(g, name) for g in self.geometries]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The course of the headline measurements, one list entry per step."""
+        return {
+            "steps": list(self.steps),
+            "dims_95": self.series("dims_95"),
+            "dims_99": self.series("dims_99"),
+            "max_subspace_cosine": self.series("max_subspace_cosine"),
+            "factor_r2_heldout": [list(r) for r in self.series("factor_r2")],
+            "joint_r2_heldout": self.series("joint_r2"),
+        }
 
 
 # ----------------------------------------------------------------------------- pure measures
@@ -178,7 +205,7 @@ def factored_geometry(
     seed: int = 0,
     vary_one: Sequence[Float[Tensor, "m L d"]] | None = None,
     ridge: float = 0.0,
-    hook_name: str | None = None,
+    hook: str | None = None,
 ) -> FactoredGeometry:
     """Measure the factored geometry of ``acts`` against ``beliefs``.
 
@@ -186,7 +213,7 @@ def factored_geometry(
     (True = held out), by default ``split_prefixes(tokens, test_fraction, seed)``, the
     leak-free split by prefix. ``vary_one[i]`` are activations of sequences in which only factor
     ``i`` varies (see :func:`belief_lens.factors.vary_one_tokens`); without them the vary-one
-    overlaps are None. Effective dimension uses all rows.
+    overlaps are None. Effective dimension uses all rows. ``hook`` names where ``acts`` were read.
     """
     acts = torch.as_tensor(acts, dtype=torch.float64)
     n, L = beliefs.joint.shape[:2]
@@ -234,7 +261,7 @@ def factored_geometry(
             )
     curve = cumulative_explained_variance(acts)
     return FactoredGeometry(
-        hook_name=hook_name,
+        hook=hook,
         factor_r2=tuple(factor_r2),
         joint_r2=joint_r2,
         factored_r2=factored_r2,
@@ -251,10 +278,10 @@ def factored_geometry(
 
 def model_factored_geometry(
     model: Any,
+    tokens: Tensor,
     hmm: HMM,
     factors: Sequence[HMM],
     hook: str,
-    tokens: Tensor,
     *,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -266,12 +293,9 @@ def model_factored_geometry(
 
     Vary-one data is drawn from the independent product of ``factors``.
     """
-    from belief_lens.activations import residual_stream
-
-    shape = [f.n_states for f in factors]
-    beliefs = factored_beliefs(hmm, shape, tokens)
     if not isinstance(hook, str):
         raise BeliefLensError(f"hook must be a full hook name, got {hook!r}")
+    beliefs = factored_beliefs(hmm, [f.n_states for f in factors], tokens)
     acts = residual_stream(model, tokens, hook)[hook]
     vary = [
         residual_stream(
@@ -287,16 +311,16 @@ def model_factored_geometry(
         seed=seed,
         vary_one=vary,
         ridge=ridge,
-        hook_name=hook,
+        hook=hook,
     )
 
 
 def geometry_over_training(
     checkpoints: Iterable[tuple[int, Any]],
+    tokens: Tensor,
     hmm: HMM,
     factors: Sequence[HMM],
     hook: str,
-    tokens: Tensor,
     **kwargs: Any,
 ) -> GeometryOverTraining:
     """:func:`model_factored_geometry` for each ``(step, model)``, e.g. the trainer's step
@@ -304,7 +328,7 @@ def geometry_over_training(
     steps, geoms = [], []
     for step, model in checkpoints:
         steps.append(int(step))
-        geoms.append(model_factored_geometry(model, hmm, factors, hook, tokens, **kwargs))
+        geoms.append(model_factored_geometry(model, tokens, hmm, factors, hook, **kwargs))
     if not steps:
         raise BeliefLensError("geometry_over_training got no checkpoints")
     order = sorted(range(len(steps)), key=steps.__getitem__)
@@ -312,192 +336,4 @@ def geometry_over_training(
         raise BeliefLensError(f"checkpoint steps repeat: {sorted(steps)}")
     return GeometryOverTraining(
         steps=tuple(steps[k] for k in order), geometries=tuple(geoms[k] for k in order)
-    )
-
-
-# ----------------------------------------------------------------------------- the experiment
-
-#: Where the paper reads the residual stream; the last layer's output before the final norm.
-DEFAULT_HOOK = "blocks.3.hook_resid_post"
-
-
-@dataclass(frozen=True)
-class FactoredExperiment:
-    """Train the paper's Mess3 architecture on Mess3 x Mess3 seen through joint-vocabulary noise
-    ``epsilon`` (0: independent factors), then measure the factored geometry over training."""
-
-    epsilon: float = 0.0
-    minutes: float | None = 4.0  # training time budget; None: max_steps alone sets the length
-    n_ctx: int = 10
-    hook: str = DEFAULT_HOOK
-    n_eval_sequences: int = 3000  # sampled sequences the probes are fitted and scored on
-    n_vary_one: int = 1000
-    n_checkpoints: int = 8  # analysed, evenly spaced over the run (the last always)
-    checkpoint_every: int | None = None  # steps between step checkpoints; None: each tenth
-    eval_sequences: int = 512  # the trainer's loss evaluations (one per checkpoint)
-    batch_size: int = 128
-    lr: float = 3e-3
-    targets: Literal["bayes", "tokens"] = "bayes"
-    max_steps: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.epsilon <= 1:
-            raise BeliefLensError(f"epsilon must be in [0, 1], got {self.epsilon}")
-        if self.minutes is None and self.max_steps is None:
-            raise BeliefLensError("give minutes, max_steps or both to bound training")
-        if self.minutes is not None and not self.minutes > 0:
-            raise BeliefLensError(f"minutes must be positive, got {self.minutes}")
-        for name in (
-            "n_ctx", "n_eval_sequences", "n_vary_one", "n_checkpoints", "eval_sequences",
-            "batch_size",
-        ):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise BeliefLensError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.targets not in ("bayes", "tokens"):
-            raise BeliefLensError(f"targets must be 'bayes' or 'tokens', got {self.targets!r}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise BeliefLensError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise BeliefLensError(f"max_steps must be >= 1, got {self.max_steps}")
-
-    def factors(self) -> tuple[HMM, HMM]:
-        from belief_lens.processes import mess3
-
-        return mess3(), mess3()
-
-    def process(self) -> HMM:
-        from belief_lens.processes import noisy_product, product
-
-        f = self.factors()
-        return product(*f) if self.epsilon == 0 else noisy_product(*f, epsilon=self.epsilon)
-
-
-@dataclass(frozen=True)
-class FactoredRun:
-    """What :func:`run_factored_experiment` found: the final geometry and its course."""
-
-    config: FactoredExperiment
-    process_name: str
-    steps: int
-    train_seconds: float  # wall clock of the training run, its evaluations included
-    train_cpu_seconds: float  # CPU time of this process (all its threads) over the same span
-    final: FactoredGeometry
-    over_training: GeometryOverTraining
-    factored_cost: float  # mean nats per position lost by the product of marginals
-    truth: tuple[Float[Tensor, "k S_i"], ...]  # each factor's true marginal, held-out rows
-    probed: tuple[Float[Tensor, "k S_i"], ...]  # the per-factor probes' outputs there
-    loss_over_optimal: float | None
-
-    def metrics(self) -> dict[str, Any]:
-        """The numbers ``metrics.json`` holds."""
-        g = self.final
-        return {
-            "process": self.process_name,
-            "epsilon": self.config.epsilon,
-            "steps": self.steps,
-            "train_seconds": self.train_seconds,
-            "train_cpu_seconds": self.train_cpu_seconds,
-            "hook": g.hook_name,
-            "factor_r2_heldout": list(g.factor_r2),
-            "joint_r2_heldout": g.joint_r2,
-            "factored_r2_heldout": g.factored_r2,
-            "max_subspace_cosine": g.max_subspace_cosine,
-            "subspace_cosines": [list(p.cosines) for p in g.pairs],
-            "vary_one_overlap": [p.overlap for p in g.pairs],
-            "vary_one_random_baseline": [p.baseline for p in g.pairs],
-            "dims_95": g.dims_95,
-            "dims_99": g.dims_99,
-            "predicted_dims_factored": g.predicted.factored,
-            "predicted_dims_joint": g.predicted.joint,
-            "verdict": g.verdict,
-            "factored_cost_nats": self.factored_cost,
-            "loss_over_optimal": self.loss_over_optimal,
-            "over_training": {
-                "steps": list(self.over_training.steps),
-                "dims_95": self.over_training.series("dims_95"),
-                "dims_99": self.over_training.series("dims_99"),
-                "max_subspace_cosine": self.over_training.series("max_subspace_cosine"),
-                "factor_r2_heldout": [list(r) for r in self.over_training.series("factor_r2")],
-                "joint_r2_heldout": self.over_training.series("joint_r2"),
-            },
-        }
-
-
-def run_factored_experiment(config: FactoredExperiment, work_dir: Any) -> FactoredRun:
-    """Train as ``config`` says (step checkpoints in ``work_dir/checkpoints``, all kept), then
-    measure ``n_checkpoints`` of them, evenly spaced and ending with the last."""
-    import time
-    from pathlib import Path
-
-    from belief_lens.beliefs import sample_sequences
-    from belief_lens.factors import factored_cost
-    from belief_lens.models import PAPER_ARCHITECTURES, load_checkpoint, toy_transformer
-    from belief_lens.training import TrainConfig, step_checkpoints, train
-
-    ckpt_dir = Path(work_dir) / "checkpoints"
-    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-        raise BeliefLensError(
-            f"{ckpt_dir} already holds checkpoints; choose another directory so nothing is lost"
-        )
-    hmm, factors = config.process(), config.factors()
-    model = toy_transformer(
-        hmm.n_symbols, config.n_ctx, seed=config.seed, **PAPER_ARCHITECTURES["mess3"]
-    )
-    train_config = TrainConfig(
-        seconds=None if config.minutes is None else config.minutes * 60,
-        steps=config.max_steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        warmup_steps=10,
-        targets=config.targets,
-        seed=config.seed,
-        checkpoint_every=config.checkpoint_every,
-        eval_every=config.checkpoint_every,
-        eval_sequences=config.eval_sequences,
-        keep_checkpoints=10**9,  # every step checkpoint stays: they are the course of training
-    )
-    t0, c0 = time.perf_counter(), time.process_time()
-    history = train(model, hmm, train_config, checkpoint_dir=ckpt_dir, progress=False)
-    train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-
-    tokens = sample_sequences(hmm, config.n_eval_sequences, config.n_ctx, seed=config.seed + 1)
-    kwargs = {"seed": config.seed, "n_vary_one": config.n_vary_one}
-
-    saved = step_checkpoints(ckpt_dir)
-    picks = sorted({round(i * (len(saved) - 1) / max(1, config.n_checkpoints - 1))
-                    for i in range(config.n_checkpoints)})  # fmt: skip
-    chosen = [saved[i] for i in picks]
-
-    def models():
-        for step, path in chosen:
-            yield step, load_checkpoint(path / "model.safetensors").eval()
-
-    course = geometry_over_training(models(), hmm, factors, config.hook, tokens, **kwargs)
-    final = course.geometries[-1]
-    # Each factor's simplex, truth beside probe, on held-out prefixes of the final model.
-    from belief_lens.activations import residual_stream
-
-    last = load_checkpoint(chosen[-1][1] / "model.safetensors").eval()
-    acts = residual_stream(last, tokens, config.hook)[config.hook].double()
-    beliefs = factored_beliefs(hmm, [f.n_states for f in factors], tokens)
-    test = split_prefixes(tokens, 0.2, config.seed)
-    truth, probed = [], []
-    for marginal in beliefs.marginals:
-        probe = AffineProbe().fit(acts[~test], marginal[~test])
-        truth.append(marginal[test])
-        probed.append(probe.predict(acts[test]))
-    cost = factored_cost(hmm, [f.n_states for f in factors], tokens)
-    return FactoredRun(
-        config=config,
-        process_name=hmm.name,
-        steps=history.steps,
-        train_seconds=train_seconds,
-        train_cpu_seconds=train_cpu,
-        final=final,
-        over_training=course,
-        factored_cost=float(cost.mean()),
-        truth=tuple(truth),
-        probed=tuple(probed),
-        loss_over_optimal=history.evals[-1].loss_over_optimal if history.evals else None,
     )

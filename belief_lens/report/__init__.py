@@ -1,0 +1,39 @@
+"""The end-to-end analysis of one model on one process, written as one ``report.html`` and a
+``metrics.json`` holding every figure shown.
+
+- :mod:`~belief_lens.report.document`: tables, figures and sections, the page they compose into,
+  and figure export;
+- :mod:`~belief_lens.report.analysis`: :class:`AnalysisConfig` and :func:`analyse`, the analysis
+  in named steps;
+- :mod:`~belief_lens.report.sections`: the analysis's sections, worded and drawn from its numbers;
+- :mod:`~belief_lens.report.experiment_sections`: the factored-geometry and shared-structure
+  sections.
+"""
+
+from belief_lens.report.analysis import Analysis, AnalysisConfig, AnalysisMode, analyse
+from belief_lens.report.document import (
+    ExportFormat,
+    ReportFigure,
+    Section,
+    Table,
+    compose_html,
+    export_figures,
+    write_report,
+)
+from belief_lens.report.experiment_sections import factored_section, shared_structure_section
+
+__all__ = [
+    "Analysis",
+    "AnalysisConfig",
+    "AnalysisMode",
+    "ExportFormat",
+    "ReportFigure",
+    "Section",
+    "Table",
+    "analyse",
+    "compose_html",
+    "export_figures",
+    "factored_section",
+    "shared_structure_section",
+    "write_report",
+]

@@ -1,0 +1,280 @@
+"""The report as a document: tables with one number format per column, figures, sections, and
+the page they compose into (``report.html`` beside ``plotly.min.js``, ``metrics.json``, and each
+figure exported as PNG/PDF where kaleido and a browser are available).
+
+A report is a list of :class:`Section` values composed by :func:`compose_html`. Each section
+carries its own headline lines (gathered into the summary at the top of the page), text, tables
+and figures, so an analysis adds itself to the report by returning one more ``Section``.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from belief_lens.errors import BeliefLensError
+from belief_lens.storage import atomic_write_text, jsonable
+
+__all__ = [
+    "ExportFormat",
+    "ReportFigure",
+    "Section",
+    "Table",
+    "compose_html",
+    "export_figures",
+    "write_report",
+]
+
+logger = logging.getLogger(__name__)
+
+ExportFormat = Literal["png", "pdf", "svg"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table with one number format per column (a ``format`` spec such as ``".3e"``, ``".4f"``,
+    ``"d"``, or ``""`` for text), so a column never mixes notations.
+
+    ``groups`` optionally spans header cells: ``(("", 1), ("beliefs", 2), ...)``.
+    """
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    formats: tuple[str, ...]
+    caption: str = ""
+    groups: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.formats) != len(self.columns):
+            raise BeliefLensError(
+                f"Table has {len(self.columns)} columns but {len(self.formats)} formats"
+            )
+        for r in self.rows:
+            if len(r) != len(self.columns):
+                raise BeliefLensError(
+                    f"Table row {r!r} has {len(r)} cells, not {len(self.columns)}"
+                )
+        if self.groups and sum(n for _, n in self.groups) != len(self.columns):
+            raise BeliefLensError("Table groups must span every column exactly once")
+
+    def cell(self, value: Any, fmt: str) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "–"
+        if fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return format(value, fmt)
+        return str(value)
+
+    def to_html(self) -> str:
+        parts = ["<div class='table'><table>"]
+        if self.caption:
+            parts.append(f"<caption>{html.escape(self.caption)}</caption>")
+        if self.groups:
+            parts.append(
+                "<tr>"
+                + "".join(
+                    f"<th colspan={n} class='group'>{html.escape(g)}</th>" for g, n in self.groups
+                )
+                + "</tr>"
+            )
+        parts.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in self.columns) + "</tr>")
+        for r in self.rows:
+            cells = []
+            for v, f in zip(r, self.formats, strict=True):
+                cls = " class='text'" if not f else ""
+                cells.append(f"<td{cls}>{html.escape(self.cell(v, f))}</td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</table></div>")
+        return "".join(parts)
+
+    def transposed(self) -> Table:
+        """A long, narrow table turned on its side: one row per column after the first, whose
+        cells head the columns (every cell formatted as text)."""
+        cols = ("", *(self.cell(r[0], self.formats[0]) for r in self.rows))
+        rows = tuple(
+            (name, *(self.cell(r[j], self.formats[j]) for r in self.rows))
+            for j, name in enumerate(self.columns)
+            if j > 0
+        )
+        return Table(cols, rows, ("",) * len(cols), caption=self.caption)
+
+    def to_markdown(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += [
+            "| " + " | ".join(self.cell(v, f) for v, f in zip(r, self.formats, strict=True)) + " |"
+            for r in self.rows
+        ]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    """A plotly figure with the file name it is exported under and a caption."""
+
+    name: str
+    figure: Any
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One block of the report. ``headline`` lines also go into the summary at the top."""
+
+    title: str
+    headline: tuple[str, ...] = ()
+    text: tuple[str, ...] = ()
+    tables: tuple[Table, ...] = ()
+    figures: tuple[ReportFigure, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+
+# ----------------------------------------------------------------------------- writing
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1180px;margin:auto;padding:0 10px;color:#222}
+h1{font-size:26px}h2{font-size:21px;margin-top:34px;border-bottom:1px solid #ddd}
+.summary{background:#f5f7fa;border:1px solid #d8dee6;padding:8px 18px;font-size:15px}
+.summary li{margin:5px 0}.warn{color:#a40000;font-weight:600}
+.table{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#f0f0f0}th.group{text-align:center}td.text{text-align:left}
+caption{caption-side:top;text-align:left;font-size:13px;color:#555;padding:3px 0}
+.figure{margin:10px 0}.caption{font-size:13px;color:#555}
+details{margin:20px 0}pre{font-size:11px;max-height:400px;overflow:auto}
+"""
+
+
+def compose_html(
+    title: str, sections: Sequence[Section], metrics: Mapping[str, Any] | None = None
+) -> str:
+    """One HTML page: the summary (every section's headline and warnings), then each section.
+    plotly.js is loaded once from ``plotly.min.js`` beside the page."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style>",
+        "<script src='plotly.min.js'></script></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<div class='summary'><b>Summary</b><ul>",
+    ]
+    for sec in sections:
+        parts += [f"<li class='warn'>{html.escape(w)}</li>" for w in sec.warnings]
+        parts += [f"<li>{html.escape(line)}</li>" for line in sec.headline]
+    parts.append("</ul></div>")
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        parts += [f"<p class='warn'>{html.escape(w)}</p>" for w in sec.warnings]
+        parts += [f"<p>{html.escape(t)}</p>" for t in (*sec.headline, *sec.text)]
+        parts += [t.to_html() for t in sec.tables]
+        for f in sec.figures:
+            parts.append("<div class='figure'>")
+            parts.append(
+                f.figure.to_html(
+                    full_html=False,
+                    include_plotlyjs=False,
+                    div_id=f"fig-{f.name}",
+                    config={"displaylogo": False, "responsive": False},
+                )
+            )
+            if f.caption:
+                parts.append(f"<div class='caption'>{html.escape(f.caption)}</div>")
+            parts.append("</div>")
+    if metrics is not None:
+        parts.append("<details><summary>Every number (metrics.json)</summary><pre>")
+        parts.append(html.escape(json.dumps(jsonable(metrics), indent=1)[:50_000]))
+        parts.append("</pre></details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def export_figures(
+    figures: Sequence[ReportFigure],
+    out_dir: str | os.PathLike,
+    formats: Sequence[ExportFormat] = ("png", "pdf"),
+) -> list[Path]:
+    """Write each figure as ``{name}.{fmt}`` with kaleido (>= 1.0, which drives a Chrome or
+    Chromium found on the system). Raises ``BeliefLensError`` naming what is missing."""
+    if not figures or not formats:
+        return []
+    if importlib.util.find_spec("kaleido") is None:
+        raise BeliefLensError(
+            "figure export needs the Python package kaleido>=1.0, which is not installed: "
+            "pip install 'belief_lens[export]' (it also needs Chrome or Chromium, e.g. "
+            "apt-get install chromium)"
+        )
+    out = Path(out_dir)
+    figs = [f.figure for f in figures for _ in formats]
+    paths = [out / f"{f.name}.{fmt}" for f in figures for fmt in formats]
+    tmps = [p.with_name(f".{p.stem}.tmp.{p.suffix[1:]}") for p in paths]
+    try:
+        sizes = [
+            {
+                "width": fig.layout.width or 900,
+                "height": fig.layout.height or 500,
+                "scale": 2 if p.suffix == ".png" else 1,
+            }
+            for fig, p in zip(figs, tmps, strict=True)
+        ]
+        if hasattr(pio, "write_images"):  # plotly >= 6.1: one browser for every figure
+            pio.write_images(
+                figs,
+                tmps,
+                format=[p.suffix[1:] for p in paths],
+                **{k: [s[k] for s in sizes] for k in ("width", "height", "scale")},
+            )
+        else:
+            for fig, p, size in zip(figs, tmps, sizes, strict=True):
+                fig.write_image(p, **size)
+    except Exception as e:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BeliefLensError(
+            f"figure export failed: kaleido could not render with Chrome/Chromium ({first}); "
+            "install Chromium (Debian: apt-get install chromium) or run plotly_get_chrome"
+        ) from e
+    for t, p in zip(tmps, paths, strict=True):
+        os.replace(t, p)
+    return paths
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    title: str,
+    sections: Sequence[Section],
+    metrics: dict[str, Any],
+    *,
+    export: Sequence[str] = ("png", "pdf"),
+) -> dict[str, Any]:
+    """Write ``report.html``, ``plotly.min.js`` beside it, ``metrics.json`` and, where kaleido
+    and a browser are available, each figure as PNG and PDF (saying once what is missing when
+    not). Returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js = out / "plotly.min.js"
+    lib = get_plotlyjs()
+    if not js.is_file() or js.read_text(encoding="utf-8") != lib:
+        atomic_write_text(js, lib)
+    paths: dict[str, Any] = {"html": out / "report.html", "metrics": out / "metrics.json"}
+    metrics["summary"] = [line for s in sections for line in (*s.warnings, *s.headline)]
+    figures = [f for s in sections for f in s.figures]
+    try:
+        paths["figures"] = export_figures(figures, out, tuple(export))  # type: ignore[arg-type]
+    except BeliefLensError as e:
+        logger.warning("%s; the report has every figure, interactive", e)
+        metrics["figure_export"] = str(e)
+        paths["figures"] = []
+    atomic_write_text(paths["html"], compose_html(title, sections, metrics))
+    atomic_write_text(paths["metrics"], json.dumps(jsonable(metrics), indent=2))
+    return paths
+
