@@ -26,13 +26,22 @@ from belief_lens.probing.data import (
     ProbeData,
     collect_probe_data,
     model_fingerprint,
+    prefix_folds,
+    prefix_groups,
     split_prefixes,
 )
 from belief_lens.probing.estimator import AffineProbe
 from belief_lens.probing.moments import Moments, SegmentedMoments
 from belief_lens.probing.positions import PositionProbeTable, fit_position_probes
 from belief_lens.probing.sweep import fit_probes
-from belief_lens.probing.table import ProbeTable, best_hook, heldout, is_overfit
+from belief_lens.probing.table import (
+    ProbeTable,
+    best_hook,
+    heldout,
+    is_overfit,
+    overfit_reason,
+    tied_hooks,
+)
 
 __all__ = [
     "CONCAT",
@@ -50,8 +59,12 @@ __all__ = [
     "fit_position_probes",
     "fit_probes",
     "model_fingerprint",
+    "overfit_reason",
+    "prefix_folds",
+    "prefix_groups",
     "next_token_control",
     "shuffle_control",
     "split_prefixes",
+    "tied_hooks",
     "untrained_control",
 ]

@@ -23,6 +23,7 @@ from belief_lens.activations import residual_hooks, residual_stream, resolve_hoo
 from belief_lens.beliefs import belief_states, enumerate_sequences, log_probs, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
+from belief_lens.metrics import effective_sample_size
 from belief_lens.probing.estimator import SVD_MAX_ELEMENTS
 from belief_lens.probing.moments import Moments, row_chunks
 
@@ -31,7 +32,10 @@ __all__ = [
     "ProbeData",
     "collect_probe_data",
     "model_fingerprint",
+    "MIN_PREFIXES_PER_FOLD",
     "prefix_counts",
+    "prefix_folds",
+    "prefix_groups",
     "prefix_ids",
     "resolve_hooks",
     "split_prefixes",
@@ -98,6 +102,60 @@ def split_prefixes(
         held[torch.randperm(n_u, generator=gen)[: int(round(n_u * test_fraction))]] = True
         mask[:, t] = held[ids]
     return mask
+
+
+#: A position is cross-validated only when each fold can hold out at least this many of its
+#: distinct prefixes; rarer positions (position 0 has one prefix per symbol) stay in every
+#: training set, since holding one out asks the probe for an activation it never saw.
+MIN_PREFIXES_PER_FOLD = 2
+
+
+def prefix_folds(tokens: Int[Tensor, "N L"], n_folds: int = 5, seed: int = 0) -> Int[Tensor, "N L"]:
+    """The K-fold assignment by prefix ``[N, L]``: the fold (``0..n_folds-1``) whose held-out
+    set holds row ``(n, t)``, or -1 for a row in every training set.
+
+    At each length, the distinct prefixes are dealt round-robin over a ``seed``-ed permutation,
+    so equal prefixes share a fold and no input is ever on both sides (as ``split_prefixes``).
+    Lengths with fewer than ``MIN_PREFIXES_PER_FOLD * n_folds`` distinct prefixes are never
+    held out (-1).
+
+    >>> tokens = torch.tensor([[0, 1], [0, 1], [1, 0], [1, 1]])
+    >>> folds = prefix_folds(tokens, 2, seed=0)
+    >>> bool((folds[0] == folds[1]).all()) and folds[:, 0].tolist() == [-1, -1, -1, -1]
+    True
+    """
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
+        raise BeliefLensError(
+            f"tokens must have shape [N, L] with N, L >= 1, got {tuple(tokens.shape)}"
+        )
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+        raise BeliefLensError(f"n_folds must be an int >= 2, got {n_folds!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    folds = torch.full(tokens.shape, -1, dtype=torch.long)
+    for t, ids in enumerate(prefix_ids(tokens.cpu())):
+        n_u = int(ids.max()) + 1
+        if n_u < MIN_PREFIXES_PER_FOLD * n_folds:
+            continue
+        fold_of = torch.empty(n_u, dtype=torch.long)
+        fold_of[torch.randperm(n_u, generator=gen)] = torch.arange(n_u) % n_folds
+        folds[:, t] = fold_of[ids]
+    return folds
+
+
+def prefix_groups(tokens: Int[Tensor, "N L"]) -> Int[Tensor, "N L"]:
+    """A group id per row ``(n, t)``, equal exactly when two rows share position and prefix
+    ``tokens[:, :t+1]``: the ``groups`` for scikit-learn's ``GroupKFold`` on rows flattened as
+    ``[N * L]``. Grouping by sequence instead leaks (equal prefixes in different sequences land
+    in different folds)."""
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim != 2:
+        raise BeliefLensError(f"tokens must have shape [N, L], got {tuple(tokens.shape)}")
+    out, offset = torch.empty(tokens.shape, dtype=torch.long), 0
+    for t, ids in enumerate(prefix_ids(tokens.cpu())):
+        out[:, t] = ids + offset
+        offset += int(ids.max()) + 1
+    return out
 
 
 def resolve_hooks(model: Any, hooks: Any) -> list[str]:
@@ -287,28 +345,42 @@ class ProbeData:
             self._cache["shift_x"] = torch.cat(means).to("cpu", torch.float64)
         return self._cache["shift_x"]
 
-    def distinct_rows(
-        self, targets: Float[Tensor, "N L S"]
-    ) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] | None:
-        """The distinct (position, prefix) rows of each side of the split, or None when they
-        hold more than ``SVD_MAX_ELEMENTS`` activation entries.
+    def _check_groups(self, targets: Tensor, labels: Tensor, n_groups: int) -> None:
+        if tuple(targets.shape[:2]) != tuple(self.tokens.shape):
+            raise BeliefLensError(
+                f"targets must have shape [N, L, S] = [{self.tokens.shape[0]}, "
+                f"{self.tokens.shape[1]}, S], got {tuple(targets.shape)}"
+            )
+        if tuple(labels.shape) != tuple(self.tokens.shape) or labels.dtype.is_floating_point:
+            raise BeliefLensError(
+                f"labels must be integer group ids of shape [N, L] = "
+                f"{list(self.tokens.shape)}, got {labels.dtype} {tuple(labels.shape)}"
+            )
+        if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < n_groups:
+            raise BeliefLensError(f"labels must lie in [0, {n_groups}), got {labels.unique()}")
 
-        Per group (``"train"``, ``"test"``): activations of the concatenated hooks ``[m, D]``
-        (float64), summed row weights ``[m]``, weighted-mean targets ``[m, S]``, and the
-        weighted squared deviation of the targets from those means ``[S]`` (zero for beliefs,
-        which are a function of the prefix).
+    def distinct_rows(
+        self, targets: Float[Tensor, "N L S"], labels: Int[Tensor, "N L"], n_groups: int
+    ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]] | None:
+        """The distinct (position, prefix) rows of each group of rows (``labels``, by prefix), or
+        None when they hold more than ``SVD_MAX_ELEMENTS`` activation entries.
+
+        Per group: activations of the concatenated hooks ``[m, D]`` (float64), summed row
+        weights ``[m]``, weighted-mean targets ``[m, S]``, and the weighted squared deviation of
+        the targets from those means ``[S]`` (zero for beliefs, a function of the prefix).
         """
+        self._check_groups(targets, labels, n_groups)
         f64 = torch.float64
         D = sum(a.shape[-1] for a in self.acts.values())
         if sum(len(reps) for _, reps in self._prefixes()) * D > SVD_MAX_ELEMENTS:
             return None
         S = targets.shape[-1]
-        out = {}
-        for group, in_group in (("train", ~self.test_mask), ("test", self.test_mask)):
+        out = []
+        for g in range(n_groups):
             xs, cs, ys = [], [], []
             within = torch.zeros(S, dtype=f64)
             for t, (ids, reps) in enumerate(self._prefixes()):
-                seqs = torch.nonzero(in_group[:, t]).flatten()
+                seqs = torch.nonzero(labels[:, t] == g).flatten()
                 w = self._weights_of(seqs)
                 Y = targets[seqs, t].to(f64)
                 count, wy, present = self._grouped(t, seqs, Y, w)
@@ -318,35 +390,40 @@ class ProbeData:
                 xs.append(torch.cat([a[reps[present], t] for a in self.acts.values()], -1).to(f64))
                 cs.append(count[present])
                 ys.append(mean[present])
-            out[group] = (torch.cat(xs), torch.cat(cs), torch.cat(ys), within)
+            out.append((torch.cat(xs), torch.cat(cs), torch.cat(ys), within))
         return out
 
-    def moments(self, targets: Float[Tensor, "N L S"], *, concat: bool) -> dict[str, Moments]:
-        """Moments of ``[all hooks concatenated, targets]`` for the ``"train"`` and ``"test"``
-        rows of the split.
+    def moments(
+        self,
+        targets: Float[Tensor, "N L S"],
+        labels: Int[Tensor, "N L"],
+        n_groups: int,
+        *,
+        concat: bool,
+    ) -> list[Moments]:
+        """Moments of ``[all hooks concatenated, targets]`` for each group of rows: group ``g``
+        holds the rows with ``labels == g`` (folds, or the two sides of a split).
 
-        The activation block (the expensive part) is computed once and cached: the full Gram of
-        the concatenation when ``concat`` (needed for a concat probe), else its diagonal blocks.
+        The activation block (the expensive part) is computed once per grouping and cached: the
+        full Gram of the concatenation when ``concat`` (needed for a concat probe), else its
+        diagonal blocks.
         """
+        self._check_groups(targets, labels, n_groups)
         f64 = torch.float64
         hooks = self.hooks
-        if tuple(targets.shape[:2]) != tuple(self.tokens.shape):
-            raise BeliefLensError(
-                f"targets must have shape [N, L, S] = [{self.tokens.shape[0]}, "
-                f"{self.tokens.shape[1]}, S], got {tuple(targets.shape)}"
-            )
         bounds = np.cumsum([0, *(self.acts[h].shape[-1] for h in hooks)]).tolist()
         D, S = bounds[-1], targets.shape[-1]
         shift_x = self._shift_x()
         shift_y = targets.reshape(-1, S).mean(0).to(f64)
-        cached = self._cache.get("xx")
+        key = "xx-" + hashlib.sha256(labels.cpu().numpy().tobytes()).hexdigest()[:16]
+        cached = self._cache.get(key)
         reuse = cached is not None and (cached[0] or not concat)
         gram = "none" if reuse else ("full" if concat else "diag")
-        out = {}
-        for group, in_group in (("train", ~self.test_mask), ("test", self.test_mask)):
+        out = []
+        for g in range(n_groups):
             mom = Moments.zeros(D, S, shift=torch.cat([shift_x, shift_y]))
             for t, (_, reps) in enumerate(self._prefixes()):
-                seqs = torch.nonzero(in_group[:, t]).flatten()
+                seqs = torch.nonzero(labels[:, t] == g).flatten()
                 w_seq = self._weights_of(seqs)
                 Y = targets[seqs, t].to(f64) - shift_y  # [n, S]
                 mom.add_targets(Y, w_seq)
@@ -360,11 +437,23 @@ class ProbeData:
                     mom.add_cross(X, wy_sum[u])
                     mom.add_features(X, count[u], bounds, gram)
             if reuse:
-                mom.M[:D, :D] = cached[1][group]
-            out[group] = mom.symmetrise()
+                mom.M[:D, :D] = cached[1][g]
+            out.append(mom.symmetrise())
         if not reuse:
-            self._cache["xx"] = (concat, {g: m.M[:D, :D].clone() for g, m in out.items()})
+            self._cache[key] = (concat, [m.M[:D, :D].clone() for m in out])
         return out
+
+    def effective_n(self, labels: Int[Tensor, "N L"]) -> float:
+        """Kish's effective number of distinct inputs among the rows with ``labels >= 0``: each
+        distinct (position, prefix) weighted by the summed weight of its rows. Equal prefixes
+        give one activation, so they count once, however many sequences share them."""
+        counts = []
+        for t in range(self.tokens.shape[1]):
+            seqs = torch.nonzero(labels[:, t] >= 0).flatten()
+            w = self._weights_of(seqs)
+            count, _, present = self._grouped(t, seqs, torch.zeros(len(seqs), 1), w)
+            counts.append(count[present])
+        return effective_sample_size(torch.cat(counts)) if counts else 0.0
 
 
 def _check_collect_args(

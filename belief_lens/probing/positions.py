@@ -37,7 +37,7 @@ from belief_lens.probing.distributed import (
 )
 from belief_lens.probing.estimator import AffineProbe, check_ridge
 from belief_lens.probing.moments import Moments, SegmentedMoments
-from belief_lens.probing.table import is_overfit, markdown_table
+from belief_lens.probing.table import markdown_table, overfit_reason
 from belief_lens.storage import jsonable
 from belief_lens.token_map import TokenMap
 
@@ -115,8 +115,9 @@ class PositionProbeTable:
             positions ``[start, stop)``, i.e. beliefs after ``start + 1 .. stop`` symbols),
             ``features``, ``train_prefixes``, ``test_prefixes`` (distinct inputs of the window on
             each side of ``split_prefixes``), ``mse_heldout``, ``r2_heldout`` (NaN without held-out
-            data), ``mse_train``, ``r2_train``, ``overfit`` (``is_overfit``, the rule
-            ``ProbeTable`` uses). R^2 is the uniform average over belief coordinates.
+            data), ``mse_train``, ``r2_train``, ``overfit`` and ``overfit_reason``
+            (``overfit_reason``; with one split only the feature-count reason can apply). R^2 is
+            the uniform average over belief coordinates.
         probes: ``{(hook, window_start): AffineProbe}`` fitted on the training rows.
         meta: process, token map, length, window, seed, split, memory figures, world size,
             and ``seconds`` (wall time of the passes over the sequences and of the solves).
@@ -423,8 +424,9 @@ def _solve(
             "r2_heldout": te["r2"],
             "mse_train": tr["mse"],
             "r2_train": tr["r2"],
-            "overfit": is_overfit(d, n["train"], te["mse"], tr["mse"]),
         }
+        why = overfit_reason(d, n["train"])  # one split: no spread to judge a gap by
+        row.update(overfit=bool(why), overfit_reason=why)
         out.append((row, probe))
     return out
 

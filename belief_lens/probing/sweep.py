@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -13,10 +14,10 @@ from torch import Tensor
 from belief_lens.beliefs import next_token_distributions
 from belief_lens.errors import BeliefLensError
 from belief_lens.metrics import regression_metrics
-from belief_lens.probing.data import CONCAT, ProbeData
+from belief_lens.probing.data import CONCAT, ProbeData, prefix_counts, prefix_folds
 from belief_lens.probing.estimator import AffineProbe, check_ridge
 from belief_lens.probing.moments import Moments
-from belief_lens.probing.table import ProbeTable, is_overfit
+from belief_lens.probing.table import ProbeTable, overfit_reason
 
 __all__ = [
     "fit_probes",
@@ -25,6 +26,9 @@ __all__ = [
 ]
 
 Targets = Literal["beliefs", "next_token"]
+
+#: Cross-validation folds by prefix, the default for every probe table.
+DEFAULT_FOLDS = 5
 
 
 def targets_for(data: ProbeData, targets: Targets) -> Float[Tensor, "N L S"]:
@@ -37,16 +41,36 @@ def targets_for(data: ProbeData, targets: Targets) -> Float[Tensor, "N L S"]:
     raise BeliefLensError(f"targets must be 'beliefs' or 'next_token', got {targets!r}")
 
 
+def _grouping(data: ProbeData, n_folds: int | None) -> tuple[Tensor, int, list[int]]:
+    """Group labels ``[N, L]``, their number, and the held-out groups: the folds of
+    ``prefix_folds`` (rows never held out form the last group), or the two sides of the split."""
+    if n_folds is None:
+        return data.test_mask.long(), 2, [1]
+    folds = prefix_folds(data.tokens, n_folds, data.seed)
+    return torch.where(folds < 0, n_folds, folds), n_folds + 1, list(range(n_folds))
+
+
+def _prefix_counts(data: ProbeData, labels: Tensor, held: list[int]) -> dict[str, int]:
+    """Distinct training prefixes (the fewest over folds) and held-out prefixes (all folds)."""
+    per_fold = [prefix_counts(data.tokens, labels == k) for k in held]
+    return {
+        "train": min(sum(a for a, _ in c) for c in per_fold),
+        "test": sum(b for c in per_fold for _, b in c),
+    }
+
+
 def probe_table(
     data: ProbeData,
     targets: Float[Tensor, "N L S"],
     *,
     ridge: float = 0.0,
     concat: bool = True,
+    n_folds: int | None = DEFAULT_FOLDS,
     name: str = "probes",
     target_name: str = "beliefs",
 ) -> ProbeTable:
-    """Fit and score one probe per hook (and the concatenation) on ``targets [N, L, S]``."""
+    """Fit and score one probe per hook (and the concatenation) on ``targets [N, L, S]``,
+    cross-validated over ``n_folds`` folds by prefix (None: the one split of ``data``)."""
     if not isinstance(data, ProbeData):
         raise BeliefLensError(
             f"expected ProbeData (from collect_probe_data), got {type(data).__name__}"
@@ -54,43 +78,36 @@ def probe_table(
     ridge = check_ridge(ridge)
     hooks = data.hooks
     with_concat = bool(concat) and len(hooks) > 1
-    groups = data.moments(targets, concat=with_concat)
-    everything = groups["train"] + groups["test"]
-    widths = [data.acts[h].shape[-1] for h in hooks]
-    bounds = np.cumsum([0, *widths]).tolist()
+    labels, n_groups, held = _grouping(data, n_folds)
+    groups = data.moments(targets, labels, n_groups, concat=with_concat)
+    distinct = data.distinct_rows(targets, labels, n_groups) if ridge == 0 else None
+    bounds = np.cumsum([0, *(data.acts[h].shape[-1] for h in hooks)]).tolist()
     parts = [(h, slice(lo, hi), h) for h, (lo, hi) in zip(hooks, pairwise(bounds), strict=True)]
     if with_concat:
         parts.append((CONCAT, slice(0, bounds[-1]), None))
-    counts = data.prefix_counts()
+    counts = _prefix_counts(data, labels, held)
+    n_eff = data.effective_n(torch.where(torch.isin(labels, torch.tensor(held)), 0, -1))
     provenance = {"process": data.hmm.name, "model_fingerprint": data.model_fingerprint}
-    distinct = data.distinct_rows(targets) if ridge == 0 else None
-    if distinct is not None:  # small enough to solve on the rows: lstsq-exact
-        distinct["all"] = tuple(torch.cat([a, b]) for a, b in zip(*distinct.values(), strict=True))[
-            :3
-        ] + (distinct["train"][3] + distinct["test"][3],)
     rows, probes = [], {}
     for label, cols, hook in parts:
-        moments = tuple(m.select(cols) for m in (groups["train"], groups["test"], everything))
-        (tr, te, al), all_probe = _fit_part(moments, cols, hook, distinct, ridge)
-        all_probe.provenance_ = dict(provenance, hooks=hooks if hook is None else [label])
+        folds = _Folds([m.select(cols) for m in groups], held, distinct, cols)
+        row, probes[label] = folds.fit(hook, ridge)
+        probes[label].provenance_ = dict(provenance, hooks=hooks if hook is None else [label])
         features = cols.stop - cols.start
+        why = overfit_reason(features, counts["train"], row.pop("_heldout"), row.pop("_insame"))
         rows.append(
             {
                 "hook": label,
                 "features": features,
                 "train_prefixes": counts["train"],
                 "test_prefixes": counts["test"],
-                "mse_heldout": te["mse"],
-                "r2_heldout": te["r2"],
-                "mse_train": tr["mse"],
-                "r2_train": tr["r2"],
-                "mse_all": al["mse"],
-                "r2_all": al["r2"],
-                "rank": all_probe.rank_,
-                "overfit": is_overfit(features, counts["train"], te["mse"], tr["mse"]),
+                **row,
+                "n_eff_heldout": n_eff,
+                "rank": probes[label].rank_,
+                "overfit": bool(why),
+                "overfit_reason": why,
             }
         )
-        probes[label] = all_probe
     meta = {
         "name": name,
         "targets": target_name,
@@ -100,7 +117,8 @@ def probe_table(
         "process": data.hmm.name,
         "hooks": hooks,
         "ridge": ridge,
-        "test_fraction": data.test_fraction,
+        "folds": len(held) if n_folds is not None else None,
+        "test_fraction": data.test_fraction if n_folds is None else None,
         "seed": data.seed,
         "bos": data.bos,
         "model_fingerprint": data.model_fingerprint,
@@ -108,34 +126,78 @@ def probe_table(
     return ProbeTable(rows=rows, probes=probes, meta=meta)
 
 
-def _fit_part(
-    moments: tuple[Moments, Moments, Moments],
-    cols: slice,
-    hook: str | None,
-    distinct: dict[str, tuple] | None,
-    ridge: float,
-) -> tuple[tuple[dict, dict, dict], AffineProbe]:
-    """One row's probes: fitted on the training rows (scored on both sides) and on all rows
-    (scored in-sample); from the distinct rows when ``distinct`` holds them (lstsq-exact), else
-    from the moments. Returns the train, held-out and all-rows metrics and the all-rows probe."""
-    train, test, whole = moments
-    if distinct is None:
-        split_probe = AffineProbe(ridge=ridge).fit_moments(train, hook=hook)
-        all_probe = AffineProbe(ridge=ridge).fit_moments(whole, hook=hook)
-        tr = split_probe.metrics_moments(train)
-        te = split_probe.metrics_moments(test) if float(test.w) > 0 else _nan_metrics()
-        return (tr, te, all_probe.metrics_moments(whole)), all_probe
-    sub = {g: (X[:, cols], Y, c) for g, (X, c, Y, _) in distinct.items()}
-    split_probe = AffineProbe().fit_moments(train, hook=hook, rows=sub["train"])
-    all_probe = AffineProbe().fit_moments(whole, hook=hook, rows=sub["all"])
-    tr = _row_metrics(split_probe, sub["train"], distinct["train"][3], train)
-    te = (
-        _row_metrics(split_probe, sub["test"], distinct["test"][3], test)
-        if float(test.w) > 0
-        else _nan_metrics()
-    )
-    al = _row_metrics(all_probe, sub["all"], distinct["all"][3], whole)
-    return (tr, te, al), all_probe
+class _Folds:
+    """One row's fits: a probe per held-out group (trained on every other group), scored on
+    its own rows and on the held-out group, and the all-rows probe (in-sample, the paper's
+    number), scored on everything and on each held-out group (the same rows)."""
+
+    def __init__(
+        self,
+        groups: list[Moments],
+        held: list[int],
+        distinct: list[tuple] | None,
+        cols: slice,
+    ) -> None:
+        self.groups, self.held = groups, held
+        self.rows = None if distinct is None else [(X[:, cols], c, Y, w) for X, c, Y, w in distinct]
+
+    def _sum(self, which: list[int]) -> tuple[Moments, tuple | None]:
+        moments = self.groups[which[0]]
+        for j in which[1:]:
+            moments = moments + self.groups[j]
+        if self.rows is None:
+            return moments, None
+        parts = [self.rows[j] for j in which]
+        rows = tuple(torch.cat([p[i] for p in parts]) for i in range(3))
+        return moments, (*rows, sum(p[3] for p in parts))
+
+    def _fit(self, which: list[int], hook: str | None, ridge: float) -> AffineProbe:
+        moments, rows = self._sum(which)
+        sub = None if rows is None else (rows[0], rows[2], rows[1])
+        return AffineProbe(ridge=ridge).fit_moments(moments, hook=hook, rows=sub)
+
+    def _score(self, probe: AffineProbe, which: list[int]) -> dict[str, Any]:
+        moments, rows = self._sum(which)
+        if float(moments.w) <= 0:
+            return _nan_metrics()
+        if rows is None:
+            return probe.metrics_moments(moments)
+        return _row_metrics(probe, (rows[0], rows[2], rows[1]), rows[3], moments)
+
+    def fit(self, hook: str | None, ridge: float) -> tuple[dict[str, Any], AffineProbe]:
+        everyone = list(range(len(self.groups)))
+        whole = self._fit(everyone, hook, ridge)
+        train, heldout, insame = [], [], []
+        for k in self.held:
+            rest = [j for j in everyone if j != k]
+            probe = self._fit(rest, hook, ridge)
+            train.append(self._score(probe, rest))
+            heldout.append(self._score(probe, [k]))
+            insame.append(self._score(whole, [k]))
+        al = self._score(whole, everyone)
+        row = {
+            **_mean_se("mse_heldout", [m["mse"] for m in heldout]),
+            **_mean_se("r2_heldout", [m["r2"] for m in heldout]),
+            "mse_train": _mean([m["mse"] for m in train]),
+            "r2_train": _mean([m["r2"] for m in train]),
+            "mse_all": al["mse"],
+            "r2_all": al["r2"],
+            "folds": len(self.held),
+            "_heldout": [m["mse"] for m in heldout],
+            "_insame": [m["mse"] for m in insame],
+        }
+        return row, whole
+
+
+def _mean(values: list[float]) -> float:
+    return float(torch.tensor(values, dtype=torch.float64).mean())
+
+
+def _mean_se(key: str, values: list[float]) -> dict[str, float]:
+    """``key``: the mean over folds; ``key_se``: its standard error (NaN for one fold)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    se = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else math.nan
+    return {key: float(t.mean()), f"{key}_se": se}
 
 
 def _row_metrics(
@@ -162,14 +224,19 @@ def fit_probes(
     targets: Targets = "beliefs",
     ridge: float = 0.0,
     concat: bool = True,
+    n_folds: int | None = DEFAULT_FOLDS,
 ) -> ProbeTable:
     """Affine probes from each hook of ``data`` (and their concatenation) to beliefs.
 
-    For each hook: a probe fitted on the training rows of ``split_prefixes`` and scored on the
-    held-out rows (``mse_heldout``, the figure to trust) and on its own rows (``mse_train``), and
-    one fitted on every row (``mse_all``, in-sample, as the paper reports; kept in
-    ``table.probes``). ``concat`` adds a row for the concatenation of all hooks (two or more).
-    ``targets="next_token"`` fits next-token distributions instead of beliefs.
+    For each hook, cross-validated by prefix (``prefix_folds(data.tokens, n_folds, data.seed)``:
+    a prefix lies in exactly one fold; lengths with too few distinct prefixes stay in every
+    training set): held-out MSE and R^2 as the mean over folds with its standard error
+    (``mse_heldout``, ``mse_heldout_se``: the figures to trust), the effective number of
+    held-out inputs (``n_eff_heldout``), the training error (``mse_train``), and one probe fitted
+    on every row (``mse_all``, in-sample, as the paper reports; kept in ``table.probes``).
+    ``n_folds=None`` scores the one split of ``collect_probe_data`` instead. ``concat`` adds a
+    row for the concatenation of all hooks (two or more). ``targets="next_token"`` fits
+    next-token distributions instead of beliefs.
 
     On the paper's Mess3 checkpoint (in-sample MSE 0.000386)::
 
@@ -183,6 +250,6 @@ def fit_probes(
         )
     name = "probes" if targets == "beliefs" else "next_token"
     return probe_table(
-        data, targets_for(data, targets), ridge=ridge, concat=concat, name=name,
-        target_name=targets,
+        data, targets_for(data, targets), ridge=ridge, concat=concat, n_folds=n_folds,
+        name=name, target_name=targets,
     )  # fmt: skip
