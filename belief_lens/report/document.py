@@ -277,4 +277,3 @@ def write_report(
     atomic_write_text(paths["html"], compose_html(title, sections, metrics))
     atomic_write_text(paths["metrics"], json.dumps(jsonable(metrics), indent=2))
     return paths
-

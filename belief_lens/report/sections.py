@@ -21,7 +21,13 @@ from belief_lens.plotting import (
     probe_scores_figure,
     training_curve_figure,
 )
-from belief_lens.probes import CONCAT, ProbeData, ProbeTable, heldout
+from belief_lens.probes import CONCAT, ProbeData, ProbeTable, heldout, tied_hooks
+from belief_lens.probing.data import MIN_PREFIXES_PER_FOLD
+from belief_lens.probing.table import (
+    OVERFIT_FEATURE_RATIO,
+    OVERFIT_GAP_FRACTION,
+    OVERFIT_GAP_SE,
+)
 from belief_lens.report.document import ReportFigure, Section, Table
 
 __all__ = [
@@ -152,9 +158,12 @@ def geometry_section(
 def _geometry_headline(rows: Mapping[str, Any], best: str, ranked_by: str) -> tuple[str, ...]:
     """The best hook's scores, and whether the concatenation of all hooks beats it held out."""
     r = rows[best]
+    ties = tied_hooks(list(rows.values()))[1:]
     headline = (
-        f"Best hook by {ranked_by} MSE: {best}, held-out MSE {heldout(r, 'mse'):.2e}, "
-        f"R² {heldout(r, 'r2'):.3f} (in-sample MSE {r['mse_all']:.2e}).",
+        f"Best hook by {ranked_by} MSE: {best}, held-out MSE {heldout(r, 'mse'):.2e} "
+        f"± {r.get('mse_heldout_se', math.nan):.1e}, R² {heldout(r, 'r2'):.3f} "
+        f"(in-sample MSE {r['mse_all']:.2e})"
+        + (f"; tied within one standard error: {', '.join(ties)}." if ties else "."),
     )
     if CONCAT not in rows:
         return headline
@@ -164,7 +173,7 @@ def _geometry_headline(rows: Mapping[str, Any], best: str, ranked_by: str) -> tu
         return headline + (
             f"Concatenation of all hooks: held-out MSE {heldout(c, 'mse'):.2e}, "
             f"{gain:.2f}x lower than the best hook"
-            + (" (flagged: it may overfit)." if c["overfit"] else "."),
+            + (f" (flagged: {c['overfit_reason']})." if c["overfit"] else "."),
         )
     return headline + (
         f"Concatenation of all hooks: held-out MSE {heldout(c, 'mse'):.2e}, no better "
@@ -181,7 +190,10 @@ PROBE_COLUMNS = (
     ("r2_all", "R² in-sample", ".4f"),
     ("mse_train", "MSE train", ".3e"),
     ("mse_heldout", "MSE held-out", ".3e"),
+    ("mse_heldout_se", "± s.e.", ".1e"),
     ("r2_heldout", "R² held-out", ".4f"),
+    ("r2_heldout_se", "± s.e.", ".1e"),
+    ("n_eff_heldout", "effective n held out", ".0f"),
 )
 
 
@@ -197,18 +209,30 @@ def probe_section(table: ProbeTable, best: str, ranked_by: str, cfg: Any) -> Sec
             heldout(r, key.removesuffix("_heldout")) if key.endswith("_heldout") else r[key]
             for key, _, _ in PROBE_COLUMNS
         ]
-        rows.append(tuple(cells + (["overfit" if r["overfit"] else ""] if flag else [])))
+        rows.append(tuple(cells + ([r["overfit_reason"]] if flag else [])))
+    folds = table.meta.get("folds")
+    split = (
+        f"cross-validated over {folds} folds by prefix (mean ± standard error over folds; a "
+        f"length with fewer than {MIN_PREFIXES_PER_FOLD * folds} distinct prefixes stays in "
+        "every training set)"
+        if folds
+        else f"one split by prefix ({table.meta.get('test_fraction', cfg.test_fraction):.0%} "
+        "held out)"
+    )
     text = (
         f"Affine probes from each residual hook (and their concatenation) to the belief "
-        f"states; mode={table.meta.get('mode', cfg.mode)}, held-out split by prefix "
-        f"({cfg.test_fraction:.0%} held out). The best hook by {ranked_by} MSE is {best}. "
-        "In-sample is the paper's number (fit and scored on every row).",
+        f"states; mode={table.meta.get('mode', cfg.mode)}, weights="
+        f"{'sequence probability' if table.meta.get('weighted') else 'uniform over sequences'}"
+        f", held out {split}. The effective n counts distinct held-out prefixes weighted by "
+        f"their rows (Kish). The best hook by {ranked_by} MSE is {best}. In-sample is the "
+        "paper's number (fit and scored on every row).",
     )
     if flag:
         text += (
-            "Flagged rows may overfit: their features are at least a tenth of their "
-            "distinct training prefixes, or their held-out MSE is above twice their "
-            "training MSE.",
+            f"A row is flagged when its features are at least {OVERFIT_FEATURE_RATIO:.0%} of "
+            f"its distinct training prefixes, or when its held-out MSE exceeds the in-sample "
+            f"MSE on the same rows by more than {OVERFIT_GAP_SE:g} standard errors and "
+            f"{OVERFIT_GAP_FRACTION:.0%}; the flag column says which.",
         )
     return Section(
         "Probes per hook", text=text, tables=(Table(tuple(cols), tuple(rows), tuple(fmts)),)
