@@ -19,19 +19,16 @@ MAX_FUNCTION_LINES = 80
 MODULES_OVER = {
     "interventions": 1390,
     "report": 995,
-    "training": 975,
     "plotting": 633,
     "probing.estimator": 605,
 }
 FUNCTIONS_OVER = {
     "probing.positions.fit_position_probes": 238,
-    "training.train": 237,
     "report.analyse": 97,
     "in_context.in_context_curve": 94,
     "interventions.intervention_report": 92,
     "probing.data.collect_probe_data": 90,
     "probing.sweep.probe_table": 88,
-    "compmech.mixed_state_presentation": 82,
     "plotting.geometry_figure": 81,
 }
 
