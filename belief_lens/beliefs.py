@@ -2,6 +2,9 @@
 
 Everything is vectorised over sequences; the only Python loops run over positions.
 Alignment: ``beliefs[:, t]`` is the belief after reading tokens ``0..t``.
+
+Public functions check their arguments once; each ``*_unchecked`` twin does the same work trusting
+them, for callers (training, comp-mech) that validated at their own entry point.
 """
 
 from __future__ import annotations
@@ -17,20 +20,31 @@ from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM, NEGATIVE_TOL
-from belief_lens.validation import check_float, check_int, check_real_tensor, check_seed
+from belief_lens.validation import (
+    check_bool,
+    check_float,
+    check_int,
+    check_option,
+    check_real_tensor,
+    check_seed,
+)
 
 __all__ = [
     "SequenceSet",
     "available_memory",
     "belief_states",
+    "belief_states_unchecked",
     "belief_walk",
+    "check_hmm",
     "check_memory",
     "count_sequences",
     "default_max_bytes",
     "enumerate_sequences",
+    "enumerate_sequences_unchecked",
     "log_probs",
     "next_token_distributions",
     "sample_sequences",
+    "sample_sequences_unchecked",
 ]
 
 Impossible = Literal["raise", "mask"]
@@ -120,6 +134,21 @@ def sample_sequences(
     check_hmm(hmm)
     n_sequences = check_int("n_sequences", n_sequences, low=0)
     length = check_int("length", length, low=0)
+    gen = _generator(seed, generator)
+    init = None if initial_state is None else hmm.check_belief(initial_state, "initial_state")
+    return sample_sequences_unchecked(hmm, n_sequences, length, gen, initial_state=init)
+
+
+def sample_sequences_unchecked(
+    hmm: HMM,
+    n_sequences: int,
+    length: int,
+    generator: torch.Generator,
+    *,
+    initial_state: Tensor | None = None,
+) -> Int[Tensor, "n_sequences length"]:
+    """:func:`sample_sequences` trusting its arguments: an HMM, counts >= 0, a generator and a
+    normalised ``initial_state`` (or None). The memory bound is still checked."""
     # uniforms (float64) and two int64 token buffers
     check_memory(
         n_sequences * length * 8 * 3,
@@ -127,18 +156,11 @@ def sample_sequences(
         f"sampling {n_sequences} sequences of length {length}",
         "fewer or shorter sequences, sampled in batches",
     )
-    gen = _generator(seed, generator)
-    init = (
-        hmm.initial_state
-        if initial_state is None
-        else hmm.check_belief(initial_state, "initial_state")
-    )
-    u = torch.rand(n_sequences, length, generator=gen, dtype=torch.float64)
+    init = hmm.initial_state if initial_state is None else initial_state
+    u = torch.rand(n_sequences, length, generator=generator, dtype=torch.float64)
     tokens = torch.empty(n_sequences, length, dtype=torch.long)
     if hmm.generalized:
-        for t, (_, x, _) in enumerate(
-            belief_walk(hmm, init.expand(n_sequences, -1), u.T.contiguous())
-        ):
+        for t, (_, x, _) in enumerate(_walk(hmm, init.expand(n_sequences, -1), u.T.contiguous())):
             tokens[:, t] = x
         return tokens
     S = hmm.n_states
@@ -146,7 +168,8 @@ def sample_sequences(
     cdf = hmm.T.permute(1, 0, 2).reshape(S, -1).cumsum(-1)
     cdf = (cdf / cdf[:, -1:])[:, :-1].contiguous()
     init_cdf = (init / init.sum()).cumsum(0)[:-1]
-    state = (torch.rand(n_sequences, 1, generator=gen, dtype=torch.float64) > init_cdf).sum(-1)
+    first = torch.rand(n_sequences, 1, generator=generator, dtype=torch.float64)
+    state = (first > init_cdf).sum(-1)
     u = u.T.contiguous()  # [L, n]: one contiguous row per step
     tokens = torch.empty(length, n_sequences, dtype=torch.long)
     for t in range(length):
@@ -201,6 +224,19 @@ def _walk(hmm: HMM, beliefs: Tensor, uniforms: Tensor) -> Iterator:
         yield p, x, cols.T
 
 
+def _check_filter(
+    hmm: HMM, tokens, initial_state, impossible: Impossible
+) -> tuple[Tensor, Tensor | None]:
+    """The filter's arguments checked: tokens ``[n, L]`` as a LongTensor, the start belief."""
+    check_hmm(hmm)
+    check_option("impossible", impossible, Impossible)
+    tokens = hmm.check_tokens(tokens)
+    if tokens.ndim != 2:
+        raise BeliefLensError(f"tokens must have shape [n, L], got {tuple(tokens.shape)}")
+    init = None if initial_state is None else hmm.check_belief(initial_state, "initial_state")
+    return tokens, init
+
+
 def _filter(
     hmm: HMM,
     tokens: Tensor,
@@ -211,21 +247,12 @@ def _filter(
 ) -> tuple[Float[Tensor, "n L S"], Float[Tensor, "n L"] | None]:
     """Run the belief filter, returning beliefs and (if wanted) cumulative log-probabilities.
 
-    Sequences go through in chunks whose per-step temporaries stay in cache, in a column layout
-    (``[S, chunk]``) that makes the skinny matmuls fast.
+    Trusts its arguments (see :func:`_check_filter`). Sequences go through in chunks whose
+    per-step temporaries stay in cache, in a column layout (``[S, chunk]``) that makes the skinny
+    matmuls fast.
     """
-    check_hmm(hmm)
-    if not isinstance(impossible, str) or impossible not in ("raise", "mask"):
-        raise BeliefLensError(f"impossible must be 'raise' or 'mask', got {impossible!r}")
-    tokens = hmm.check_tokens(tokens)
-    if tokens.ndim != 2:
-        raise BeliefLensError(f"tokens must have shape [n, L], got {tuple(tokens.shape)}")
     n, L = tokens.shape
-    init = (
-        hmm.initial_state
-        if initial_state is None
-        else hmm.check_belief(initial_state, "initial_state")
-    )
+    init = hmm.initial_state if initial_state is None else initial_state
     beliefs = torch.empty(n, L, hmm.n_states, dtype=torch.float64)
     norms = torch.empty(n, L, dtype=torch.float64)
     for c in range(0, n, chunk):
@@ -285,10 +312,27 @@ def belief_states(
     its beliefs are NaN from that position on. ``include_start=True`` prepends the belief before
     any token (``[n, L + 1, S]``): what a model reading a BOS token should hold at the BOS.
     """
+    tokens, init = _check_filter(hmm, tokens, initial_state, impossible)
+    include_start = check_bool("include_start", include_start)
+    return belief_states_unchecked(
+        hmm, tokens, initial_state=init, impossible=impossible, include_start=include_start
+    )
+
+
+def belief_states_unchecked(
+    hmm: HMM,
+    tokens: Int[Tensor, "n L"],
+    *,
+    initial_state: Tensor | None = None,
+    impossible: Impossible = "raise",
+    include_start: bool = False,
+) -> Float[Tensor, "n L_or_L_plus_1 n_states"]:
+    """:func:`belief_states` trusting its arguments: an HMM, valid tokens ``[n, L]`` (LongTensor)
+    and a normalised ``initial_state`` (or None)."""
     beliefs = _filter(hmm, tokens, initial_state, impossible, want_log_probs=False)[0]
     if not include_start:
         return beliefs
-    start = hmm.initial_state if initial_state is None else hmm.check_belief(initial_state)
+    start = hmm.initial_state if initial_state is None else initial_state
     return torch.cat([start.to(beliefs).expand(beliefs.shape[0], 1, -1), beliefs], dim=1)
 
 
@@ -300,7 +344,8 @@ def log_probs(
     impossible: Impossible = "raise",
 ) -> Float[Tensor, "n L"]:
     """Cumulative log-probability (nats) of each prefix ``tokens[:, :t+1]``."""
-    return _filter(hmm, tokens, initial_state, impossible, want_log_probs=True)[1]
+    tokens, init = _check_filter(hmm, tokens, initial_state, impossible)
+    return _filter(hmm, tokens, init, impossible, want_log_probs=True)[1]
 
 
 def next_token_distributions(
@@ -311,9 +356,10 @@ def next_token_distributions(
     beliefs: Tensor | None = None,
 ) -> Float[Tensor, "n L n_symbols"]:
     """``P(token t+1 | tokens 0..t)`` at every position: what an optimal predictor outputs."""
-    check_hmm(hmm)
     if beliefs is None:
         beliefs = belief_states(hmm, tokens, initial_state=initial_state)
+    else:
+        check_hmm(hmm)
     return hmm.next_token_probs(beliefs)
 
 
@@ -349,6 +395,11 @@ def count_sequences(
     length = check_int("length", length, low=0)
     max_supports = check_int("max_supports", max_supports, low=1)
     init = hmm.initial_state if initial_state is None else hmm.check_belief(initial_state)
+    return _count_sequences(hmm, length, init, max_supports)
+
+
+def _count_sequences(hmm: HMM, length: int, init: Tensor, max_supports: int) -> int | None:
+    """:func:`count_sequences` from the start belief ``init``, trusting its arguments."""
     step = (hmm.T != 0).to(torch.float64)  # [V, S, S]
     counts = {tuple((init != 0).tolist()): 1}
     for _ in range(length):
@@ -396,18 +447,36 @@ def enumerate_sequences(
     max_sequences = check_int("max_sequences", max_sequences, low=1)
     if max_bytes is not None:
         max_bytes = check_int("max_bytes", max_bytes, low=1)
-    init = (
-        hmm.initial_state
-        if initial_state is None
-        else hmm.check_belief(initial_state, "initial_state")
+    init = None if initial_state is None else hmm.check_belief(initial_state, "initial_state")
+    return enumerate_sequences_unchecked(
+        hmm,
+        length,
+        initial_state=init,
+        min_prob=min_prob,
+        max_sequences=max_sequences,
+        max_bytes=max_bytes,
     )
+
+
+def enumerate_sequences_unchecked(
+    hmm: HMM,
+    length: int,
+    *,
+    initial_state: Tensor | None = None,
+    min_prob: float = 0.0,
+    max_sequences: int = 10_000_000,
+    max_bytes: int | None = None,
+) -> SequenceSet:
+    """:func:`enumerate_sequences` trusting its arguments (an HMM, ``length >= 1``, a normalised
+    ``initial_state`` or None, bounds in range); the memory and count bounds are still checked."""
+    init = hmm.initial_state if initial_state is None else initial_state
     S = hmm.n_states
     options = (
         "pass max_bytes= (or max_sequences=) to allow more, enumerate a shorter length, "
         "raise min_prob=, or sample with sample_sequences()"
     )
     if not hmm.generalized and min_prob == 0:
-        n = count_sequences(hmm, length, initial_state=init)
+        n = _count_sequences(hmm, length, init, 4096)
         if n is not None:
             what = f"enumerating the {n} sequences of length {length} of {hmm.name}"
             if n > max_sequences:

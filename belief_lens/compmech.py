@@ -1,7 +1,9 @@
 """Computational mechanics of a process: mixed-state presentation, entropies and optimal loss.
 
 All entropies are in nats. Everything here is built on one level-by-level enumeration of the
-distribution over beliefs (:func:`belief_levels`), with identical beliefs merged.
+distribution over beliefs (:func:`belief_levels`), with identical beliefs merged; the mixed-state
+presentation lives in :mod:`belief_lens.msp` (and is re-exported here). Public functions check
+their arguments once and call private engines that trust them.
 """
 
 from __future__ import annotations
@@ -10,16 +12,22 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from belief_lens.beliefs import belief_walk, check_hmm, check_memory
+from belief_lens.beliefs import (
+    belief_states_unchecked,
+    belief_walk,
+    check_hmm,
+    check_memory,
+    sample_sequences_unchecked,
+)
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM, NEGATIVE_TOL
 from belief_lens.metrics import entropy
-from belief_lens.validation import check_float, check_int, check_seed
+from belief_lens.msp import MixedStatePresentation, mixed_state_presentation
+from belief_lens.validation import check_bool, check_float, check_int, check_option, check_seed
 
 __all__ = [
     "LossFloor",
@@ -31,6 +39,7 @@ __all__ = [
     "estimate_optimal_loss",
     "excess_entropy",
     "loss_floor",
+    "loss_floor_unchecked",
     "mixed_state_presentation",
     "myopic_entropy",
     "optimal_loss",
@@ -67,26 +76,19 @@ def belief_levels(
     """
     check_hmm(hmm)
     max_length = check_int("max_length", max_length, low=0)
-    tol = check_float("tol", tol, low=0.0, low_open=True)
-    max_states = check_int("max_states", max_states, low=1)
-    if max_bytes is not None:
-        max_bytes = check_int("max_bytes", max_bytes, low=1)
-    eta = (
-        hmm.initial_state
-        if initial_state is None
-        else hmm.check_belief(initial_state, "initial_state")
-    )[None]
-    return _belief_levels(hmm, eta, max_length, tol, max_states, max_bytes)
+    options = dict(tol=tol, max_states=max_states, initial_state=initial_state, max_bytes=max_bytes)
+    return _belief_levels(hmm, max_length, **_level_options(hmm, options))
 
 
 def _belief_levels(
-    hmm: HMM, eta: Tensor, max_length: int, tol: float, max_states: int, max_bytes: int | None
+    hmm: HMM, max_length: int, *, start: Tensor, tol: float, max_states: int, max_bytes: int | None
 ) -> Iterator[tuple[Float[Tensor, "K S"], Float[Tensor, " K"]]]:
     S, V = hmm.n_states, hmm.n_symbols
     options = (
         "pass max_bytes= or max_states= to allow more, shorten max_length, or use "
         "entropy_rate(method='chaos_game') (sampled belief trajectories)"
     )
+    eta = start[None]
     w = torch.ones(1, dtype=torch.float64)
     yield eta, w
     for L in range(1, max_length + 1):
@@ -113,14 +115,31 @@ def _belief_levels(
 LEVEL_OPTIONS = ("tol", "max_states", "initial_state", "max_bytes")
 
 
-def check_level_options(kwargs: dict) -> dict:
-    """Refuse keyword arguments that :func:`belief_levels` does not take, by name."""
-    unknown = sorted(set(kwargs) - set(LEVEL_OPTIONS))
+def _level_options(hmm: HMM, options: dict) -> dict:
+    """The keyword options of the belief enumeration (:data:`LEVEL_OPTIONS`), checked, with their
+    defaults, as :func:`_belief_levels` takes them (``initial_state`` becomes ``start``)."""
+    unknown = sorted(set(options) - set(LEVEL_OPTIONS))
     if unknown:
         raise BeliefLensError(
             f"unknown option(s) {unknown}; the belief enumeration takes {list(LEVEL_OPTIONS)}"
         )
-    return kwargs
+    init, max_bytes = options.get("initial_state"), options.get("max_bytes")
+    return {
+        "start": hmm.initial_state if init is None else hmm.check_belief(init, "initial_state"),
+        "tol": check_float("tol", options.get("tol", 1e-9), low=0.0, low_open=True),
+        "max_states": check_int("max_states", options.get("max_states", 2_000_000), low=1),
+        "max_bytes": None if max_bytes is None else check_int("max_bytes", max_bytes, low=1),
+    }
+
+
+def _myopic_entropy(hmm: HMM, max_length: int, levels: dict) -> Float[Tensor, " max_length_plus_1"]:
+    """``h(0 .. max_length)`` over the belief levels built with the checked options ``levels``."""
+    return torch.stack(
+        [
+            (w * entropy(hmm.next_token_probs(b))).sum()
+            for b, w in _belief_levels(hmm, max_length, **levels)
+        ]
+    )
 
 
 def myopic_entropy(hmm: HMM, max_length: int, **kwargs) -> Float[Tensor, " max_length_plus_1"]:
@@ -129,21 +148,17 @@ def myopic_entropy(hmm: HMM, max_length: int, **kwargs) -> Float[Tensor, " max_l
     Keyword options go to :func:`belief_levels` (``tol``, ``max_states``, ``initial_state``,
     ``max_bytes``).
     """
-    check_level_options(kwargs)
-    return torch.stack(
-        [
-            (w * entropy(hmm.next_token_probs(b))).sum()
-            for b, w in belief_levels(hmm, max_length, **kwargs)
-        ]
-    )
+    check_hmm(hmm)
+    max_length = check_int("max_length", max_length, low=0)
+    return _myopic_entropy(hmm, max_length, _level_options(hmm, kwargs))
 
 
 def block_entropy(hmm: HMM, max_length: int, **kwargs) -> Float[Tensor, " max_length_plus_1"]:
     """``H(L) = sum_{l < L} h(l)`` for ``L = 0 .. max_length``, in nats."""
     check_hmm(hmm)
     max_length = check_int("max_length", max_length, low=0)
-    check_level_options(kwargs)
-    h = myopic_entropy(hmm, max_length - 1, **kwargs) if max_length > 0 else torch.zeros(0)
+    levels = _level_options(hmm, kwargs)
+    h = _myopic_entropy(hmm, max_length - 1, levels) if max_length > 0 else torch.zeros(0)
     return torch.cat([torch.zeros(1, dtype=torch.float64), h.cumsum(0)])
 
 
@@ -155,188 +170,9 @@ def optimal_loss(hmm: HMM, n_ctx: int, bos: bool = False, **kwargs) -> Float[Ten
     """
     check_hmm(hmm)
     n_ctx = check_int("n_ctx", n_ctx, low=1)
-    if not isinstance(bos, bool):
-        raise BeliefLensError(f"bos must be True or False, got {bos!r}")
-    h = myopic_entropy(hmm, n_ctx, **kwargs)
+    bos = check_bool("bos", bos)
+    h = _myopic_entropy(hmm, n_ctx, _level_options(hmm, kwargs))
     return h[:n_ctx] if bos else h[1:]
-
-
-# ---------------------------------------------------------------------------------------- MSP
-@dataclass(frozen=True)
-class MixedStatePresentation:
-    """The mixed-state presentation: distinct beliefs and the labelled transitions between them.
-
-    Attributes:
-        beliefs: ``[K, S]`` distinct beliefs; state 0 is the start belief.
-        transitions: ``[E, 3]`` rows ``(from, symbol, to)``.
-        transition_probs: ``[E]`` ``P(symbol | from)``.
-        depth: ``[K]`` the length of the shortest word reaching each state.
-        is_recurrent: ``[K]`` membership of a closed strongly connected component.
-        complete: False when ``max_depth`` stopped the search with states left unexpanded.
-    """
-
-    beliefs: Float[Tensor, "K S"]
-    transitions: Int[Tensor, "E 3"]
-    transition_probs: Float[Tensor, " E"]
-    depth: Int[Tensor, " K"]
-    is_recurrent: Bool[Tensor, " K"]
-    complete: bool
-
-    @property
-    def n_states(self) -> int:
-        return self.beliefs.shape[0]
-
-    @property
-    def n_recurrent(self) -> int:
-        return int(self.is_recurrent.sum())
-
-    def transition_tensor(self) -> Float[Tensor, "V K K"]:
-        """The MSP as an HMM transition tensor ``[n_symbols, K, K]`` (unifilar)."""
-        V = int(self.transitions[:, 1].max()) + 1 if len(self.transitions) else 0
-        T = torch.zeros(V, self.n_states, self.n_states, dtype=torch.float64)
-        f, x, t = self.transitions.T
-        T[x, f, t] = self.transition_probs
-        return T
-
-
-def mixed_state_presentation(
-    hmm: HMM,
-    max_depth: int = 100,
-    tol: float = 1e-9,
-    *,
-    max_states: int = 100_000,
-    initial_state: Tensor | None = None,
-) -> MixedStatePresentation:
-    """Breadth-first mixed-state presentation from the start belief, merging equal beliefs.
-
-    Recurrent states (closed strongly connected components) form the epsilon-machine; the rest are
-    transient. Processes whose beliefs never merge (Mess3) need ``max_depth``; past ``max_states``
-    states this raises.
-    """
-    check_hmm(hmm)
-    max_depth = check_int("max_depth", max_depth, low=0)
-    tol = check_float("tol", tol, low=0.0, low_open=True)
-    max_states = check_int("max_states", max_states, low=1)
-    start = (
-        hmm.initial_state
-        if initial_state is None
-        else hmm.check_belief(initial_state, "initial_state")
-    )
-    keys: dict[bytes, int] = {}
-    beliefs: list[Tensor] = []
-    depth: list[int] = []
-
-    def key(b: Tensor) -> bytes:
-        return torch.round(b / tol).to(torch.int64).numpy().tobytes()
-
-    def add(b: Tensor, d: int) -> int:
-        k = key(b)
-        if k not in keys:
-            if len(beliefs) >= max_states:
-                raise BeliefLensError(
-                    f"the mixed-state presentation of {hmm.name} passed max_states={max_states} "
-                    f"at depth {d}; raise max_states or lower max_depth"
-                )
-            keys[k] = len(beliefs)
-            beliefs.append(b)
-            depth.append(d)
-        return keys[k]
-
-    add(start, 0)
-    edges: list[tuple[int, int, int]] = []
-    probs: list[float] = []
-    frontier = [0]
-    expanded = np.zeros(0, dtype=bool)
-    d = 0
-    while frontier and d < max_depth:
-        etas = torch.stack([beliefs[i] for i in frontier])
-        new = torch.einsum("ks,xsj->kxj", etas, hmm.T)
-        p = new @ hmm.tau
-        next_frontier = []
-        for r, src in enumerate(frontier):
-            for x in range(hmm.n_symbols):
-                if p[r, x] < -NEGATIVE_TOL:
-                    raise BeliefLensError(
-                        f"{hmm.name} gives token {x} negative probability {p[r, x].item():.6g} "
-                        f"at depth {d}: not a valid process"
-                    )
-                if p[r, x] > (1e-14 if hmm.generalized else 0.0):
-                    n_before = len(beliefs)
-                    dst = add(new[r, x] / p[r, x], d + 1)
-                    if len(beliefs) > n_before:
-                        next_frontier.append(dst)
-                    edges.append((src, x, dst))
-                    probs.append(float(p[r, x]))
-        frontier = next_frontier
-        d += 1
-    K = len(beliefs)
-    expanded = np.ones(K, dtype=bool)
-    expanded[frontier] = False
-    recurrent = _closed_components(K, edges, expanded)
-    return MixedStatePresentation(
-        beliefs=torch.stack(beliefs),
-        transitions=torch.tensor(edges, dtype=torch.long).reshape(-1, 3),
-        transition_probs=torch.tensor(probs, dtype=torch.float64),
-        depth=torch.tensor(depth, dtype=torch.long),
-        is_recurrent=torch.from_numpy(recurrent),
-        complete=not frontier,
-    )
-
-
-def _closed_components(
-    K: int, edges: list[tuple[int, int, int]], expanded: np.ndarray
-) -> np.ndarray:
-    """Mark nodes in closed strongly connected components (Tarjan, iterative).
-
-    A component is closed when no edge leaves it and all its nodes were expanded.
-    """
-    succ: list[list[int]] = [[] for _ in range(K)]
-    for f, _, t in edges:
-        succ[f].append(t)
-    index = [-1] * K
-    low = [0] * K
-    on_stack = [False] * K
-    stack: list[int] = []
-    comp = [-1] * K
-    n_comp = 0
-    counter = 0
-    for root in range(K):
-        if index[root] != -1:
-            continue
-        work = [(root, 0)]
-        while work:
-            v, i = work.pop()
-            if i == 0:
-                index[v] = low[v] = counter
-                counter += 1
-                stack.append(v)
-                on_stack[v] = True
-            if i < len(succ[v]):
-                work.append((v, i + 1))
-                w = succ[v][i]
-                if index[w] == -1:
-                    work.append((w, 0))
-                elif on_stack[w]:
-                    low[v] = min(low[v], index[w])
-                continue
-            for w in succ[v]:
-                if on_stack[w] or comp[w] == -1 and index[w] > index[v]:
-                    low[v] = min(low[v], low[w])
-            if low[v] == index[v]:
-                while True:
-                    w = stack.pop()
-                    on_stack[w] = False
-                    comp[w] = n_comp
-                    if w == v:
-                        break
-                n_comp += 1
-    comp_arr = np.array(comp)
-    closed = np.ones(n_comp, dtype=bool)
-    for f, _, t in edges:
-        if comp_arr[f] != comp_arr[t]:
-            closed[comp_arr[f]] = False
-    closed[comp_arr[~expanded]] = False
-    return closed[comp_arr]
 
 
 # ---------------------------------------------------------------------------------------- rates
@@ -394,10 +230,16 @@ def entropy_rate(
     burn_in = check_int("burn_in", burn_in, low=0)
     seed = check_seed("seed", seed)
     max_states = check_int("max_states", max_states, low=1)
-    if not isinstance(method, str) or method not in ("exact", "chaos_game"):
-        raise BeliefLensError(f"method must be 'exact' or 'chaos_game', got {method!r}")
+    method = check_option("method", method, ("exact", "chaos_game"))
     if method == "chaos_game":
         return _chaos_game_rate(hmm, n_chains, n_steps, burn_in, seed)
+    return _exact_entropy_rate(hmm, max_length, tol, max_states)
+
+
+def _exact_entropy_rate(
+    hmm: HMM, max_length: int = 64, tol: float = 1e-8, max_states: int = 2_000_000
+) -> float:
+    """``entropy_rate(method="exact")`` with checked arguments (its defaults are the same)."""
     try:
         msp = mixed_state_presentation(hmm, max_depth=max_length, max_states=2_000)
         if msp.complete and msp.n_recurrent > 0:
@@ -406,7 +248,10 @@ def entropy_rate(
         pass
     h: list[float] = []
     prev = math.inf
-    for b, w in belief_levels(hmm, max_length, max_states=max_states):
+    levels = _belief_levels(
+        hmm, max_length, start=hmm.initial_state, tol=1e-9, max_states=max_states, max_bytes=None
+    )
+    for b, w in levels:
         h.append(float((w * entropy(hmm.next_token_probs(b))).sum()))
         if len(h) >= 3:
             a, bb, c = h[-3:]
@@ -435,8 +280,8 @@ def excess_entropy(hmm: HMM, max_length: int = 64, **kwargs) -> float:
     """``E = sum_L (h(L) - h_mu)`` in nats, summed to ``max_length``."""
     check_hmm(hmm)
     max_length = check_int("max_length", max_length, low=0)
-    h = myopic_entropy(hmm, max_length, **kwargs)
-    return float((h - entropy_rate(hmm)).sum())
+    h = _myopic_entropy(hmm, max_length, _level_options(hmm, kwargs))
+    return float((h - _exact_entropy_rate(hmm)).sum())
 
 
 # ---------------------------------------------------------------------------- loss floor at scale
@@ -466,6 +311,28 @@ class LossFloor:
         return "exact" if self.exact else f"estimated ± {self.mean_se:.2g}"
 
 
+def _check_floor_args(
+    hmm: HMM, n_ctx, bos, n_sequences, seed, tokens
+) -> tuple[int, bool, int, int, Tensor | None]:
+    """The loss floor's arguments, checked: ``tokens`` (when given) must hold at least two
+    sequences of the symbols the floor's positions read."""
+    check_hmm(hmm)
+    n_ctx = check_int("n_ctx", n_ctx, low=1)
+    bos = check_bool("bos", bos)
+    seed = check_seed("seed", seed)
+    length = n_ctx - 1 if bos else n_ctx
+    if tokens is None:
+        n_sequences = check_int("n_sequences (for a standard error)", n_sequences, low=2)
+    else:
+        tokens = hmm.check_tokens(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] < length or tokens.shape[0] < 2:
+            raise BeliefLensError(
+                f"tokens must be [n >= 2, L >= {length}] samples of the process, got "
+                f"{tuple(tokens.shape)}"
+            )
+    return n_ctx, bos, n_sequences, seed, tokens
+
+
 def estimate_optimal_loss(
     hmm: HMM,
     n_ctx: int,
@@ -482,26 +349,22 @@ def estimate_optimal_loss(
     position: an unbiased estimate of ``h(t+1)`` (``h(t)`` with BOS), where the belief tree is too
     large to enumerate (Mess3's grows as ``3^L``).
     """
-    from belief_lens.beliefs import belief_states, sample_sequences
+    args = _check_floor_args(hmm, n_ctx, bos, n_sequences, seed, tokens)
+    return _estimate_optimal_loss(hmm, *args)
 
-    if n_ctx < 1:
-        raise BeliefLensError(f"n_ctx must be >= 1, got {n_ctx}")
+
+def _estimate_optimal_loss(
+    hmm: HMM, n_ctx: int, bos: bool, n_sequences: int, seed: int, tokens: Tensor | None
+) -> LossFloor:
     length = n_ctx - 1 if bos else n_ctx
     if tokens is None:
-        if n_sequences < 2:
-            raise BeliefLensError(
-                f"n_sequences must be >= 2 for a standard error, got {n_sequences}"
-            )
-        tokens = sample_sequences(hmm, n_sequences, length, seed=seed)
-    tokens = hmm.check_tokens(tokens)
-    if tokens.ndim != 2 or tokens.shape[1] < length or tokens.shape[0] < 2:
-        raise BeliefLensError(
-            f"tokens must be [n >= 2, L >= {length}] samples of the process, got "
-            f"{tuple(tokens.shape)}"
-        )
+        generator = torch.Generator().manual_seed(seed)
+        tokens = sample_sequences_unchecked(hmm, n_sequences, length, generator)
     tokens = tokens[:, :length]
     n = tokens.shape[0]
-    beliefs = belief_states(hmm, tokens) if length else tokens.new_empty(n, 0, hmm.n_states)
+    beliefs = (
+        belief_states_unchecked(hmm, tokens) if length else tokens.new_empty(n, 0, hmm.n_states)
+    )
     if bos:
         start = hmm.initial_state.expand(n, 1, -1)
         beliefs = torch.cat([start, beliefs.to(start.dtype)], dim=1)
@@ -534,20 +397,46 @@ def loss_floor(
     levels (each belief costs ``O(n_symbols * n_states)`` floats to expand). Mess3's 59,049
     beliefs at length 10 are exact; its ``3^L`` growth beyond is estimated.
     """
-    if n_ctx < 1:
-        raise BeliefLensError(f"n_ctx must be >= 1, got {n_ctx}")
+    n_ctx, bos, n_sequences, seed, tokens = _check_floor_args(
+        hmm, n_ctx, bos, n_sequences, seed, tokens
+    )
+    max_states = check_int("max_states", max_states, low=1)
+    return loss_floor_unchecked(
+        hmm,
+        n_ctx,
+        bos=bos,
+        max_states=max_states,
+        n_sequences=n_sequences,
+        seed=seed,
+        tokens=tokens,
+    )
+
+
+def loss_floor_unchecked(
+    hmm: HMM,
+    n_ctx: int,
+    *,
+    bos: bool = False,
+    max_states: int = 60_000,
+    n_sequences: int = 4096,
+    seed: int = 0,
+    tokens: Int[Tensor, "n L"] | None = None,
+) -> LossFloor:
+    """:func:`loss_floor` trusting its arguments (as :func:`loss_floor` checks them): for callers
+    that validated the process and settings at their own entry point."""
     h: list[Tensor] = []
     total = 0
+    levels = _belief_levels(
+        hmm, n_ctx, start=hmm.initial_state, tol=1e-9, max_states=max_states, max_bytes=None
+    )
     try:
-        for beliefs, w in belief_levels(hmm, n_ctx, max_states=max_states):
+        for beliefs, w in levels:
             total += len(w)
             if total > 8 * max_states:
                 raise BeliefLensError("belief tree over the memory bound")
             h.append((w * entropy(hmm.next_token_probs(beliefs))).sum())
     except BeliefLensError:
-        return estimate_optimal_loss(
-            hmm, n_ctx, bos=bos, n_sequences=n_sequences, seed=seed, tokens=tokens
-        )
+        return _estimate_optimal_loss(hmm, n_ctx, bos, n_sequences, seed, tokens)
     exact = torch.stack(h)
     exact = exact[:n_ctx] if bos else exact[1:]
     return LossFloor(exact, torch.zeros_like(exact), float(exact.mean()), 0.0, exact=True)

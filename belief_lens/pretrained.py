@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -26,6 +26,8 @@ import torch
 
 from belief_lens import tl_compat
 from belief_lens.errors import BeliefLensError
+from belief_lens.models import seeded
+from belief_lens.validation import check_int, check_seed
 
 __all__ = [
     "GPT2_TOKENS",
@@ -51,17 +53,6 @@ GPT2_TOKENS: dict[str, int] = {
 }
 
 _EOT = "<|endoftext|>"
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """Seed torch inside, and restore the caller's global RNG state afterwards."""
-    from belief_lens.models import preserve_global_rng
-
-    with preserve_global_rng():
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
 
 
 def word_tokenizer(
@@ -127,16 +118,22 @@ def gpt2_like(
     ``TokenMap.from_strings`` work. The same arguments and seed give the same weights; the
     caller's global RNG state is left untouched.
     """
-    sizes = {"d_vocab": d_vocab, "n_ctx": n_ctx, "n_layers": n_layers, "d_model": d_model}
-    sizes["n_heads"] = n_heads
-    for name, value in sizes.items():
-        if int(value) < 1:
-            raise BeliefLensError(f"gpt2_like: {name} must be >= 1, got {value}")
+    d_vocab, n_ctx, n_layers, d_model, n_heads = (
+        check_int(f"gpt2_like: {name}", value, low=1)
+        for name, value in (
+            ("d_vocab", d_vocab),
+            ("n_ctx", n_ctx),
+            ("n_layers", n_layers),
+            ("d_model", d_model),
+            ("n_heads", n_heads),
+        )
+    )
     if d_model % n_heads:
         raise BeliefLensError(
             f"gpt2_like: d_model={d_model} must be divisible by n_heads={n_heads}"
         )
-    d_mlp = 4 * d_model if d_mlp is None else int(d_mlp)
+    d_mlp = 4 * d_model if d_mlp is None else check_int("gpt2_like: d_mlp", d_mlp, low=1)
+    seed = None if seed is None else check_seed("gpt2_like: seed", seed)
     device = torch.device("cpu") if device is None else torch.device(device)
     if tl_compat.is_hooked_transformer_available():
         model = _hooked_gpt2(d_vocab, n_ctx, n_layers, d_model, n_heads, d_mlp, tokenizer, seed)
@@ -165,7 +162,7 @@ def _hooked_gpt2(d_vocab, n_ctx, n_layers, d_model, n_heads, d_mlp, tokenizer, s
         seed=seed,
         device="cpu",
     )
-    with _seeded(seed):
+    with seeded(seed):
         return model_cls(cfg, tokenizer=tokenizer)
 
 
@@ -196,7 +193,7 @@ def _bridge_gpt2(d_vocab, n_ctx, n_layers, d_model, n_heads, d_mlp, tokenizer, s
         embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
-    with _seeded(seed):
+    with seeded(seed):
         hf_model = GPT2LMHeadModel(hf_config)
     hf_model.eval()
     return build_bridge_from_module(

@@ -1,4 +1,4 @@
-"""Argument checks shared by the core (hmm, processes, beliefs, compmech).
+"""Argument checks, one of each kind, for every module: integers, reals, seeds, flags, options.
 
 Each check raises :class:`~belief_lens.errors.BeliefLensError` naming the argument, what was
 expected and what came, before any work is done. Python and numpy numbers are both accepted;
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
+from typing import Any, get_args, get_origin
 
 import numpy as np
 import torch
@@ -18,11 +20,18 @@ from belief_lens.errors import BeliefLensError
 
 __all__ = [
     "MAX_SEED",
+    "Positions",
+    "check_bool",
+    "check_finite_tensor",
     "check_float",
+    "check_hook_name",
     "check_int",
     "check_int_list",
+    "check_option",
+    "check_positions",
     "check_real_tensor",
     "check_seed",
+    "resolve_positions",
 ]
 
 MAX_SEED = 2**63 - 1
@@ -84,6 +93,28 @@ def check_seed(name: str, value) -> int:
     return check_int(name, value, low=0, high=MAX_SEED)
 
 
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is ``True`` or ``False`` (numpy bools too); 0, 1 and strings fail."""
+    if not isinstance(value, bool | np.bool_):
+        raise BeliefLensError(f"{name} must be True or False, got {_got(value)}")
+    return bool(value)
+
+
+def check_option(name: str, value, options: Any) -> Any:
+    """``value`` if it is one of ``options``: a ``Literal[...]`` type or an iterable of values.
+
+    >>> check_option("schedule", "cosine", ("cosine", "linear"))
+    'cosine'
+    """
+    allowed = tuple(get_args(options)) if get_origin(options) is not None else tuple(options)
+    # Compared by type first: 1 must not pass for True, nor an array compare elementwise.
+    if not any(type(value) is type(o) and value == o for o in allowed):
+        shown = [repr(o) for o in allowed]
+        expected = " or ".join(shown) if len(shown) <= 2 else "one of " + ", ".join(shown)
+        raise BeliefLensError(f"{name} must be {expected}, got {_got(value)}")
+    return value
+
+
 def check_real_tensor(name: str, value, *, integer: bool = False) -> Tensor:
     """``value`` as a tensor, refusing strings, object arrays, ragged lists and complex numbers.
 
@@ -134,30 +165,8 @@ def check_int_list(name: str, value, *, length: int | None = None, low: int = 0)
 
 
 # ------------------------------------------------------------- options, positions, hooks, tensors
-from collections.abc import Sequence  # noqa: E402 (appended section; the lead may move it up)
-from typing import get_args  # noqa: E402
-
-__all__ += [
-    "Positions",
-    "check_finite_tensor",
-    "check_hook_name",
-    "check_option",
-    "check_positions",
-    "resolve_positions",
-]
-
 #: Positions as users give them: one index, several, or None for every position.
 Positions = int | Sequence[int] | None
-
-
-def check_option(name: str, value, options) -> str:
-    """``value`` if it is one of the ``Literal`` ``options``, else an error naming them."""
-    valid = get_args(options)
-    if not isinstance(value, str) or value not in valid:
-        raise BeliefLensError(
-            f"{name} must be one of {', '.join(repr(v) for v in valid)}; got {value!r}"
-        )
-    return value
 
 
 def check_hook_name(name: str, value) -> str:

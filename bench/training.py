@@ -9,7 +9,8 @@ Figures printed:
    Mess3 architecture and the demo's settings), against the 10% tolerance, with the steps taken;
 2. for the paper's Mess3 architecture, the training wall time (probe checks excluded) until an
    affine probe at ``blocks.3.hook_resid_post`` reaches MSE <= each threshold, with
-   ``targets="tokens"`` and ``targets="bayes"``. As in the paper, every sequence weighs the same:
+   ``targets="tokens"`` and ``targets="bayes"`` (``TrainConfig.preset``'s settings, with the
+   learning rate, batch size and steps of the command line). As in the paper, every sequence weighs the same:
    while training, the probe is fitted in-sample on a uniform subset of 8,192 of the 59,049
    length-10 sequences x 10 positions; at the end, on all of them.
 """
@@ -25,12 +26,14 @@ import torch.nn.functional as F
 
 from belief_lens.activations import residual_stream
 from belief_lens.beliefs import enumerate_sequences
-from belief_lens.models import toy_transformer
+from belief_lens.models import ModelConfig, toy_transformer
 from belief_lens.processes import mess3
-from belief_lens.training import DEFAULTS, TrainConfig, make_batch, train
+from belief_lens.training import TrainConfig, make_batch, train
 
 HOOK = "blocks.3.hook_resid_post"
-PAPER_ARCH = dict(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=256)
+N_CTX = 10
+#: The paper's Mess3 architecture.
+PAPER_MESS3 = ModelConfig.paper("mess3", d_vocab=3, n_ctx=N_CTX)
 
 
 def probe_mse(model, tokens, beliefs) -> float:
@@ -53,8 +56,8 @@ def bench_throughput(batch_size: int, n_steps: int, targets: str, rounds: int = 
     other processes on a shared machine from biasing the ratio.
     """
     hmm = mess3()
-    n_ctx = 10
-    model = toy_transformer(3, n_ctx, **PAPER_ARCH)
+    n_ctx = N_CTX
+    model = toy_transformer(PAPER_MESS3)
     tokens_per_step = batch_size * n_ctx
 
     def bare_rate() -> float:
@@ -124,8 +127,8 @@ def bench_budget(seconds: float = 20.0, repeats: int = 2) -> None:
     hmm = mess3()
     for targets in ("bayes", "tokens"):
         for _ in range(repeats):
-            model = toy_transformer(3, 10, **PAPER_ARCH)
-            config = TrainConfig(**DEFAULTS[targets], targets=targets, seconds=seconds)
+            model = toy_transformer(PAPER_MESS3)
+            config = TrainConfig.preset(targets, "mess3", seconds=seconds)
             start = time.perf_counter()
             history = train(model, hmm, config, progress=False)
             wall = time.perf_counter() - start
@@ -146,12 +149,13 @@ def time_to_mse(
 ) -> None:
     """Train the paper architecture on Mess3 until the probe MSE passes every threshold."""
     hmm = mess3()
-    n_ctx = 10
+    n_ctx = N_CTX
     # The paper's protocol weighs every sequence equally: probe a uniform subset of all of them.
     every = enumerate_sequences(hmm, n_ctx)
     subset = torch.randperm(len(every), generator=torch.Generator().manual_seed(12345))[:8192]
     probe_tokens, probe_beliefs = every.tokens[subset], every.beliefs[subset]
-    model = toy_transformer(3, n_ctx, **PAPER_ARCH, seed=train_kwargs.pop("model_seed", 0))
+    model = toy_transformer(PAPER_MESS3, seed=train_kwargs.pop("model_seed", 0))
+    config = TrainConfig.preset(targets, "mess3", **train_kwargs)
 
     reached: dict[float, tuple[float, int, float]] = {}
     clock = {"train": 0.0, "mark": time.perf_counter(), "last_check": 0.0}
@@ -173,7 +177,7 @@ def time_to_mse(
         clock["mark"] = time.perf_counter()
         return stop
 
-    history = train(model, hmm, targets=targets, progress=False, callback=check, **train_kwargs)
+    history = train(model, hmm, config, progress=False, callback=check)
     model.eval()
     full = probe_mse(model, every.tokens, every.beliefs)
     last = history.evals[-1]
@@ -204,12 +208,18 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=360.0, help="seconds per time-to-MSE run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--model-seed", type=int, default=0)
-    parser.add_argument("--bayes-lr", type=float, default=DEFAULTS["bayes"]["lr"])
-    parser.add_argument("--bayes-batch", type=int, default=DEFAULTS["bayes"]["batch_size"])
-    parser.add_argument("--bayes-steps", type=int, default=4000, help="cosine schedule length")
-    parser.add_argument("--tokens-lr", type=float, default=DEFAULTS["tokens"]["lr"])
-    parser.add_argument("--tokens-batch", type=int, default=128)
-    parser.add_argument("--tokens-steps", type=int, default=6000, help="cosine schedule length")
+    bayes = TrainConfig.preset("bayes", "mess3", steps=4000)
+    tokens = TrainConfig.preset("tokens", "mess3", steps=6000)
+    parser.add_argument("--bayes-lr", type=float, default=bayes.lr)
+    parser.add_argument("--bayes-batch", type=int, default=bayes.batch_size)
+    parser.add_argument(
+        "--bayes-steps", type=int, default=bayes.steps, help="cosine schedule length"
+    )
+    parser.add_argument("--tokens-lr", type=float, default=tokens.lr)
+    parser.add_argument("--tokens-batch", type=int, default=tokens.batch_size)
+    parser.add_argument(
+        "--tokens-steps", type=int, default=tokens.steps, help="cosine schedule length"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -397,3 +397,26 @@ def test_bad_arguments_raise_belief_lens_error(call):
     except BeliefLensError:
         return
     raise AssertionError(f"{getattr(fn, '__name__', fn)}({arg}={kwargs[arg]!r}) returned {out!r}")
+
+
+def test_shared_checks_for_flags_options_and_seeds():
+    from typing import Literal
+
+    from belief_lens.validation import check_bool, check_option, check_seed
+
+    assert check_bool("flag", np.bool_(True)) is True
+    for bad in (1, 0, "yes", None):
+        with pytest.raises(BeliefLensError, match="flag must be True or False"):
+            check_bool("flag", bad)
+    assert check_option("mode", "b", Literal["a", "b"]) == "b"
+    assert check_option("norm", None, (None, "LN")) is None
+    with pytest.raises(BeliefLensError, match="mode must be 'a' or 'b', got 'c'"):
+        check_option("mode", "c", Literal["a", "b"])
+    with pytest.raises(BeliefLensError, match="must be one of 'x', 'y', 'z', got 1"):
+        check_option("axis", 1, ("x", "y", "z"))
+    with pytest.raises(BeliefLensError, match="flag must be True or False, got 1"):
+        check_option("flag", 1, (True, False))  # 1 == True, but it is not a bool
+    assert check_seed("seed", np.int64(2**63 - 1)) == 2**63 - 1
+    for bad in (-1, 2**63, 1.0, True):
+        with pytest.raises(BeliefLensError, match="seed must be an integer"):
+            check_seed("seed", bad)

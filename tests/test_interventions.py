@@ -576,7 +576,7 @@ def test_bad_inputs_raise_before_any_forward(toy):
         (lambda: Steer.from_probe(probe, H, torch.tensor([-0.5, 0.5, 1.0])), "simplex"),
         (
             lambda: intervention_report(model, tokens, probe, H, hmm, current="truth"),
-            r"current must be one of 'probe', 'true'; got 'truth'",
+            r"current must be 'probe' or 'true', got 'truth'",
         ),
         (
             lambda: intervention_report(model, tokens, probe, H, hmm, directions="encoding"),
@@ -596,7 +596,10 @@ def test_bad_inputs_raise_before_any_forward(toy):
             lambda: ablate_belief_subspace(model, tokens, B, H, "mean", mean_activation=t),
             rf"mean must be \[d\]=\({TOY_D},\)",
         ),
-        (lambda: ablate_belief_subspace(model, tokens, B, H, "half"), "mode must be one of"),
+        (
+            lambda: ablate_belief_subspace(model, tokens, B, H, "half"),
+            "mode must be 'zero' or 'mean'",
+        ),
         (
             lambda: steer_to_belief(model, tokens, probe, H, t, directions="sideways"),
             "directions must be one of",
@@ -647,7 +650,10 @@ def test_bad_inputs_raise_before_any_forward(toy):
             lambda: patching_report(model, tokens, tokens, probe, hmm, control_seed=-1),
             "control_seed must be",
         ),
-        (lambda: theory_kl_metric(hmm, tokens, reduction="sum"), "reduction must be one of"),
+        (
+            lambda: theory_kl_metric(hmm, tokens, reduction="sum"),
+            "reduction must be 'mean' or 'none'",
+        ),
         (lambda: theory_kl_metric(hmm, tokens, position=True), "position must be an integer"),
         (lambda: intervene(model, tokens, "steer"), "must be a Steer, SubspacePatch or Ablate"),
         (lambda: Steer(H, B, torch.zeros(3, 2), t), "give exactly one way"),
@@ -800,7 +806,7 @@ def test_general_checks_live_in_validation():
     from typing import Literal
 
     assert check_option("mode", "a", Literal["a", "b"]) == "a"
-    with pytest.raises(BeliefLensError, match="mode must be one of 'a', 'b'; got 'c'"):
+    with pytest.raises(BeliefLensError, match="mode must be 'a' or 'b', got 'c'"):
         check_option("mode", "c", Literal["a", "b"])
     assert check_positions("positions", None) is None
     assert check_positions("positions", np.int64(3)) == (3,)

@@ -16,6 +16,7 @@ from belief_lens.models import (
     find_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    seeded,
     toy_transformer,
 )
 
@@ -70,7 +71,9 @@ def test_unavailable_kind_raises():
             toy_transformer(3, 8, kind=kind)
     with pytest.raises(BeliefLensError, match="kind must be"):
         toy_transformer(3, 8, kind="nope")
-    with pytest.raises(BeliefLensError, match="d_model must be >= 1"):
+    with pytest.raises(
+        BeliefLensError, match=r"ModelConfig.d_model must be an integer in \[1, inf\], got 0"
+    ):
         toy_transformer(3, 8, d_model=0)
     with pytest.raises(BeliefLensError, match=r"unknown field\(s\) \['d_modle'\]"):
         toy_transformer(3, 8, d_modle=32)
@@ -132,7 +135,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 def test_crash_between_weights_and_sidecar_config_still_loads(tmp_path, monkeypatch):
     """Weights and config land in one write: a crash before the sidecar .config.json is written
     leaves a checkpoint that loads as the new model, even beside a stale sidecar."""
-    import belief_lens.models as models
+    import belief_lens.models.checkpoints as models
 
     old = toy_transformer(3, 8, **SMALL, seed=0)
     path = save_checkpoint(old, tmp_path / "m.safetensors")
@@ -156,11 +159,11 @@ def test_crash_between_weights_and_sidecar_config_still_loads(tmp_path, monkeypa
 
 @pytest.mark.skipif(not tl_compat.is_bridge_available(), reason="needs TransformerBridge")
 def test_bridge_to_legacy_inverts_tl_converter():
-    from belief_lens.models import _bridge_to_legacy
+    from belief_lens.models.convert import bridge_to_legacy
 
     model = toy_transformer(3, 8, **SMALL, seed=0, kind="bridge")
     state = model.state_dict()
-    legacy = _bridge_to_legacy(state, ModelConfig.from_model(model).to_dict())
+    legacy = bridge_to_legacy(state, ModelConfig.from_model(model).to_dict())
     assert legacy["blocks.0.attn.W_Q"].shape == (2, 32, 8)
     assert legacy["blocks.0.attn.W_O"].shape == (2, 8, 32)
     back = tl_compat.convert_legacy_state_dict(legacy, model.cfg)
@@ -261,3 +264,18 @@ def test_import_does_not_load_transformer_lens():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_seeded_seeds_torch_inside_and_restores_the_global_rng():
+    torch.manual_seed(5)
+    expected = torch.rand(2)
+    torch.manual_seed(5)
+    with seeded(3):
+        a = torch.rand(2)
+    with seeded(3):
+        b = torch.rand(2)
+    assert torch.equal(a, b) and not torch.equal(a, expected)
+    assert torch.equal(torch.rand(2), expected)  # the caller's stream goes on untouched
+    with pytest.raises(BeliefLensError, match=r"seed must be an integer in \[0, "):
+        with seeded(-1):
+            pass

@@ -20,6 +20,7 @@ from belief_lens.token_map import TokenMap
 from belief_lens.training import (
     TrainConfig,
     TrainingHistory,
+    evaluate_loss,
     lr_at,
     make_batch,
     process_fingerprint,
@@ -43,31 +44,33 @@ def _state_equal(a, b) -> bool:
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("steps", 0, "steps must be a positive integer"),
-        ("steps", 2.5, "steps must be a positive integer"),
-        ("n_tokens", -5, "n_tokens must be a positive integer"),
-        ("seconds", float("nan"), "seconds must be a positive finite number"),
-        ("seconds", 0, "seconds must be a positive finite number"),
-        ("batch_size", 0, "batch_size must be an integer >= 1"),
-        ("lr", float("inf"), "lr must be a positive finite number"),
-        ("lr", -1e-3, "lr must be a positive finite number"),
-        ("warmup_steps", -1, "warmup_steps must be an integer >= 0"),
-        ("min_lr_ratio", 1.5, "min_lr_ratio must be a number in"),
-        ("weight_decay", float("nan"), "weight_decay must be a finite number"),
-        ("betas", (0.9, 1.0), "betas must be two numbers"),
-        ("grad_clip", -1.0, "grad_clip must be a positive finite number or None"),
-        ("grad_clip", 0.0, "grad_clip must be a positive finite number or None"),
-        ("targets", "soft", "targets must be 'tokens' or 'bayes'"),
-        ("schedule", "step", "schedule must be"),
-        ("optimizer", "lion", "optimizer must be"),
-        ("bos", 1, "bos must be True or False"),
-        ("length", 0, "length must be a positive integer"),
-        ("seed", -1, "seed must be an integer >= 0"),
-        ("eval_every", 0, "eval_every must be a positive integer"),
-        ("eval_sequences", 0, "eval_sequences must be an integer >= 1"),
-        ("checkpoint_every", 0, "checkpoint_every must be a positive integer"),
-        ("keep_checkpoints", 0, "keep_checkpoints must be an integer >= 1"),
-        ("resume", "yes", "resume must be True or False"),
+        ("steps", 0, r"TrainConfig.steps must be an integer in \[1, inf\], got 0"),
+        ("steps", 2.5, r"TrainConfig.steps must be an integer, got 2.5"),
+        ("n_tokens", -5, r"n_tokens must be an integer in \[1, inf\], got -5"),
+        ("seconds", float("nan"), "seconds must be a finite real number, got nan"),
+        ("seconds", 0, r"seconds must be in \(0, inf\], got 0.0"),
+        ("batch_size", 0, r"batch_size must be an integer in \[1, inf\], got 0"),
+        ("lr", float("inf"), "lr must be a finite real number, got inf"),
+        ("lr", -1e-3, r"lr must be in \(0, inf\], got -0.001"),
+        ("warmup_steps", -1, r"warmup_steps must be an integer in \[0, inf\], got -1"),
+        ("min_lr_ratio", 1.5, r"min_lr_ratio must be in \[0, 1\], got 1.5"),
+        ("weight_decay", float("nan"), "weight_decay must be a finite real number, got nan"),
+        ("betas", (0.9, 1.0), r"betas\[1\] must be in \[0, 1\), got 1.0"),
+        ("betas", (0.9,), r"betas must be two numbers in \[0, 1\), got \(0.9,\)"),
+        ("grad_clip", -1.0, r"grad_clip must be in \(0, inf\], got -1.0"),
+        ("grad_clip", 0.0, r"grad_clip must be in \(0, inf\], got 0.0"),
+        ("targets", "soft", "TrainConfig.targets must be 'tokens' or 'bayes', got 'soft'"),
+        ("schedule", "step", "schedule must be one of 'cosine', 'linear', 'constant', got 'step'"),
+        ("optimizer", "lion", "optimizer must be one of 'adamw', 'adam', 'sgd', got 'lion'"),
+        ("bos", 1, "TrainConfig.bos must be True or False, got 1"),
+        ("length", 0, r"length must be an integer in \[1, inf\], got 0"),
+        ("seed", -1, r"seed must be an integer in \[0, 9223372036854775807\], got -1"),
+        ("seed", 2**63, r"seed must be an integer in \[0, 9223372036854775807\]"),
+        ("eval_every", 0, r"eval_every must be an integer in \[1, inf\], got 0"),
+        ("eval_sequences", 0, r"eval_sequences must be an integer in \[1, inf\], got 0"),
+        ("checkpoint_every", 0, r"checkpoint_every must be an integer in \[1, inf\], got 0"),
+        ("keep_checkpoints", 0, r"keep_checkpoints must be an integer in \[1, inf\], got 0"),
+        ("resume", "yes", "TrainConfig.resume must be True or False, got 'yes'"),
     ],
 )
 def test_each_invalid_train_config_field_raises(field, value, message):
@@ -90,7 +93,7 @@ def test_train_config_needs_one_length():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("d_model", 0, "d_model must be >= 1"),
+        ("d_model", 0, r"ModelConfig.d_model must be an integer in \[1, inf\], got 0"),
         ("n_heads", 1.5, "n_heads must be an integer"),
         ("d_vocab", True, "d_vocab must be an integer"),
         ("act_fn", "tanh", "act_fn must be one of"),
@@ -112,6 +115,49 @@ def test_train_takes_a_config_and_overrides():
     assert history.model_config == ModelConfig(d_vocab=3, n_ctx=6, **TINY).to_dict()
     with pytest.raises(BeliefLensError, match="config must be a TrainConfig"):
         train(model, mess3(), {"steps": 2})
+
+
+def _count_hmm_checks(monkeypatch) -> dict[str, int]:
+    """Count ``check_hmm`` (through every module's reference to it) and ``HMM.check_belief``."""
+    import importlib
+    import pkgutil
+
+    import belief_lens
+    from belief_lens import beliefs
+    from belief_lens.hmm import HMM
+
+    counts = {"check_hmm": 0, "check_belief": 0}
+    real_check_hmm, real_check_belief = beliefs.check_hmm, HMM.check_belief
+
+    def check_hmm(*args, **kwargs):
+        counts["check_hmm"] += 1
+        return real_check_hmm(*args, **kwargs)
+
+    def check_belief(self, *args, **kwargs):
+        counts["check_belief"] += 1
+        return real_check_belief(self, *args, **kwargs)
+
+    for info in pkgutil.walk_packages(belief_lens.__path__, "belief_lens."):
+        module = importlib.import_module(info.name)
+        if getattr(module, "check_hmm", None) is real_check_hmm:
+            monkeypatch.setattr(module, "check_hmm", check_hmm)
+    monkeypatch.setattr(HMM, "check_belief", check_belief)
+    return counts
+
+
+@pytest.mark.parametrize("process", [mess3, rrxor])
+def test_train_validates_the_process_once(monkeypatch, process):
+    """The train route checks the HMM at its entry and nowhere inside: not in the data blocks,
+    the evaluation set (enumerated for RRXOR, sampled for Mess3) or the loss floor."""
+    hmm = process()
+    model = toy_transformer(hmm.n_symbols, 10, **TINY)
+    counts = _count_hmm_checks(monkeypatch)
+    history = train(model, hmm, steps=65, batch_size=4, eval_sequences=1024, progress=False)
+    assert history.steps == 65  # three data blocks of 32 steps
+    assert counts == {"check_hmm": 1, "check_belief": 0}
+    counts.update(check_hmm=0)
+    evaluate_loss(model, hmm, n_sequences=1024)
+    assert counts == {"check_hmm": 1, "check_belief": 0}
 
 
 # ------------------------------------------------------------------------------------ data
@@ -137,6 +183,55 @@ def test_make_batch_with_bos():
     assert (inputs[:, 0] == 3).all() and probs.shape == (4, 6, 3)
     torch.testing.assert_close(probs[:, 0], hmm.next_token_probs(hmm.initial_state).expand(4, 3))
     torch.testing.assert_close(probs[:, 1:], next_token_distributions(hmm, inputs[:, 1:]))
+
+
+def test_make_batch_checks_its_arguments():
+    hmm = mess3()
+    with pytest.raises(BeliefLensError, match="hmm must be an HMM"):
+        make_batch("mess3", 4, 6, targets="tokens")
+    with pytest.raises(BeliefLensError, match="targets must be 'tokens' or 'bayes'"):
+        make_batch(hmm, 4, 6, targets="soft")
+    with pytest.raises(BeliefLensError, match="bos must be True or False"):
+        make_batch(hmm, 4, 6, targets="tokens", bos=1)
+    with pytest.raises(BeliefLensError, match=r"n_ctx must be an integer in \[1, inf\]"):
+        make_batch(hmm, 4, 0, targets="bayes")
+    with pytest.raises(BeliefLensError, match="generator must be a torch.Generator"):
+        make_batch(hmm, 4, 6, targets="tokens", generator=0)
+
+
+@pytest.mark.parametrize("targets", ["tokens", "bayes"])
+@pytest.mark.parametrize("bos", [False, True])
+def test_training_batches_are_make_batch_data(targets, bos):
+    """train's data is make_batch's: DATA_BLOCK steps drawn at once from the block's generator,
+    and for a token-mapped model the same symbols encoded through the map."""
+    from belief_lens.training.data import DATA_BLOCK, TrainingBatches, block_generator, data_layout
+
+    hmm = mess3()
+    config = TrainConfig(steps=40, batch_size=3, targets=targets, bos=bos, seed=5)
+    model = toy_transformer(3 + bos, 7, **TINY)
+    batches = TrainingBatches(hmm, data_layout(model, hmm, config, None), config)
+    n = 3 * DATA_BLOCK
+    for block in (0, 1):
+        inputs, target = make_batch(
+            hmm, n, 7, targets=targets, bos=bos, generator=block_generator(5, block)
+        )
+        for step in (block * DATA_BLOCK, block * DATA_BLOCK + 31):
+            got_inputs, got_target = batches(step)
+            rows = slice((step % DATA_BLOCK) * 3, (step % DATA_BLOCK) * 3 + 3)
+            assert torch.equal(got_inputs, inputs[rows])
+            expected = target[rows].float() if targets == "bayes" else target[rows]
+            assert torch.equal(got_target, expected)
+    if bos:  # a token map brings its own BOS
+        tm = TokenMap([3, 1, 2], separator=[0], bos=4)
+        config = config.replace(bos=False)
+        mapped = TrainingBatches(hmm, data_layout(toy_transformer(5, 13, **TINY), hmm, config, tm),
+                                 config)  # fmt: skip
+        inputs, target = make_batch(
+            hmm, n, 7, targets=targets, bos=True, generator=block_generator(5, 0)
+        )
+        got_inputs, got_target = mapped(0)
+        assert torch.equal(got_inputs, tm.encode(inputs[:3, 1:]))
+        assert torch.equal(got_target, target[:3].float() if targets == "bayes" else target[:3])
 
 
 # ------------------------------------------------------------------------------------ schedule
@@ -473,7 +568,6 @@ def test_bad_arguments_raise():
 
 def test_evaluate_loss_is_exact_expected_cross_entropy():
     from belief_lens.beliefs import enumerate_sequences
-    from belief_lens.training import evaluate_loss
 
     hmm = rrxor()
     model = toy_transformer(2, 6, n_layers=1, d_model=16, d_mlp=32, seed=1).train()
@@ -504,6 +598,7 @@ def test_step_checkpoint_is_a_plain_loadable_model(tmp_path):
 _KILLED_RUN = """
 import os, signal, sys
 import belief_lens.training as training
+import belief_lens.training.checkpoints as checkpoints
 from belief_lens.models import toy_transformer
 from belief_lens.processes import mess3
 
@@ -515,7 +610,7 @@ def rename(src, dst):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_rename(src, dst)
 
-training.os.rename = rename
+checkpoints.os.rename = rename
 model = toy_transformer(3, 8, n_layers=1, d_model=16, n_heads=1, d_head=8, d_mlp=32, seed=0)
 training.train(model, mess3(), steps=6, batch_size=32, lr=3e-3, checkpoint_every=1,
                eval_sequences=256, checkpoint_dir=sys.argv[1], progress=False)

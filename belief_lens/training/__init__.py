@@ -1,0 +1,29 @@
+"""Training toy transformers (and token-mapped models) on process data, within a step, token or
+time budget, with resumable checkpoints that a crash cannot corrupt.
+
+The parts: :mod:`.config` (``TrainConfig``, its presets, the learning-rate schedule),
+:mod:`.data` (``make_batch``, the one data path), :mod:`.evaluate` (the evaluation set, the loss
+floor, ``evaluate_loss``), :mod:`.history` (``TrainingHistory``), :mod:`.checkpoints` (step
+checkpoints) and :mod:`.loop` (``train``).
+"""
+
+from belief_lens.training.checkpoints import step_checkpoints
+from belief_lens.training.config import DEFAULTS, PROCESS_LEARNING_RATES, TrainConfig, lr_at
+from belief_lens.training.data import make_batch
+from belief_lens.training.evaluate import evaluate_loss
+from belief_lens.training.history import EvalRecord, TrainingHistory, process_fingerprint
+from belief_lens.training.loop import train
+
+__all__ = [
+    "DEFAULTS",
+    "PROCESS_LEARNING_RATES",
+    "EvalRecord",
+    "TrainConfig",
+    "TrainingHistory",
+    "evaluate_loss",
+    "lr_at",
+    "make_batch",
+    "process_fingerprint",
+    "step_checkpoints",
+    "train",
+]

@@ -1,0 +1,140 @@
+"""Evaluation: a model's expected cross-entropy per position against the exact next-symbol
+distributions ``P(. | belief)``, and its ratio to the loss floor.
+
+The evaluation set is every sequence (probability-weighted) where few enough exist, else a seeded
+sample; the floor is ``compmech.loss_floor``, exact where the belief tree is small enough to
+enumerate, else estimated on the evaluation sample itself, so that loss / floor compares model and
+optimum on the same sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from belief_lens.activations import eval_mode, model_device
+from belief_lens.beliefs import (
+    check_hmm,
+    enumerate_sequences_unchecked,
+    sample_sequences_unchecked,
+)
+from belief_lens.compmech import LossFloor, loss_floor_unchecked
+from belief_lens.errors import BeliefLensError
+from belief_lens.hmm import HMM
+from belief_lens.token_map import TokenMap
+from belief_lens.training.config import TrainConfig
+from belief_lens.training.data import EVAL_SLOT, DataLayout, block_generator, data_layout
+from belief_lens.training.history import EvalRecord
+from belief_lens.validation import check_int
+
+__all__ = ["EvalSet", "Evaluator", "evaluate_loss"]
+
+
+@dataclass
+class EvalSet:
+    """The sequences an evaluation runs on, with their exact next-symbol distributions."""
+
+    symbols: Tensor  # [N, L]
+    inputs: Tensor  # [N, n_model]
+    probs: Tensor  # [N, P, V] float64 exact next-symbol distributions
+    weights: Tensor  # [N] float64, summing to 1
+    exact: bool  # every sequence, probability-weighted (else a uniform-weight sample)
+
+    @classmethod
+    def build(cls, hmm: HMM, layout: DataLayout, n_sequences: int, seed: int) -> EvalSet:
+        """Every sequence (probability-weighted) when at most ``n_sequences`` exist, else a sample
+        (of at most about 4M prediction entries, so long contexts stay in memory)."""
+        L = layout.length
+        try:
+            seqs = enumerate_sequences_unchecked(hmm, L, max_sequences=n_sequences)
+        except BeliefLensError:
+            seqs = None
+        if seqs is not None and len(seqs) <= n_sequences:
+            probs = hmm.next_token_probs(layout.beliefs(hmm, seqs.tokens))
+            weights = seqs.probs / seqs.probs.sum()
+            return cls(seqs.tokens, layout.encode(seqs.tokens), probs, weights, True)
+        entries = layout.n_predictions * max(hmm.n_symbols, hmm.n_states)
+        n = max(2, min(n_sequences, max(1024, 2**22 // entries)))
+        symbols = sample_sequences_unchecked(hmm, n, L, block_generator(seed, EVAL_SLOT))
+        probs = hmm.next_token_probs(layout.beliefs(hmm, symbols))
+        weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
+        return cls(symbols, layout.encode(symbols), probs, weights, False)
+
+
+@dataclass
+class Evaluator:
+    """Evaluates a model on one evaluation set against one loss floor (see the module doc)."""
+
+    layout: DataLayout
+    data: EvalSet
+    floor: LossFloor
+
+    @classmethod
+    def build(cls, hmm: HMM, layout: DataLayout, n_sequences: int, seed: int) -> Evaluator:
+        """The evaluation set of ``n_sequences`` and its loss floor, for checked arguments."""
+        data = EvalSet.build(hmm, layout, n_sequences, seed)
+        floor = loss_floor_unchecked(
+            hmm,
+            layout.n_predictions,
+            bos=layout.bos,
+            seed=seed,
+            tokens=None if data.exact else data.symbols,
+        )
+        return cls(layout, data, floor)
+
+    @torch.no_grad()
+    def __call__(self, model: Any, step: int, tokens: int, seconds: float = 0.0) -> EvalRecord:
+        """Expected cross-entropy per position of ``model`` (in the mode it is in)."""
+        layout, data, floor = self.layout, self.data, self.floor
+        device = model_device(model)
+        per_pos = torch.zeros(layout.n_predictions, dtype=torch.float64)
+        # Batches of about 2**24 logits: a pretrained vocabulary of 50k makes them large.
+        width = data.inputs.shape[1] * int(model.cfg.d_vocab)
+        batch_size = max(1, min(4096, 2**24 // width))
+        for start in range(0, data.inputs.shape[0], batch_size):
+            sl = slice(start, start + batch_size)
+            logp = layout.model_logp(model(data.inputs[sl].to(device)).float()).double().cpu()
+            ce = -(data.probs[sl] * logp).nan_to_num(0.0, neginf=0.0).sum(-1)  # 0 * -inf is 0
+            per_pos += (data.weights[sl, None] * ce).sum(0)
+        return EvalRecord(
+            step=step,
+            tokens=tokens,
+            loss=float(per_pos.mean()),
+            loss_over_optimal=float(per_pos.mean() / floor.mean),
+            loss_per_position=per_pos.tolist(),
+            loss_over_optimal_per_position=(per_pos / floor.per_position).tolist(),
+            exact=data.exact,
+            optimal_loss=floor.mean,
+            optimal_loss_se=floor.mean_se,
+            optimal_exact=floor.exact,
+            seconds=seconds,
+        )
+
+
+def evaluate_loss(
+    model: Any,
+    hmm: HMM,
+    *,
+    bos: bool = False,
+    token_map: TokenMap | None = None,
+    length: int | None = None,
+    n_sequences: int = 200_000,
+    seed: int = 0,
+) -> EvalRecord:
+    """The model's expected cross-entropy per position against ``P(. | belief)``, and its ratio
+    to the loss floor.
+
+    Exact over every sequence when at most ``n_sequences`` exist (all 59,049 for Mess3 at n_ctx
+    10), else on a seeded sample. The floor (``compmech.loss_floor``) is exact where the belief
+    tree fits its memory bound, else estimated on the same sample, with its standard error.
+    """
+    check_hmm(hmm)
+    n_sequences = check_int("n_sequences", n_sequences, low=1)
+    config = TrainConfig(steps=1, bos=bos, length=length, seed=seed)
+    layout = data_layout(model, hmm, config, token_map)
+    evaluator = Evaluator.build(hmm, layout, n_sequences, config.seed)
+    with eval_mode(model):
+        return evaluator(model, step=0, tokens=0)
