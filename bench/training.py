@@ -10,9 +10,9 @@ Figures printed:
 2. for the paper's Mess3 architecture, the training wall time (probe checks excluded) until an
    affine probe at ``blocks.3.hook_resid_post`` reaches MSE <= each threshold, with
    ``targets="tokens"`` and ``targets="bayes"`` (``TrainConfig.preset``'s settings, with the
-   learning rate, batch size and steps of the command line). As in the paper, every sequence weighs the same:
-   while training, the probe is fitted in-sample on a uniform subset of 8,192 of the 59,049
-   length-10 sequences x 10 positions; at the end, on all of them.
+   learning rate, batch size and steps of the command line). As in the paper, every sequence
+   weighs the same: while training, the probe is fitted in-sample on a uniform subset of 8,192
+   of the 59,049 length-10 sequences x 10 positions; at the end, on all of them.
 """
 
 from __future__ import annotations

@@ -179,20 +179,25 @@ def test_probe_section_reads_the_keys_the_probe_table_has():
     from belief_lens.probes import ProbeTable
     from belief_lens.report.sections import probe_section
 
-    def row(hook, overfit, heldout_mse):
+    def row(hook, why, heldout_mse):
         return {
             "hook": hook, "features": 64, "train_prefixes": 900, "test_prefixes": 200,
-            "mse_heldout": heldout_mse, "r2_heldout": 0.9, "mse_train": 0.01, "r2_train": 0.95,
-            "mse_all": 0.01, "r2_all": 0.95, "rank": 64, "overfit": overfit,
+            "mse_heldout": heldout_mse, "mse_heldout_se": 0.001, "r2_heldout": 0.9,
+            "r2_heldout_se": 0.01, "mse_train": 0.01, "r2_train": 0.95, "mse_all": 0.01,
+            "r2_all": 0.95, "folds": 5, "n_eff_heldout": 123.4, "rank": 64,
+            "overfit": bool(why), "overfit_reason": why,
         }  # fmt: skip
 
-    table = ProbeTable([row("a", False, 0.02), row("concat", True, math.nan)], meta={})
+    why = "640 features on 900 training prefixes"
+    rows = [row("a", "", 0.02), row("concat", why, math.nan)]
+    table = ProbeTable(rows, meta={"folds": 5, "mode": "paper"})
     section = probe_section(table, "a", "held-out", rp.AnalysisConfig())
     (t,) = section.tables
     assert t.columns == (
         "hook", "features", "training prefixes", "MSE in-sample", "R² in-sample", "MSE train",
-        "MSE held-out", "R² held-out", "flag",
+        "MSE held-out", "± s.e.", "R² held-out", "± s.e.", "effective n held out", "flag",
     )  # fmt: skip
-    assert t.rows[0][2] == 900 and t.rows[0][-1] == "" and t.rows[1][-1] == "overfit"
-    assert math.isnan(t.rows[1][6]) and "split by prefix" in section.text[0]
-    assert "Flagged rows may overfit" in section.text[1]
+    assert t.rows[0][2] == 900 and t.rows[0][-1] == "" and t.rows[1][-1] == why
+    assert t.rows[0][7] == 0.001 and t.rows[0][10] == 123.4
+    assert math.isnan(t.rows[1][6]) and "cross-validated over 5 folds by prefix" in section.text[0]
+    assert "flag column says which" in section.text[1]

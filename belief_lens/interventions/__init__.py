@@ -33,29 +33,44 @@ when a run raises.
 from __future__ import annotations
 
 from belief_lens.interventions.bases import belief_basis, control_basis
+from belief_lens.interventions.checks import SIMPLEX_ATOL
 from belief_lens.interventions.patching import (
     PatchingResult,
+    Reduction,
     patch_belief_subspace,
     patching_report,
     recovery_metric,
     subspace_patch_setter,
     theory_kl_metric,
 )
-from belief_lens.interventions.run import ablate_belief_subspace, intervene, steer_to_belief
-from belief_lens.interventions.steering import InterventionReport, intervention_report
+from belief_lens.interventions.run import (
+    Directions,
+    ablate_belief_subspace,
+    intervene,
+    steer_to_belief,
+)
+from belief_lens.interventions.steering import Current, InterventionReport, intervention_report
 from belief_lens.interventions.values import (
     Ablate,
+    AblateMode,
     Intervention,
     Steer,
     SubspacePatch,
     load_intervention,
 )
+from belief_lens.validation import Positions
 
 __all__ = [
+    "SIMPLEX_ATOL",
     "Ablate",
+    "AblateMode",
+    "Current",
+    "Directions",
     "Intervention",
     "InterventionReport",
     "PatchingResult",
+    "Positions",
+    "Reduction",
     "Steer",
     "SubspacePatch",
     "ablate_belief_subspace",

@@ -21,8 +21,11 @@ from belief_lens.report.document import (
     write_report,
 )
 from belief_lens.report.experiment_sections import factored_section, shared_structure_section
+from belief_lens.report.sections import CLEAR_R2_MARGIN, UNDERTRAINED_RATIO
 
 __all__ = [
+    "CLEAR_R2_MARGIN",
+    "UNDERTRAINED_RATIO",
     "Analysis",
     "AnalysisConfig",
     "AnalysisMode",

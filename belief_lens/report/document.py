@@ -232,9 +232,13 @@ def export_figures(
                 format=[p.suffix[1:] for p in paths],
                 **{k: [s[k] for s in sizes] for k in ("width", "height", "scale")},
             )
-        else:
-            for fig, p, size in zip(figs, tmps, sizes, strict=True):
-                fig.write_image(p, **size)
+        # kaleido has been seen to return without writing a file under load: redo those alone
+        for fig, p, size in zip(figs, tmps, sizes, strict=True):
+            if not p.exists() or p.stat().st_size == 0:
+                fig.write_image(p, format=p.suffix[1:], **size)
+        unwritten = [p.name for p in tmps if not p.exists() or p.stat().st_size == 0]
+        if unwritten:
+            raise RuntimeError(f"kaleido wrote nothing for {', '.join(unwritten)}")
     except Exception as e:
         for t in tmps:
             t.unlink(missing_ok=True)

@@ -8,7 +8,15 @@ checkpoints) and :mod:`.loop` (``train``).
 """
 
 from belief_lens.training.checkpoints import step_checkpoints
-from belief_lens.training.config import DEFAULTS, PROCESS_LEARNING_RATES, TrainConfig, lr_at
+from belief_lens.training.config import (
+    DEFAULTS,
+    PROCESS_LEARNING_RATES,
+    OptimizerName,
+    Schedule,
+    Targets,
+    TrainConfig,
+    lr_at,
+)
 from belief_lens.training.data import make_batch
 from belief_lens.training.evaluate import evaluate_loss
 from belief_lens.training.history import EvalRecord, TrainingHistory, process_fingerprint
@@ -18,6 +26,9 @@ __all__ = [
     "DEFAULTS",
     "PROCESS_LEARNING_RATES",
     "EvalRecord",
+    "OptimizerName",
+    "Schedule",
+    "Targets",
     "TrainConfig",
     "TrainingHistory",
     "evaluate_loss",
