@@ -362,12 +362,7 @@ def _estimate_optimal_loss(
         tokens = sample_sequences_unchecked(hmm, n_sequences, length, generator)
     tokens = tokens[:, :length]
     n = tokens.shape[0]
-    beliefs = (
-        belief_states_unchecked(hmm, tokens) if length else tokens.new_empty(n, 0, hmm.n_states)
-    )
-    if bos:
-        start = hmm.initial_state.expand(n, 1, -1)
-        beliefs = torch.cat([start, beliefs.to(start.dtype)], dim=1)
+    beliefs = belief_states_unchecked(hmm, tokens, include_start=bos)
     h = entropy(hmm.next_token_probs(beliefs))  # [n, P]
     per_seq = h.mean(1)
     return LossFloor(

@@ -125,3 +125,25 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     except ImportError:
         from transformer_lens.utils import get_act_name as _get_act_name  # TL 2.x
     return _get_act_name(name, layer, layer_type)
+
+
+def residual_write_problem(model: Any, hook: str) -> str | None:
+    """Why a write at ``hook`` would not patch the residual stream of ``model``, or None.
+
+    TransformerLens 4's ``TransformerBridge`` makes ``blocks.i.hook_resid_mid`` an alias of the
+    second norm's (or the MLP's) input: reading it gives the residual stream, but a value written
+    there reaches only the MLP, while the unpatched residual is still added after it.
+    ``HookedTransformer``'s ``hook_resid_mid`` is the residual stream itself.
+    """
+    if not hook.endswith("hook_resid_mid"):
+        return None
+    point = model.hook_dict.get(hook)
+    prefix = hook[: -len("hook_resid_mid")]
+    for inner in ("ln2.hook_in", "mlp.hook_in"):
+        if point is not None and model.hook_dict.get(prefix + inner) is point:
+            return (
+                f"{hook} is this TransformerBridge's alias of {prefix}{inner}: a value written "
+                "there reaches the MLP but not the residual stream added after it, so it is no "
+                "residual-stream intervention; use resid_pre or resid_post"
+            )
+    return None

@@ -85,6 +85,9 @@ def layer_hooks(model: Any, hook: str) -> list[str]:
             f"hook {hook!r} gives hooks {missing} this model lacks; use a per-layer hook such "
             "as 'resid_pre', 'resid_mid' or 'resid_post'"
         )
+    problem = tl_compat.residual_write_problem(model, names[0])
+    if problem:
+        raise BeliefLensError(problem)
     return names
 
 

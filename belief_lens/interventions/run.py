@@ -16,6 +16,7 @@ from typing import Any, Literal
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from belief_lens import tl_compat
 from belief_lens.activations import (
     check_tokens,
     eval_mode,
@@ -57,6 +58,9 @@ def check_intervention(model: Any, tokens: Tensor, intervention: Any) -> None:
             f"unknown hook {intervention.hook!r}: give a full hook name of this model, e.g. one "
             f"of its residual-stream hooks {residual_hooks(model)}"
         )
+    problem = tl_compat.residual_write_problem(model, intervention.hook)
+    if problem:
+        raise BeliefLensError(problem)
     if intervention.hook in residual_hooks(model):
         d_model = int(model.cfg.d_model)
         if intervention.d_model != d_model:
