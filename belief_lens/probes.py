@@ -33,7 +33,7 @@ from belief_lens.probing.data import (
 from belief_lens.probing.estimator import AffineProbe
 from belief_lens.probing.moments import Moments, SegmentedMoments
 from belief_lens.probing.positions import PositionProbeTable, fit_position_probes
-from belief_lens.probing.sweep import fit_probes
+from belief_lens.probing.sweep import fit_probes, predict_concatenation
 from belief_lens.probing.table import (
     ProbeTable,
     best_hook,
@@ -60,6 +60,7 @@ __all__ = [
     "fit_probes",
     "model_fingerprint",
     "overfit_reason",
+    "predict_concatenation",
     "prefix_folds",
     "prefix_groups",
     "next_token_control",

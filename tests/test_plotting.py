@@ -125,4 +125,15 @@ def test_display_points_deduplicate_and_subsample():
     idx = display_points(xy, max_points=10_000)
     assert len(idx) == 500 and len(np.unique(xy[idx], axis=0)) == 500
     assert len(display_points(xy, max_points=50, seed=1)) == 50
+    # one point per cell, the first of each, as a row-wise unique of the cells gives it, in 2-D
+    # and 3-D, with negative coordinates and a subsample drawn from the same candidates
+    for pts in (
+        np.random.default_rng(1).normal(size=(3000, 2)),
+        np.random.default_rng(2).normal(size=(3000, 3)),
+    ):
+        cells = np.round(pts / (0.05 * np.ptp(pts, axis=0).max())).astype(np.int64)
+        _, first = np.unique(cells, axis=0, return_index=True)
+        np.testing.assert_array_equal(display_points(pts, 10**6, resolution=0.05), np.sort(first))
+        sub = np.sort(np.random.default_rng(3).choice(first, 100, replace=False))
+        np.testing.assert_array_equal(display_points(pts, 100, seed=3, resolution=0.05), sub)
     assert marker_size_for(20) > marker_size_for(500) > marker_size_for(20_000) >= 2

@@ -31,6 +31,7 @@ from belief_lens.probes import (
     is_overfit,
     next_token_control,
     overfit_reason,
+    predict_concatenation,
     prefix_folds,
     prefix_groups,
     shuffle_control,
@@ -523,6 +524,17 @@ def test_a_planted_well_posed_map_is_rarely_flagged_and_ties_are_reported():
         if seed == 0:
             assert set(table.summary()["tied_hooks"]) == {"hook0", "hook1"}
     assert flagged <= 1
+
+
+def test_predict_concatenation_equals_predict_on_the_concatenation():
+    data = synthetic_data(rrxor(), n_ctx=6)
+    table = fit_probes(data, n_folds=None)
+    parts = list(data.acts.values())
+    want = table.probes["concat"].predict(torch.cat(parts, -1))
+    got = predict_concatenation(table.probes["concat"], parts)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(BeliefLensError, match="the probe reads"):
+        predict_concatenation(table.probes["concat"], parts[:1])
 
 
 def test_dedupe_is_exact_and_cache_reused():

@@ -1,11 +1,9 @@
 """``AffineProbe``: a scikit-learn regressor from activations to beliefs, solved exactly.
 
-The fit reduces the rows to ``Moments`` (float64 sufficient statistics) and solves the centred
-normal equations on standardised columns through an eigendecomposition, so the rank cut-off does
-not depend on column scales or on the input dtype: it is set by float64 precision. Dropped
-directions are projected out in the original coordinates, which gives the minimum-norm solution
-that ``numpy.linalg.lstsq`` gives.
-"""
+The fit solves the centred normal equations of ``Moments`` (float64 sufficient statistics) on
+standardised columns by an eigendecomposition (or the rows themselves by an SVD where they fit),
+so the rank cut-off is set by float64 precision, not by column scales or the input dtype; the
+solution is the minimum-norm one ``numpy.linalg.lstsq`` gives."""
 
 from __future__ import annotations
 
@@ -384,12 +382,15 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         else:
             x_mean, y_mean = torch.zeros(D, dtype=f64), torch.zeros(S, dtype=f64)
         Mxx, Mxy, Myy = mom.about(x_mean, y_mean)
-        B, rank = solve_normal(Mxx, Mxy, float(self.ridge))  # [D, S]
+        on_rows = rows is not None and float(self.ridge) == 0.0
+        if not on_rows:  # the decoder from the moments (else from the rows, below)
+            B, rank = solve_normal(Mxx, Mxy, float(self.ridge))  # [D, S]
+            self.coef_ = B.T.contiguous()
+            self.intercept_ = y_mean - x_mean @ B
+            self.rank_ = rank
         Q = sum_zero_basis(S) if _sums_to_one(mom) else torch.eye(S, dtype=f64)
         Mzz, Mzx = Q.T @ Myy @ Q, Q.T @ Mxy.T  # [k, k], [k, D]
         E, _ = solve_normal(Mzz, Mzx, float(self.ridge))
-        self.coef_ = B.T.contiguous()
-        self.intercept_ = y_mean - x_mean @ B
         self.x_mean_ = x_mean
         self.y_mean_ = y_mean
         self.n_features_in_ = D
@@ -397,11 +398,10 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         self.n_free_ = Q.shape[1]
         self.simplex_basis_ = Q
         self.encoding_ = E.contiguous()
-        self.rank_ = rank
         self.hook_ = hook
         self.provenance_ = {}
         self._single_output = False
-        if rows is not None and float(self.ridge) == 0.0:
+        if on_rows:
             self._solve_rows(*rows)
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from belief_lens.probing.table import ProbeTable, overfit_reason
 
 __all__ = [
     "fit_probes",
+    "predict_concatenation",
     "probe_table",
     "targets_for",
 ]
@@ -216,6 +218,25 @@ def _row_metrics(
 def _nan_metrics() -> dict[str, float]:
     nan = float("nan")
     return {"mse": nan, "r2": nan}
+
+
+def predict_concatenation(
+    probe: AffineProbe, parts: Sequence[Float[Tensor, "... d_h"]]
+) -> Float[Tensor, "... S"]:
+    """``probe.predict`` on the concatenation of ``parts`` along the last axis, without making
+    it: a sum of each part's block of the decoder (the concatenation of every hook of a paper
+    dataset is several GB; one part in float64 is a fraction of that)."""
+    widths = [p.shape[-1] for p in parts]
+    if sum(widths) != probe.n_features_in_:
+        raise BeliefLensError(
+            f"the parts have {sum(widths)} features together (widths {widths}); the probe reads "
+            f"{probe.n_features_in_}"
+        )
+    B, xm = probe.coef_.T, probe.x_mean_
+    out = probe.y_mean_.expand(*parts[0].shape[:-1], -1).clone()
+    for part, (lo, hi) in zip(parts, pairwise(np.cumsum([0, *widths]).tolist()), strict=True):
+        out += (part.to(torch.float64) - xm[lo:hi]) @ B[lo:hi]
+    return out
 
 
 def fit_probes(

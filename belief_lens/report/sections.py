@@ -23,6 +23,7 @@ from belief_lens.plotting import (
 )
 from belief_lens.probes import CONCAT, ProbeData, ProbeTable, heldout, tied_hooks
 from belief_lens.probing.data import MIN_PREFIXES_PER_FOLD
+from belief_lens.probing.sweep import predict_concatenation
 from belief_lens.probing.table import (
     OVERFIT_FEATURE_RATIO,
     OVERFIT_GAP_FRACTION,
@@ -86,11 +87,10 @@ def model_section(hmm: HMM, metrics: Mapping[str, Any]) -> Section:
 
 def _predictions(table: ProbeTable, data: ProbeData) -> dict[str, torch.Tensor]:
     """Each hook's probe output ``[N, L, S]`` on the probe data, and the concatenation's."""
-    preds = {hk: table.probes[hk].predict(acts.double()) for hk, acts in data.acts.items()}
+    preds = {hk: table.probes[hk].predict(acts) for hk, acts in data.acts.items()}
     if CONCAT in table.probes:
-        preds[CONCAT] = table.probes[CONCAT].predict(
-            torch.cat([data.acts[hk] for hk in table.meta.get("hooks", data.acts)], -1).double()
-        )
+        parts = [data.acts[hk] for hk in table.meta.get("hooks", data.acts)]
+        preds[CONCAT] = predict_concatenation(table.probes[CONCAT], parts)
     return preds
 
 
