@@ -23,9 +23,14 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from belief_lens.activations import residual_hooks
 from belief_lens.beliefs import belief_states, sample_sequences
-from belief_lens.interventions import Steer, intervene, intervention_report, patching_report
+from belief_lens.interventions import (
+    Steer,
+    intervene,
+    intervention_report,
+    patching_report,
+    steerable_hooks,
+)
 from belief_lens.models import ModelConfig, find_checkpoint, load_checkpoint, toy_transformer
 from belief_lens.plotting import patching_figure, simplex_projection
 from belief_lens.probes import collect_probe_data, fit_probes
@@ -166,7 +171,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = get_model(args, hmm)
-    hooks = [h for h in residual_hooks(model) if not h.startswith("ln_final")]
+    hooks = steerable_hooks(model)
     data = collect_probe_data(model, hmm, 10, hooks, mode=args.mode, n_sequences=args.n_sequences)
     table = fit_probes(data, concat=False)
     hook = hooks[-1]

@@ -34,6 +34,7 @@ from belief_lens.interventions import (
     patching_report,
     recovery_metric,
     steer_to_belief,
+    steerable_hooks,
     subspace_patch_setter,
     theory_kl_metric,
 )
@@ -338,7 +339,9 @@ def test_full_basis_patch_equals_stock_residual_patch(toy):
         half = full[:, : TOY_D // 4]
         partial = patch_belief_subspace(model, clean_tokens, corrupted, half, metric, "resid_mid")
         assert not torch.allclose(partial, ours)
+        assert "blocks.0.hook_resid_mid" in steerable_hooks(model)
     else:
+        assert not any(h.endswith("resid_mid") for h in steerable_hooks(model))
         with pytest.raises(BeliefLensError, match="alias of blocks.0.ln2.hook_in"):
             patch_belief_subspace(model, clean_tokens, corrupted, full, metric, hook="resid_mid")
         ablate = Ablate("blocks.1.hook_resid_mid", full[:, :2])

@@ -48,6 +48,7 @@ from belief_lens.interventions.run import (
     ablate_belief_subspace,
     intervene,
     steer_to_belief,
+    steerable_hooks,
 )
 from belief_lens.interventions.steering import Current, InterventionReport, intervention_report
 from belief_lens.interventions.values import (
@@ -83,6 +84,7 @@ __all__ = [
     "patching_report",
     "recovery_metric",
     "steer_to_belief",
+    "steerable_hooks",
     "subspace_patch_setter",
     "theory_kl_metric",
 ]

@@ -37,11 +37,23 @@ __all__ = [
     "run_intervention",
     "steer_along",
     "steer_to_belief",
+    "steerable_hooks",
 ]
 
 #: Steering directions: the probe's encoding map, its decoding map's minimum-norm inverse, or the
 #: encoding steer's norm-matched control.
 Directions = Literal["encoding", "decoding", "control"]
+
+
+def steerable_hooks(model: Any) -> list[str]:
+    """The residual hooks where a write changes the residual stream the next layers read: every
+    residual hook but the final norm's (the unembedding reads it directly: steering there
+    bypasses the model) and TransformerLens 4's ``hook_resid_mid`` aliases (the MLP's input)."""
+    return [
+        h
+        for h in residual_hooks(model)
+        if not h.startswith("ln_final") and tl_compat.residual_write_problem(model, h) is None
+    ]
 
 
 def check_intervention(model: Any, tokens: Tensor, intervention: Any) -> None:

@@ -21,7 +21,12 @@ from belief_lens.beliefs import check_hmm, enumerate_sequences, sample_sequences
 from belief_lens.compmech import entropy_rate, myopic_entropy
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.interventions import PatchingResult, intervention_report, patching_report
+from belief_lens.interventions import (
+    PatchingResult,
+    intervention_report,
+    patching_report,
+    steerable_hooks,
+)
 from belief_lens.probes import (
     ProbeData,
     ProbeTable,
@@ -283,9 +288,10 @@ def _steering(state: Analysis) -> dict[str, dict[str, Any]]:
     """Steering at every hook but the final norm's, against theory and a control
     (``metrics["interventions"]``, one summary per hook)."""
     steered: dict[str, dict[str, Any]] = {}
+    writable = set(steerable_hooks(state.model))
     for hook in state.data.acts:
-        if hook.startswith("ln_final"):
-            continue  # steering there bypasses nothing: the unembedding reads it directly
+        if hook not in writable:
+            continue  # the final norm, or a hook whose writes miss the residual stream
         report = intervention_report(
             state.model,
             None,
