@@ -33,7 +33,11 @@ from belief_lens.probing.data import (
 from belief_lens.probing.estimator import AffineProbe
 from belief_lens.probing.moments import Moments, SegmentedMoments
 from belief_lens.probing.positions import PositionProbeTable, fit_position_probes
-from belief_lens.probing.sweep import fit_probes, predict_concatenation
+from belief_lens.probing.sweep import (
+    fit_probes,
+    out_of_fold_predictions,
+    predict_concatenation,
+)
 from belief_lens.probing.table import (
     ProbeTable,
     best_hook,
@@ -59,6 +63,7 @@ __all__ = [
     "fit_position_probes",
     "fit_probes",
     "model_fingerprint",
+    "out_of_fold_predictions",
     "overfit_reason",
     "predict_concatenation",
     "prefix_folds",

@@ -30,6 +30,7 @@ from belief_lens.probes import (
     fit_probes,
     is_overfit,
     next_token_control,
+    out_of_fold_predictions,
     overfit_reason,
     predict_concatenation,
     prefix_folds,
@@ -423,6 +424,8 @@ def test_cross_validation_equals_a_hand_written_kfold_lstsq_loop(weighted):
             np.mean(1 - (wt[:, None] * res**2).sum(0) / ss_tot)
         )
 
+    oof, oof_rows = out_of_fold_predictions(table, data)
+    np.testing.assert_array_equal(oof_rows.numpy(), folds >= 0)
     for hook in ("hook0", "concat"):
         X = torch.cat(list(data.acts.values()), -1) if hook == "concat" else data.acts[hook]
         X = X.double().numpy()
@@ -431,6 +434,9 @@ def test_cross_validation_equals_a_hand_written_kfold_lstsq_loop(weighted):
         for k in range(4):
             tr, te = folds != k, folds == k
             coef = fit(X[tr], Y[tr], w[tr])
+            # each held-out row drawn where the probe that never saw it puts it
+            want = np.hstack([X[te], np.ones((int(te.sum()), 1))]) @ coef
+            np.testing.assert_allclose(oof[hook].numpy()[te], want, rtol=1e-7, atol=1e-9)
             held.append(scores(coef, X[te], Y[te], w[te]))
             insame.append(scores(whole, X[te], Y[te], w[te])[0])
         row = table[hook]

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from belief_lens.beliefs import next_token_distributions
@@ -22,6 +22,7 @@ from belief_lens.probing.table import ProbeTable, overfit_reason
 
 __all__ = [
     "fit_probes",
+    "out_of_fold_predictions",
     "predict_concatenation",
     "probe_table",
     "targets_for",
@@ -90,10 +91,10 @@ def probe_table(
     counts = _prefix_counts(data, labels, held)
     n_eff = data.effective_n(torch.where(torch.isin(labels, torch.tensor(held)), 0, -1))
     provenance = {"process": data.hmm.name, "model_fingerprint": data.model_fingerprint}
-    rows, probes = [], {}
+    rows, probes, fold_probes = [], {}, {}
     for label, cols, hook in parts:
         folds = _Folds([m.select(cols) for m in groups], held, distinct, cols)
-        row, probes[label] = folds.fit(hook, ridge)
+        row, probes[label], fold_probes[label] = folds.fit(hook, ridge)
         probes[label].provenance_ = dict(provenance, hooks=hooks if hook is None else [label])
         features = cols.stop - cols.start
         why = overfit_reason(features, counts["train"], row.pop("_heldout"), row.pop("_insame"))
@@ -125,7 +126,7 @@ def probe_table(
         "bos": data.bos,
         "model_fingerprint": data.model_fingerprint,
     }
-    return ProbeTable(rows=rows, probes=probes, meta=meta)
+    return ProbeTable(rows=rows, probes=probes, meta=meta, fold_probes=fold_probes)
 
 
 class _Folds:
@@ -166,13 +167,16 @@ class _Folds:
             return probe.metrics_moments(moments)
         return _row_metrics(probe, (rows[0], rows[2], rows[1]), rows[3], moments)
 
-    def fit(self, hook: str | None, ridge: float) -> tuple[dict[str, Any], AffineProbe]:
+    def fit(
+        self, hook: str | None, ridge: float
+    ) -> tuple[dict[str, Any], AffineProbe, list[AffineProbe]]:
         everyone = list(range(len(self.groups)))
         whole = self._fit(everyone, hook, ridge)
-        train, heldout, insame = [], [], []
+        train, heldout, insame, probes = [], [], [], []
         for k in self.held:
             rest = [j for j in everyone if j != k]
             probe = self._fit(rest, hook, ridge)
+            probes.append(probe)
             train.append(self._score(probe, rest))
             heldout.append(self._score(probe, [k]))
             insame.append(self._score(whole, [k]))
@@ -188,7 +192,7 @@ class _Folds:
             "_heldout": [m["mse"] for m in heldout],
             "_insame": [m["mse"] for m in insame],
         }
-        return row, whole
+        return row, whole, probes
 
 
 def _mean(values: list[float]) -> float:
@@ -237,6 +241,30 @@ def predict_concatenation(
     for part, (lo, hi) in zip(parts, pairwise(np.cumsum([0, *widths]).tolist()), strict=True):
         out += (part.to(torch.float64) - xm[lo:hi]) @ B[lo:hi]
     return out
+
+
+def out_of_fold_predictions(
+    table: ProbeTable, data: ProbeData
+) -> tuple[dict[str, Float[Tensor, "N L S"]], Bool[Tensor, "N L"]]:
+    """Each row's probe output from the probe that never saw it (the fold's training-rows probe
+    of the table's cross-validation, or of its one split), per hook and for the concatenation;
+    and the mask of the rows that were held out (the others stay NaN). What a held-out score
+    measures, drawn: plot these under a held-out title, not the all-rows fit."""
+    if not table.fold_probes:
+        raise BeliefLensError("the table holds no fold probes (it was not fitted by fit_probes)")
+    labels, _, held = _grouping(data, table.meta.get("folds"))
+    mask = torch.isin(labels, torch.tensor(held))
+    out = {}
+    for label, fold_probes in table.fold_probes.items():
+        parts = (
+            [data.acts[h] for h in table.meta["hooks"]] if label == CONCAT else [data.acts[label]]
+        )
+        pred = torch.full((*labels.shape, data.beliefs.shape[-1]), math.nan, dtype=torch.float64)
+        for k, probe in zip(held, fold_probes, strict=True):
+            rows = labels == k
+            pred[rows] = predict_concatenation(probe, [p[rows] for p in parts])
+        out[label] = pred
+    return out, mask
 
 
 def fit_probes(

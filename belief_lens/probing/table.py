@@ -57,12 +57,17 @@ class ProbeTable:
         concatenation of ``meta["hooks"]`` in order, and has ``hook_`` None.
     meta : dict
         What was fitted: ``name``, ``targets``, ``mode``, ``weighted``, ``n_ctx``, ``process``,
-        ``hooks``, ``ridge``, ``test_fraction``, ``seed``, ``bos``, ``model_fingerprint``.
+        ``hooks``, ``ridge``, ``folds`` (None: one split of ``test_fraction``), ``seed``,
+        ``bos``, ``model_fingerprint``.
+    fold_probes : dict of str to list of AffineProbe
+        Per row, the probe of each fold fitted without that fold's rows (one for a single
+        split): what ``out_of_fold_predictions`` draws.
     """
 
     rows: list[dict[str, Any]]
     probes: dict[str, AffineProbe] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    fold_probes: dict[str, list[AffineProbe]] = field(default_factory=dict)
 
     @property
     def hooks(self) -> list[str]:

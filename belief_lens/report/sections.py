@@ -23,7 +23,7 @@ from belief_lens.plotting import (
 )
 from belief_lens.probes import CONCAT, ProbeData, ProbeTable, heldout, tied_hooks
 from belief_lens.probing.data import MIN_PREFIXES_PER_FOLD
-from belief_lens.probing.sweep import predict_concatenation
+from belief_lens.probing.sweep import out_of_fold_predictions
 from belief_lens.probing.table import (
     OVERFIT_FEATURE_RATIO,
     OVERFIT_GAP_FRACTION,
@@ -85,15 +85,6 @@ def model_section(hmm: HMM, metrics: Mapping[str, Any]) -> Section:
     )
 
 
-def _predictions(table: ProbeTable, data: ProbeData) -> dict[str, torch.Tensor]:
-    """Each hook's probe output ``[N, L, S]`` on the probe data, and the concatenation's."""
-    preds = {hk: table.probes[hk].predict(acts) for hk, acts in data.acts.items()}
-    if CONCAT in table.probes:
-        parts = [data.acts[hk] for hk in table.meta.get("hooks", data.acts)]
-        preds[CONCAT] = predict_concatenation(table.probes[CONCAT], parts)
-    return preds
-
-
 def geometry_section(
     table: ProbeTable, data: ProbeData, best: str, ranked_by: str, cfg: Any
 ) -> Section:
@@ -101,14 +92,15 @@ def geometry_section(
     the best hook held out and is not flagged), then every hook's output in a grid. ``cfg`` is
     the :class:`~belief_lens.report.AnalysisConfig` (point budgets and seed)."""
     S = data.beliefs.shape[-1]
-    true = data.beliefs.reshape(-1, S)
-    preds = {k: v.reshape(-1, S) for k, v in _predictions(table, data).items()}
+    oof, held = out_of_fold_predictions(table, data)  # the rows each score was measured on
+    true = data.beliefs[held]
+    preds = {k: v[held] for k, v in oof.items()}
     rows = {r["hook"]: r for r in table.rows}
 
     def label(hook: str) -> str:
-        mse = heldout(rows[hook], "mse")
-        score = f"held-out MSE {mse:.2e}" if not math.isnan(mse) else "no held-out data"
-        return f"Probe at {hook}<br>{score}"
+        mse, se = heldout(rows[hook], "mse"), rows[hook].get("mse_heldout_se", math.nan)
+        score = f"held-out MSE {mse:.2e} ± {se:.1e}" if not math.isnan(mse) else "no held-out data"
+        return f"Probe at {hook}, out of fold<br>{score}"
 
     shown = {best: preds[best]}
     c_mse = heldout(rows[CONCAT], "mse") if CONCAT in rows else math.nan
@@ -140,9 +132,11 @@ def geometry_section(
         ),
         "Below: every hook's probe output"
         + (" on the simplex." if S == 3 else " on the first two principal axes.")
-        + " Points are deduplicated for display (and subsampled above "
-        f"{cfg.max_plot_points:,} per panel); every number comes from all "
-        f"{true.shape[0]:,} rows.",
+        + " Every probe output is out of fold: each row is drawn where the probe fitted without "
+        f"its fold puts it, so the panels show what the held-out scores measure ({true.shape[0]:,}"
+        f" held-out rows of {held.numel():,}; lengths too short to hold out are not drawn). "
+        f"Points are deduplicated for display (and subsampled above {cfg.max_plot_points:,} "
+        "per panel).",
     )
     return Section(
         "Belief geometry",
@@ -163,7 +157,12 @@ def _geometry_headline(rows: Mapping[str, Any], best: str, ranked_by: str) -> tu
         f"Best hook by {ranked_by} MSE: {best}, held-out MSE {heldout(r, 'mse'):.2e} "
         f"± {r.get('mse_heldout_se', math.nan):.1e}, R² {heldout(r, 'r2'):.3f} "
         f"(in-sample MSE {r['mse_all']:.2e})"
-        + (f"; tied within one standard error: {', '.join(ties)}." if ties else "."),
+        + (f"; tied within one standard error: {', '.join(ties)}" if ties else "")
+        + (
+            f". Every hook is flagged; this one for: {r['overfit_reason']}."
+            if r["overfit"]
+            else "."
+        ),
     )
     if CONCAT not in rows:
         return headline
