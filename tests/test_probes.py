@@ -25,6 +25,7 @@ from belief_lens.probes import (
     AffineProbe,
     ProbeData,
     ProbeTable,
+    best_hook,
     collect_probe_data,
     distance_r2,
     fit_probes,
@@ -37,6 +38,7 @@ from belief_lens.probes import (
     prefix_groups,
     shuffle_control,
     split_prefixes,
+    tied_hooks,
     untrained_control,
 )
 from belief_lens.processes import mess3, rrxor
@@ -496,6 +498,17 @@ def test_overfit_rule_needs_a_material_gap_beyond_its_spread():
     assert not is_overfit(64, 10_000, [0.22, 0.22, 0.22, 0.22], [0.2, 0.2, 0.2, 0.2])
     # one split has no spread: only the feature count can flag it
     assert not is_overfit(64, 10_000, [0.9], [0.1])
+    # the headline never names a flagged hook while an unflagged one exists
+    rows = [
+        {"hook": "a", "mse_heldout": 0.1, "mse_heldout_se": 0.01, "overfit": True},
+        {"hook": "b", "mse_heldout": 0.2, "mse_heldout_se": 0.01, "overfit": False},
+        {"hook": "c", "mse_heldout": 0.205, "mse_heldout_se": 0.01, "overfit": False},
+        {"hook": "d", "mse_heldout": 0.3, "mse_heldout_se": 0.01, "overfit": False},
+    ]
+    assert best_hook(rows) == ("b", "held-out") and tied_hooks(rows) == ["b", "c"]
+    for r in rows:
+        r["overfit"] = True
+    assert best_hook(rows) == ("a", "held-out")  # all flagged: the report then says so
 
 
 def test_a_planted_well_posed_map_is_rarely_flagged_and_ties_are_reported():

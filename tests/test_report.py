@@ -201,3 +201,11 @@ def test_probe_section_reads_the_keys_the_probe_table_has():
     assert t.rows[0][7] == 0.001 and t.rows[0][10] == 123.4
     assert math.isnan(t.rows[1][6]) and "cross-validated over 5 folds by prefix" in section.text[0]
     assert "flag column says which" in section.text[1]
+    # a flagged best hook (every hook flagged) is said plainly in the headline
+    from belief_lens.report.sections import _geometry_headline
+
+    flagged = {"a": row("a", why, 0.02)}
+    (line,) = _geometry_headline(flagged, "a", "held-out")
+    assert line.endswith(f"Every hook is flagged; this one for: {why}.")
+    (line,) = _geometry_headline({"a": rows[0]}, "a", "held-out")
+    assert "flagged" not in line and "± 1.0e-03" in line

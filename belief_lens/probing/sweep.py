@@ -94,23 +94,18 @@ def probe_table(
     rows, probes, fold_probes = [], {}, {}
     for label, cols, hook in parts:
         folds = _Folds([m.select(cols) for m in groups], held, distinct, cols)
-        row, probes[label], fold_probes[label] = folds.fit(hook, ridge)
-        probes[label].provenance_ = dict(provenance, hooks=hooks if hook is None else [label])
         features = cols.stop - cols.start
-        why = overfit_reason(features, counts["train"], row.pop("_heldout"), row.pop("_insame"))
-        rows.append(
-            {
-                "hook": label,
-                "features": features,
-                "train_prefixes": counts["train"],
-                "test_prefixes": counts["test"],
-                **row,
-                "n_eff_heldout": n_eff,
-                "rank": probes[label].rank_,
-                "overfit": bool(why),
-                "overfit_reason": why,
-            }
+        scores, probes[label], fold_probes[label] = folds.fit(
+            hook, ridge, features, counts["train"]
         )
+        probes[label].provenance_ = dict(provenance, hooks=hooks if hook is None else [label])
+        row = {"hook": label, "features": features}
+        row.update(train_prefixes=counts["train"], test_prefixes=counts["test"])
+        for key, value in scores.items():
+            row[key] = value
+            if key == "folds":
+                row["n_eff_heldout"] = n_eff
+        rows.append(row)
     meta = {
         "name": name,
         "targets": target_name,
@@ -144,43 +139,53 @@ class _Folds:
         self.groups, self.held = groups, held
         self.rows = None if distinct is None else [(X[:, cols], c, Y, w) for X, c, Y, w in distinct]
 
-    def _sum(self, which: list[int]) -> tuple[Moments, tuple | None]:
+    def _pool(self, which: list[int]) -> tuple[Moments, tuple | None]:
+        """The groups ``which`` together: summed moments, and their distinct rows
+        ``(X, Y, weights)`` with the within-prefix target deviation (None without rows)."""
         moments = self.groups[which[0]]
         for j in which[1:]:
             moments = moments + self.groups[j]
         if self.rows is None:
             return moments, None
         parts = [self.rows[j] for j in which]
-        rows = tuple(torch.cat([p[i] for p in parts]) for i in range(3))
-        return moments, (*rows, sum(p[3] for p in parts))
+        X, c, Y = (torch.cat([p[i] for p in parts]) for i in range(3))
+        return moments, ((X, Y, c), sum(p[3] for p in parts))
 
-    def _fit(self, which: list[int], hook: str | None, ridge: float) -> AffineProbe:
-        moments, rows = self._sum(which)
-        sub = None if rows is None else (rows[0], rows[2], rows[1])
+    @staticmethod
+    def _fit(pooled: tuple[Moments, tuple | None], hook: str | None, ridge: float) -> AffineProbe:
+        moments, rows = pooled
+        sub = None if rows is None else rows[0]
         return AffineProbe(ridge=ridge).fit_moments(moments, hook=hook, rows=sub)
 
-    def _score(self, probe: AffineProbe, which: list[int]) -> dict[str, Any]:
-        moments, rows = self._sum(which)
+    @staticmethod
+    def _score(probe: AffineProbe, pooled: tuple[Moments, tuple | None]) -> dict[str, Any]:
+        moments, rows = pooled
         if float(moments.w) <= 0:
             return _nan_metrics()
         if rows is None:
             return probe.metrics_moments(moments)
-        return _row_metrics(probe, (rows[0], rows[2], rows[1]), rows[3], moments)
+        return _row_metrics(probe, rows[0], rows[1], moments)
 
     def fit(
-        self, hook: str | None, ridge: float
+        self, hook: str | None, ridge: float, features: int, train_prefixes: int
     ) -> tuple[dict[str, Any], AffineProbe, list[AffineProbe]]:
+        """The row's scores (with the overfit rule applied), the all-rows probe, and the probe of
+        each held-out group."""
         everyone = list(range(len(self.groups)))
-        whole = self._fit(everyone, hook, ridge)
+        pooled_all = self._pool(everyone)
+        whole = self._fit(pooled_all, hook, ridge)
         train, heldout, insame, probes = [], [], [], []
         for k in self.held:
-            rest = [j for j in everyone if j != k]
+            rest, fold = self._pool([j for j in everyone if j != k]), self._pool([k])
             probe = self._fit(rest, hook, ridge)
             probes.append(probe)
             train.append(self._score(probe, rest))
-            heldout.append(self._score(probe, [k]))
-            insame.append(self._score(whole, [k]))
-        al = self._score(whole, everyone)
+            heldout.append(self._score(probe, fold))
+            insame.append(self._score(whole, fold))
+        al = self._score(whole, pooled_all)
+        why = overfit_reason(
+            features, train_prefixes, [m["mse"] for m in heldout], [m["mse"] for m in insame]
+        )
         row = {
             **_mean_se("mse_heldout", [m["mse"] for m in heldout]),
             **_mean_se("r2_heldout", [m["r2"] for m in heldout]),
@@ -189,8 +194,9 @@ class _Folds:
             "mse_all": al["mse"],
             "r2_all": al["r2"],
             "folds": len(self.held),
-            "_heldout": [m["mse"] for m in heldout],
-            "_insame": [m["mse"] for m in insame],
+            "rank": whole.rank_,
+            "overfit": bool(why),
+            "overfit_reason": why,
         }
         return row, whole, probes
 
