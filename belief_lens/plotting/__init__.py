@@ -26,6 +26,7 @@ from belief_lens.plotting.coordinates import (
 from belief_lens.plotting.curves import (
     factored_dims_figure,
     patching_figure,
+    position_error_figure,
     probe_scores_figure,
     training_curve_figure,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "layer_grid_figure",
     "marker_size_for",
     "patching_figure",
+    "position_error_figure",
     "probe_scores_figure",
     "project_beliefs",
     "simplex_figure",
