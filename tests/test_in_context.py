@@ -137,6 +137,7 @@ def test_probes_find_a_belief_planted_at_symbol_positions(models, name):
         window=1,
         test_fraction=0.25,
         read_at="prediction",
+        n_folds=None,
     )
     if tm.separator.numel():
         assert max(row["r2_heldout"] for row in at_prediction) < 0.5
@@ -317,12 +318,17 @@ def test_each_row_lands_on_its_side_of_the_split_once():
         assert (window_of[seg % length] == j // 2).all() and (flat_held[seg] == bool(j % 2)).all()
 
 
+#: Bytes of one window's statistics for d_model 64 and 3 states: Moments of 67 columns for each of
+#: 5 folds and the rows every fold trains on.
+PER_WINDOW = 6 * 8 * (67 * 67 + 2 * 67 + 1)
+
+
 def test_memory_bound_is_enforced(models):
     model, tm, hmm = models["model"], MAPS["plain"], mess3()
     with pytest.raises(BeliefLensError, match="use window >= 4 or raise the limit"):
         fit_position_probes(
             model, hmm, tm, ["blocks.0.hook_resid_pre"], n_sequences=10, length=8, window=1,
-            memory_limit_bytes=2 * 2 * 8 * 2 * 67 * 67 + 2**14,  # train + held-out moments
+            memory_limit_bytes=2 * 2 * PER_WINDOW + 2**14,  # room for two windows' statistics
         )  # fmt: skip
     with pytest.raises(BeliefLensError, match="one sequence needs about"):
         in_context_curve(model, hmm, tm, 4, 8, memory_limit_bytes=10_000)
