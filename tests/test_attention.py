@@ -126,6 +126,9 @@ def test_measurement_recovers_a_planted_geometric_profile(rate):
     assert torch.allclose(head.ov_vectors, expected_ov, atol=1e-5)
     assert torch.allclose(layer.embeddings, torch.zeros(3, 3, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(head.by_distance(), expected[-1].flip(0), atol=1e-5)
+    rho = math.exp(-rate)
+    odd = sum(rho**n for n in range(1, 8, 2)) / sum(rho**n for n in range(1, 8))
+    assert head.odd_share() == pytest.approx(odd, abs=1e-5)
 
 
 def test_comparison_with_the_theory_on_the_planted_model():
@@ -161,3 +164,63 @@ def test_fit_log_slope_by_hand_and_its_refusals():
         fit_log_slope(torch.zeros(4, 4))
     with pytest.raises(BeliefLensError, match="square"):
         fit_log_slope(torch.ones(3, 4))
+
+
+def test_experiment_config_refuses_what_the_prediction_cannot_use():
+    from belief_lens.experiments.attention import AttentionExperiment
+
+    with pytest.raises(BeliefLensError, match="positive needs a positive eigenvalue"):
+        AttentionExperiment(positive=(0.45, 0.85))
+    with pytest.raises(BeliefLensError, match="negative needs a negative eigenvalue"):
+        AttentionExperiment(negative=(0.1, 0.85))
+    with pytest.raises(BeliefLensError, match="including 1"):
+        AttentionExperiment(heads=(2, 3))
+    with pytest.raises(BeliefLensError, match="seeds is empty"):
+        AttentionExperiment(seeds=())
+
+
+def test_attention_command_on_a_tiny_budget(tmp_path, capsys):
+    import json
+
+    from belief_lens.cli import main
+
+    out = tmp_path / "run"
+    argv = ["-q", "attention", "--steps", "6", "--seeds", "0", "--checkpoint", "none"]
+    assert main([*argv, "--export", "none", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "attention_slope_predicted", "attention_slope_measured", "attention_slope_raw",
+        "attention_slope_rel_error", "ov_cosine_min", "head_count_prediction_holds",
+    ):  # fmt: skip
+        assert key in m
+    assert m["attention_slope_predicted"] == pytest.approx(math.log(0.85))
+    assert isinstance(m["head_count_prediction_holds"], bool)
+    rows = m["head_count"]
+    assert [(r["setting"], r["seed"]) for r in rows] == [("positive", 0), ("negative", 0)]
+    for r in rows:
+        assert {"excess_loss_1_head", "excess_loss_2_heads", "head_count_prediction_holds"} <= set(
+            r
+        )
+        assert r["steps"] == {"1": 6, "2": 6}
+        assert r["excess_loss_1_head"] > 0 and r["excess_loss_2_heads"] > 0  # KL over entropy
+        gain = r["excess_loss_1_head"] - r["excess_loss_2_heads"]
+        assert r["head_count_prediction_holds"] == ((gain > r["margin"]) == (r["eigenvalue"] < 0))
+    html = (out / "report.html").read_text()
+    assert "Attention as constrained belief updating" in html and "ln(1 − 3x)" in html
+    assert main([*argv, "--export", "none", "--out", str(out)]) == 2  # nothing is overwritten
+    assert "already holds files" in capsys.readouterr().err
+
+
+def test_attention_demo_runs_the_theory_and_the_checkpoint(shared_checkpoint, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    shared_checkpoint("mess3_paper")  # skips (fails on CI) without the paper's checkpoint
+    path = Path(__file__).resolve().parent.parent / "demos" / "attention.py"
+    spec = importlib.util.spec_from_file_location("attention_demo", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.main([]) == 0
+    out = capsys.readouterr().out
+    assert "lam = +0.850" in out and "lam = -0.350" in out
+    assert all(f"layer {layer}:" in out for layer in range(4))

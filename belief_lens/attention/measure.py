@@ -126,10 +126,17 @@ class HeadMeasurement:
             raise BeliefLensError(f"no {which} was measured (give the layer a probe)")
         return m[-1].flip(0)
 
+    def odd_share(self) -> float:
+        """The share of the attention at distances >= 1 from the last query that falls on odd
+        distances: a head serving a negative eigenvalue's odd (or even) terms sits near 1 (0)."""
+        a = self.by_distance("attention")[1:]
+        return float(a[0::2].sum() / a.sum())
+
     def to_dict(self) -> dict[str, Any]:
         out = {
             "layer": self.layer,
             "head": self.head,
+            "odd_share": self.odd_share(),
             "attention_from_last": self.by_distance("attention").tolist(),
             "attention_fit": self.attention_fit.to_dict(),
         }
