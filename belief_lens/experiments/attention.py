@@ -174,6 +174,12 @@ class HeadCountResult:
         return self.excess_loss[1] - min(v for h, v in self.excess_loss.items() if h > 1)
 
     @property
+    def relative_gain_from_second_head(self) -> float:
+        """:attr:`gain_from_second_head` as a share of the 1-head model's excess loss: a
+        descriptive figure beside the margin rule, not part of it."""
+        return self.gain_from_second_head / self.excess_loss[1]
+
+    @property
     def prediction_holds(self) -> bool:
         needs_two = self.eigenvalue < 0
         return (self.gain_from_second_head > self.margin) == needs_two
@@ -202,6 +208,7 @@ class HeadCountResult:
                 for h, a in self.analyses.items()
             },
             "gain_from_second_head": self.gain_from_second_head,
+            "relative_gain_from_second_head": self.relative_gain_from_second_head,
             "margin": self.margin,
             "head_count_prediction_holds": self.prediction_holds,
         }

@@ -113,8 +113,8 @@ def ov_simplex_figure(
             go.Scatter(
                 x=ends[:, 0],
                 y=ends[:, 1],
-                mode="markers+text",
-                text=[f"x={i}" for i in range(len(v))],
+                mode="markers+text" if k == 0 else "markers",
+                text=[f"token {i}" for i in range(len(v))] if k == 0 else None,
                 textposition="top center",
                 marker={"color": color, "size": 8},
                 showlegend=False,

@@ -137,8 +137,12 @@ def _agreement(run: Any) -> str:
     ov_ok = m["ov_cosine_min"] >= 0.9
     holds = [r.prediction_holds for r in run.results]
 
-    def gain(setting: str) -> float:
-        g = [r.gain_from_second_head for r in run.results if r.setting == setting]
+    def gain(setting: str, relative: bool = False) -> float:
+        g = [
+            r.relative_gain_from_second_head if relative else r.gain_from_second_head
+            for r in run.results
+            if r.setting == setting
+        ]
         return sum(g) / len(g)
 
     return (
@@ -153,7 +157,8 @@ def _agreement(run: Any) -> str:
         f"in {sum(holds)} of {len(holds)} (setting, seed) pairs: a second head lowers the "
         f"excess loss by {gain('negative'):.2g} where the eigenvalue is negative and by "
         f"{gain('positive'):.2g} where it is positive (means over seeds; a difference counts "
-        f"above {run.config.margin:g})."
+        f"above {run.config.margin:g}), {gain('negative', True):.0%} and "
+        f"{gain('positive', True):.0%} of the 1-head model's excess loss."
     )
 
 
