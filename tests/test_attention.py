@@ -126,9 +126,24 @@ def test_measurement_recovers_a_planted_geometric_profile(rate):
     assert torch.allclose(head.ov_vectors, expected_ov, atol=1e-5)
     assert torch.allclose(layer.embeddings, torch.zeros(3, 3, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(head.by_distance(), expected[-1].flip(0), atol=1e-5)
+    with pytest.raises(BeliefLensError, match="which"):
+        head.by_distance("logits")
     rho = math.exp(-rate)
     odd = sum(rho**n for n in range(1, 8, 2)) / sum(rho**n for n in range(1, 8))
     assert head.odd_share() == pytest.approx(odd, abs=1e-5)
+
+
+def test_measurement_refuses_bad_layers_and_probes():
+    model = planted_model(0.5)
+    tokens = torch.zeros(2, 8, dtype=torch.long)
+    with pytest.raises(BeliefLensError, match="layers must lie in 0..0"):
+        measure_attention(model, tokens, layers=[1])
+    X = torch.randn(50, 5, dtype=torch.float64)
+    with pytest.raises(BeliefLensError, match="d_model=8"):
+        measure_attention(model, tokens, probes={0: AffineProbe().fit(X, X[:, :3])})
+    (layer,) = measure_attention(model, tokens)  # no probe: attention only
+    with pytest.raises(BeliefLensError, match="without a probe"):
+        compare_to_theory(attention_theory(mess3()), layer)
 
 
 def test_comparison_with_the_theory_on_the_planted_model():

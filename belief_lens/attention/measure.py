@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -27,10 +27,11 @@ from belief_lens.attention.theory import AttentionTheory
 from belief_lens.errors import BeliefLensError
 from belief_lens.probes import AffineProbe
 from belief_lens.tl_compat import attention_output_weights, embedding_weights
-from belief_lens.validation import check_int
+from belief_lens.validation import check_int, check_option
 
 __all__ = [
     "AttentionComparison",
+    "Profile",
     "HeadMeasurement",
     "LayerMeasurement",
     "SlopeFit",
@@ -38,6 +39,9 @@ __all__ = [
     "fit_log_slope",
     "measure_attention",
 ]
+
+#: The two by-distance profiles a head has: its attention, and each past token's contribution.
+Profile = Literal["attention", "contribution"]
 
 
 @dataclass(frozen=True)
@@ -118,9 +122,10 @@ class HeadMeasurement:
     contribution_fit: SlopeFit | None = None
     ov_vectors: Float[Tensor, "V S"] | None = None
 
-    def by_distance(self, which: str = "attention") -> Float[Tensor, " n"]:
+    def by_distance(self, which: Profile = "attention") -> Float[Tensor, " n"]:
         """From the last query position, distance ``n = 0, 1, ...``: ``attention`` or
         ``contribution``."""
+        check_option("which", which, Profile)
         m = self.attention if which == "attention" else self.contribution
         if m is None:
             raise BeliefLensError(f"no {which} was measured (give the layer a probe)")
