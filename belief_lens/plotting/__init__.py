@@ -6,6 +6,8 @@ figures; they never run models or show anything.
 - :mod:`~belief_lens.plotting.traces`: the template, marker traces and the labelled triangle;
 - :mod:`~belief_lens.plotting.geometry`: ground truth beside probe outputs, the simplex, one
   panel per hook, a simplex found without labels;
+- :mod:`~belief_lens.plotting.attention`: attention against distance, OV vectors on the simplex,
+  excess loss by head count;
 - :mod:`~belief_lens.plotting.curves`: probe scores per hook, training curves, patching
   recovery, effective dimension over training.
 
@@ -14,6 +16,11 @@ software fallback is deprecated in headless Chromium. Points shown are deduplica
 budget, subsampled with a seed: a figure shows the geometry, the numbers come from all points.
 """
 
+from belief_lens.plotting.attention import (
+    attention_distance_figure,
+    head_count_figure,
+    ov_simplex_figure,
+)
 from belief_lens.plotting.coordinates import (
     BeliefCoordinates,
     belief_colors,
@@ -39,6 +46,9 @@ from belief_lens.plotting.geometry import (
 )
 
 __all__ = [
+    "attention_distance_figure",
+    "head_count_figure",
+    "ov_simplex_figure",
     "BeliefCoordinates",
     "belief_colors",
     "belief_coordinates",
