@@ -6,8 +6,8 @@
 - :mod:`~belief_lens.report.analysis`: :class:`AnalysisConfig` and :func:`analyse`, the analysis
   in named steps;
 - :mod:`~belief_lens.report.sections`: the analysis's sections, worded and drawn from its numbers;
-- :mod:`~belief_lens.report.experiment_sections`: the factored-geometry and shared-structure
-  sections.
+- :mod:`~belief_lens.report.experiment_sections`: the factored-geometry, shared-structure
+  and in-context-learning sections.
 """
 
 from belief_lens.report.analysis import Analysis, AnalysisConfig, AnalysisMode, analyse
@@ -20,7 +20,11 @@ from belief_lens.report.document import (
     export_figures,
     write_report,
 )
-from belief_lens.report.experiment_sections import factored_section, shared_structure_section
+from belief_lens.report.experiment_sections import (
+    factored_section,
+    icl_section,
+    shared_structure_section,
+)
 from belief_lens.report.sections import CLEAR_R2_MARGIN, UNDERTRAINED_RATIO
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "compose_html",
     "export_figures",
     "factored_section",
+    "icl_section",
     "shared_structure_section",
     "write_report",
 ]
