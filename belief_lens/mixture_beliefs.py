@@ -241,14 +241,17 @@ class ReferenceLosses:
 
     def gap_recovered(self, loss: Float[Tensor, " L"]) -> Float[Tensor, " L"]:
         """``(never_updating - loss) / (never_updating - optimal)``: 1 for an optimal model, 0
-        for one that never updates its component belief."""
+        for one that never updates its component belief. NaN where the gap is not resolved (not
+        above 3 standard errors: e.g. after one token of components with the same single-token
+        statistics, where the two references coincide)."""
         loss = torch.as_tensor(loss, dtype=torch.float64)
         if loss.shape != self.optimal.shape:
             raise BeliefLensError(
                 f"loss must have one value per position {tuple(self.optimal.shape)}, got "
                 f"{tuple(loss.shape)}"
             )
-        return (self.never_updating - loss) / self.gap
+        resolved = self.gap > torch.clamp_min(3 * self.gap_se, 1e-12)
+        return torch.where(resolved, (self.never_updating - loss) / self.gap, float("nan"))
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {

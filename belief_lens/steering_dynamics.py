@@ -142,10 +142,10 @@ def steering_grid(
 # ------------------------------------------------------------------------------- the fit
 def fit_steering_scale(grid: SteeringGrid, bound: float = 10.0, tol: float = 1e-6) -> float:
     """The ``s`` in ``[-bound, bound]`` minimising ``grid.mean_kl(s)`` (maximum likelihood of the
-    closed form under the measured distributions): a scan of 201 points, then golden-section
+    closed form under the measured distributions): a scan of 81 points, then golden-section
     search in the best point's bracket."""
     bound = check_float("bound", bound, low=0, low_open=True)
-    xs = torch.linspace(-bound, bound, 201, dtype=torch.float64).tolist()
+    xs = torch.linspace(-bound, bound, 81, dtype=torch.float64).tolist()
     fs = [grid.mean_kl(x) for x in xs]
     i = min(range(len(xs)), key=fs.__getitem__)
     lo, hi = xs[max(i - 1, 0)], xs[min(i + 1, len(xs) - 1)]

@@ -147,11 +147,11 @@ def test_grid_fit_survives_noise_and_scores_a_control_that_never_switches(steere
         return torch.softmax(logits + 0.05 * torch.randn(logits.shape, generator=gen,
                                                           dtype=torch.float64), -1)  # fmt: skip
 
-    result = compare_steering(steering_grid(noisy, steered, ALPHAS))
+    result = compare_steering(steering_grid(noisy, steered, ALPHAS, [1, 4, 16]))
     assert result.s == pytest.approx(planted, rel=0.05)
     # A "control" model that ignores steering: the closed form with its s fails, plainly.
-    control = compare_steering(steering_grid(lambda a: steered.predict(0.0), steered, ALPHAS),
-                               s=result.s)  # fmt: skip
+    still = steering_grid(lambda a: steered.predict(0.0), steered, ALPHAS, [1, 4, 16])
+    control = compare_steering(still, s=result.s)
     assert not control.switches
     assert control.phase_boundary_rel_error is None
     assert any("did NOT hold" in v for v in control.verdicts())
@@ -240,6 +240,11 @@ def test_tiny_experiment_runs_end_to_end_and_writes_the_required_metrics(tmp_pat
     assert saved["loss_ratio_max"] >= 1.0
     assert np.isfinite(saved["steer_grid_correlation"])
     assert len(saved["verdicts"]) == 6
+    assert sorted(saved["steering_by_hook"]) == [f"blocks.{i}.hook_resid_post" for i in range(4)]
+    # One token says nothing about which Mess3 runs (both emit uniformly): no gap to recover.
+    assert saved["gap_recovered"][0] is None and saved["references"]["never_updating"][0] == (
+        pytest.approx(saved["references"]["optimal"][0], abs=1e-12)
+    )
     assert all(v.startswith(("HELD", "NOT MET")) for v in saved["verdicts"])
     html = (tmp_path / "report.html").read_text()
     assert "In-context learning and steering" in html and html.count("plotly-graph-div") >= 3

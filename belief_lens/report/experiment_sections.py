@@ -150,7 +150,7 @@ def icl_section(run: Any, max_points: int = 4000) -> Section:
     )
     rows = (
         ("loss / optimum, max over positions", f"{float(run.loss_ratio.max()):.5f}"),
-        ("gap recovered: position 2 / last",
+        ("gap recovered: n = 2 / last",
          f"{float(run.gap_recovered[1]):.3f} / {float(run.gap_recovered[-1]):.3f}"),
         ("optimum / never-updating at the last position (nats)",
          f"{float(refs.optimal[-1]):.4f} / {float(refs.never_updating[-1]):.4f}"),
@@ -159,6 +159,8 @@ def icl_section(run: Any, max_points: int = 4000) -> Section:
         (f"excess over the oracle: {other.form} fit",
          f"a={other.a:.4g}, b={other.b:.4g}, RMSE {other.rmse:.2g} nats ({other.rel_rmse:.1%})"),
         ("log-odds probe held-out R²", f"{g.log_odds_r2:.4f} ± {g.log_odds_r2_se:.4f}"),
+        ("posterior probe held-out R² (comparison)",
+         f"{g.posterior_r2:.4f} ± {g.posterior_r2_se:.4f}"),
         ("within-component probes held-out R²",
          ", ".join(f"{r:.4f} ± {s:.4f}" for r, s in zip(g.within_r2, g.within_r2_se, strict=True))),
         ("angle, log-odds direction vs each component's belief subspace",
@@ -179,6 +181,33 @@ def icl_section(run: Any, max_points: int = 4000) -> Section:
             "softmax(log prior + α s + Σ log P(x_t | x_<t, c)) has only s fitted.",
             *st.verdicts(),
         ),
-        tables=(Table(("measure", "value"), rows, ("", "")),),
+        tables=(Table(("measure", "value"), rows, ("", "")), _steering_by_hook_table(run)),
         figures=figures,
     )
+
+
+def _boundary_text(r: Any) -> str:
+    err = r.phase_boundary_rel_error
+    if not any(r.scored):
+        return "none scored"
+    return "no switch where predicted" if err is None else f"{err:.1%}"
+
+
+def _steering_by_hook_table(run: Any) -> Table:
+    """Every layer's log-odds probe and steering, so the headline hook is seen among them."""
+    r2 = run.geometry.log_odds_r2_by_hook
+    rows = tuple(
+        (
+            hook,
+            r2[hook],
+            r.s,
+            r.correlation,
+            "none scored"
+            if r.phase_boundary_rel_error is None
+            else f"{r.phase_boundary_rel_error:.1%}",
+            "yes" if c.switches else "no",
+        )
+        for hook, (r, c) in run.steering_by_hook.items()
+    )
+    header = ("hook", "log-odds R²", "s", "correlation", "boundary error", "control switches")
+    return Table(header, rows, ("", ".4f", ".4f", ".4f", "", ""))
