@@ -270,8 +270,27 @@ class SteeringComparison:
                 f"Phase boundary: largest relative error {err:.1%} over {n_scored} context "
                 f"lengths (criterion <= {PHASE_ERROR_CRITERION:.0%}): "
                 + ("held." if ok else "did NOT hold.")
+                + self._worst()
             )
         return out
+
+    def _worst(self) -> str:
+        """Where the boundary prediction was furthest off, in words."""
+        pairs = [
+            (e, int(n), m, p)
+            for e, n, m, p, ok in zip(
+                self.rel_errors, self.n_seen, self.boundary_measured, self.boundary_predicted,
+                self.scored, strict=True,
+            )
+            if ok and e is not None
+        ]  # fmt: skip
+        if not pairs:
+            return ""
+        first, last = pairs[0], pairs[-1]
+        return (
+            f" Measured / predicted alpha at n = {first[1]}: {first[2]:.2f} / {first[3]:.2f}; "
+            f"at n = {last[1]}: {last[2]:.2f} / {last[3]:.2f}."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -35,6 +35,7 @@ def parse_args(argv):
     p.add_argument("--n-sequences", type=int, default=20_000, help="loss-curve sequences")
     p.add_argument("--n-probe-sequences", type=int, default=3000, help="probe sequences")
     p.add_argument("--n-steer-sequences", type=int, default=256, help="steered sequences")
+    p.add_argument("--export", default="png,pdf", help="figure files: png,pdf, png, pdf or none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/icl")
     return p.parse_args(argv)
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # %% The report: loss curve, log-odds probe against the truth, the (n, alpha) phase diagram.
-    metrics = write_icl_report(run, out)
+    export = () if args.export == "none" else tuple(args.export.split(","))
+    metrics = write_icl_report(run, out, export=export)
     print(json.dumps({k: metrics[k] for k in list(metrics)[:8]}, indent=1))
     return 0
 

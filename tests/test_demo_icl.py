@@ -18,7 +18,8 @@ def test_icl_demo_tiny(tmp_path):
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     argv = ["--max-steps", "2", "--n-ctx", "6", "--n-sequences", "100"]
-    argv += ["--n-probe-sequences", "120", "--n-steer-sequences", "8", "--out", str(tmp_path)]
+    argv += ["--n-probe-sequences", "120", "--n-steer-sequences", "8", "--export", "none"]
+    argv += ["--out", str(tmp_path)]
     assert demo.main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert KEYS <= set(metrics)
