@@ -259,3 +259,14 @@ def test_bad_experiment_config_raises():
         ICLExperiment(hook="resid")
     with pytest.raises(BeliefLensError, match="TrainConfig"):
         ICLExperiment(train={"steps": 3})
+
+
+def test_cli_icl_parses_its_options_and_refuses_a_used_out(tmp_path, capsys):
+    from belief_lens.cli import build_parser, main
+
+    args = build_parser().parse_args(["icl", "--minutes", "0.5", "--max-steps", "7", "--seed", "3"])
+    assert (args.command, args.minutes, args.max_steps, args.seed) == ("icl", 0.5, 7, 3)
+    (tmp_path / "old.txt").write_text("a user's file")
+    assert main(["icl", "--max-steps", "1", "--out", str(tmp_path)]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (tmp_path / "old.txt").read_text() == "a user's file"
