@@ -1,6 +1,7 @@
 """The ``belief-lens`` command: ``demo`` trains and analyses a model, ``probe`` a checkpoint,
 ``factored`` runs the factored-geometry experiment, ``attention`` the constrained-belief-update
-experiment, ``discover`` finds a simplex without labels.
+experiment, ``icl`` in-context learning and steering on a mixture, ``discover`` finds a simplex
+without labels.
 
 It parses arguments into the config objects the Python API uses, calls the recipe in
 :mod:`belief_lens.experiments`, logs progress, and turns bad input into a one-line error. Each
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _analysis_args(probe)
     _factored_parser(sub)
     _attention_parser(sub)
+    _icl_parser(sub)
     _discover_parser(sub)
     return parser
 
@@ -341,6 +343,34 @@ def _attention_parser(sub: Any) -> None:
     )
 
 
+def _icl_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "icl",
+        help="in-context learning and steering as one belief dynamics, on a mixture of Mess3s",
+        description="Train the paper's Mess3 architecture (n_ctx 32, Bayes targets) on "
+        "mixture([mess3(0.05, 0.85), mess3(0.25, 0.5)]), then measure its in-context loss curve "
+        "against the mixture's optimum and the never-updating predictor, probe the component "
+        "log-odds, and steer along the probe's direction over an (n, alpha) grid against the "
+        "closed-form Bayesian prediction and a norm-matched control. Writes report.html and "
+        "metrics.json.",
+    )
+    p.add_argument(
+        "--minutes", type=_number(float), default=5.0,
+        help="training budget in CPU minutes of this process, all threads (default 5)",
+    )  # fmt: skip
+    p.add_argument("--out", default=None, help="a new output directory (default: runs/icl-<time>)")
+    p.add_argument(
+        "--max-steps", type=_number(int), default=None, help="stop after this many steps"
+    )
+    p.add_argument(
+        "--seed", type=_number(int, positive=False), default=0,
+        help="seed for weights, data and splits",
+    )  # fmt: skip
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an unexpected error"
+    )
+
+
 def _discover_parser(sub: Any) -> None:
     p = sub.add_parser(
         "discover",
@@ -431,6 +461,20 @@ def run_attention(args: argparse.Namespace) -> dict[str, Any]:
     return metrics
 
 
+def run_icl(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``icl`` subcommand: :mod:`belief_lens.experiments.icl`."""
+    from belief_lens.experiments import icl
+
+    training = icl.icl_training(seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed)
+    config = icl.ICLExperiment(train=training)
+    out = _prepare_out(args.out, "icl", overwrite=False)
+    args.out = str(out)
+    logger.info("training on %s for up to %.1f CPU min", config.process().name, args.minutes)
+    metrics = icl.write_icl_report(icl.run_icl_experiment(config), out)
+    metrics["summary"] = metrics["verdicts"]
+    return metrics
+
+
 def run_discover(args: argparse.Namespace) -> dict[str, Any]:
     """The ``discover`` subcommand: returns the metrics it wrote to ``DIR/discovery.json``."""
     from belief_lens.experiments import discovery
@@ -491,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "probe": run_probe,
             "factored": run_factored,
             "attention": run_attention,
+            "icl": run_icl,
         }[args.command]
         metrics = run(args)
     except (BeliefLensError, OSError, json.JSONDecodeError) as e:

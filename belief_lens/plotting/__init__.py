@@ -9,7 +9,9 @@ figures; they never run models or show anything.
 - :mod:`~belief_lens.plotting.attention`: attention against distance, OV vectors on the simplex,
   excess loss by head count;
 - :mod:`~belief_lens.plotting.curves`: probe scores per hook, training curves, patching
-  recovery, effective dimension over training.
+  recovery, effective dimension over training;
+- :mod:`~belief_lens.plotting.dynamics`: in-context learning on a mixture (the loss curve against
+  its references, the component log-odds probe) and the steering phase diagram.
 
 Figures use SVG traces (``Scatter``) and, for 3D, ``Scatter3d``; never ``Scattergl``, whose
 software fallback is deprecated in headless Chromium. Points shown are deduplicated and, above a
@@ -37,6 +39,11 @@ from belief_lens.plotting.curves import (
     probe_scores_figure,
     training_curve_figure,
 )
+from belief_lens.plotting.dynamics import (
+    icl_loss_figure,
+    log_odds_figure,
+    phase_diagram_figure,
+)
 from belief_lens.plotting.geometry import (
     compare_figure,
     discovery_figure,
@@ -57,9 +64,12 @@ __all__ = [
     "display_points",
     "factored_dims_figure",
     "geometry_figure",
+    "icl_loss_figure",
     "layer_grid_figure",
+    "log_odds_figure",
     "marker_size_for",
     "patching_figure",
+    "phase_diagram_figure",
     "position_error_figure",
     "probe_scores_figure",
     "project_beliefs",

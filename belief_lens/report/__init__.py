@@ -6,8 +6,8 @@
 - :mod:`~belief_lens.report.analysis`: :class:`AnalysisConfig` and :func:`analyse`, the analysis
   in named steps;
 - :mod:`~belief_lens.report.sections`: the analysis's sections, worded and drawn from its numbers;
-- :mod:`~belief_lens.report.experiment_sections`: the factored-geometry, shared-structure and
-  attention sections.
+- :mod:`~belief_lens.report.experiment_sections`: the factored-geometry, shared-structure,
+  attention and in-context-learning sections.
 """
 
 from belief_lens.report.analysis import Analysis, AnalysisConfig, AnalysisMode, analyse
@@ -23,6 +23,7 @@ from belief_lens.report.document import (
 from belief_lens.report.experiment_sections import (
     attention_section,
     factored_section,
+    icl_section,
     shared_structure_section,
 )
 from belief_lens.report.sections import CLEAR_R2_MARGIN, UNDERTRAINED_RATIO
@@ -42,6 +43,7 @@ __all__ = [
     "compose_html",
     "export_figures",
     "factored_section",
+    "icl_section",
     "shared_structure_section",
     "write_report",
 ]

@@ -1,6 +1,8 @@
 """Report sections of the experiments beyond the paper's analysis: the factored belief geometry
-(:mod:`belief_lens.experiments.factored`) and one structure under two vocabularies
-(:mod:`belief_lens.transfer`). Each words and draws a finished result.
+(:mod:`belief_lens.experiments.factored`), one structure under two vocabularies
+(:mod:`belief_lens.transfer`), attention (:mod:`belief_lens.experiments.attention`), and
+in-context learning with steering on a mixture (:mod:`belief_lens.experiments.icl`). Each words
+and draws a finished result.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from belief_lens.plotting import (
     compare_figure,
     factored_dims_figure,
     head_count_figure,
+    icl_loss_figure,
+    log_odds_figure,
     ov_simplex_figure,
+    phase_diagram_figure,
 )
 from belief_lens.report.document import ReportFigure, Section, Table
 
@@ -22,6 +27,7 @@ __all__ = [
     "CONSTRAINED_UPDATE",
     "attention_section",
     "factored_section",
+    "icl_section",
     "shared_structure_section",
 ]
 
@@ -119,6 +125,102 @@ def shared_structure_section(result: Any, figures: Sequence[Any] = ()) -> Sectio
         ),
         tables=(Table(("measure", "value"), rows, ("", "")),),
     )
+
+
+def icl_section(run: Any, max_points: int = 4000) -> Section:
+    """The report section of a :class:`belief_lens.experiments.icl.ICLRun`: which predictions
+    held and by how much, then the loss curve against both references, the component log-odds
+    probe against the truth, and the ``(n, alpha)`` phase diagram measured beside predicted."""
+    refs, g, st, ctl = run.references, run.geometry, run.steering, run.control
+    best, other = run.excess_fits
+    n = [int(x) for x in run.n_seen]
+    curves = {
+        "model": run.model_loss.tolist(),
+        "mixture optimum": refs.optimal.tolist(),
+        "never updates the component": refs.never_updating.tolist(),
+        "told the component": refs.oracle.tolist(),
+    }
+    boundaries = {"measured": list(st.boundary_measured), "predicted": list(st.boundary_predicted)}
+    figures = (
+        ReportFigure("icl_loss", icl_loss_figure(n, curves), "Loss per context length (nats)."),
+        ReportFigure(
+            "icl_log_odds",
+            log_odds_figure(g.truth, g.probed, max_points=max_points),
+            f"Component log-odds at {g.hook}: out-of-fold probe output against the truth, "
+            "held-out prefixes.",
+        ),
+        ReportFigure(
+            "icl_phase_diagram",
+            phase_diagram_figure(
+                st.alphas.tolist(), n, st.posterior_measured, st.posterior_predicted, boundaries
+            ),
+            "Implied posterior of component 0 on sequences of component 1, steered along the "
+            f"probe's direction at {g.hook}; lines: where it crosses 1/2.",
+        ),
+    )
+    rows = (
+        ("loss / optimum, max over positions", f"{float(run.loss_ratio.max()):.5f}"),
+        ("gap recovered: n = 2 / last",
+         f"{float(run.gap_recovered[1]):.3f} / {float(run.gap_recovered[-1]):.3f}"),
+        ("optimum / never-updating at the last position (nats)",
+         f"{float(refs.optimal[-1]):.4f} / {float(refs.never_updating[-1]):.4f}"),
+        (f"excess over the oracle: {best.form} fit (better)",
+         f"a={best.a:.4g}, b={best.b:.4g}, RMSE {best.rmse:.2g} nats ({best.rel_rmse:.1%})"),
+        (f"excess over the oracle: {other.form} fit",
+         f"a={other.a:.4g}, b={other.b:.4g}, RMSE {other.rmse:.2g} nats ({other.rel_rmse:.1%})"),
+        ("log-odds probe held-out R²", f"{g.log_odds_r2:.4f} ± {g.log_odds_r2_se:.4f}"),
+        ("posterior probe held-out R² (comparison)",
+         f"{g.posterior_r2:.4f} ± {g.posterior_r2_se:.4f}"),
+        ("within-component probes held-out R²",
+         ", ".join(f"{r:.4f} ± {s:.4f}" for r, s in zip(g.within_r2, g.within_r2_se, strict=True))),
+        ("angle, log-odds direction vs each component's belief subspace",
+         ", ".join(f"{a:.1f}°" for a in g.angles_deg)),
+        ("fitted s (log-odds per unit α)", f"{st.s:.4f}"),
+        ("steered grid: correlation / mean KL", f"{st.correlation:.4f} / {st.mean_kl:.4f}"),
+        ("control: correlation / mean KL", f"{ctl.correlation:.4f} / {ctl.mean_kl:.4f}"),
+        ("control switches the component", "yes" if ctl.switches else "no"),
+    )  # fmt: skip
+    return Section(
+        "In-context learning and steering as one belief dynamics",
+        headline=tuple(run.verdicts()),
+        text=(
+            f"{run.process_name}, {run.steps} steps ({run.train_cpu_seconds:.0f} CPU s, "
+            f"{run.train_seconds:.0f} s wall). Losses are expected cross-entropies on "
+            f"{refs.n_sequences} sampled prefixes. Steering adds α units of the probe's "
+            "log-odds along its encoding direction at every position; the closed form "
+            "softmax(log prior + α s + Σ log P(x_t | x_<t, c)) has only s fitted.",
+            *st.verdicts(),
+        ),
+        tables=(Table(("measure", "value"), rows, ("", "")), _steering_by_hook_table(run)),
+        figures=figures,
+    )
+
+
+def _boundary_text(r: Any) -> str:
+    err = r.phase_boundary_rel_error
+    if not any(r.scored):
+        return "none scored"
+    return "no switch where predicted" if err is None else f"{err:.1%}"
+
+
+def _steering_by_hook_table(run: Any) -> Table:
+    """Every layer's log-odds probe and steering, so the headline hook is seen among them."""
+    r2 = run.geometry.log_odds_r2_by_hook
+    rows = tuple(
+        (
+            hook,
+            r2[hook],
+            r.s,
+            r.correlation,
+            "none scored"
+            if r.phase_boundary_rel_error is None
+            else f"{r.phase_boundary_rel_error:.1%}",
+            "yes" if c.switches else "no",
+        )
+        for hook, (r, c) in run.steering_by_hook.items()
+    )
+    header = ("hook", "log-odds R²", "s", "correlation", "boundary error", "control switches")
+    return Table(header, rows, ("", ".4f", ".4f", ".4f", "", ""))
 
 
 #: The constrained update the attention experiment tests (arXiv 2502.01954), in this package's
