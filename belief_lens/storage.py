@@ -158,9 +158,12 @@ def load_tensors(
     return tensors
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Atomically write ``text`` (UTF-8) to ``path``."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
+    """Atomically write ``text`` (UTF-8) to ``path`` (never over an existing file when
+    ``overwrite=False``)."""
+    return atomic_write(
+        path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite
+    )
 
 
 def jsonable(x: Any) -> Any:
@@ -175,3 +178,55 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
     return x
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (signal 0 probes without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def lock_owner(path: str | os.PathLike) -> int | None:
+    """The live process id written in the lock file ``path``, or None (absent, stale or
+    unreadable: a killed run's lock)."""
+    try:
+        pid = int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid != os.getpid() and _alive(pid) else None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str):
+    """Hold the lock file ``path`` (created with ``O_EXCL``, holding this process id) for the
+    duration: a second holder refuses at once, naming ``what``. A lock left by a killed process
+    is taken over."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            owner = lock_owner(path)
+            if owner is not None:
+                raise BeliefLensError(
+                    f"another run (process {owner}) is writing {what}; wait for it or choose "
+                    f"another output (its lock: {path})"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a killed run's lock
+    else:
+        raise BeliefLensError(f"cannot take the lock {path} for {what}")
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

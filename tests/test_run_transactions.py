@@ -1,0 +1,178 @@
+"""Issue 22, runs: the CLI writes a run into a fresh sibling and renames it into place when
+complete; --overwrite swaps whole directories; a second run into the same --out refuses at
+once; an interrupted demo keeps its latest checkpoint and --resume finishes it bit-identically."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from belief_lens.cli import main
+from belief_lens.errors import BeliefLensError
+from belief_lens.run_dir import MARKER, RunDir, staging_path
+from belief_lens.storage import exclusive_lock
+from belief_lens.training import step_checkpoints
+
+FAST = ["--process", "mess3", "--minutes", "5", "--no-controls", "--no-interventions",
+        "--export", "none", "--mode", "sampled", "--n-sequences", "64"]  # fmt: skip
+
+
+def _old_run(final: Path) -> dict[str, bytes]:
+    final.mkdir(parents=True)
+    files = {"report.html": b"old report", "metrics.json": b"{}", "fig.png": b"old figure"}
+    for name, data in files.items():
+        (final / name).write_bytes(data)
+    return files
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+@pytest.fixture
+def live_pid():
+    """The id of a live process that is not this one (another run, as far as a lock knows)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield child.pid
+    child.kill()
+    child.wait()
+
+
+# ----------------------------------------------------------------------- RunDir
+
+
+def test_overwrite_swaps_whole_directories(tmp_path):
+    final = tmp_path / "run"
+    _old_run(final)
+    with pytest.raises(BeliefLensError, match="already holds files"):
+        RunDir.open(final, overwrite=False, resume_hint="x")
+    run = RunDir.open(final, overwrite=True, resume_hint="x")
+    (run.staging / "report.html").write_bytes(b"new report")
+    assert _tree(final)["report.html"] == b"old report"  # intact until the new run completes
+    run.commit()
+    assert _tree(final) == {"report.html": b"new report"}  # no old figure beside the new
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing left beside it
+
+
+def test_second_run_into_the_same_out_refuses_at_once(tmp_path, live_pid):
+    final = tmp_path / "C1"
+    run = RunDir.open(final, overwrite=False, resume_hint="x")
+    (run.staging / MARKER).write_text(f"{live_pid}\n")  # as if another process held it
+    with pytest.raises(BeliefLensError, match=rf"another run \(process {live_pid}\) is writing"):
+        RunDir.open(final, overwrite=False, resume_hint="x")
+    with pytest.raises(BeliefLensError, match="still running"):
+        RunDir.resume(final)
+
+
+def test_an_interrupted_run_is_named_with_its_resume_command(tmp_path):
+    final = tmp_path / "S2"
+    run = RunDir.open(final, overwrite=False, resume_hint="belief-lens demo --resume S2")
+    (run.staging / MARKER).write_text("999999999\n")  # a killed process
+    with pytest.raises(BeliefLensError, match=r"interrupted run.*`belief-lens demo --resume S2`"):
+        RunDir.open(final, overwrite=False, resume_hint="belief-lens demo --resume S2")
+    resumed = RunDir.resume(final)
+    assert resumed.staging == staging_path(final)
+    resumed.commit()
+    assert final.is_dir() and not (final / MARKER).exists()
+
+
+def test_leftover_of_a_completed_swap_is_cleared(tmp_path):
+    """A kill after the exchange leaves the old run under the staging name, without a marker."""
+    final = tmp_path / "run"
+    _old_run(final)
+    leftover = staging_path(final)
+    leftover.mkdir()
+    (leftover / "report.html").write_bytes(b"older")
+    run = RunDir.open(final, overwrite=True, resume_hint="x")
+    assert _tree(run.staging) == {MARKER: f"{os.getpid()}\n".encode()}
+
+
+def test_exclusive_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, live_pid):
+    lock = tmp_path / "out" / ".lock"
+    lock.parent.mkdir()
+    lock.write_text(f"{live_pid}\n")
+    with (
+        pytest.raises(BeliefLensError, match=rf"process {live_pid}\) is writing --out D"),
+        exclusive_lock(lock, "--out D"),
+    ):
+        pass
+    lock.write_text("999999999\n")
+    with exclusive_lock(lock, "--out D"):
+        assert lock.read_text() == f"{os.getpid()}\n"
+    assert not lock.exists()
+
+
+# ----------------------------------------------------------------------- the CLI
+
+
+def _interrupt_at(monkeypatch, step: int) -> None:
+    """Make the demo's training raise KeyboardInterrupt (Ctrl-C) after ``step`` steps."""
+    from belief_lens.experiments import paper
+
+    real = paper.train
+
+    def train(*args, **kwargs):
+        def callback(s, history):
+            if s == step:
+                raise KeyboardInterrupt
+
+        return real(*args, callback=callback, **kwargs)
+
+    monkeypatch.setattr(paper, "train", train)
+
+
+def test_ctrl_c_keeps_a_checkpoint_that_resume_finishes_bit_identically(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["-q", "demo", *FAST, "--max-steps", "12"]
+    assert main([*argv, "--out", "straight"]) == 0
+    _interrupt_at(monkeypatch, 9)
+    assert main([*argv, "--out", "S2"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; the latest checkpoint is kept in" in err
+    assert "resume with: belief-lens demo --resume S2" in err
+    assert not Path("S2").exists()
+    assert step_checkpoints(staging_path(Path("S2")) / "checkpoints")  # the latest is kept
+    assert main([*argv, "--out", "S2"]) == 2  # a new run into S2 names the resume command
+    assert "belief-lens demo --resume S2" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "demo", "--resume", "S2"]) == 0
+    a, b = load_file("straight/model.safetensors"), load_file("S2/model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert sorted(p.name for p in Path("S2").iterdir()) == sorted(
+        p.name for p in Path("straight").iterdir()
+    )  # retention 0: no checkpoints left in a finished run
+    assert not staging_path(Path("S2")).exists()
+
+
+def test_sigkill_during_overwrite_leaves_the_old_run_then_resume_swaps(tmp_path):
+    old = _old_run(tmp_path / "C1")
+    cmd = [sys.executable, "-m", "belief_lens.cli", "-q", "demo", *FAST, "--max-steps", "60",
+           "--out", "C1", "--overwrite"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    checkpoints = staging_path(tmp_path / "C1") / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not step_checkpoints(checkpoints) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _tree(tmp_path / "C1") == old  # the complete old run
+    env_cwd = dict(cwd=tmp_path, env=env, capture_output=True, text=True)
+    again = subprocess.run([*cmd[:3], "demo", "--out", "C1", "--overwrite"], **env_cwd)
+    assert again.returncode == 2 and "belief-lens demo --resume C1" in again.stderr
+    done = subprocess.run([*cmd[:3], "-q", "demo", "--resume", "C1"], **env_cwd)
+    assert done.returncode == 0, done.stderr
+    names = {p.name for p in (tmp_path / "C1").iterdir()}
+    assert "model.safetensors" in names and "fig.png" not in names  # wholly the new run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["C1"]
