@@ -551,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _abandon(args)
         if args.debug:
             raise
-        print(f"belief-lens {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"belief-lens {args.command}: error: {_one_line(e)}{_resume_hint(args)}",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         _abandon(args)

@@ -20,8 +20,41 @@ from belief_lens.run_dir import MARKER, RunDir, staging_path
 from belief_lens.storage import exclusive_lock
 from belief_lens.training import step_checkpoints
 
-FAST = ["--process", "mess3", "--minutes", "5", "--no-controls", "--no-interventions",
-        "--export", "none", "--mode", "sampled", "--n-sequences", "64"]  # fmt: skip
+FAST = [
+    "--process",
+    "mess3",
+    "--minutes",
+    "5",
+    "--export",
+    "none",
+    "--n-ctx",
+    "4",
+    "--batch-size",
+    "16",
+]
+#: The analysis replaced by a stub that writes a report: these tests are about the run's files.
+STUB = """
+import sys
+from pathlib import Path
+from belief_lens.experiments import paper
+def analyse(model, hmm, out, **kwargs):
+    (Path(out) / "report.html").write_text("new report")
+    return {"summary": []}
+paper.analyse = analyse
+from belief_lens.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def stub_analysis(monkeypatch):
+    from belief_lens.experiments import paper
+
+    def analyse(model, hmm, out, **kwargs):
+        (Path(out) / "report.html").write_text("new report")
+        return {"summary": []}
+
+    monkeypatch.setattr(paper, "analyse", analyse)
 
 
 def _old_run(final: Path) -> dict[str, bytes]:
@@ -125,16 +158,17 @@ def _interrupt_at(monkeypatch, step: int) -> None:
 
         return real(*args, callback=callback, **kwargs)
 
+    train.__wrapped__ = real
     monkeypatch.setattr(paper, "train", train)
 
 
 def test_ctrl_c_keeps_a_checkpoint_that_resume_finishes_bit_identically(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, stub_analysis
 ):
     monkeypatch.chdir(tmp_path)
-    argv = ["-q", "demo", *FAST, "--max-steps", "12"]
+    argv = ["-q", "demo", *FAST, "--max-steps", "8"]
     assert main([*argv, "--out", "straight"]) == 0
-    _interrupt_at(monkeypatch, 9)
+    _interrupt_at(monkeypatch, 6)
     assert main([*argv, "--out", "S2"]) == 130
     err = capsys.readouterr().err
     assert "interrupted; the latest checkpoint is kept in" in err
@@ -143,8 +177,9 @@ def test_ctrl_c_keeps_a_checkpoint_that_resume_finishes_bit_identically(
     assert step_checkpoints(staging_path(Path("S2")) / "checkpoints")  # the latest is kept
     assert main([*argv, "--out", "S2"]) == 2  # a new run into S2 names the resume command
     assert "belief-lens demo --resume S2" in capsys.readouterr().err
-    monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)
+    from belief_lens.experiments import paper
+
+    monkeypatch.setattr(paper, "train", paper.train.__wrapped__)
     assert main(["-q", "demo", "--resume", "S2"]) == 0
     a, b = load_file("straight/model.safetensors"), load_file("S2/model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
@@ -156,7 +191,7 @@ def test_ctrl_c_keeps_a_checkpoint_that_resume_finishes_bit_identically(
 
 def test_sigkill_during_overwrite_leaves_the_old_run_then_resume_swaps(tmp_path):
     old = _old_run(tmp_path / "C1")
-    cmd = [sys.executable, "-m", "belief_lens.cli", "-q", "demo", *FAST, "--max-steps", "60",
+    cmd = [sys.executable, "-c", STUB, "-q", "demo", *FAST, "--max-steps", "16",
            "--out", "C1", "--overwrite"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
@@ -176,3 +211,33 @@ def test_sigkill_during_overwrite_leaves_the_old_run_then_resume_swaps(tmp_path)
     names = {p.name for p in (tmp_path / "C1").iterdir()}
     assert "model.safetensors" in names and "fig.png" not in names  # wholly the new run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["C1"]
+
+
+# ----------------------------------------------------------------------- memory before work
+
+
+@pytest.mark.parametrize(
+    "flags", [["--n-ctx", "3000"], ["--batch-size", "200000"]], ids=["n_ctx", "batch"]
+)
+def test_demo_too_big_for_memory_is_refused_before_work(flags, tmp_path, monkeypatch, capsys):
+    import belief_lens.beliefs as beliefs
+
+    monkeypatch.setattr(beliefs, "available_memory", lambda: 16 * 2**30)  # a 4 GiB bound
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "demo", *flags, "--out", "big"]) == 2
+    err = capsys.readouterr().err
+    assert "needs about" in err and "over the bound of 4 GiB" in err and "--n-ctx" in err
+    assert list(tmp_path.iterdir()) == []  # no run directory was made
+
+
+def test_training_estimate_by_hand():
+    from belief_lens.models import ModelConfig
+    from belief_lens.training.memory import training_bytes
+
+    m = ModelConfig.paper("mess3", d_vocab=3, n_ctx=3000)  # 4 layers, 1 head, d 64, d_mlp 256
+    width = 8 * 64 + 2 * 256 + 4 * 8 + 3 * 3
+    by_hand = 4 * 128 * 4 * (4 * 3000**2 + width * 3000)  # float32, batch 128
+    assert training_bytes(m, 128) == by_hand
+    # At n_ctx 10 the evaluation batch (4096 sequences) is the larger part.
+    small = ModelConfig.paper("mess3", d_vocab=3, n_ctx=10)
+    assert training_bytes(small, 1) == 4 * 4096 * (2 * 100 + width * 10)
