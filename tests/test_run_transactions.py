@@ -241,3 +241,47 @@ def test_training_estimate_by_hand():
     # At n_ctx 10 the evaluation batch (4096 sequences) is the larger part.
     small = ModelConfig.paper("mess3", d_vocab=3, n_ctx=10)
     assert training_bytes(small, 1) == 4 * 4096 * (2 * 100 + width * 10)
+
+
+# ----------------------------------------------------------------------- discover and torchrun
+
+
+def test_discover_refuses_an_out_another_run_is_writing(tmp_path, live_pid):
+    from belief_lens.experiments.discovery import discover_in_checkpoint
+    from belief_lens.processes import mess3
+
+    out = tmp_path / "D"
+    out.mkdir()
+    (out / ".discovery.lock").write_text(f"{live_pid}\n")
+    with pytest.raises(BeliefLensError, match=rf"process {live_pid}\) is writing --out"):
+        discover_in_checkpoint(tmp_path / "absent.safetensors", mess3(), out)
+    assert sorted(p.name for p in out.iterdir()) == [".discovery.lock"]
+
+
+def test_torchrun_entry_refuses_existing_results_and_a_held_out(tmp_path, live_pid):
+    import contextlib
+
+    import torch.distributed as dist
+
+    from belief_lens.probing.torchrun import _claim
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        out = tmp_path / "D"
+        out.mkdir()
+        (out / "table.json").write_text("an earlier job's table")
+        with contextlib.ExitStack() as stack, pytest.raises(BeliefLensError, match="exists"):
+            _claim(out, stack)
+        (out / "table.json").unlink()
+        (tmp_path / ".D.lock").write_text(f"{live_pid}\n")
+        with contextlib.ExitStack() as stack, pytest.raises(BeliefLensError, match="another run"):
+            _claim(out, stack)
+        (tmp_path / ".D.lock").unlink()
+        with contextlib.ExitStack() as stack:
+            _claim(out, stack)
+            assert (tmp_path / ".D.lock").read_text() == f"{os.getpid()}\n"
+        assert not (tmp_path / ".D.lock").exists()
+    finally:
+        dist.destroy_process_group()
