@@ -24,10 +24,12 @@ from typing import Any
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.models import find_checkpoint, load_checkpoint
+from belief_lens.models import ModelConfig, find_checkpoint, load_checkpoint
 from belief_lens.processes import PROCESSES, make_process
 from belief_lens.run_dir import RunDir, staging_path
 from belief_lens.storage import atomic_write_text
+from belief_lens.training import TrainConfig
+from belief_lens.training.memory import check_training_memory
 
 logger = logging.getLogger("belief_lens")
 
@@ -265,17 +267,21 @@ _NOT_SETTINGS = ("command", "resume", "quiet", "debug", "run_dir")
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """The ``demo`` subcommand: :func:`belief_lens.experiments.paper.run_paper_demo`, written as
     a transaction (:class:`RunDir`) with step checkpoints in the run, so it can ``--resume``."""
-    from belief_lens.experiments import paper
-
     if args.resume:
         run = RunDir.resume(args.resume)
         saved = json.loads((run.staging / "args.json").read_text(encoding="utf-8"))
         vars(args).update({k: v for k, v in saved.items() if k not in _NOT_SETTINGS})
         args.param = [tuple(p) for p in args.param]
         run.clear_outputs()
+    hmm = _process(args.process, args.param)
+    batch = args.batch_size or TrainConfig.preset(args.targets, args.process, steps=1).batch_size
+    model = ModelConfig.paper(args.process, d_vocab=hmm.n_symbols, n_ctx=args.n_ctx)
+    check_training_memory(model, batch)  # in a second, before the analysis stack is imported
+    from belief_lens.experiments import paper
+
     demo = paper.PaperDemo.preset(
         args.process,
-        _process(args.process, args.param),
+        hmm,
         n_ctx=args.n_ctx,
         targets=args.targets,
         analysis=_analysis_config(args),
