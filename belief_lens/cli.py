@@ -139,6 +139,10 @@ def _analysis_args(p: argparse.ArgumentParser) -> None:
         "--n-sequences", type=_number(int), default=None, help="sequences for --mode sampled"
     )
     p.add_argument(
+        "--weighting", choices=("rows", "prefixes"), default="rows",
+        help="rows by their sequences' weight (default), or each distinct prefix once",
+    )  # fmt: skip
+    p.add_argument(
         "--ridge", type=_number(float, positive=False), default=0.0, help="ridge penalty"
     )
     p.add_argument("--no-controls", action="store_true", help="skip the probe controls")
@@ -252,6 +256,7 @@ def _analysis_config(args: argparse.Namespace) -> Any:
     return AnalysisConfig(
         mode=args.mode or "auto",
         n_sequences=args.n_sequences,
+        weighting=args.weighting,
         ridge=args.ridge,
         seed=args.seed,
         controls=not args.no_controls,
