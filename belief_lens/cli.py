@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -24,8 +25,12 @@ from typing import Any
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.models import find_checkpoint, load_checkpoint
+from belief_lens.models import ModelConfig, find_checkpoint, load_checkpoint
 from belief_lens.processes import PROCESSES, make_process
+from belief_lens.run_dir import RunDir, staging_path
+from belief_lens.storage import atomic_write_text
+from belief_lens.training import TrainConfig
+from belief_lens.training.memory import check_training_memory
 
 logger = logging.getLogger("belief_lens")
 
@@ -89,38 +94,38 @@ def _process(name: str, params: Sequence[tuple[str, str]]) -> HMM:
     return make_process(name, **typed)
 
 
-def _prepare_out(out: str | None, default_stem: str, overwrite: bool) -> Path:
-    """The run's output directory, created and checked writable before any work.
+def _prepare_out(
+    out: str | None, default_stem: str, overwrite: bool, command: str | None = None
+) -> RunDir:
+    """The run's output directory, claimed before any work (:class:`RunDir`): the run is written
+    into a fresh sibling and renamed into place when complete.
 
-    Without ``--out``: a new ``runs/<stem>-<timestamp>`` directory. An existing non-empty
-    ``--out`` is refused unless ``--overwrite``: no run replaces another's files silently.
+    Without ``--out``: a new ``runs/<stem>-<timestamp>``. An existing non-empty ``--out`` is
+    refused unless ``--overwrite``, and so is one another run is writing. ``command``: the
+    subcommand that can ``--resume`` an interrupted run (demo), named in the refusal.
     """
+
+    def claim(path: Path) -> RunDir:
+        hint = f"belief-lens {command} --resume {path}" if command else "(it cannot be resumed)"
+        return RunDir.open(path, overwrite=overwrite, resume_hint=hint)
+
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for i in range(1, 1000):
             path = Path("runs") / (f"{default_stem}-{stamp}" + (f"-{i}" if i > 1 else ""))
-            try:
-                path.mkdir(parents=True, exist_ok=False)
-                break
-            except FileExistsError:
+            if path.exists() or staging_path(path).exists():
                 continue
+            run = claim(path)
+            break
     else:
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise BeliefLensError(f"--out {path} exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()) and not overwrite:
-            raise BeliefLensError(
-                f"--out {path} already holds files (of another run?); choose a new directory, "
-                "leave out --out for a fresh runs/<process>-<time> one, or pass --overwrite"
-            )
-        path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".write-test-{os.getpid()}"
+        run = claim(Path(out))
+    probe = run.staging / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise BeliefLensError(f"--out {path} is not writable: {err.strerror}") from None
-    return path
+        raise BeliefLensError(f"--out {run.final} is not writable: {err.strerror}") from None
+    return run
 
 
 def _analysis_args(p: argparse.ArgumentParser) -> None:
@@ -203,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--max-steps", type=_number(int), default=None, help="stop after this many steps"
     )
+    demo.add_argument(
+        "--resume", default=None, metavar="DIR",
+        help="finish the interrupted run into DIR with its own settings (other options ignored)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--keep-checkpoints", type=_number(int, positive=False), default=0,
+        help="step checkpoints a finished run keeps in DIR/checkpoints (default 0: the final "
+        "model.safetensors only; an interrupted run keeps its latest for --resume)",
+    )  # fmt: skip
     _analysis_args(demo)
 
     probe = sub.add_parser(
@@ -253,13 +267,28 @@ def _analysis_config(args: argparse.Namespace) -> Any:
     )
 
 
+#: ``demo`` options that are not the run's settings (not saved for ``--resume``).
+_NOT_SETTINGS = ("command", "resume", "quiet", "debug", "run_dir")
+
+
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``demo`` subcommand: :func:`belief_lens.experiments.paper.run_paper_demo`."""
+    """The ``demo`` subcommand: :func:`belief_lens.experiments.paper.run_paper_demo`, written as
+    a transaction (:class:`RunDir`) with step checkpoints in the run, so it can ``--resume``."""
+    if args.resume:
+        run = RunDir.resume(args.resume)
+        saved = json.loads((run.staging / "args.json").read_text(encoding="utf-8"))
+        vars(args).update({k: v for k, v in saved.items() if k not in _NOT_SETTINGS})
+        args.param = [tuple(p) for p in args.param]
+        run.clear_outputs()
+    hmm = _process(args.process, args.param)
+    batch = args.batch_size or TrainConfig.preset(args.targets, args.process, steps=1).batch_size
+    model = ModelConfig.paper(args.process, d_vocab=hmm.n_symbols, n_ctx=args.n_ctx)
+    check_training_memory(model, batch)  # in a second, before the analysis stack is imported
     from belief_lens.experiments import paper
 
     demo = paper.PaperDemo.preset(
         args.process,
-        _process(args.process, args.param),
+        hmm,
         n_ctx=args.n_ctx,
         targets=args.targets,
         analysis=_analysis_config(args),
@@ -268,10 +297,20 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         seconds=args.minutes * 60,
         steps=args.max_steps,
+        keep_checkpoints=max(1, args.keep_checkpoints),
     )
-    out = _prepare_out(args.out, args.process, args.overwrite)
-    args.out = str(out)
-    return paper.run_paper_demo(demo, out, progress=not args.quiet)
+    if not args.resume:
+        run = _prepare_out(args.out, args.process, args.overwrite, "demo")
+        settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+        atomic_write_text(run.staging / "args.json", json.dumps(settings, indent=1))
+    args.out, args.run_dir = str(run.final), run
+    metrics = paper.run_paper_demo(
+        demo, run.staging, progress=not args.quiet, checkpoint_dir=run.checkpoints
+    )
+    if args.keep_checkpoints == 0:
+        shutil.rmtree(run.checkpoints, ignore_errors=True)
+    run.commit()
+    return metrics
 
 
 def run_probe(args: argparse.Namespace) -> dict[str, Any]:
@@ -282,9 +321,13 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = _checkpoint(args.checkpoint)
     config = _analysis_config(args)
     model = load_checkpoint(checkpoint)
-    out = _prepare_out(args.out, f"probe-{args.process}", args.overwrite)
-    args.out = str(out)
-    return paper.analyse_checkpoint(model, hmm, out, checkpoint=checkpoint, analysis=config)
+    run = _prepare_out(args.out, f"probe-{args.process}", args.overwrite)
+    args.out, args.run_dir = str(run.final), run
+    metrics = paper.analyse_checkpoint(
+        model, hmm, run.staging, checkpoint=checkpoint, analysis=config
+    )
+    run.commit()
+    return metrics
 
 
 def _factored_parser(sub: Any) -> None:
@@ -402,10 +445,12 @@ def run_factored(args: argparse.Namespace) -> dict[str, Any]:
         seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed
     )
     config = factored.FactoredExperiment(epsilon=args.epsilon, train=training)
-    out = _prepare_out(args.out, "factored", overwrite=False)
-    args.out = str(out)
+    run = _prepare_out(args.out, "factored", overwrite=False)
+    args.out, args.run_dir = str(run.final), run
+    out = run.staging
     logger.info("training on %s for up to %.1f min", config.process().name, args.minutes)
     metrics = factored.write_factored_report(factored.run_factored_experiment(config, out), out)
+    run.commit()
     logger.info(
         "factor R^2 %s, max cosine %.3f, dims95 %d (factored %d, joint %d)",
         [round(r, 4) for r in metrics["factor_r2_heldout"]],
@@ -443,12 +488,13 @@ def run_attention(args: argparse.Namespace) -> dict[str, Any]:
         seconds_per_model=args.minutes * 60 / (4 * len(seeds)),
         checkpoint=_attention_checkpoint(args.checkpoint),
     )
-    out = _prepare_out(args.out, "attention", overwrite=False)
-    args.out = str(out)
+    run_dir = _prepare_out(args.out, "attention", overwrite=False)
+    args.out, args.run_dir = str(run_dir.final), run_dir
     logger.info("training %d single-layer models, %d steps each", 4 * len(seeds), args.steps)
     export = () if args.export == "none" else tuple(args.export.split(","))
     run = attention.run_attention_experiment(config)
-    metrics = attention.write_attention_report(run, out, export=export)
+    metrics = attention.write_attention_report(run, run_dir.staging, export=export)
+    run_dir.commit()
     logger.info(
         "contribution log-slope %.3f (raw attention %.3f) against predicted %.3f; OV cosine min "
         "%.3f; head-count prediction holds: %s",
@@ -513,6 +559,25 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
     return "\n".join(lines)
 
 
+def _abandon(args: argparse.Namespace) -> None:
+    """After a failed run: keep a ``demo``'s partial run (its checkpoints resume it); remove the
+    partial output of the others, which cannot resume. ``--out`` itself is never touched."""
+    run = getattr(args, "run_dir", None)
+    if run is not None and args.command != "demo" and run.staging.exists():
+        shutil.rmtree(run.staging, ignore_errors=True)
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to resume an interrupted ``demo``: its latest checkpoint and the command."""
+    run = getattr(args, "run_dir", None)
+    if run is None or args.command != "demo" or not run.staging.exists():
+        return ""
+    return (
+        f"; the latest checkpoint is kept in {run.checkpoints}; resume with: "
+        f"belief-lens demo --resume {run.final}"
+    )
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
@@ -539,14 +604,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         }[args.command]
         metrics = run(args)
     except (BeliefLensError, OSError, json.JSONDecodeError) as e:
+        _abandon(args)
         if args.debug:
             raise
-        print(f"belief-lens {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"belief-lens {args.command}: error: {_one_line(e)}{_resume_hint(args)}",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
-        print(f"belief-lens {args.command}: interrupted", file=sys.stderr)
+        _abandon(args)
+        print(f"belief-lens {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except Exception as e:
+        _abandon(args)
         if args.debug:
             raise
         print(

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     write_report(out, "One structure, two vocabularies", [shared_structure_section(result, [fig])],
                  metrics)  # fmt: skip
-    save_checkpoint(model, out / "model.safetensors")
+    save_checkpoint(model, out / "model.safetensors", overwrite=True)  # a rerun, as the report
     print(f"wrote {out}/report.html and {out}/metrics.json")
     return 0
 

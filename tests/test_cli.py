@@ -6,6 +6,7 @@ import pytest
 
 from belief_lens import cli
 from belief_lens.cli import main
+from belief_lens.models.checkpoints import read_checkpoint_config
 from belief_lens.training import PROCESS_LEARNING_RATES
 
 REPORT_KEYS = {
@@ -46,7 +47,7 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert metrics["best_hook"]["hook"] in hooks
     assert (out / "model.safetensors").is_file()
     # The paper's RRXOR architecture, not its Mess3 one.
-    assert json.loads((out / "model.config.json").read_text())["d_model"] == 128
+    assert read_checkpoint_config(out / "model.safetensors")["d_model"] == 128
     assert f"wrote runs/{out.name}/report.html" in capsys.readouterr().out
 
     # Nothing a run wrote is replaced by a later run into the same directory.

@@ -25,6 +25,7 @@ from belief_lens.beliefs import (
 from belief_lens.compmech import belief_levels, mixed_state_presentation
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM, GeneralizedHMM
+from belief_lens.probing.data import split_prefixes
 from belief_lens.processes import mess3, random_hmm, rrxor, tom_quantum
 
 
@@ -206,6 +207,18 @@ BAD = {
         "01",
         None,
     ],
+    "prefix_tokens": [  # tokens without a vocabulary: any integer >= 0
+        [[0, 1], [2]],
+        np.array([["a", "b"]]),
+        np.array([[0, 1]], dtype=object),
+        torch.tensor([[0.0, 1.0]]),
+        torch.tensor([[0.5, 1.0]]),
+        torch.tensor([[0, 1]]) * (1 + 1j),
+        torch.tensor([[-1, 0]]),
+        torch.tensor([0, 1]),
+        "01",
+        None,
+    ],
     "matrix": [
         "abc",
         [[[0.5, 0.5], [1.0]]],
@@ -347,6 +360,12 @@ CALLS = [
         {"beliefs": "beliefs", "tokens": "tokens"},
     ),
     (lambda **kw: M3.check_belief(**kw), dict(belief=M3.initial_state), {"belief": "belief"}),
+    # the analysis layer (issue 22): probing's split refuses floats and negative tokens
+    (
+        split_prefixes,
+        dict(tokens=torch.tensor([[0, 1], [1, 0]]), test_fraction=0.5),
+        {"tokens": "prefix_tokens", "test_fraction": "prob", "seed": "seed"},
+    ),
 ]
 
 

@@ -94,7 +94,9 @@ def test_toy_transformer_from_a_config():
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_load_roundtrip(tmp_path, kind):
     model = toy_transformer(3, 8, **SMALL, seed=3, kind=kind).eval()
-    path = save_checkpoint(model, tmp_path / "m.safetensors", extra={"note": "hi"})
+    path = save_checkpoint(
+        model, tmp_path / "m.safetensors", extra={"note": "hi"}, config_json=True
+    )
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:  # the config rides with the weights
@@ -127,9 +129,9 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(toy_transformer(3, 8, **SMALL, seed=1), path)
+        save_checkpoint(toy_transformer(3, 8, **SMALL, seed=1), path, overwrite=True)
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.config.json", "m.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 
 def test_crash_between_weights_and_sidecar_config_still_loads(tmp_path, monkeypatch):
@@ -138,20 +140,20 @@ def test_crash_between_weights_and_sidecar_config_still_loads(tmp_path, monkeypa
     import belief_lens.models.checkpoints as models
 
     old = toy_transformer(3, 8, **SMALL, seed=0)
-    path = save_checkpoint(old, tmp_path / "m.safetensors")
+    path = save_checkpoint(old, tmp_path / "m.safetensors", config_json=True)
     real = models.atomic_write
     calls = []
 
-    def crash_on_config(target, write):
+    def crash_on_config(target, write, **kwargs):
         calls.append(target)
         if str(target).endswith(".config.json"):
             raise KeyboardInterrupt
-        return real(target, write)
+        return real(target, write, **kwargs)
 
     monkeypatch.setattr(models, "atomic_write", crash_on_config)
     new = toy_transformer(3, 8, **{**SMALL, "d_mlp": 32}, seed=1)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(new, path)
+        save_checkpoint(new, path, overwrite=True, config_json=True)
     assert json.loads((tmp_path / "m.config.json").read_text())["d_mlp"] == 64  # stale
     loaded = load_checkpoint(path)
     assert loaded.cfg.d_mlp == 32 and _same_weights(loaded, new.eval())
@@ -196,7 +198,7 @@ def _paper_style(model, path):
     """A bare HookedTransformer-named state dict with a sidecar config, like the paper's files."""
     from safetensors.torch import load_file, save_file
 
-    save_checkpoint(model, path)
+    save_checkpoint(model, path, config_json=True)
     save_file(load_file(str(path)), str(path))  # drop the embedded config
     return path
 

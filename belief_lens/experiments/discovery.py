@@ -17,7 +17,7 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.models import load_checkpoint
 from belief_lens.plotting import discovery_figure
-from belief_lens.storage import atomic_write_text
+from belief_lens.storage import atomic_write_text, exclusive_lock
 
 __all__ = ["discover_in_checkpoint"]
 
@@ -37,11 +37,22 @@ def discover_in_checkpoint(
     never over existing ones. Returns the metrics written, with ``out`` added."""
     out = Path(out_dir)
     html, js = out / "discovery.html", out / "discovery.json"
-    for f in (html, js):
-        if f.exists():
-            raise BeliefLensError(f"{f} exists; choose another --out (nothing is overwritten)")
+    with exclusive_lock(out / ".discovery.lock", f"--out {out}"):
+        for f in (html, js):
+            if f.exists():
+                raise BeliefLensError(f"{f} exists; choose another --out (nothing is overwritten)")
+        metrics, fig = _discover(Path(checkpoint), hmm, hook, n_vertices, seed)
+        atomic_write_text(html, fig.to_html(include_plotlyjs=True), overwrite=False)
+        atomic_write_text(js, json.dumps(metrics, indent=2), overwrite=False)
+    metrics["out"] = str(out)
+    return metrics
+
+
+def _discover(
+    path: Path, hmm: HMM, hook: str, n_vertices: int | None, seed: int
+) -> tuple[dict[str, Any], Any]:
+    """The discovery's metrics and figure (the work of ``discover_in_checkpoint``)."""
     check_hmm(hmm)
-    path = Path(checkpoint)
     model = load_checkpoint(path)
     model.eval()
     hook = resolve_hook(model, hook)
@@ -64,8 +75,4 @@ def discover_in_checkpoint(
         metrics.update(r2=score.r2, mse=score.mse, permutation=list(score.permutation))
         title += f" (R^2 {metrics['r2']:.3f} vs true beliefs)"
     fig = discovery_figure(found, beliefs, title=title)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(html, fig.to_html(include_plotlyjs=True))
-    atomic_write_text(js, json.dumps(metrics, indent=2))
-    metrics["out"] = str(out)
-    return metrics
+    return metrics, fig

@@ -19,6 +19,7 @@ from belief_lens.hmm import HMM
 from belief_lens.models import ModelConfig, save_checkpoint, toy_transformer
 from belief_lens.report import AnalysisConfig, analyse
 from belief_lens.training import Targets, TrainConfig, train
+from belief_lens.training.memory import check_training_memory
 
 __all__ = ["PaperDemo", "analyse_checkpoint", "run_paper_demo"]
 
@@ -50,6 +51,7 @@ class PaperDemo:
                 f"the model has a vocabulary of {self.model.d_vocab} tokens but {self.hmm.name} "
                 f"emits {self.hmm.n_symbols} symbols"
             )
+        check_training_memory(self.model, self.train.batch_size)  # before any work
 
     @classmethod
     def preset(
@@ -77,10 +79,15 @@ class PaperDemo:
 
 
 def run_paper_demo(
-    demo: PaperDemo, out_dir: str | os.PathLike, *, progress: bool = True
+    demo: PaperDemo,
+    out_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train ``demo``'s model, save it as ``out_dir/model.safetensors``, and analyse it into
-    ``out_dir``; return the metrics (those of ``metrics.json``)."""
+    ``out_dir``; return the metrics (those of ``metrics.json``). With ``checkpoint_dir`` the
+    training writes step checkpoints there and resumes from the latest one it finds."""
     out, hmm, config = Path(out_dir), demo.hmm, demo.train
     model = toy_transformer(demo.model, seed=config.seed)
     budget = [f"{config.seconds / 60:.1f} min"] if config.seconds else []
@@ -92,7 +99,7 @@ def run_paper_demo(
         config.batch_size,
         config.targets,
     )
-    history = train(model, hmm, config, progress=progress)
+    history = train(model, hmm, config, progress=progress, checkpoint_dir=checkpoint_dir)
     logger.info("trained %d steps in %.1f s", history.steps, history.seconds)
     extra = {"train_config": history.config, "process": history.process, "steps": history.steps}
     save_checkpoint(model, out / "model.safetensors", extra=extra)

@@ -26,8 +26,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
@@ -41,7 +39,7 @@ from belief_lens.interventions.bases import (
 from belief_lens.interventions.checks import check_activation, check_basis, check_simplex
 from belief_lens.metrics import free_coordinates
 from belief_lens.probing.estimator import BasisKind
-from belief_lens.storage import atomic_write
+from belief_lens.storage import load_tensors, read_metadata, refuse_existing, save_tensors
 from belief_lens.validation import (
     Positions,
     check_finite_tensor,
@@ -123,9 +121,7 @@ class Intervention:
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the intervention as one safetensors file (its fields as JSON in the header),
         atomically; an existing file is kept unless ``overwrite=True``."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise BeliefLensError(f"{str(path)!r} exists; pass overwrite=True to replace it")
+        path = refuse_existing(path, overwrite)
         tensors, values = {}, {}
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
@@ -140,7 +136,7 @@ class Intervention:
             "belief_lens_version": __version__,
         }
         meta = {_HEADER_KEY: json.dumps(header), "format": "pt"}
-        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        return save_tensors(path, tensors, meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> Any:
@@ -455,10 +451,8 @@ def load_intervention(path: str | Path) -> Steer | SubspacePatch | Ablate:
     if not path.is_file():
         raise BeliefLensError(f"intervention file {str(path)!r} not found")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        meta, shapes = read_metadata(path)
+    except BeliefLensError as err:
         raise BeliefLensError(f"{str(path)!r} is not a readable safetensors file: {err}") from None
     try:
         header = json.loads(meta[_HEADER_KEY])
@@ -472,12 +466,13 @@ def load_intervention(path: str | Path) -> Steer | SubspacePatch | Ablate:
     if fmt != _FORMAT:
         raise BeliefLensError(f"{str(path)!r} has format {fmt!r}; this version reads {_FORMAT}")
     names = {f.name for f in fields(cls)}
-    unknown = (set(values) | set(tensors)) - names
+    unknown = (set(values) | set(shapes)) - names if isinstance(values, dict) else {"fields"}
     if unknown:
         raise BeliefLensError(
             f"{str(path)!r} has fields {sorted(unknown)} unknown to {cls.__name__}"
         )
+    tensors = load_tensors(path, meta)
     try:
         return cls(**values, **tensors)
-    except TypeError as err:
+    except (TypeError, ValueError, RuntimeError) as err:
         raise BeliefLensError(f"{str(path)!r} does not describe a {cls.__name__}: {err}") from None

@@ -1,5 +1,6 @@
-"""Model checkpoints: safetensors files whose metadata carries the architecture, written
-atomically, and the paper's checkpoints (a ``.config.json`` beside the weights).
+"""Model checkpoints: safetensors files whose metadata carries the architecture and a sha256 of
+the weights, written atomically, and the paper's checkpoints (a ``.config.json`` beside the
+weights).
 
 Files are always written with ``HookedTransformer`` (TL 1/2) tensor names, the format of the
 paper's checkpoints, so a file saved under one TransformerLens version loads under the other.
@@ -9,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import safetensors
-import safetensors.torch
 import torch
 
 from belief_lens import tl_compat
@@ -22,7 +22,14 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.models.build import toy_transformer
 from belief_lens.models.config import ModelConfig
 from belief_lens.models.convert import load_weights_into, tensors_for_saving
-from belief_lens.storage import atomic_write
+from belief_lens.storage import (
+    atomic_write,
+    load_tensors,
+    read_metadata,
+    refuse_existing,
+    save_tensors,
+)
+from belief_lens.validation import check_seed
 
 __all__ = ["find_checkpoint", "load_checkpoint", "read_checkpoint_config", "save_checkpoint"]
 
@@ -37,19 +44,27 @@ def _config_path(path: Path) -> Path:
 
 
 def save_checkpoint(
-    model: Any, path: str | os.PathLike, *, extra: Mapping[str, Any] | None = None
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    config_json: bool = False,
 ) -> Path:
     """Save weights and architecture to ``path`` (safetensors) in one atomic, fsync'd write.
 
-    The ``ModelConfig``, TransformerLens version, seed, tensor format and ``extra``
-    (JSON-serialisable) ride in the safetensors metadata, so weights and config land together or
-    not at all. A ``path.config.json`` with the architecture at top level (like the paper's) is
-    written beside it for people and older readers; ``load_checkpoint`` prefers the metadata.
-    Returns the weights path.
+    The ``ModelConfig``, TransformerLens version, seed, tensor format, ``extra``
+    (JSON-serialisable) and the tensors' sha256 ride in the safetensors metadata, so weights and
+    config land together or not at all. An existing file is kept unless ``overwrite=True``, and
+    no other file is touched: the ``path.config.json`` the paper's checkpoints carry is written
+    (atomically, after the weights) only when ``config_json=True``. Returns the weights path.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise BeliefLensError(f"checkpoint path must end in .safetensors, got {str(path)!r}")
+    refuse_existing(path, overwrite)
+    if config_json:
+        refuse_existing(_config_path(path), overwrite)
     tensors, fmt = tensors_for_saving(model)
     config = ModelConfig.from_model(model).to_dict()
     meta = {
@@ -63,21 +78,17 @@ def save_checkpoint(
         meta_text = json.dumps(meta, sort_keys=False)
     except TypeError as err:
         raise BeliefLensError(f"save_checkpoint: extra must be JSON-serialisable: {err}") from err
-    config[META_KEY] = {k: v for k, v in meta.items() if k != "model_config"}
-    config_text = json.dumps(config, indent=2) + "\n"
-    metadata = {"format": "pt", META_KEY: meta_text}
-    atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=metadata))
-    atomic_write(_config_path(path), lambda tmp: Path(tmp).write_text(config_text))
+    save_tensors(path, tensors, {"format": "pt", META_KEY: meta_text}, overwrite=overwrite)
+    if config_json:
+        config[META_KEY] = {k: v for k, v in meta.items() if k != "model_config"}
+        text = json.dumps(config, indent=2) + "\n"
+        atomic_write(_config_path(path), lambda tmp: Path(tmp).write_text(text), overwrite=True)
     return path
 
 
-def _embedded_meta(path: Path) -> dict[str, Any] | None:
-    """The ``belief_lens`` metadata inside a safetensors file, or None (the paper's files)."""
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
-            text = (f.metadata() or {}).get(META_KEY)
-    except (safetensors.SafetensorError, OSError, ValueError) as err:
-        raise BeliefLensError(f"cannot read {str(path)!r} as safetensors: {err}") from err
+def _embedded_meta(path: Path, header: Mapping[str, str]) -> dict[str, Any] | None:
+    """The ``belief_lens`` metadata of a safetensors header, or None (the paper's files)."""
+    text = header.get(META_KEY)
     if text is None:
         return None
     try:
@@ -97,7 +108,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_file():
-        meta = _embedded_meta(path)
+        meta = _embedded_meta(path, read_metadata(path)[0])
         if meta is not None:
             config = dict(meta.pop("model_config"))
             config[META_KEY] = meta
@@ -109,7 +120,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BeliefLensError(f"checkpoint config {str(config_path)!r} is not JSON: {err}") from err
     if not isinstance(config, dict):
         raise BeliefLensError(f"checkpoint config {str(config_path)!r} must hold a JSON object")
@@ -119,24 +130,72 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes of the ``HookedTransformer`` tensors that pin down ``config``'s sizes."""
+    c = config
+    shapes: dict[str, tuple[int, ...]] = {
+        "embed.W_E": (c.d_vocab, c.d_model),
+        "unembed.W_U": (c.d_model, c.d_vocab),
+    }
+    if c.positional_embedding_type == "standard":
+        shapes["pos_embed.W_pos"] = (c.n_ctx, c.d_model)
+    for layer in range(c.n_layers):
+        shapes[f"blocks.{layer}.attn.W_Q"] = (c.n_heads, c.d_model, c.d_head)
+        if not c.attn_only:
+            shapes[f"blocks.{layer}.mlp.W_in"] = (c.d_model, c.d_mlp)
+    return shapes
+
+
+def check_config_fits(
+    path: Path, config: ModelConfig, shapes: Mapping[str, tuple[int, ...]]
+) -> None:
+    """Refuse a config that does not describe the file's tensors (read from its header), before
+    a model is built: crafted sizes must not allocate anything."""
+    if "embed.W_E" not in shapes:  # not HookedTransformer names: load_weights_into checks
+        return
+    layers = {int(k.split(".")[1]) for k in shapes if re.match(r"blocks\.\d+\.", k)}
+    if layers != set(range(config.n_layers)):
+        raise BeliefLensError(
+            f"checkpoint {str(path)!r}: the config says {config.n_layers} layers but the file "
+            f"holds blocks {sorted(layers)}"
+        )
+    bad = [
+        f"{k}: file {shapes.get(k)} vs config {v}"
+        for k, v in expected_shapes(config).items()
+        if k in shapes and shapes[k] != v  # missing keys: load_weights_into names them
+    ]
+    if bad:
+        raise BeliefLensError(
+            f"checkpoint {str(path)!r} does not fit its config; shape mismatches: "
+            + "; ".join(bad[:6])
+        )
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None = None) -> Any:
     """Load a checkpoint as a model of the installed TransformerLens (bridge or HookedTransformer).
 
     Accepts this package's checkpoints (config in the safetensors metadata) and
     ``HookedTransformer`` state dicts in safetensors with a ``.config.json`` of
-    ``HookedTransformerConfig`` fields (the paper's). Never unpickles. Keys or shapes that don't
-    fit raise a ``BeliefLensError`` naming the file and the keys.
+    ``HookedTransformerConfig`` fields (the paper's). Never unpickles. The config is checked
+    against the tensors' shapes in the header before the model is built, and the tensors against
+    the sha256 in the metadata (files written before it carry none). Anything that does not fit
+    raises a ``BeliefLensError`` naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise BeliefLensError(f"checkpoint file {str(path)!r} not found")
+    header, shapes = read_metadata(path)
     config = read_checkpoint_config(path)
     meta = config.pop(META_KEY, {}) or {}
     try:
-        state = safetensors.torch.load_file(str(path), device="cpu")
-    except (safetensors.SafetensorError, OSError, ValueError) as err:
-        raise BeliefLensError(f"cannot read {str(path)!r} as safetensors: {err}") from err
-    model = toy_transformer(ModelConfig.from_dict(config), seed=meta.get("seed"), device="cpu")
+        architecture = ModelConfig.from_dict(config)
+        seed = meta.get("seed") if isinstance(meta, dict) else None
+        seed = None if seed is None else check_seed(f"{str(path)!r} metadata seed", seed)
+    except (TypeError, ValueError) as err:
+        raise BeliefLensError(f"checkpoint {str(path)!r} has a bad config: {err}") from None
+    check_config_fits(path, architecture, shapes)
+    state = load_tensors(path, header)
+    model = toy_transformer(architecture, seed=seed, device="cpu")
     load_weights_into(model, state, path=path)
     if device is not None:
         model = model.to(device)

@@ -27,6 +27,7 @@ from belief_lens.hmm import HMM
 from belief_lens.metrics import effective_sample_size
 from belief_lens.probing.estimator import SVD_MAX_ELEMENTS
 from belief_lens.probing.moments import Moments, row_chunks
+from belief_lens.validation import check_float, check_real_tensor, check_seed
 
 __all__ = [
     "CONCAT",
@@ -94,14 +95,12 @@ def split_prefixes(
     >>> bool((mask[0] == mask[1]).all())  # equal sequences, same side
     True
     """
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
-        raise BeliefLensError(
-            f"tokens must have shape [N, L] with N, L >= 1, got {tuple(tokens.shape)}"
-        )
-    if isinstance(test_fraction, bool) or not 0 <= test_fraction < 1:
-        raise BeliefLensError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
-    gen = torch.Generator().manual_seed(int(seed))
+    tokens = check_real_tensor("tokens", tokens, integer=True)  # floats would truncate
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1 or tokens.min() < 0:
+        got = f"{tuple(tokens.shape)}" + (f", min {int(tokens.min())}" if tokens.numel() else "")
+        raise BeliefLensError(f"tokens must be integers >= 0 of shape [N, L >= 1], got {got}")
+    test_fraction = check_float("test_fraction", test_fraction, low=0, high=1, high_open=True)
+    gen = torch.Generator().manual_seed(check_seed("seed", seed))
     mask = torch.zeros(tokens.shape, dtype=torch.bool)
     for t, ids in enumerate(prefix_ids(tokens.cpu())):
         n_u = int(ids.max()) + 1

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float
-from safetensors import safe_open
-from safetensors.torch import save_file
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -25,8 +24,9 @@ from torch import Tensor
 from belief_lens.errors import BeliefLensError
 from belief_lens.metrics import regression_metrics, sum_zero_basis
 from belief_lens.probing.moments import Moments, row_chunks
+from belief_lens.probing.probe_file import PROBE_FORMAT, PROBE_TENSORS, check_probe_metadata
 from belief_lens.probing.solvers import RowFactor, solve_normal, solve_rows
-from belief_lens.storage import atomic_write
+from belief_lens.storage import load_tensors, read_metadata, refuse_existing, save_tensors
 from belief_lens.tl_compat import tl_version_string
 from belief_lens.version import __version__
 
@@ -46,8 +46,8 @@ SVD_MAX_ELEMENTS = 1 << 22
 #: Targets whose rows sum to 1 within this tolerance are treated as beliefs (S - 1 free coords).
 SUM_TOL = 1e-6
 #: Tensors and version of the file format written by ``AffineProbe.save``.
-_SAVED = ("coef_", "intercept_", "x_mean_", "y_mean_", "simplex_basis_", "encoding_")
-_FORMAT = "belief_lens.AffineProbe/1"
+_SAVED = PROBE_TENSORS
+_FORMAT = PROBE_FORMAT
 
 
 def check_ridge(ridge: Any) -> float:
@@ -496,11 +496,13 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         return V * torch.where(signs == 0, 1.0, signs)
 
     # -- persistence
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the fitted probe to ``path`` (safetensors, atomically), with JSON metadata:
-        hook, feature count, hyperparameters, process, model fingerprint, versions."""
+        hook, feature count, hyperparameters, process, model fingerprint, versions, and the
+        tensors' sha256. An existing file is kept unless ``overwrite=True``."""
         _check_fitted(self)
-        tensors = {k: self._param(k).detach().cpu().contiguous() for k in _SAVED}
+        refuse_existing(path, overwrite)
+        tensors = {k: self._param(k) for k in _SAVED}
         meta = {
             "format": _FORMAT,
             "hook": self.hook_,
@@ -513,46 +515,31 @@ class AffineProbe(RegressorMixin, BaseEstimator):
             "belief_lens_version": __version__,
             "transformer_lens_version": tl_version_string(),
         }
-        atomic_write(
-            path, lambda tmp: save_file(tensors, tmp, metadata={"belief_lens": json.dumps(meta)})
-        )
+        return save_tensors(path, tensors, {"belief_lens": json.dumps(meta)}, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AffineProbe:
-        """Read a probe written by ``save``; a damaged or foreign file raises BeliefLensError."""
+        """Read a probe written by ``save``: the metadata and shapes are checked before any
+        tensor is read, and the tensors against their sha256; damage raises BeliefLensError."""
         try:
-            with safe_open(os.fspath(path), framework="pt") as f:
-                raw = (f.metadata() or {}).get("belief_lens")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except FileNotFoundError:
-            raise
-        except Exception as err:  # safetensors raises its own error types on damage
-            raise BeliefLensError(f"cannot read a probe from {path}: {err}") from err
-        try:
-            meta = json.loads(raw) if raw else None
-        except json.JSONDecodeError as err:
-            raise BeliefLensError(f"{path} has unreadable probe metadata: {err}") from err
-        if not meta or meta.get("format") != _FORMAT or set(tensors) != set(_SAVED):
-            raise BeliefLensError(
-                f"{path} is not an AffineProbe file (format {_FORMAT}); tensors: {sorted(tensors)}"
-            )
+            header, shapes = read_metadata(path)
+        except BeliefLensError as err:
+            raise BeliefLensError(f"cannot read a probe from {path}: {err}") from None
+        meta = check_probe_metadata(path, header.get("belief_lens"), shapes)
+        tensors = load_tensors(path, header)
         probe = cls(**meta["params"])
+        probe._check_hyperparameters()
         for k in _SAVED:
             setattr(probe, k, tensors[k].to(torch.float64))
-        probe.n_features_in_ = int(meta["n_features"])
-        probe.n_targets_ = int(meta["n_targets"])
+        probe.n_features_in_ = meta["n_features"]
+        probe.n_targets_ = meta["n_targets"]
         probe.n_free_ = probe.simplex_basis_.shape[1]
-        probe.rank_ = int(meta["rank"])
+        probe.rank_ = meta["rank"]
         probe.hook_ = meta["hook"] if "hook" in meta else meta.get("hook_name")  # older files
         probe.provenance_ = dict(meta.get("provenance") or {})
         probe.provenance_["belief_lens_version"] = meta.get("belief_lens_version")
         probe.provenance_["transformer_lens_version"] = meta.get("transformer_lens_version")
         probe._single_output = bool(meta.get("single_output", False))
-        if tuple(probe.coef_.shape) != (probe.n_targets_, probe.n_features_in_):
-            raise BeliefLensError(
-                f"{path}: coef_ has shape {tuple(probe.coef_.shape)} but the metadata says "
-                f"{probe.n_targets_} targets and {probe.n_features_in_} features"
-            )
         return probe
 
 

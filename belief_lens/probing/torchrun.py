@@ -11,6 +11,7 @@ summed with ``torch.distributed`` (:mod:`belief_lens.probing.distributed`); rank
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -20,14 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.pretrained import gpt2_like, load_pretrained
 from belief_lens.probing.distributed import check_same_on_all_ranks, rank_and_world_size
 from belief_lens.probing.positions import fit_position_probes
 from belief_lens.processes import make_process
-from belief_lens.storage import atomic_write, atomic_write_text
+from belief_lens.storage import (
+    atomic_write_text,
+    exclusive_lock,
+    refuse_existing,
+    save_tensors,
+)
 from belief_lens.token_map import TokenMap
 
 __all__ = ["main"]
@@ -95,7 +100,7 @@ def _save(table: Any, out: Path) -> None:
     for (hook, start), probe in table.probes.items():
         for name in ("coef_", "intercept_", "x_mean_", "y_mean_", "encoding_"):
             tensors[f"{hook}/{start}/{name}"] = getattr(probe, name).detach().cpu().contiguous()
-    atomic_write(out / "probes.safetensors", lambda tmp: save_file(tensors, tmp))
+    save_tensors(out / "probes.safetensors", tensors, {"format": "pt"})
 
     def clean(v: Any) -> Any:
         return None if isinstance(v, float) and not math.isfinite(v) else v
@@ -104,7 +109,27 @@ def _save(table: Any, out: Path) -> None:
     meta = {
         k: v for k, v in table.meta.items() if isinstance(v, (str, int, float, list, type(None)))
     }
-    atomic_write_text(out / "table.json", json.dumps({"rows": rows, "meta": meta}, indent=1))
+    text = json.dumps({"rows": rows, "meta": meta}, indent=1)
+    atomic_write_text(out / "table.json", text, overwrite=False)
+
+
+def _claim(out: Path, stack: contextlib.ExitStack) -> None:
+    """On rank 0, refuse an ``--out`` that holds this job's files or that another job is
+    writing (its lock is held to the end); every rank learns the refusal at once."""
+    import torch.distributed as dist
+
+    refusal = None
+    if dist.get_rank() == 0:
+        try:
+            for name in ("probes.safetensors", "table.json"):
+                refuse_existing(out / name, overwrite=False)
+            stack.enter_context(exclusive_lock(out.parent / f".{out.name}.lock", f"--out {out}"))
+        except BeliefLensError as err:
+            refusal = str(err)
+    box = [refusal]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise BeliefLensError(box[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         device = torch.device("cpu")
     dist.init_process_group(backend)
+    stack = contextlib.ExitStack()
     try:
+        _claim(out, stack)
         model = _load_model(args, device)
         hmm = make_process(args.process)
         if args.symbols:
@@ -165,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
+        stack.close()
         dist.destroy_process_group()
     return 0
 

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.models import load_weights_into, save_checkpoint
-from belief_lens.storage import fsync_path
+from belief_lens.storage import fsync_path, load_tensors, save_tensors
 from belief_lens.training.config import TrainConfig
 from belief_lens.training.history import TrainingHistory
 
@@ -36,6 +35,7 @@ __all__ = [
     "check_resumable",
     "latest_checkpoint",
     "prepare_checkpoint_dir",
+    "prune_checkpoints",
     "resume",
     "step_checkpoints",
     "write_checkpoint",
@@ -132,9 +132,7 @@ def write_checkpoint(
     extra = {"step": step, "train_config": history.config, "process": history.process}
     save_checkpoint(model, tmp / "model.safetensors", extra=extra)
     opt_tensors, opt_meta = _optimizer_to_files(optimizer)
-    opt_path = tmp / "optimizer.safetensors"
-    safetensors.torch.save_file(opt_tensors, str(opt_path), metadata={"format": "pt"})
-    fsync_path(opt_path)
+    save_tensors(tmp / "optimizer.safetensors", opt_tensors, {"format": "pt"})
     files = {f: _sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")}
     state = {"step": step, "optimizer": opt_meta, "history": history.to_dict(), "sha256": files}
     with open(tmp / "state.json", "w", encoding="utf-8") as f:
@@ -150,9 +148,34 @@ def write_checkpoint(
     else:
         os.rename(tmp, final)
     fsync_path(directory)
-    for _, path in step_checkpoints(directory)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+    prune_checkpoints(directory, keep)
     return final
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Keep the newest ``keep`` step checkpoints that read back intact and delete the rest.
+
+    Each is verified before anything is pruned: a corrupt one never counts towards ``keep``, so
+    a damaged newer step cannot push out the good ones. Corrupt steps are deleted only once
+    ``keep`` good ones are found; without any good one nothing is deleted.
+    """
+    good = 0
+    doomed = []
+    for step, path in reversed(step_checkpoints(directory)):
+        if good >= keep:
+            doomed.append(path)
+            continue
+        try:
+            StepCheckpoint.read(path)
+        except Exception as err:  # any damage: it cannot be resumed from
+            logger.warning("checkpoint %s (step %d) is corrupt (%s)", path, step, err)
+            doomed.append(path)
+            continue
+        good += 1
+    if good == 0:
+        return
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # --- reading and resuming -------------------------------------------------------------------------
@@ -174,8 +197,8 @@ class StepCheckpoint:
         for name, digest in state["sha256"].items():
             if _sha256(path / name) != digest:
                 raise ValueError(f"{name} does not match its checksum")
-        weights = safetensors.torch.load_file(str(path / "model.safetensors"))
-        opt = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
+        weights = load_tensors(path / "model.safetensors")
+        opt = load_tensors(path / "optimizer.safetensors")
         return cls(path, state, weights, opt)
 
 

@@ -30,7 +30,7 @@ from belief_lens.training.data import EVAL_SLOT, DataLayout, block_generator, da
 from belief_lens.training.history import EvalRecord
 from belief_lens.validation import check_int
 
-__all__ = ["EvalSet", "Evaluator", "evaluate_loss"]
+__all__ = ["EvalSet", "Evaluator", "eval_batch_size", "evaluate_loss"]
 
 
 @dataclass
@@ -64,6 +64,13 @@ class EvalSet:
         return cls(symbols, layout.encode(symbols), probs, weights, False)
 
 
+def eval_batch_size(n_ctx: int, d_vocab: int, n_heads: int) -> int:
+    """Sequences per evaluation forward pass: at most 4096, about 2**24 logits (a pretrained
+    vocabulary of 50k makes them large) and 2**26 attention scores (a long context makes those
+    large: they grow with its square)."""
+    return max(1, min(4096, 2**24 // (n_ctx * d_vocab), 2**26 // (n_heads * n_ctx * n_ctx)))
+
+
 @dataclass
 class Evaluator:
     """Evaluates a model on one evaluation set against one loss floor (see the module doc)."""
@@ -91,9 +98,8 @@ class Evaluator:
         layout, data, floor = self.layout, self.data, self.floor
         device = model_device(model)
         per_pos = torch.zeros(layout.n_predictions, dtype=torch.float64)
-        # Batches of about 2**24 logits: a pretrained vocabulary of 50k makes them large.
-        width = data.inputs.shape[1] * int(model.cfg.d_vocab)
-        batch_size = max(1, min(4096, 2**24 // width))
+        n_ctx, d_vocab = data.inputs.shape[1], int(model.cfg.d_vocab)
+        batch_size = eval_batch_size(n_ctx, d_vocab, int(getattr(model.cfg, "n_heads", 1)))
         for start in range(0, data.inputs.shape[0], batch_size):
             sl = slice(start, start + batch_size)
             logp = layout.model_logp(model(data.inputs[sl].to(device)).float()).double().cpu()
