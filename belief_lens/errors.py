@@ -3,3 +3,11 @@
 
 class BeliefLensError(ValueError):
     """Bad input to a belief_lens function: the message names what was expected and what came."""
+
+
+class InvalidProcessError(BeliefLensError):
+    """A generalized HMM gave a word negative probability: it is not a valid process at all.
+
+    Callers that fall back on another method when a computation is too large (sampling instead
+    of enumerating) must let this one through: no method makes an invalid process valid.
+    """

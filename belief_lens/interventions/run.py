@@ -18,6 +18,7 @@ from torch import Tensor
 
 from belief_lens import tl_compat
 from belief_lens.activations import (
+    check_finite_activations,
     check_tokens,
     eval_mode,
     model_device,
@@ -100,6 +101,8 @@ def _run_hooked(
         logits = model(tokens.to(model_device(model)))
     if len(seen) != 1:
         raise BeliefLensError(f"hook {hook!r} fired {len(seen)} times in one forward, expected 1")
+    check_finite_activations(f"activations at {hook}", seen[0])
+    check_finite_activations("the model's logits", logits)
     return logits, seen[0]
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 from belief_lens.activations import residual_hooks
 from belief_lens.beliefs import check_hmm, enumerate_sequences, sample_sequences
 from belief_lens.compmech import entropy_rate, myopic_entropy
-from belief_lens.errors import BeliefLensError
+from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.hmm import HMM
 from belief_lens.interventions import (
     PatchingResult,
@@ -182,6 +182,8 @@ def resolve_mode(hmm: HMM, n_ctx: int, mode: AnalysisMode) -> AnalysisMode:
         return mode
     try:
         enumerate_sequences(hmm, n_ctx, max_sequences=MAX_ENUMERATED)
+    except InvalidProcessError:
+        raise
     except BeliefLensError:
         logger.info("%s has too many sequences of length %d to enumerate: sampled probe data",
                     hmm.name, n_ctx)  # fmt: skip
@@ -210,6 +212,8 @@ def _ground_truth(hmm: HMM, metrics: dict[str, Any]) -> None:
     h = myopic_entropy(hmm, min(metrics["n_ctx"], 12))
     try:
         h_mu = entropy_rate(hmm)
+    except InvalidProcessError:
+        raise
     except BeliefLensError:
         h_mu = entropy_rate(hmm, "chaos_game")
     metrics["ground_truth"] = {"entropy_rate": h_mu, "myopic_entropy": h.tolist()}
