@@ -24,6 +24,7 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.models import load_checkpoint
 from belief_lens.processes import PROCESSES, make_process
+from belief_lens.training.checkpoints import check_checkpoint_process
 
 logger = logging.getLogger("belief_lens")
 
@@ -215,10 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None,
         help="output directory (default: a new runs/probe-<process>-<time>); must be new or empty",
     )  # fmt: skip
+    _mismatch_arg(probe)
     _analysis_args(probe)
     _factored_parser(sub)
     _discover_parser(sub)
     return parser
+
+
+def _mismatch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-process-mismatch", action="store_true",
+        help="analyse the checkpoint on --process even where it records another process",
+    )  # fmt: skip
 
 
 def _checkpoint(text: str) -> Path:
@@ -272,10 +281,15 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     hmm = _process(args.process, args.param)
     checkpoint = _checkpoint(args.checkpoint)
     config = _analysis_config(args)
+    provenance = check_checkpoint_process(
+        checkpoint, hmm, allow_mismatch=args.allow_process_mismatch
+    )
     model = load_checkpoint(checkpoint)
     out = _prepare_out(args.out, f"probe-{args.process}", args.overwrite)
     args.out = str(out)
-    return paper.analyse_checkpoint(model, hmm, out, checkpoint=checkpoint, analysis=config)
+    return paper.analyse_checkpoint(
+        model, hmm, out, checkpoint=checkpoint, analysis=config, provenance=provenance
+    )
 
 
 def _factored_parser(sub: Any) -> None:
@@ -316,6 +330,7 @@ def _discover_parser(sub: Any) -> None:
     p.add_argument("--n-vertices", type=int, default=None, help="vertices (default: eigengap)")
     p.add_argument("--out", default="runs/discover", help="output directory (runs/discover)")
     p.add_argument("--seed", type=int, default=0, help="seed for the fitting subsample")
+    _mismatch_arg(p)
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
     )
@@ -348,9 +363,12 @@ def run_discover(args: argparse.Namespace) -> dict[str, Any]:
     """The ``discover`` subcommand: returns the metrics it wrote to ``DIR/discovery.json``."""
     from belief_lens.experiments import discovery
 
+    hmm = _process(args.process, args.param)
+    checkpoint = _checkpoint(args.checkpoint)
+    check_checkpoint_process(checkpoint, hmm, allow_mismatch=args.allow_process_mismatch)
     return discovery.discover_in_checkpoint(
-        _checkpoint(args.checkpoint),
-        _process(args.process, args.param),
+        checkpoint,
+        hmm,
         args.out,
         hook=args.hook,
         n_vertices=args.n_vertices,
@@ -364,7 +382,7 @@ def _discover_summary(m: dict[str, Any]) -> str:
     )
     if "r2" in m:
         line += f", R^2 {m['r2']:.4f} and MSE {m['mse']:.5f} against the true beliefs"
-    return line
+    return f"{line}\n  {m['verdict']}"
 
 
 def _summary(metrics: dict[str, Any], out: str) -> str:

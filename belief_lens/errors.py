@@ -11,3 +11,11 @@ class InvalidProcessError(BeliefLensError):
     Callers that fall back on another method when a computation is too large (sampling instead
     of enumerating) must let this one through: no method makes an invalid process valid.
     """
+
+
+class ProvenanceWarning(UserWarning):
+    """A probe or intervention made from one model is used on another (different fingerprints).
+
+    Researchers who transfer on purpose pass ``allow_other_model=True``; ``strict=True`` makes it
+    an error.
+    """

@@ -73,6 +73,8 @@ class Intervention:
     basis: Tensor
     positions: tuple[int, ...] | None
     control_seed: int | None
+    model_fingerprint: str | None
+    process: str | None
 
     def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
         """A TransformerLens hook function ``fn(activation, hook)``, so that
@@ -105,6 +107,18 @@ class Intervention:
         object.__setattr__(self, "positions", check_positions("positions", self.positions))
         if self.control_seed is not None:
             object.__setattr__(self, "control_seed", check_seed("control_seed", self.control_seed))
+        for name in ("model_fingerprint", "process"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise BeliefLensError(f"{name} must be a string or None, got {value!r}")
+
+    @property
+    def provenance(self) -> str:
+        """Where the intervention comes from, in words ("unknown" for one saved without it)."""
+        if self.model_fingerprint is None:
+            return "unknown"
+        process = f", process {self.process}" if self.process else ""
+        return f"model {self.model_fingerprint}, hook {self.hook}{process}"
 
     def control(self, seed: int = 0) -> Any:
         """The same intervention on a seeded random subspace of the same rank orthogonal to the
@@ -195,6 +209,9 @@ class Steer(Intervention):
     current : Tensor or None, shaped as ``target``
     control_seed : int or None
         Set on a control (``.control(seed)``): ``basis`` is then the control subspace.
+    model_fingerprint, process : str or None
+        The model the probe was fitted on and its process (``from_probe`` copies them): using
+        the steer on another model warns (see ``intervene``). None: unknown.
     """
 
     hook: str
@@ -207,6 +224,8 @@ class Steer(Intervention):
     readout_bias: Float[Tensor, " S"] | None = None
     current: Float[Tensor, "*batch S"] | None = None
     control_seed: int | None = None
+    model_fingerprint: str | None = None
+    process: str | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -283,7 +302,10 @@ class Steer(Intervention):
         if (coords @ basis.T - full).abs().max() > 1e-6 * max(1.0, float(full.abs().max())):
             raise BeliefLensError(f"the probe's {kind} map does not lie in its {kind} basis")
         with_readout = current is None
+        recorded = getattr(probe, "provenance_", None) or {}
         return cls(
+            model_fingerprint=recorded.get("model_fingerprint"),
+            process=recorded.get("process"),
             hook=hook,
             basis=basis,
             coordinates=coords,
@@ -336,6 +358,8 @@ class SubspacePatch(Intervention):
     source: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d"]
     positions: tuple[int, ...] | None = None
     control_seed: int | None = None
+    model_fingerprint: str | None = None
+    process: str | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -418,6 +442,8 @@ class Ablate(Intervention):
     mean: Float[Tensor, " d"] | None = None
     positions: tuple[int, ...] | None = None
     control_seed: int | None = None
+    model_fingerprint: str | None = None
+    process: str | None = None
 
     def __post_init__(self) -> None:
         self._check_common()

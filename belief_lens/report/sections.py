@@ -54,7 +54,11 @@ def model_section(hmm: HMM, metrics: Mapping[str, Any]) -> Section:
     a warning first when the model is under-trained."""
     ml, h_mu = metrics["model_loss"], metrics["ground_truth"]["entropy_rate"]
     desc = ", ".join(f"{k} {v}" for k, v in metrics["model"].items())
-    source = metrics.get("checkpoint") or "trained in this run"
+    source = metrics.get("model_source") or (
+        f"loaded from {metrics['checkpoint']}"
+        if metrics.get("checkpoint")
+        else "given by the caller: where it was trained is not recorded"
+    )
     lines = (
         f"Process: {hmm.name} ({hmm.n_states} hidden states, {hmm.n_symbols} symbols, entropy "
         f"rate {h_mu:.4f} nats). Model: {desc} ({source}).",
@@ -62,9 +66,12 @@ def model_section(hmm: HMM, metrics: Mapping[str, Any]) -> Section:
         f"{ml['loss_over_optimal']:.4f}x optimal"
         + (" (exact over every sequence)." if ml["exact"] else " (on a sample of sequences)."),
     )
-    warn = ()
+    warn: tuple[str, ...] = ()
+    mismatch = (metrics.get("provenance") or {}).get("process_mismatch")
+    if mismatch:
+        warn += (f"Process mismatch, analysed on purpose: {mismatch}.",)
     if ml["undertrained"]:
-        warn = (
+        warn += (
             f"Under-trained: the loss is {ml['loss_over_optimal']:.3f}x the optimum (above "
             f"{UNDERTRAINED_RATIO}x); the belief geometry below may be incomplete.",
         )
