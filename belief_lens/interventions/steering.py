@@ -78,7 +78,19 @@ class InterventionReport:
             out[f"kl_after_{kind}_mean"] = float(kl.mean())
             out[f"kl_after_{kind}_std"] = float(kl.std())
             out[f"fold_{kind}"] = self.fold_reduction(kind)
+            out[f"fold_{kind}_se"] = self.fold_se(kind)
         return out
+
+    def fold_se(self, kind: str = "encoding") -> float:
+        """The standard error of :meth:`fold_reduction` over the steered sequences (the delta
+        method for a ratio of paired means: ``sd(before - fold * after) / (sqrt(n) * mean
+        after)``)."""
+        fold = self.fold_reduction(kind)
+        before, after = self.kl_before.double(), self.kl_after[kind].double()
+        n = before.numel()
+        if n < 2:
+            return float("nan")
+        return float((before - fold * after).std() / (n**0.5 * after.mean()))
 
 
 def pair_different(keys: Tensor, seed: int, *, atol: float = 0.0) -> Tensor:

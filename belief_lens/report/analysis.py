@@ -152,8 +152,7 @@ def analyse(
         report.append(sections.controls_section(table, _controls(state), best))
         logger.info("controls done (%.1f s)", time.perf_counter() - t0)
     if cfg.interventions:
-        report.append(sections.steering_section(_steering(state), best))
-        report.append(sections.patching_section(_patching(state)))
+        report += _interventions(state)
         logger.info("interventions done (%.1f s)", time.perf_counter() - t0)
     report += [build(state) for build in extra_sections]
     if history is not None and getattr(history, "loss", None):
@@ -252,15 +251,16 @@ def _fit_probes(model: Any, hmm: HMM, cfg: AnalysisConfig, metrics: dict[str, An
     """Collect the probe data once (every residual hook), fit the probe table and choose the
     best hook; ``metrics["probes"]`` (``ProbeTable.to_dict()``: rows, summary, meta) and
     ``["best_hook"]``."""
+    mode = resolve_mode(hmm, metrics["n_ctx"], cfg.mode)
     data = collect_probe_data(
         model,
         hmm,
         metrics["n_ctx"],
         residual_hooks(model),
-        mode=resolve_mode(hmm, metrics["n_ctx"], cfg.mode),
+        mode=mode,
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
-        n_sequences=cfg.n_sequences,
+        n_sequences=cfg.n_sequences if mode == "sampled" else None,  # "auto" may enumerate
     )
     table = fit_probes(data, ridge=cfg.ridge)
     metrics["probes"] = table.to_dict()
@@ -286,6 +286,28 @@ def _controls(state: Analysis) -> dict[str, ProbeTable]:
         best_pred.reshape(-1, hmm.n_states), true, next_tok
     )
     return controls
+
+
+def _interventions(state: Analysis) -> list[Section]:
+    """Steering and patching, each skipped with its reason where the process does not allow it:
+    one hidden state (nothing to move), or a generalized HMM (beliefs off the simplex that
+    steering targets assume; patching needs no target belief and runs)."""
+    hmm = state.hmm
+    if hmm.n_states < 2:
+        reason = "the process has one hidden state, so a single belief: nothing to intervene on"
+        state.metrics["interventions"] = state.metrics["patching"] = {"skipped": reason}
+        return [sections.skipped_section(t, reason) for t in ("Steering", "Activation patching")]
+    if hmm.generalized:
+        reason = (
+            f"{hmm.name} is a generalized HMM: its beliefs live in the tau-normalised space "
+            "(entries may be negative), not on the probability simplex that steering targets "
+            "assume"
+        )
+        state.metrics["interventions"] = {"skipped": reason}
+        steering = sections.skipped_section("Steering", reason)
+    else:
+        steering = sections.steering_section(_steering(state), state.best_hook)
+    return [steering, sections.patching_section(_patching(state))]
 
 
 def _steering(state: Analysis) -> dict[str, dict[str, Any]]:

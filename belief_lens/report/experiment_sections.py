@@ -11,6 +11,7 @@ from typing import Any
 
 from belief_lens.plotting import compare_figure, factored_dims_figure
 from belief_lens.report.document import ReportFigure, Section, Table
+from belief_lens.report.verdicts import grade, plain
 
 __all__ = ["factored_section", "shared_structure_section"]
 
@@ -26,7 +27,7 @@ def factored_section(run: Any, max_points: int = 4000) -> Section:
         f"{g.joint_r2:.4f}, factored probe {g.factored_r2:.4f}. PCs for 95%/99% of the variance: "
         f"{g.dims_95}/{g.dims_99}, against {g.predicted.factored} (factored) and "
         f"{g.predicted.joint} (joint). Verdict: {g.verdict}. The product of marginals loses "
-        f"{run.factored_cost:.3g} nats per position on the next token."
+        f"{plain(run.factored_cost)} nats per position on the next token."
     )
     figures = [
         ReportFigure(
@@ -71,13 +72,35 @@ def shared_structure_section(result: Any, figures: Sequence[Any] = ()) -> Sectio
     two vocabularies, principal angles, steering transfer against its control, and the mixture's
     own belief, each with the sentence that says what it means."""
     m = result.to_dict()
-    shared = m["transfer_r2_a_to_b"] > 0.9 and m["transfer_r2_b_to_a"] > 0.9
+    transfer = min(m["transfer_r2_a_to_b"], m["transfer_r2_b_to_a"])
+    own = min(m["within_r2_a"], m["within_r2_b"])
+    probe_verdict = grade(
+        "Probe transfer between the vocabularies (the worse direction's held-out R², against "
+        "the worse vocabulary's own probe as the reference)",
+        transfer,
+        own,
+        strong=0.9 * own,
+        min_ratio=0.9,
+    )
+    shared = transfer > 0.9 and probe_verdict.ratio >= 0.9
     verdict = (
         "A probe fitted on one vocabulary reads the other: the model writes the shared hidden "
-        "structure into one belief subspace."
+        "structure into one belief subspace. "
         if shared
         else "A probe fitted on one vocabulary does not read the other as well as its own: the "
-        "model keeps the two vocabularies' beliefs at least partly apart."
+        "model keeps the two vocabularies' beliefs at least partly apart. "
+    ) + (
+        f"Transfer R² {transfer:.3f} against {own:.3f} within a vocabulary (ratio "
+        f"{plain(probe_verdict.ratio)})."
+    )
+    steer_verdict = grade(
+        "Steering B along A's belief directions, fold in KL(theory || model)",
+        m["steer_transfer_fold"],
+        m["steer_control_fold"],
+        strong=2.0,
+        min_ratio=5.0,
+        neutral=1.0,
+        unit="x",
     )
     rows = (
         ("probe R², fit on A, held out on B", f"{m['transfer_r2_a_to_b']:.4f}"),
@@ -97,7 +120,7 @@ def shared_structure_section(result: Any, figures: Sequence[Any] = ()) -> Sectio
     )  # fmt: skip
     return Section(
         f"One structure, two vocabularies ({m['hook']})",
-        headline=(verdict,),
+        headline=(verdict, steer_verdict.sentence()),
         text=(
             "Folds are KL(theory || model) before over after steering; an effect counts only "
             "beside its control.",

@@ -30,6 +30,7 @@ from belief_lens.probing.table import (
     OVERFIT_GAP_SE,
 )
 from belief_lens.report.document import ReportFigure, Section, Table
+from belief_lens.report.verdicts import grade
 
 __all__ = [
     "CLEAR_R2_MARGIN",
@@ -38,6 +39,7 @@ __all__ = [
     "geometry_section",
     "model_section",
     "patching_section",
+    "skipped_section",
     "probe_section",
     "steering_section",
     "training_section",
@@ -99,7 +101,18 @@ def geometry_section(
     the best hook held out and is not flagged), then every hook's output in a grid. ``cfg`` is
     the :class:`~belief_lens.report.AnalysisConfig` (point budgets and seed)."""
     S = data.beliefs.shape[-1]
+    if S < 2:
+        return skipped_section(
+            "Belief geometry", "the process has one hidden state, so a single belief: no geometry"
+        )
     oof, held = out_of_fold_predictions(table, data)  # the rows each score was measured on
+    if not bool(held.any()):
+        return skipped_section(
+            "Belief geometry",
+            f"no row is held out ({data.tokens.shape[0]} sequences of {data.tokens.shape[1]} "
+            "tokens have too few distinct prefixes to hold any out), so no out-of-fold probe "
+            "output exists to draw; use a longer context",
+        )
     true = data.beliefs[held]
     preds = {k: v[held] for k, v in oof.items()}
     rows = {r["hook"]: r for r in table.rows}
@@ -338,16 +351,22 @@ def steering_section(steered: Mapping[str, Mapping[str, Any]], best: str) -> Sec
     )
     if at is not None:
         s = steered[at]
-        enc, ctl = s.get("fold_encoding", math.nan), s.get("fold_control", math.nan)
-        works = enc >= 2 and enc >= 5 * ctl
-        head = (
+        verdict = grade(
             f"Steering at {at}"
             + ("" if at == best else f" (the largest effect; {best} is not steered)")
-            + f": KL(theory || model) {s['kl_before_mean']:.4f} -> "
-            f"{s.get('kl_after_encoding_mean', math.nan):.4f} along the belief directions "
-            f"({enc:.1f}x), against {ctl:.2f}x for a norm-matched control: "
-            + ("steering works, the control does not." if works else "no clear steering effect."),
+            + f", KL(theory || model) {s['kl_before_mean']:.4f} -> "
+            f"{s.get('kl_after_encoding_mean', math.nan):.4f} along the belief directions; fold",
+            s.get("fold_encoding", math.nan),
+            s.get("fold_control", math.nan),
+            effect_se=s.get("fold_encoding_se"),
+            control_se=s.get("fold_control_se"),
+            strong=2.0,
+            min_ratio=5.0,
+            neutral=1.0,
+            unit="x",
         )
+        s["verdict"] = verdict.to_dict()  # also in metrics.json
+        head = (verdict.sentence(),)
     return Section(
         "Steering",
         headline=head,
@@ -368,19 +387,29 @@ def steering_section(steered: Mapping[str, Mapping[str, Any]], best: str) -> Sec
     )
 
 
+def skipped_section(title: str, reason: str) -> Section:
+    """A section for an analysis that could not run here, saying why (in the summary too)."""
+    return Section(title, headline=(f"{title} skipped: {reason}",))
+
+
 def patching_section(result: PatchingResult) -> Section:
     """Activation patching of each layer's belief subspace against theory, beside its control:
     two heatmaps and a table of the last position."""
     ours, control = result.recovered_at(), result.recovered_at(control=True)
     rows = tuple((hook, ours[hook], control[hook]) for hook in result.hooks)
     worst, top_control = min(ours.values()), max(abs(v) for v in control.values())
-    works = worst >= 0.9 and top_control <= 0.1
-    head = (
+    mean_ours = sum(ours.values()) / len(ours)
+    mean_control = sum(control.values()) / len(control)
+    verdict = grade(
         f"Patching the belief subspace recovers {worst:.3f}-{max(ours.values()):.3f} of the "
-        f"clean run's KL to theory at the last position of every layer, against at most "
-        f"{top_control:.3f} for a control subspace: "
-        + ("the belief subspace carries the prediction." if works else "no clear patching effect."),
+        f"clean run's KL to theory at the last position (per layer; the control at most "
+        f"{top_control:.3f}); mean over layers",
+        mean_ours,
+        mean_control,
+        strong=0.9,
+        min_ratio=5.0,
     )
+    head = (verdict.sentence(),)
     return Section(
         "Activation patching",
         headline=head,
