@@ -115,7 +115,8 @@ def test_probe_refuses_a_checkpoint_of_another_process_naming_both(tmp_path, cap
 
     ckpt = str(_recorded_checkpoint(tmp_path, mess3(x=0.05, alpha=0.85)))
     argv = ["-q", "probe", "--checkpoint", ckpt, "--process", "mess3", "--param", "x=0.2",
-            "--param", "alpha=0.6", "--no-controls", "--no-interventions", "--export", "none"]  # fmt: skip
+            "--param", "alpha=0.6", "--no-controls", "--no-interventions",
+            "--export", "none"]  # fmt: skip
     assert main([*argv, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "was trained on" in err and "--allow-process-mismatch" in err
