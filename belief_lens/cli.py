@@ -382,7 +382,7 @@ def _discover_summary(m: dict[str, Any]) -> str:
     )
     if "r2" in m:
         line += f", R^2 {m['r2']:.4f} and MSE {m['mse']:.5f} against the true beliefs"
-    return f"{line}\n  {m['verdict']}"
+    return "\n  ".join([line, *m.get("warnings", []), m["verdict"]])
 
 
 def _summary(metrics: dict[str, Any], out: str) -> str:

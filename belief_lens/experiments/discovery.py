@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,13 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.models import load_checkpoint
 from belief_lens.plotting import discovery_figure
+from belief_lens.report import undertrained_warning
 from belief_lens.storage import atomic_write_text, jsonable
+from belief_lens.training import evaluate_loss
 
 __all__ = ["discover_in_checkpoint"]
+
+logger = logging.getLogger(__name__)
 
 
 def discover_in_checkpoint(
@@ -47,8 +52,14 @@ def discover_in_checkpoint(
     model.eval()
     hook = resolve_hook(model, hook)
     seqs = enumerate_sequences(hmm, int(model.cfg.n_ctx))
+    logger.info("running %s on %d sequences of %s", path.name, len(seqs), hmm.name)
+    loss = evaluate_loss(model, hmm, seed=seed).loss_over_optimal
     acts = residual_stream(model, seqs.tokens, hook)[hook]
+    logger.info("finding a simplex in %s (loss %.4fx the optimum)", hook, loss)
     found = discover_simplex(acts, n_vertices, seed=seed)
+    logger.info(
+        "found %d vertices; scoring against the true beliefs and baselines", found.n_vertices
+    )
     metrics: dict[str, Any] = {
         "checkpoint": str(path),
         "hook": hook,
@@ -58,6 +69,8 @@ def discover_in_checkpoint(
         "n_vertices_chosen_by": found.chosen_by,
         "noise_floor": found.noise_floor,
         "explained_variance_ratio": [float(v) for v in found.explained_variance_ratio],
+        "loss_over_optimal": loss,
+        "warnings": list(undertrained_warning(loss)),
     }
     verdict = judge_discovery(found, acts, seqs.beliefs, seed=seed)
     metrics.update(found=verdict.found, verdict=verdict.summary(), **_scores(verdict))
@@ -103,8 +116,11 @@ def _page(fig: Any, metrics: dict[str, Any]) -> str:
     )
     ev = ", ".join(f"{v:.3f}" for v in metrics["explained_variance_ratio"])
     head = "Simplex found" if metrics["found"] else "No simplex found"
+    warn = "".join(
+        f"<p style='color:#a40000'><b>{html.escape(w)}</b></p>" for w in metrics["warnings"]
+    )
     body = (
-        f"<h1>{head}</h1><p>{html.escape(metrics['verdict'])}</p>"
+        f"<h1>{head}</h1>{warn}<p>{html.escape(metrics['verdict'])}</p>"
         f"<p>Criterion: {html.escape(metrics['candidates']['chosen']['criterion'])}.</p>"
         "<table border=1 cellpadding=4><tr><th>candidate</th><th>vertices</th>"
         "<th>R² (matched, not refitted)</th><th>R² top PCs + affine map (ceiling)</th>"

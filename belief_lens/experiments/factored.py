@@ -175,7 +175,7 @@ def _train(config: FactoredExperiment, hmm: HMM, ckpt_dir: Path) -> Any:
     setup = config.train.replace(
         keep_checkpoints=10**9, eval_every=config.train.eval_every or every
     )
-    return train(model, hmm, setup, checkpoint_dir=ckpt_dir, progress=False)
+    return train(model, hmm, setup, checkpoint_dir=ckpt_dir, progress=True)
 
 
 def _evenly_spaced(saved: list[tuple[int, Path]], n: int) -> list[tuple[int, Path]]:

@@ -21,7 +21,7 @@ from belief_lens.report.document import (
     write_report,
 )
 from belief_lens.report.experiment_sections import factored_section, shared_structure_section
-from belief_lens.report.sections import CLEAR_R2_MARGIN, UNDERTRAINED_RATIO
+from belief_lens.report.sections import CLEAR_R2_MARGIN, UNDERTRAINED_RATIO, undertrained_warning
 
 __all__ = [
     "CLEAR_R2_MARGIN",
@@ -38,5 +38,6 @@ __all__ = [
     "export_figures",
     "factored_section",
     "shared_structure_section",
+    "undertrained_warning",
     "write_report",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 
 from belief_lens.plotting import compare_figure, factored_dims_figure
 from belief_lens.report.document import ReportFigure, Section, Table
+from belief_lens.report.sections import undertrained_warning
 from belief_lens.report.verdicts import grade, plain
 
 __all__ = ["factored_section", "shared_structure_section"]
@@ -62,15 +63,19 @@ def factored_section(run: Any, max_points: int = 4000) -> Section:
     return Section(
         "Factored belief geometry",
         headline=(text,),
+        warnings=undertrained_warning(run.loss_over_optimal),
         tables=(Table(header, rows, ("", "", ".4f", ".4f")),),
         figures=tuple(figures),
     )
 
 
-def shared_structure_section(result: Any, figures: Sequence[Any] = ()) -> Section:
+def shared_structure_section(
+    result: Any, figures: Sequence[Any] = (), *, loss_over_optimal: float | None = None
+) -> Section:
     """A report section for ``belief_lens.transfer.SharedStructure``: probe transfer between the
     two vocabularies, principal angles, steering transfer against its control, and the mixture's
-    own belief, each with the sentence that says what it means."""
+    own belief, each with the sentence that says what it means; warned as under-trained from
+    the model's ``loss_over_optimal`` (None: unknown, and said so)."""
     m = result.to_dict()
     transfer = min(m["transfer_r2_a_to_b"], m["transfer_r2_b_to_a"])
     own = min(m["within_r2_a"], m["within_r2_b"])
@@ -121,6 +126,7 @@ def shared_structure_section(result: Any, figures: Sequence[Any] = ()) -> Sectio
     return Section(
         f"One structure, two vocabularies ({m['hook']})",
         headline=(verdict, steer_verdict.sentence()),
+        warnings=undertrained_warning(loss_over_optimal),
         text=(
             "Folds are KL(theory || model) before over after steering; an effect counts only "
             "beside its control.",

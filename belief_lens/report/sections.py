@@ -43,12 +43,28 @@ __all__ = [
     "probe_section",
     "steering_section",
     "training_section",
+    "undertrained_warning",
 ]
 
 #: A model whose loss is above this multiple of the optimum is flagged as under-trained.
 UNDERTRAINED_RATIO = 1.01
 #: A control is "clearly worse" when its held-out R^2 is at least this much below the model's.
 CLEAR_R2_MARGIN = 0.1
+
+
+def undertrained_warning(loss_over_optimal: float | None, what: str = "below") -> tuple[str, ...]:
+    """The under-trained warning every analysis puts in its summary: empty at or below
+    :data:`UNDERTRAINED_RATIO` x the optimum; a line saying what it means above it, or where the
+    loss is unknown (None)."""
+    if loss_over_optimal is None:
+        return ("The model's loss against the optimum is unknown: whether it is trained enough "
+                "for the findings " + what + " is not checked.",)  # fmt: skip
+    if loss_over_optimal <= UNDERTRAINED_RATIO:
+        return ()
+    return (
+        f"Under-trained: the loss is {loss_over_optimal:.3f}x the optimum (above "
+        f"{UNDERTRAINED_RATIO}x); the findings {what} may be incomplete or wrong.",
+    )
 
 
 def model_section(hmm: HMM, metrics: Mapping[str, Any]) -> Section:
@@ -72,11 +88,7 @@ def model_section(hmm: HMM, metrics: Mapping[str, Any]) -> Section:
     mismatch = (metrics.get("provenance") or {}).get("process_mismatch")
     if mismatch:
         warn += (f"Process mismatch, analysed on purpose: {mismatch}.",)
-    if ml["undertrained"]:
-        warn += (
-            f"Under-trained: the loss is {ml['loss_over_optimal']:.3f}x the optimum (above "
-            f"{UNDERTRAINED_RATIO}x); the belief geometry below may be incomplete.",
-        )
+    warn += undertrained_warning(ml["loss_over_optimal"])
     rows = tuple(
         (t, opt, got, got / opt if opt > 0 else math.nan)
         for t, (opt, got) in enumerate(

@@ -35,7 +35,9 @@ class Graded:
     """An effect beside its control. ``higher`` says which way is better (a fold or a fraction
     recovered: higher). ``grade`` is "clear" when the effect reaches ``strong`` and is at least
     ``min_ratio`` times the control beyond both uncertainties, "partial" when it exceeds the
-    control beyond them (by 2 combined s.e., or at all where no s.e. is known) but not clearly,
+    control beyond them (by 2 combined s.e., or at all where no s.e. is known) and goes at least
+    a tenth of the way from ``neutral`` to ``strong`` beyond both ``neutral`` and the control,
+    but not clearly,
     "reversed" when it goes the wrong way (below ``neutral``), else "none"."""
 
     what: str
@@ -88,7 +90,7 @@ def grade(
         g: Grade = "reversed"
     elif above and effect >= strong and (ratio >= min_ratio or control <= neutral):
         g = "clear"
-    elif above and effect > neutral:
+    elif above and min(effect - neutral, effect - control) >= 0.1 * (strong - neutral):
         g = "partial"
     else:
         g = "none"
