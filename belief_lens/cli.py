@@ -306,7 +306,12 @@ def _factored_parser(sub: Any) -> None:
         "--out", default=None, help="a new output directory (default: runs/factored-<time>)"
     )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data and splits")
+    p.add_argument("--seed", type=int, default=0, help="first seed for weights, data and splits")
+    p.add_argument(
+        "--seeds", type=_number(int), default=3,
+        help="runs with seeds --seed, --seed + 1, ... (at least 3; the verdict is given over "
+        "them as mean ± s.e.; --minutes is per run)",
+    )  # fmt: skip
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
     )
@@ -344,17 +349,22 @@ def run_factored(args: argparse.Namespace) -> dict[str, Any]:
         seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed
     )
     config = factored.FactoredExperiment(epsilon=args.epsilon, train=training)
+    seeds = tuple(range(args.seed, args.seed + args.seeds))
     out = _prepare_out(args.out, "factored", overwrite=False)
     args.out = str(out)
-    logger.info("training on %s for up to %.1f min", config.process().name, args.minutes)
-    metrics = factored.write_factored_report(factored.run_factored_experiment(config, out), out)
+    logger.info("training on %s, seeds %s, up to %.1f min each", config.process().name,
+                list(seeds), args.minutes)  # fmt: skip
+    runs = factored.run_factored_seeds(config, out, seeds)
+    metrics = factored.write_factored_seeds_report(runs, out)
+    m = metrics["across_seeds"]
     logger.info(
-        "factor R^2 %s, max cosine %.3f, dims95 %d (factored %d, joint %d)",
-        [round(r, 4) for r in metrics["factor_r2_heldout"]],
-        metrics["max_subspace_cosine"],
-        metrics["dims_95"],
-        metrics["predicted_dims_factored"],
-        metrics["predicted_dims_joint"],
+        "over %d seeds: dims95 %.1f ± %.1f (factored %d, joint %d), verdict %s",
+        m["n_seeds"],
+        m["dims_95"]["mean"],
+        m["dims_95"]["se"],
+        runs[0].final.predicted.factored,
+        runs[0].final.predicted.joint,
+        m["verdict"],
     )
     return metrics
 

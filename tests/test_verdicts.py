@@ -60,3 +60,37 @@ def test_fold_standard_error_against_a_bootstrap():
         boot.append(before.numpy()[i].mean() / after.numpy()[i].mean())
     assert r.fold_se("encoding") == pytest.approx(float(np.std(boot)), rel=0.1)
     assert math.isfinite(r.to_dict()["fold_encoding_se"])
+
+
+@pytest.mark.slow  # three tiny training runs
+def test_factored_verdict_over_three_seeds_with_mean_and_se(tmp_path):
+    from belief_lens.experiments.factored import (
+        FactoredExperiment,
+        factored_training,
+        run_factored_seeds,
+        write_factored_seeds_report,
+    )
+
+    config = FactoredExperiment(
+        epsilon=0.0,
+        train=factored_training(steps=2, checkpoint_every=2),
+        n_ctx=3,
+        n_eval_sequences=200,
+        n_vary_one=40,
+        n_checkpoints=1,
+    )
+    with pytest.raises(Exception, match="at least 3 distinct seeds"):
+        run_factored_seeds(config, tmp_path / "x", (0, 0, 1))
+    runs = run_factored_seeds(config, tmp_path, (0, 1, 2))
+    assert [r.config.train.seed for r in runs] == [0, 1, 2]
+    metrics = write_factored_seeds_report(runs, tmp_path)
+    across = metrics["across_seeds"]
+    dims = np.array([r.final.dims_95 for r in runs], dtype=float)
+    assert across["dims_95"]["mean"] == pytest.approx(dims.mean())
+    assert across["dims_95"]["se"] == pytest.approx(dims.std(ddof=1) / np.sqrt(3))
+    assert across["n_seeds"] == 3 and len(across["verdicts"]) == 3
+    html = (tmp_path / "report.html").read_text()
+    assert "Verdict over 3 seeds" in html and "±" in html
+    # Independent factors: the product of marginals loses exactly nothing, printed as 0.
+    assert "loses 0 ± 0 nats" in html and "e-1" not in html.split("loses")[1][:30]
+    assert "Under-trained" in html  # two steps

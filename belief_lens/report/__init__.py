@@ -20,7 +20,11 @@ from belief_lens.report.document import (
     export_figures,
     write_report,
 )
-from belief_lens.report.experiment_sections import factored_section, shared_structure_section
+from belief_lens.report.experiment_sections import (
+    factored_section,
+    factored_seeds_section,
+    shared_structure_section,
+)
 from belief_lens.report.sections import CLEAR_R2_MARGIN, UNDERTRAINED_RATIO, undertrained_warning
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "compose_html",
     "export_figures",
     "factored_section",
+    "factored_seeds_section",
     "shared_structure_section",
     "undertrained_warning",
     "write_report",

@@ -14,7 +14,7 @@ from belief_lens.report.document import ReportFigure, Section, Table
 from belief_lens.report.sections import undertrained_warning
 from belief_lens.report.verdicts import grade, plain
 
-__all__ = ["factored_section", "shared_structure_section"]
+__all__ = ["factored_section", "factored_seeds_section", "shared_structure_section"]
 
 
 def factored_section(run: Any, max_points: int = 4000) -> Section:
@@ -66,6 +66,52 @@ def factored_section(run: Any, max_points: int = 4000) -> Section:
         warnings=undertrained_warning(run.loss_over_optimal),
         tables=(Table(header, rows, ("", "", ".4f", ".4f")),),
         figures=tuple(figures),
+    )
+
+
+def _pm(entry: Any, fmt: str = ".3f") -> str:
+    return f"{plain(entry['mean'], 4) if fmt == 'plain' else format(entry['mean'], fmt)} ± " + (
+        plain(entry["se"], 2)
+    )
+
+
+def factored_seeds_section(runs: Sequence[Any], summary: dict[str, Any]) -> Section:
+    """The factored verdict over seeds: each measurement as mean ± standard error, each seed's
+    verdict, and what the dimensions say against both predictions (``summary`` is
+    ``experiments.factored.seed_summary(runs)``)."""
+    p = runs[0].final.predicted
+    d95, d99, n = summary["dims_95"], summary["dims_99"], summary["n_seeds"]
+    notes = []
+    if d99["mean"] > p.joint:
+        notes.append(
+            f"dims99 ({_pm(d99, '.1f')}) exceeds even the joint prediction ({p.joint}): the "
+            "activations hold more than either hypothesis's belief geometry (training not done, "
+            "or other features)"
+        )
+    head = (
+        f"Verdict over {n} seeds: {summary['verdict']} (per seed: "
+        f"{', '.join(summary['verdicts'])}). dims95 {_pm(d95, '.1f')} and dims99 "
+        f"{_pm(d99, '.1f')} against {p.factored} (factored) and {p.joint} (joint); the "
+        f"factors' largest subspace cosine {_pm(summary['max_subspace_cosine'])}; the product "
+        f"of marginals loses {_pm(summary['factored_cost_nats'], 'plain')} nats per position."
+        + ("" if not notes else " " + "; ".join(notes) + "."),
+    )
+    keys = [k for k in summary if k.endswith("_r2_heldout")] + ["joint_r2"]
+    rows = tuple(
+        (f"seed {run.config.train.seed}", run.steps, *(summary[k]["values"][i] for k in keys),
+         run.final.dims_95, run.final.dims_99, run.final.verdict)
+        for i, run in enumerate(runs)
+    ) + (("mean ± s.e.", "", *(_pm(summary[k]) for k in keys), _pm(d95, ".1f"),
+          _pm(d99, ".1f"), summary["verdict"]),)  # fmt: skip
+    header = ("seed", "steps", *(k.replace("_heldout", "") for k in keys), "dims95", "dims99",
+              "verdict")  # fmt: skip
+    ratios = [r.loss_over_optimal for r in runs]
+    worst = None if any(r is None for r in ratios) else max(ratios)
+    return Section(
+        f"Factored verdict over {n} seeds",
+        headline=head,
+        warnings=undertrained_warning(worst),
+        tables=(Table(header, rows, ("", "") + (".4f",) * len(keys) + ("", "", "")),),
     )
 
 
