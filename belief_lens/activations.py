@@ -125,9 +125,9 @@ def check_finite_activations(what: str, values: Tensor, step: int | None = None)
     NaN hidden by ``nan_to_num``, never a finding. ``what`` names them in the message."""
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
-        at = f" after {step} training steps" if step else ""
+        at = f"training diverged: after {step} steps, " if step else ""
         raise BeliefLensError(
-            f"{what} are not finite{at} ({int(bad.sum())} of {values.numel()} entries NaN or "
+            f"{at}{what} are not finite ({int(bad.sum())} of {values.numel()} entries NaN or "
             "inf): the model's weights have diverged or hold NaN; train again with a lower "
             "learning rate (or a grad_clip), or load another checkpoint"
         )

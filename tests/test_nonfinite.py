@@ -125,3 +125,25 @@ def test_a_bool_is_never_a_token_id(kwargs):
     ids = kwargs.pop("ids")
     with pytest.raises(BeliefLensError, match="bool|token id"):
         TokenMap(ids, **kwargs)
+
+
+def test_demo_with_a_huge_learning_rate_fails_plainly(tmp_path, capsys):
+    from belief_lens.cli import main
+
+    out = tmp_path / "d"
+    argv = ["-q", "demo", "--lr", "1e30", "--max-steps", "3", "--n-ctx", "4", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "lower learning rate" in err
+    assert not (out / "model.safetensors").exists()
+
+
+def test_probe_on_a_nan_checkpoint_fails_plainly(tmp_path, capsys):
+    from belief_lens.cli import main
+    from belief_lens.models import save_checkpoint
+
+    path = save_checkpoint(_nan_model(one_weight=True), tmp_path / "nan.safetensors")
+    argv = ["-q", "probe", "--checkpoint", str(path), "--process", "mess3",
+            "--out", str(tmp_path / "p")]  # fmt: skip
+    assert main(argv) == 2
+    assert "not finite" in capsys.readouterr().err
