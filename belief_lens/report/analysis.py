@@ -143,21 +143,25 @@ def analyse(
     _model_loss(model, hmm, cfg, metrics)
     report = [sections.model_section(hmm, metrics)]
 
+    logger.info("fitting probes at every residual hook (5 folds by prefix)")
     state = _fit_probes(model, hmm, cfg, metrics)  # one forward pass, shared by what follows
     table, best, ranked_by = state.table, state.best_hook, state.ranked_by
     logger.info("probes fitted (%.1f s)\n%s", time.perf_counter() - t0, table.to_markdown())
     report.append(sections.geometry_section(table, state.data, best, ranked_by, cfg))
     report.append(sections.probe_section(table, best, ranked_by, cfg))
     if cfg.controls:
+        logger.info("controls: shuffled beliefs, an untrained model, next-token targets")
         report.append(sections.controls_section(table, _controls(state), best))
         logger.info("controls done (%.1f s)", time.perf_counter() - t0)
     if cfg.interventions:
+        logger.info("interventions: steering and patching against theory and a control")
         report += _interventions(state)
         logger.info("interventions done (%.1f s)", time.perf_counter() - t0)
     report += [build(state) for build in extra_sections]
     if history is not None and getattr(history, "loss", None):
         report.append(sections.training_section(history, _training(history, metrics)))
     metrics["analysis_seconds"] = time.perf_counter() - t0
+    logger.info("writing the report (%.1f s)", metrics["analysis_seconds"])
     write_report(out_dir, title, report, metrics, export=cfg.export)
     return metrics
 
