@@ -66,8 +66,13 @@ def test_another_model_warns_with_both_fingerprints_strict_raises_allow_silences
 
 
 def test_ablate_and_patching_check_the_probe(setup):
-    hmm, _, b, probe = setup
+    hmm, a, b, probe = setup
     tokens = torch.zeros(4, 5, dtype=torch.long)
+    for made in (interventions.SubspacePatch.from_probe(probe, HOOK, tokens + 1),
+                 interventions.Ablate.from_probe(probe, HOOK, "mean")):  # fmt: skip
+        assert made.model_fingerprint == model_fingerprint(a) and made.process == hmm.name
+        with pytest.warns(ProvenanceWarning):
+            interventions.intervene(b, tokens, made)
     with pytest.warns(ProvenanceWarning):
         interventions.ablate_belief_subspace(b, tokens, probe, HOOK)
     with pytest.raises(BeliefLensError, match="fingerprint"):

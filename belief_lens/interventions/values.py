@@ -389,6 +389,17 @@ class SubspacePatch(Intervention):
                 )
         object.__setattr__(self, "source", src)
 
+    @classmethod
+    def from_probe(
+        cls, probe: Any, hook: str, source: Any, *, positions: Positions = None
+    ) -> SubspacePatch:
+        """Patch along ``probe``'s encoding basis, recording the probe's model and process."""
+        recorded = getattr(probe, "provenance_", None) or {}
+        return cls(hook=hook, basis=belief_basis(probe, "encoding"), source=source,
+                   positions=positions,  # type: ignore[arg-type]
+                   model_fingerprint=recorded.get("model_fingerprint"),
+                   process=recorded.get("process"))  # fmt: skip
+
     @property
     def source_is_tokens(self) -> bool:
         """Whether ``source`` holds tokens (else activations at ``hook``)."""
@@ -457,6 +468,17 @@ class Ablate(Intervention):
                     f"mean must be [d]=({self.d_model},) (the basis rows), got {tuple(mean.shape)}"
                 )
             object.__setattr__(self, "mean", mean)
+
+    @classmethod
+    def from_probe(
+        cls, probe: Any, hook: str, mode: AblateMode = "zero", *, positions: Positions = None
+    ) -> Ablate:
+        """Ablate ``probe``'s encoding subspace, recording the probe's model and process."""
+        recorded = getattr(probe, "provenance_", None) or {}
+        return cls(hook=hook, basis=belief_basis(probe, "encoding"), mode=mode,
+                   positions=positions,  # type: ignore[arg-type]
+                   model_fingerprint=recorded.get("model_fingerprint"),
+                   process=recorded.get("process"))  # fmt: skip
 
     def apply(self, activation: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
         """The ablated activation, a new tensor."""
