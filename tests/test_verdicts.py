@@ -90,7 +90,7 @@ def test_factored_verdict_over_three_seeds_with_mean_and_se(tmp_path):
     assert across["dims_95"]["se"] == pytest.approx(dims.std(ddof=1) / np.sqrt(3))
     assert across["n_seeds"] == 3 and len(across["verdicts"]) == 3
     html = (tmp_path / "report.html").read_text()
-    assert "Verdict over 3 seeds" in html and "±" in html
+    assert "Verdict over 3 seeds" in html and "±" in html and "Vary-one overlap" in html
     # Independent factors: the product of marginals loses exactly nothing, printed as 0.
     assert "loses 0 ± 0 nats" in html and "e-1" not in html.split("loses")[1][:30]
     assert "Under-trained" in html  # two steps

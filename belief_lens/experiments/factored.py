@@ -253,6 +253,10 @@ def seed_summary(runs: list[FactoredRun]) -> dict[str, Any]:
     for name in ("joint_r2", "dims_95", "dims_99", "max_subspace_cosine"):
         out[name] = _mean_se([float(getattr(g, name)) for g in finals])
     out["factored_cost_nats"] = _mean_se([r.factored_cost for r in runs])
+    overlaps = [g.pairs[0].overlap for g in finals if g.pairs and g.pairs[0].overlap is not None]
+    if len(overlaps) == len(finals):
+        out["vary_one_overlap"] = _mean_se([float(v) for v in overlaps])
+        out["vary_one_random_baseline"] = float(finals[0].pairs[0].baseline)
     ratios = [r.loss_over_optimal for r in runs if r.loss_over_optimal is not None]
     out["loss_over_optimal"] = _mean_se(ratios) if ratios else None
     verdicts = [g.verdict for g in finals]

@@ -96,6 +96,13 @@ def factored_seeds_section(runs: Sequence[Any], summary: dict[str, Any]) -> Sect
         f"of marginals loses {_pm(summary['factored_cost_nats'], 'plain')} nats per position."
         + ("" if not notes else " " + "; ".join(notes) + "."),
     )
+    if "vary_one_overlap" in summary:
+        ov, base = summary["vary_one_overlap"], summary["vary_one_random_baseline"]
+        head += (
+            f"Vary-one overlap of the factors' subspaces {_pm(ov, 'plain')} against "
+            f"{plain(base)} for random subspaces (ratio {plain(ov['mean'] / base)}; the factored "
+            "hypothesis predicts 0, the joint one about the random value).",
+        )
     keys = [k for k in summary if k.endswith("_r2_heldout")] + ["joint_r2"]
     rows = tuple(
         (f"seed {run.config.train.seed}", run.steps, *(summary[k]["values"][i] for k in keys),
