@@ -39,12 +39,13 @@ addEventListener('load', () => setTimeout(() => {
     const r = d.getBoundingClientRect();
     return {id: d.id, x: r.left + scrollX, y: r.top + scrollY, w: r.width, h: r.height};
   });
-  // Every 2-D marker outside its panel's displayed ranges, and every subplot title outside its
-  // panel's columns, per figure (what a reader sees as drawn outside its panel).
+  // Every 2-D marker drawn outside its panel (beyond the displayed ranges with clipping off;
+  // clipped markers are not drawn), and every subplot title outside its panel's columns.
   const outside = [...document.querySelectorAll('.js-plotly-plot')].map(gd => {
     const L = gd._fullLayout, bad = [];
     (gd._fullData || []).forEach(tr => {
       if (tr.type !== 'scatter' || !tr.x || !String(tr.mode).includes('markers')) return;
+      if (tr.cliponaxis !== false) return;
       const xa = L[tr.xaxis.replace('x', 'xaxis')], ya = L[tr.yaxis.replace('y', 'yaxis')];
       let n = 0;
       for (let k = 0; k < tr.x.length; k++) {
