@@ -1,5 +1,6 @@
 """The ``belief-lens`` command: ``demo`` trains and analyses a model, ``probe`` a checkpoint,
-``factored`` runs the factored-geometry experiment, ``discover`` finds a simplex without labels.
+``factored`` runs the factored-geometry experiment, ``attention`` the constrained-belief-update
+experiment, ``discover`` finds a simplex without labels.
 
 It parses arguments into the config objects the Python API uses, calls the recipe in
 :mod:`belief_lens.experiments`, logs progress, and turns bad input into a one-line error. Each
@@ -22,7 +23,7 @@ from typing import Any
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.models import load_checkpoint
+from belief_lens.models import find_checkpoint, load_checkpoint
 from belief_lens.processes import PROCESSES, make_process
 from belief_lens.training.checkpoints import check_checkpoint_process
 
@@ -134,6 +135,10 @@ def _analysis_args(p: argparse.ArgumentParser) -> None:
         "--n-sequences", type=_number(int), default=None, help="sequences for --mode sampled"
     )
     p.add_argument(
+        "--weighting", choices=("rows", "prefixes"), default="rows",
+        help="rows by their sequences' weight (default), or each distinct prefix once",
+    )  # fmt: skip
+    p.add_argument(
         "--ridge", type=_number(float, positive=False), default=0.0, help="ridge penalty"
     )
     p.add_argument("--no-controls", action="store_true", help="skip the probe controls")
@@ -219,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _mismatch_arg(probe)
     _analysis_args(probe)
     _factored_parser(sub)
+    _attention_parser(sub)
     _discover_parser(sub)
     return parser
 
@@ -245,6 +251,7 @@ def _analysis_config(args: argparse.Namespace) -> Any:
     return AnalysisConfig(
         mode=args.mode or "auto",
         n_sequences=args.n_sequences,
+        weighting=args.weighting,
         ridge=args.ridge,
         seed=args.seed,
         controls=not args.no_controls,
@@ -317,6 +324,42 @@ def _factored_parser(sub: Any) -> None:
     )
 
 
+def _attention_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "attention",
+        help="attention as constrained belief updating (arXiv 2502.01954)",
+        description="Train single-layer Mess3 models with 1 and 2 heads where 1 - 3x > 0 and "
+        "where it is negative, over seeds; compare each head's attention, per-token "
+        "contributions and OV vectors with the constrained-update theory, and the losses with "
+        "the optimum; analyse the paper's 4-layer checkpoint too. Writes report.html and "
+        "metrics.json.",
+    )
+    p.add_argument(
+        "--minutes", type=_number(float), default=8.0,
+        help="wall-clock training budget for all models together (default 8)",
+    )  # fmt: skip
+    p.add_argument(
+        "--steps", type=_number(int), default=1500, help="steps per model (default 1500)"
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1], help="seeds, one model each (0 1)"
+    )
+    p.add_argument(
+        "--checkpoint", default="mess3_paper",
+        help="a 4-layer Mess3 checkpoint to analyse (default: the paper's, if found), or none",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", default=None, help="a new output directory (default: runs/attention-<time>)"
+    )
+    p.add_argument(
+        "--export", choices=("png,pdf", "png", "pdf", "svg", "none"), default="png,pdf",
+        help="figure files beside report.html (needs kaleido and Chrome; none to skip)",
+    )  # fmt: skip
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an unexpected error"
+    )
+
+
 def _discover_parser(sub: Any) -> None:
     p = sub.add_parser(
         "discover",
@@ -365,6 +408,50 @@ def run_factored(args: argparse.Namespace) -> dict[str, Any]:
         runs[0].final.predicted.factored,
         runs[0].final.predicted.joint,
         m["verdict"],
+    )
+    return metrics
+
+
+def _attention_checkpoint(text: str) -> str | None:
+    """``--checkpoint``: ``none``, a path, or a shared checkpoint's name (absent: skipped)."""
+    if text.lower() == "none":
+        return None
+    if Path(text).is_file():
+        return text
+    try:
+        return str(find_checkpoint(text))
+    except FileNotFoundError as err:
+        if text != "mess3_paper":
+            raise BeliefLensError(str(err)) from None
+        logger.info("the paper's checkpoint is not here; skipping its analysis")
+        return None
+
+
+def run_attention(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``attention`` subcommand: :mod:`belief_lens.experiments.attention`."""
+    from belief_lens.experiments import attention
+
+    seeds = tuple(args.seeds)
+    config = attention.AttentionExperiment(
+        seeds=seeds,
+        steps=args.steps,
+        seconds_per_model=args.minutes * 60 / (4 * len(seeds)),
+        checkpoint=_attention_checkpoint(args.checkpoint),
+    )
+    out = _prepare_out(args.out, "attention", overwrite=False)
+    args.out = str(out)
+    logger.info("training %d single-layer models, %d steps each", 4 * len(seeds), args.steps)
+    export = () if args.export == "none" else tuple(args.export.split(","))
+    run = attention.run_attention_experiment(config)
+    metrics = attention.write_attention_report(run, out, export=export)
+    logger.info(
+        "contribution log-slope %.3f (raw attention %.3f) against predicted %.3f; OV cosine min "
+        "%.3f; head-count prediction holds: %s",
+        metrics["attention_slope_measured"],
+        metrics["attention_slope_raw"],
+        metrics["attention_slope_predicted"],
+        metrics["ov_cosine_min"],
+        metrics["head_count_prediction_holds"],
     )
     return metrics
 
@@ -427,7 +514,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "discover":
             print(_discover_summary(run_discover(args)))
             return 0
-        run = {"demo": run_demo, "probe": run_probe, "factored": run_factored}[args.command]
+        run = {
+            "demo": run_demo,
+            "probe": run_probe,
+            "factored": run_factored,
+            "attention": run_attention,
+        }[args.command]
         metrics = run(args)
     except (BeliefLensError, OSError, json.JSONDecodeError) as e:
         if args.debug:

@@ -22,7 +22,7 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.factors import FactoredBeliefs, PredictedDims, factored_beliefs, vary_one_tokens
 from belief_lens.hmm import HMM
 from belief_lens.metrics import principal_cosines
-from belief_lens.probes import AffineProbe, split_prefixes
+from belief_lens.probes import AffineProbe, cross_validate, split_prefixes
 
 __all__ = [
     "FactoredGeometry",
@@ -72,6 +72,11 @@ class FactoredGeometry:
     dims_95: int
     dims_99: int
     predicted: PredictedDims
+    #: standard errors over prefix folds, and their number (None for one split)
+    factor_r2_se: tuple[float, ...] | None = None
+    joint_r2_se: float | None = None
+    factored_r2_se: float | None = None
+    folds: int | None = None
 
     @property
     def max_subspace_cosine(self) -> float:
@@ -98,6 +103,10 @@ class FactoredGeometry:
             "factor_r2_heldout": list(self.factor_r2),
             "joint_r2_heldout": self.joint_r2,
             "factored_r2_heldout": self.factored_r2,
+            "factor_r2_heldout_se": None if self.factor_r2_se is None else list(self.factor_r2_se),
+            "joint_r2_heldout_se": self.joint_r2_se,
+            "factored_r2_heldout_se": self.factored_r2_se,
+            "folds": self.folds,
             "max_subspace_cosine": self.max_subspace_cosine,
             "subspace_cosines": [list(p.cosines) for p in self.pairs],
             "vary_one_overlap": [p.overlap for p in self.pairs],
@@ -190,9 +199,40 @@ def dims_for(curve: Sequence[float] | Tensor, level: float) -> int:
 # ----------------------------------------------------------------------------- probes
 
 
-def _held_out_r2(X: Tensor, Y: Tensor, test: Tensor, ridge: float) -> tuple[float, AffineProbe]:
-    probe = AffineProbe(ridge=ridge).fit(X[~test], Y[~test])
-    return probe.score(X[test], Y[test]), probe
+def _held_out_r2(
+    X: Tensor, Y: Tensor, split: Tensor, ridge: float, n_folds: int | None, seed: int
+) -> tuple[float, float | None, AffineProbe]:
+    """Held-out R^2 (and its s.e.) and the probe whose directions are read: over prefix folds
+    of the tokens ``split`` (the all-rows probe), or on one split's mask ``split``."""
+    if n_folds is None:
+        probe = AffineProbe(ridge=ridge).fit(X[~split], Y[~split])
+        return probe.score(X[split], Y[split]), None, probe
+    cv = cross_validate(X, Y, split, n_folds=n_folds, seed=seed, ridge=ridge)
+    return cv.r2, cv.r2_se, cv.probe
+
+
+def _resolve_split(
+    test_mask: Tensor | None,
+    tokens: Tensor | None,
+    n_folds: int | None,
+    test_fraction: float,
+    seed: int,
+    shape: tuple[int, int],
+) -> tuple[Tensor, int | None]:
+    """The tokens to cross-validate over and the folds, or one split's mask and None."""
+    if test_mask is None and tokens is None:
+        raise BeliefLensError("give tokens to cross-validate by prefix, or a test_mask")
+    if test_mask is None and n_folds is not None:
+        return torch.as_tensor(tokens), n_folds
+    if test_mask is None:
+        test_mask = split_prefixes(tokens, test_fraction, seed)
+    split = torch.as_tensor(test_mask, dtype=torch.bool)
+    if tuple(split.shape) != shape or split.all() or not split.any():
+        raise BeliefLensError(
+            f"test_mask must be [n, L] = {list(shape)} with both train and test rows, "
+            f"got shape {tuple(split.shape)} with {int(split.sum())} held out"
+        )
+    return split, None
 
 
 def factored_geometry(
@@ -203,17 +243,21 @@ def factored_geometry(
     tokens: Tensor | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
+    n_folds: int | None = 5,
     vary_one: Sequence[Float[Tensor, "m L d"]] | None = None,
     ridge: float = 0.0,
     hook: str | None = None,
 ) -> FactoredGeometry:
     """Measure the factored geometry of ``acts`` against ``beliefs``.
 
-    Probes are fitted on the training rows and scored on the held-out rows of ``test_mask``
-    (True = held out), by default ``split_prefixes(tokens, test_fraction, seed)``, the
-    leak-free split by prefix. ``vary_one[i]`` are activations of sequences in which only factor
-    ``i`` varies (see :func:`belief_lens.factors.vary_one_tokens`); without them the vary-one
-    overlaps are None. Effective dimension uses all rows. ``hook`` names where ``acts`` were read.
+    With ``tokens``, R^2 is cross-validated over ``n_folds`` prefix folds (mean, with its
+    standard error in the ``_se`` fields; the subspaces are the all-rows probes'); with
+    ``n_folds=None``, or an explicit ``test_mask`` (True = held out), probes are fitted on the
+    training rows and scored on the held-out rows of that one split (by default
+    ``split_prefixes(tokens, test_fraction, seed)``). ``vary_one[i]`` are activations of
+    sequences in which only factor ``i`` varies (see :func:`belief_lens.factors.vary_one_tokens`);
+    without them the vary-one overlaps are None. Effective dimension uses all rows. ``hook``
+    names where ``acts`` were read.
     """
     acts = torch.as_tensor(acts, dtype=torch.float64)
     n, L = beliefs.joint.shape[:2]
@@ -224,24 +268,18 @@ def factored_geometry(
     n_factors = len(beliefs.marginals)
     if vary_one is not None and len(vary_one) != n_factors:
         raise BeliefLensError(f"vary_one needs one activation set per factor ({n_factors})")
-    if test_mask is None:
-        if tokens is None:
-            raise BeliefLensError("give test_mask, or tokens to split them by prefix")
-        test_mask = split_prefixes(tokens, test_fraction, seed)
-    test = torch.as_tensor(test_mask, dtype=torch.bool)
-    if test.shape != (n, L) or test.all() or not test.any():
-        raise BeliefLensError(
-            f"test_mask must be [n, L] = [{n}, {L}] with both train and test rows, "
-            f"got shape {tuple(test.shape)} with {int(test.sum())} held out"
-        )
+    split, n_folds = _resolve_split(test_mask, tokens, n_folds, test_fraction, seed, (n, L))
 
-    factor_r2, bases = [], []
+    factor_r2, factor_se, bases = [], [], []
     for marginal in beliefs.marginals:
-        r2, probe = _held_out_r2(acts, marginal, test, ridge)
+        r2, se, probe = _held_out_r2(acts, marginal, split, ridge, n_folds, seed)
         factor_r2.append(r2)
+        factor_se.append(se)
         bases.append(probe.belief_basis("encoding"))
-    joint_r2, _ = _held_out_r2(acts, beliefs.joint, test, ridge)
-    factored_r2, _ = _held_out_r2(acts, beliefs.concatenated, test, ridge)
+    joint_r2, joint_se, _ = _held_out_r2(acts, beliefs.joint, split, ridge, n_folds, seed)
+    factored_r2, factored_se, _ = _held_out_r2(
+        acts, beliefs.concatenated, split, ridge, n_folds, seed
+    )
 
     d = acts.shape[-1]
     pairs = []
@@ -270,6 +308,10 @@ def factored_geometry(
         dims_95=dims_for(curve, 0.95),
         dims_99=dims_for(curve, 0.99),
         predicted=beliefs.dims,
+        factor_r2_se=None if n_folds is None else tuple(factor_se),
+        joint_r2_se=joint_se,
+        factored_r2_se=factored_se,
+        folds=n_folds,
     )
 
 

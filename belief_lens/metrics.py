@@ -25,6 +25,7 @@ __all__ = [
     "entropy",
     "free_coordinates",
     "kl_divergence",
+    "mean_se",
     "principal_angles_deg",
     "principal_cosines",
     "r2_score",
@@ -33,6 +34,15 @@ __all__ = [
     "sum_zero_basis",
     "weighted_sums",
 ]
+
+
+# ------------------------------------------------------------------------------ spread
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample s.d. over sqrt(n); NaN for one value): the
+    spread every cross-validated number carries."""
+    t = torch.tensor(values, dtype=torch.float64)
+    se = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else math.nan
+    return float(t.mean()), se
 
 
 # ------------------------------------------------------------------------------ information

@@ -15,15 +15,18 @@ sufficient statistics that add across batches, windows and processes) and solve 
 
 from __future__ import annotations
 
+from belief_lens.probing.by_position import heldout_by_position
 from belief_lens.probing.controls import (
     distance_r2,
     next_token_control,
     shuffle_control,
     untrained_control,
 )
+from belief_lens.probing.crossval import CrossValidated, cross_validate
 from belief_lens.probing.data import (
     CONCAT,
     ProbeData,
+    Weighting,
     collect_probe_data,
     model_fingerprint,
     prefix_folds,
@@ -33,6 +36,7 @@ from belief_lens.probing.data import (
 from belief_lens.probing.estimator import AffineProbe
 from belief_lens.probing.moments import Moments, SegmentedMoments
 from belief_lens.probing.positions import PositionProbeTable, fit_position_probes
+from belief_lens.probing.solvers import RowFactor
 from belief_lens.probing.sweep import (
     fit_probes,
     out_of_fold_predictions,
@@ -50,15 +54,20 @@ from belief_lens.probing.table import (
 __all__ = [
     "CONCAT",
     "AffineProbe",
+    "CrossValidated",
     "Moments",
     "PositionProbeTable",
     "ProbeData",
     "ProbeTable",
+    "RowFactor",
     "SegmentedMoments",
+    "Weighting",
     "best_hook",
     "heldout",
+    "heldout_by_position",
     "is_overfit",
     "collect_probe_data",
+    "cross_validate",
     "distance_r2",
     "fit_position_probes",
     "fit_probes",

@@ -20,9 +20,11 @@ ModelKind = Literal["bridge", "hooked"]
 
 __all__ = [
     "ModelKind",
+    "attention_output_weights",
     "bridge_classes",
     "convert_legacy_state_dict",
     "default_kind",
+    "embedding_weights",
     "get_act_name",
     "hooked_classes",
     "is_bridge_available",
@@ -147,3 +149,18 @@ def residual_write_problem(model: Any, hook: str) -> str | None:
                 "residual-stream intervention; use resid_pre or resid_post"
             )
     return None
+
+
+def attention_output_weights(model: Any, layer: int) -> Any:
+    """``W_O`` of block ``layer``, ``[n_heads, d_head, d_model]``, detached: the same attribute on
+    ``HookedTransformer`` and TransformerLens 4's ``TransformerBridge``."""
+    W_O = model.blocks[layer].attn.W_O.detach()
+    want = (model.cfg.n_heads, model.cfg.d_head, model.cfg.d_model)
+    if tuple(W_O.shape) != want:
+        raise BeliefLensError(f"blocks.{layer}.attn.W_O has shape {tuple(W_O.shape)}, not {want}")
+    return W_O
+
+
+def embedding_weights(model: Any) -> Any:
+    """The token embedding ``W_E`` ``[d_vocab, d_model]``, detached (both model kinds)."""
+    return model.W_E.detach()

@@ -24,8 +24,14 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.interventions import Steer, intervene
 from belief_lens.interventions.steering import pair_different
-from belief_lens.metrics import kl_divergence, principal_angles_deg, principal_cosines, r2_score
-from belief_lens.probes import AffineProbe, split_prefixes
+from belief_lens.metrics import (
+    kl_divergence,
+    mean_se,
+    principal_angles_deg,
+    principal_cosines,
+    r2_score,
+)
+from belief_lens.probes import AffineProbe, prefix_folds, split_prefixes
 from belief_lens.processes import mixture
 from belief_lens.validation import check_finite_tensor
 
@@ -96,23 +102,29 @@ def _rows(x: Any, name: str) -> Tensor:
     return t
 
 
-def _held_out(X: Tensor, tokens: Any, test_fraction: float, seed: int) -> Tensor:
-    """The held-out mask over ``X``'s leading dims: ``split_prefixes`` on ``tokens`` (no prefix on
-    both sides), or whole sequences (the first axis) when no tokens are given."""
+def _held_out(
+    X: Tensor, tokens: Any, test_fraction: float, seed: int, n_folds: int | None
+) -> Tensor:
+    """Fold labels over ``X``'s leading dims (``prefix_folds``; -1: always trained on), or with
+    ``n_folds=None`` one split (1 = held out, 0 = train): by prefix of ``tokens`` (no prefix on
+    both sides), or by whole sequence (the first axis) when no tokens are given."""
     lead = X.shape[:-1]
     if tokens is None:
         ids = torch.arange(lead[0])[:, None]
-        return (
-            split_prefixes(ids, test_fraction, seed)
-            .reshape(-1, *([1] * (len(lead) - 1)))
-            .expand(lead)
+        labels = (
+            split_prefixes(ids, test_fraction, seed).long()
+            if n_folds is None
+            else prefix_folds(ids, n_folds, seed)
         )
+        return labels.reshape(-1, *([1] * (len(lead) - 1))).expand(lead)
     tokens = torch.as_tensor(tokens)
     if tuple(tokens.shape) != tuple(lead):
         raise BeliefLensError(
             f"tokens {tuple(tokens.shape)} must match the activations' leading shape {tuple(lead)}"
         )
-    return split_prefixes(tokens, test_fraction, seed)
+    if n_folds is None:
+        return split_prefixes(tokens, test_fraction, seed).long()
+    return prefix_folds(tokens, n_folds, seed)
 
 
 def _fit(X: Tensor, Y: Tensor, ridge: float) -> AffineProbe:
@@ -133,7 +145,10 @@ class ProbeTransfer:
             activations shifted to the source's mean (each mean taken on its training rows), so
             a shared subspace at a different offset still reads; a low value here means the
             directions differ, not just the offset.
-        probe_a, probe_b: the fitted probes (their encoding maps drive steering transfer).
+        probe_a, probe_b: the fitted probes (their encoding maps drive steering transfer): fitted
+            on every row when cross-validated, on the training rows of one split otherwise.
+        se: the standard error over folds of each R^2 above, by name (empty for one split).
+        folds: the number of prefix folds (None for one split).
     """
 
     r2_a_to_b: float
@@ -144,6 +159,8 @@ class ProbeTransfer:
     r2_b_to_a_centred: float
     probe_a: AffineProbe = field(repr=False, compare=False)
     probe_b: AffineProbe = field(repr=False, compare=False)
+    se: dict[str, float] = field(default_factory=dict)
+    folds: int | None = None
 
 
 def probe_transfer(
@@ -157,10 +174,12 @@ def probe_transfer(
     test_fraction: float = 0.25,
     ridge: float = 0.0,
     seed: int = 0,
+    n_folds: int | None = 5,
 ) -> ProbeTransfer:
     """Fit an affine belief probe on A's training rows and score it on B's held-out rows, and
-    the reverse. With ``tokens`` the held-out rows are ``split_prefixes``' (no prefix on both
-    sides); without, whole sequences (the first axis) are held out."""
+    the reverse: over ``n_folds`` folds (mean, with the standard errors in ``se``), or one split
+    (``n_folds=None``, ``test_fraction`` held out). With ``tokens`` the folds are by prefix (no
+    prefix on both sides); without, whole sequences (the first axis) are held out."""
     Xa, Ya = _rows(acts_a, "acts_a"), _rows(beliefs_a, "beliefs_a")
     Xb, Yb = _rows(acts_b, "acts_b"), _rows(beliefs_b, "beliefs_b")
     for X, Y, v in ((Xa, Ya, "a"), (Xb, Yb, "b")):
@@ -174,22 +193,47 @@ def probe_transfer(
             f"A and B must share d and S: acts {Xa.shape[-1]} vs {Xb.shape[-1]}, "
             f"beliefs {Ya.shape[-1]} vs {Yb.shape[-1]}"
         )
-    te_a = _held_out(Xa, tokens_a, test_fraction, seed)
-    te_b = _held_out(Xb, tokens_b, test_fraction, seed + 1)
+    labels_a = _held_out(Xa, tokens_a, test_fraction, seed, n_folds)
+    labels_b = _held_out(Xb, tokens_b, test_fraction, seed + 1, n_folds)
+    held = [1] if n_folds is None else range(n_folds)
+    runs = []
+    for k in held:
+        te_a, te_b = labels_a == k, labels_b == k
+        if bool(te_a.any()) and bool(te_b.any()):
+            runs.append(_transfer_scores(Xa, Ya, Xb, Yb, te_a, te_b, ridge))
+    if not runs or (n_folds is not None and len(runs) < 2):
+        raise BeliefLensError(
+            f"too few distinct sequences or prefixes to hold any out ({n_folds or 1} folds gave "
+            f"{len(runs)} with held-out rows on both sides)"
+        )
+    if n_folds is None:
+        (scores, pa, pb), se = runs[0], {}
+    else:
+        pa = _fit(Xa.reshape(-1, Xa.shape[-1]), Ya.reshape(-1, Ya.shape[-1]), ridge)
+        pb = _fit(Xb.reshape(-1, Xb.shape[-1]), Yb.reshape(-1, Yb.shape[-1]), ridge)
+        stats = {k: mean_se([r[0][k] for r in runs]) for k in runs[0][0]}
+        scores, se = {k: v[0] for k, v in stats.items()}, {k: v[1] for k, v in stats.items()}
+    return ProbeTransfer(
+        **scores, probe_a=pa, probe_b=pb, se=se, folds=None if n_folds is None else len(runs)
+    )
+
+
+def _transfer_scores(
+    Xa: Tensor, Ya: Tensor, Xb: Tensor, Yb: Tensor, te_a: Tensor, te_b: Tensor, ridge: float
+) -> tuple[dict[str, float], AffineProbe, AffineProbe]:
+    """One fold: each side's probe on its training rows, scored on both held-out sets."""
     pa = _fit(Xa[~te_a], Ya[~te_a], ridge)
     pb = _fit(Xb[~te_b], Yb[~te_b], ridge)
     mean_a, mean_b = Xa[~te_a].mean(0), Xb[~te_b].mean(0)
-
-    return ProbeTransfer(
-        r2_a_to_b=pa.score(Xb[te_b], Yb[te_b]),
-        r2_b_to_a=pb.score(Xa[te_a], Ya[te_a]),
-        r2_a_within=pa.score(Xa[te_a], Ya[te_a]),
-        r2_b_within=pb.score(Xb[te_b], Yb[te_b]),
-        r2_a_to_b_centred=pa.score(Xb[te_b] - mean_b + mean_a, Yb[te_b]),
-        r2_b_to_a_centred=pb.score(Xa[te_a] - mean_a + mean_b, Ya[te_a]),
-        probe_a=pa,
-        probe_b=pb,
-    )
+    scores = {
+        "r2_a_to_b": pa.score(Xb[te_b], Yb[te_b]),
+        "r2_b_to_a": pb.score(Xa[te_a], Ya[te_a]),
+        "r2_a_within": pa.score(Xa[te_a], Ya[te_a]),
+        "r2_b_within": pb.score(Xb[te_b], Yb[te_b]),
+        "r2_a_to_b_centred": pa.score(Xb[te_b] - mean_b + mean_a, Yb[te_b]),
+        "r2_b_to_a_centred": pb.score(Xa[te_a] - mean_a + mean_b, Ya[te_a]),
+    }
+    return scores, pa, pb
 
 
 # ----------------------------------------------------------------------------- angles
@@ -347,7 +391,7 @@ def mixture_belief_probe(
     sizes = [int(s) for s in block_sizes]
     if sum(sizes) != Y.shape[-1] or min(sizes) < 1:
         raise BeliefLensError(f"block_sizes {sizes} must sum to the {Y.shape[-1]} belief states")
-    te = _held_out(X, tokens, test_fraction, seed)
+    te = _held_out(X, tokens, test_fraction, seed, None).bool()
     comp = torch.stack([b.sum(-1) for b in Y.split(sizes, -1)], -1)
     joint = _fit(X[~te], Y[~te], ridge).predict(X[te])
     comp_pred = _fit(X[~te], comp[~te], ridge).predict(X[te])

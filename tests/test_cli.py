@@ -175,3 +175,17 @@ def test_bad_flag_value_exits_nonzero(capsys):
         main(["demo", "--param", "novalue"])
     assert exit_info.value.code == 2
     assert "expected NAME=VALUE" in capsys.readouterr().err
+
+
+def test_weighting_reaches_the_analysis_config():
+    """``--weighting prefixes`` counts each distinct prefix once in the probes; ``rows`` is the
+    default; anything else is refused by the parser."""
+    from belief_lens.cli import _analysis_config, build_parser
+
+    base = ["probe", "--checkpoint", "m.safetensors", "--process", "mess3"]
+    parser = build_parser()
+    assert _analysis_config(parser.parse_args(base)).weighting == "rows"
+    args = parser.parse_args([*base, "--weighting", "prefixes"])
+    assert _analysis_config(args).weighting == "prefixes"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--weighting", "uniform"])

@@ -244,3 +244,53 @@ def test_readme_torchrun_command_parses():
     assert (args.model, args.dtype, args.symbols, args.separator) == (
         "gpt2", "bfloat16", [" A", " B", " C"], ","
     )  # fmt: skip
+
+
+FACTOR_SCRIPT = """
+import torch, torch.distributed as dist
+from belief_lens.probes import AffineProbe
+from belief_lens.probing.solvers import RowFactor
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+g = torch.Generator().manual_seed(0)
+scales = torch.logspace(-3, 3, 12, dtype=torch.float64)  # columns 1e6 apart
+X = (torch.randn(6000, 12, generator=g, dtype=torch.float64) + 100) * scales
+Y = torch.softmax(torch.randn(6000, 3, generator=g, dtype=torch.float64), -1)
+w = torch.rand(6000, generator=g, dtype=torch.float64)
+mine = slice(0, 2500) if rank == 0 else slice(2500, 6000)
+merged = RowFactor.zeros(12, 3)
+for lo in range(mine.start, mine.stop, 700):  # streamed in batches, each rank its own shift
+    hi = min(lo + 700, mine.stop)
+    merged = merged + RowFactor.of(X[lo:hi], Y[lo:hi], w[lo:hi])
+merged.all_reduce()
+two = AffineProbe().fit_factor(merged)
+one = AffineProbe().fit(X, Y, w)
+err = max(
+    float(((two.coef_ - one.coef_) * scales).abs().max() / (one.coef_ * scales).abs().max()),
+    float((two.intercept_ - one.intercept_).abs().max() / one.intercept_.abs().max()),
+)
+if rank == 0:
+    print("RESULT", err, merged.n_rows, two.rank_, one.rank_)
+dist.destroy_process_group()
+"""
+
+
+def test_two_gloo_processes_merge_row_factors_to_the_one_process_probe(tmp_path):
+    """``RowFactor.all_reduce`` (each rank streams its shard, the factors are gathered and
+    merged by a QR of the stack) gives the probe one process fits on all rows, to 1e-10."""
+    script = tmp_path / "factor.py"
+    script.write_text(FACTOR_SCRIPT)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(script),
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    _, err, n_rows, rank_two, rank_one = line.split()
+    assert float(err) < 1e-10 and int(n_rows) == 6000 and rank_two == rank_one == "12"

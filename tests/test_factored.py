@@ -35,7 +35,7 @@ def setup():
     vary = [
         factored_beliefs(hmm, (3, 3), vary_one_tokens((m, m), i, 300, 10, seed=i)) for i in range(2)
     ]
-    return {"hmm": hmm, "fb": fb, "Q": Q, "test": test, "vary": vary, "gen": gen}
+    return {"hmm": hmm, "fb": fb, "Q": Q, "test": test, "vary": vary, "gen": gen, "tokens": tokens}
 
 
 def _factored_embedding(fb, Q):
@@ -157,6 +157,40 @@ def test_explained_variance_matches_numpy_pca():
     assert dims_for([0.5, 0.95, 1.0], 0.95) == 2
     with pytest.raises(BeliefLensError, match="level"):
         dims_for(curve, 0.0)
+
+
+def test_cross_validated_by_prefix_equals_a_hand_written_kfold_loop(setup):
+    """With tokens, each R^2 is the mean (and s.e.) over prefix folds of a plain lstsq loop;
+    the subspaces are the all-rows probes'."""
+    from belief_lens.probes import prefix_folds
+
+    fb, Q, gen = setup["fb"], setup["Q"], setup["gen"]
+    tokens = setup["tokens"]
+    acts = _factored_embedding(fb, Q) + 0.05 * torch.randn(
+        *fb.joint.shape[:2], D, generator=gen, dtype=torch.float64
+    )
+    geo = factored_geometry(acts, fb, tokens=tokens, n_folds=4, seed=2)
+    folds = prefix_folds(tokens, 4, 2).numpy()
+    X = acts.numpy()
+    for got, se, target in (
+        (geo.factor_r2[0], geo.factor_r2_se[0], fb.marginals[0]),
+        (geo.joint_r2, geo.joint_r2_se, fb.joint),
+        (geo.factored_r2, geo.factored_r2_se, fb.concatenated),
+    ):
+        Y = target.numpy()
+        per_fold = []
+        for k in range(4):
+            keep = folds != k
+            A = np.c_[X[keep], np.ones(int(keep.sum()))]
+            coef = np.linalg.lstsq(A, Y[keep], rcond=None)[0]
+            held = folds == k
+            res = ((Y[held] - np.c_[X[held], np.ones(int(held.sum()))] @ coef) ** 2).sum(0)
+            per_fold.append(float(np.mean(1 - res / ((Y[held] - Y[held].mean(0)) ** 2).sum(0))))
+        assert got == pytest.approx(np.mean(per_fold), abs=1e-9)
+        assert se == pytest.approx(np.std(per_fold, ddof=1) / 2, rel=1e-6, abs=1e-12)
+    assert geo.folds == 4 and geo.to_dict()["joint_r2_heldout_se"] == geo.joint_r2_se
+    single = factored_geometry(acts, fb, tokens=tokens, n_folds=None)
+    assert single.folds is None and single.joint_r2_se is None
 
 
 def test_bad_inputs_raise(setup):

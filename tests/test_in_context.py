@@ -103,8 +103,9 @@ def test_probes_find_a_belief_planted_at_symbol_positions(models, name):
     model, tm, hmm = models["model"], MAPS[name], last_symbol_chain()
     hook = "blocks.0.hook_resid_pre"
     table = fit_position_probes(
-        model, hmm, tm, [hook], n_sequences=120, length=6, window=1, test_fraction=0.25
-    )
+        model, hmm, tm, [hook], n_sequences=120, length=6, window=1, test_fraction=0.25,
+        n_folds=None,
+    )  # fmt: skip
     assert len(table) == 6
     # Position 0 has 3 distinct prefixes and one is held out: an input no probe has seen (its
     # one-hot belief is outside the span of the two trained ones), so the split must show it.
@@ -136,6 +137,7 @@ def test_probes_find_a_belief_planted_at_symbol_positions(models, name):
         window=1,
         test_fraction=0.25,
         read_at="prediction",
+        n_folds=None,
     )
     if tm.separator.numel():
         assert max(row["r2_heldout"] for row in at_prediction) < 0.5
@@ -179,7 +181,7 @@ def test_streaming_matches_a_direct_fit(models):
     hooks = ["blocks.0.hook_resid_mid", "blocks.1.hook_resid_post"]
     symbols = sample_sequences(hmm, 150, 5, seed=3)
     # A little ridge makes the solution unique: few distinct contexts fit in 5 symbols.
-    kw = {"symbols": symbols, "window": 2, "test_fraction": 0.2, "ridge": 1e-2}
+    kw = {"symbols": symbols, "window": 2, "test_fraction": 0.2, "ridge": 1e-2, "n_folds": None}
     big = fit_position_probes(model, hmm, tm, hooks, batch_size=256, **kw)
     # Room for one hook's statistics (3 windows of (64 + 3)^2 float64) and a few sequences.
     per_hook = 2 * 3 * 8 * ((64 + 3) ** 2 + 2 * (64 + 3) + 1)  # train + test Moments
@@ -211,6 +213,55 @@ def test_streaming_matches_a_direct_fit(models):
     assert big[(hook, 2)]["r2_heldout"] == pytest.approx(held_out["r2"], rel=1e-3)
 
 
+def test_cross_validated_by_default_equals_a_numpy_kfold_loop():
+    """The default: each window's folds of ``prefix_folds`` held out in turn, scored as a plain
+    lstsq K-fold loop on the rows scores them (mean and s.e.), the table's probe fitted on every
+    row; a window too short to hold prefixes out says so with NaN, not a number."""
+    from belief_lens.probes import prefix_folds
+
+    model, tm, hmm = (
+        gpt2_like(n_ctx=16, n_layers=1, d_model=16, n_heads=2, seed=1),
+        MAPS["plain"],
+        mess3(),
+    )
+    hook = "blocks.0.hook_resid_post"
+    symbols = sample_sequences(hmm, 300, 6, seed=4)
+    table = fit_position_probes(model, hmm, tm, [hook], symbols=symbols, window=3, seed=7,
+                                n_folds=4, batch_size=64)  # fmt: skip
+    acts = residual_stream(model, tm.encode(symbols), hook)[hook][:, tm.symbol_positions(6)]
+    X, Y = acts.double().numpy(), belief_states(hmm, symbols).numpy()
+    folds = prefix_folds(symbols, 4, 7).numpy()
+    for lo in (0, 3):
+        x, y, f = (
+            X[:, lo : lo + 3].reshape(-1, 16),
+            Y[:, lo : lo + 3].reshape(-1, 3),
+            folds[:, lo : lo + 3].reshape(-1),
+        )
+        ones = np.ones((len(x), 1))
+        mse = []
+        for k in range(4):
+            if not (f == k).any():
+                continue
+            coef = np.linalg.lstsq(np.c_[x, ones][f != k], y[f != k], rcond=None)[0]
+            mse.append(float(((y[f == k] - np.c_[x, ones][f == k] @ coef) ** 2).mean()))
+        row = table[(hook, lo)]
+        assert row["folds"] == len(mse) == 4
+        assert row["mse_heldout"] == pytest.approx(np.mean(mse), rel=1e-6)
+        assert row["mse_heldout_se"] == pytest.approx(np.std(mse, ddof=1) / 2, rel=1e-5)
+        whole = np.linalg.lstsq(np.c_[x, ones], y, rcond=None)[0]
+        assert row["mse_all"] == pytest.approx(
+            float(((y - np.c_[x, ones] @ whole) ** 2).mean()), rel=1e-6
+        )
+        np.testing.assert_allclose(table.probes[(hook, lo)].coef_.numpy(), whole[:-1].T, atol=1e-6)
+    assert table.meta["folds"] == 4 and table.meta["test_fraction"] is None
+    # one position at a time, position 0 (3 prefixes) cannot be held out: NaN, with no folds
+    per_position = fit_position_probes(model, hmm, tm, [hook], symbols=symbols, window=1, n_folds=4)
+    first = per_position[(hook, 0)]
+    assert first["folds"] == 0 and math.isnan(first["mse_heldout"]) and first["test_prefixes"] == 0
+    with pytest.raises(BeliefLensError, match="n_folds must be"):
+        fit_position_probes(model, hmm, tm, [hook], symbols=symbols, n_folds=1)
+
+
 def test_each_row_lands_on_its_side_of_the_split_once():
     """Training and held-out metrics equal numpy's on exactly those rows: a row counted twice,
     or on the wrong side, or read at the wrong model position, moves them."""
@@ -218,7 +269,15 @@ def test_each_row_lands_on_its_side_of_the_split_once():
     hmm, tm, hook, length, B = mess3(), MAPS["comma_bos"], "blocks.0.hook_resid_post", 6, 64
     symbols = sample_sequences(hmm, 200, length, seed=5)  # 3 full batches and one of 8
     table = fit_position_probes(
-        model, hmm, tm, [hook], symbols=symbols, window=4, test_fraction=0.3, batch_size=B
+        model,
+        hmm,
+        tm,
+        [hook],
+        symbols=symbols,
+        window=4,
+        test_fraction=0.3,
+        batch_size=B,
+        n_folds=None,
     )
     assert table.windows == [(0, 4), (4, 6)] and table.meta["batch_size"] == B
     tokens = tm.encode(symbols)
@@ -259,12 +318,17 @@ def test_each_row_lands_on_its_side_of_the_split_once():
         assert (window_of[seg % length] == j // 2).all() and (flat_held[seg] == bool(j % 2)).all()
 
 
+#: Bytes of one window's statistics for d_model 64 and 3 states: Moments of 67 columns for each of
+#: 5 folds and the rows every fold trains on.
+PER_WINDOW = 6 * 8 * (67 * 67 + 2 * 67 + 1)
+
+
 def test_memory_bound_is_enforced(models):
     model, tm, hmm = models["model"], MAPS["plain"], mess3()
     with pytest.raises(BeliefLensError, match="use window >= 4 or raise the limit"):
         fit_position_probes(
             model, hmm, tm, ["blocks.0.hook_resid_pre"], n_sequences=10, length=8, window=1,
-            memory_limit_bytes=2 * 2 * 8 * 2 * 67 * 67 + 2**14,  # train + held-out moments
+            memory_limit_bytes=2 * 2 * PER_WINDOW + 2**14,  # room for two windows' statistics
         )  # fmt: skip
     with pytest.raises(BeliefLensError, match="one sequence needs about"):
         in_context_curve(model, hmm, tm, 4, 8, memory_limit_bytes=10_000)

@@ -29,6 +29,7 @@ from belief_lens.probes import (
     collect_probe_data,
     distance_r2,
     fit_probes,
+    heldout_by_position,
     is_overfit,
     next_token_control,
     out_of_fold_predictions,
@@ -61,8 +62,8 @@ def test_matches_sklearn_linear_regression():
     X, Y = make_data()
     probe = AffineProbe().fit(X, Y)
     sk = LinearRegression().fit(X, Y)
-    np.testing.assert_allclose(probe.coef_.numpy(), sk.coef_, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(probe.intercept_.numpy(), sk.intercept_, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.asarray(probe.coef_), sk.coef_, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.asarray(probe.intercept_), sk.intercept_, atol=1e-6, rtol=0)
     np.testing.assert_allclose(probe.predict(X), sk.predict(X), atol=1e-10)
 
 
@@ -71,8 +72,8 @@ def test_weighted_matches_sklearn_sample_weight():
     w = np.random.default_rng(1).uniform(0, 3, size=len(X))
     probe = AffineProbe().fit(X, Y, w)
     sk = LinearRegression().fit(X, Y, sample_weight=w)
-    np.testing.assert_allclose(probe.coef_.numpy(), sk.coef_, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(probe.intercept_.numpy(), sk.intercept_, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.asarray(probe.coef_), sk.coef_, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.asarray(probe.intercept_), sk.intercept_, atol=1e-6, rtol=0)
     # Integer weights are row repetitions.
     reps = np.random.default_rng(2).integers(0, 4, size=len(X))
     a = AffineProbe().fit(X, Y, reps.astype(float))
@@ -91,21 +92,21 @@ def test_ridge_matches_closed_form_and_sklearn(weighted):
     B = np.linalg.solve(
         Xc.T @ (w[:, None] * Xc) + alpha * np.eye(X.shape[1]), Xc.T @ (w[:, None] * Yc)
     )
-    np.testing.assert_allclose(probe.coef_.numpy(), B.T, atol=1e-10)
-    np.testing.assert_allclose(probe.intercept_.numpy(), ym - xm @ B, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(probe.coef_), B.T, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(probe.intercept_), ym - xm @ B, atol=1e-10)
     sk = Ridge(alpha=alpha).fit(X, Y, sample_weight=w)
-    np.testing.assert_allclose(probe.coef_.numpy(), sk.coef_, atol=1e-6)
-    np.testing.assert_allclose(probe.intercept_.numpy(), sk.intercept_, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(probe.coef_), sk.coef_, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(probe.intercept_), sk.intercept_, atol=1e-6)
     # The penalty shrinks the coefficients.
-    assert probe.coef_.norm() < AffineProbe().fit(X, Y).coef_.norm()
+    assert np.linalg.norm(probe.coef_) < np.linalg.norm(AffineProbe().fit(X, Y).coef_)
 
 
 def test_no_intercept_matches_sklearn():
     X, Y = make_data(seed=4)
     probe = AffineProbe(fit_intercept=False).fit(X, Y)
     sk = LinearRegression(fit_intercept=False).fit(X, Y)
-    np.testing.assert_allclose(probe.coef_.numpy(), sk.coef_, atol=1e-6)
-    assert probe.intercept_.abs().max() == 0
+    np.testing.assert_allclose(np.asarray(probe.coef_), sk.coef_, atol=1e-6)
+    assert np.abs(probe.intercept_).max() == 0
 
 
 def test_planted_affine_map_recovered_exactly():
@@ -130,7 +131,7 @@ def test_rank_deficient_gives_min_norm_solution():
     np.testing.assert_allclose(probe.predict(X), sk.predict(X), atol=1e-9)
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     min_norm = np.linalg.pinv(Xc, rcond=1e-10) @ Yc
-    np.testing.assert_allclose(probe.coef_.numpy(), min_norm.T, atol=1e-8, rtol=0)
+    np.testing.assert_allclose(np.asarray(probe.coef_), min_norm.T, atol=1e-8, rtol=0)
 
 
 def test_float32_acts_and_chunking():
@@ -162,7 +163,9 @@ def test_estimator_contract():
         "x_mean_",
     } <= fitted
     assert {"y_mean_", "encoding_", "simplex_basis_", "n_free_", "rank_"} <= fitted
-    assert probe.coef_.dtype == torch.float64 and probe.coef_.shape == (3, 12)
+    # fitted on numpy, the fitted arrays are numpy (scikit-learn's convention)
+    assert isinstance(probe.coef_, np.ndarray) and isinstance(probe.intercept_, np.ndarray)
+    assert probe.coef_.dtype == np.float64 and probe.coef_.shape == (3, 12)
     assert probe.intercept_.shape == (3,) and probe.encoding_.shape == (2, 12)
     assert (probe.n_features_in_, probe.n_targets_, probe.n_free_) == (12, 3, 2)
     assert probe.hook_ is None
@@ -190,7 +193,10 @@ def test_shapes_and_types():
     a = AffineProbe().fit(acts, beliefs, w)
     b = AffineProbe().fit(acts, beliefs, w.reshape(-1))
     torch.testing.assert_close(a.coef_, b.coef_)
-    assert AffineProbe().fit(acts.numpy(), beliefs.numpy()).coef_.dtype == torch.float64
+    on_numpy = AffineProbe().fit(acts.numpy(), beliefs.numpy())
+    assert isinstance(on_numpy.coef_, np.ndarray) and on_numpy.coef_.dtype == np.float64
+    np.testing.assert_allclose(on_numpy.coef_, flat.coef_.numpy(), rtol=0, atol=1e-12)
+    assert isinstance(flat.coef_, torch.Tensor)  # fitted on tensors: tensors
 
 
 def test_score_matches_sklearn_metrics():
@@ -231,7 +237,7 @@ def test_decoding_map_moves_prediction_by_delta():
     x = torch.from_numpy(X[:5])
     torch.testing.assert_close(probe.predict(x + delta @ D) - probe.predict(x), delta.expand(5, 4))
     # minimum norm: the change lies in the probe's row space
-    row_space = torch.linalg.svd(probe.coef_, full_matrices=False)[2]
+    row_space = torch.linalg.svd(torch.as_tensor(probe.coef_), full_matrices=False)[2]
     change = delta @ D
     torch.testing.assert_close(change @ row_space.T @ row_space, change)
 
@@ -337,6 +343,13 @@ def test_errors():
 
 
 # ----------------------------------------------------------------------------- the engine
+
+
+def lstsq_reference(X, Y):
+    """numpy lstsq on centred rows: coefficients ``[S, d]``, intercept, in-sample MSE."""
+    coef = np.linalg.lstsq(X - X.mean(0), Y - Y.mean(0), rcond=None)[0]
+    intercept = Y.mean(0) - X.mean(0) @ coef
+    return coef.T, intercept, float(((X @ coef + intercept - Y) ** 2).mean())
 
 
 def synthetic_data(hmm, n_ctx=5, d=8, n_hooks=2, weighted=False, dedupe=True, seed=0):
@@ -457,6 +470,81 @@ def test_cross_validation_equals_a_hand_written_kfold_lstsq_loop(weighted):
     enough = [int(len(np.unique(data.tokens[:, : t + 1].numpy(), axis=0))) >= 8 for t in range(L)]
     assert [bool((folds[:, t] >= 0).all()) for t in range(L)] == enough
     assert table.meta["folds"] == 4 and table.summary()["folds"] == 4
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_uniform_prefix_weighting_counts_each_distinct_prefix_once(weighted):
+    """``weighting="prefixes"``: the all-rows probe and its score equal lstsq on the distinct
+    (position, prefix) rows, each once and unweighted, whatever the sequences' weights; the
+    effective n is the number of distinct prefixes; the table says which weighting it used."""
+    import dataclasses
+
+    base = synthetic_data(mess3(), n_ctx=5, weighted=weighted)
+    data = dataclasses.replace(base, weighting="prefixes")
+    table = fit_probes(data, n_folds=None)
+    X, Y, seen = [], [], set()
+    for n in range(data.tokens.shape[0]):
+        for t in range(data.tokens.shape[1]):
+            key = (t, tuple(data.tokens[n, : t + 1].tolist()))
+            if key not in seen:
+                seen.add(key)
+                X.append(data.acts["hook0"][n, t].double().numpy())
+                Y.append(data.beliefs[n, t].numpy())
+    X, Y = np.array(X), np.array(Y)
+    coef, intercept, mse = lstsq_reference(X, Y)
+    probe = table.probes["hook0"]
+    np.testing.assert_allclose(probe.coef_.numpy(), coef, atol=1e-8)
+    assert table["hook0"]["mse_all"] == pytest.approx(mse, rel=1e-7)
+    assert table.meta["weighting"] == "prefixes"
+    everything = torch.zeros(data.tokens.shape, dtype=torch.long)
+    assert data.effective_n(everything) == pytest.approx(len(seen), rel=1e-9)
+    with pytest.raises(BeliefLensError, match="weighting must be one of"):
+        dataclasses.replace(base, weighting="uniform")
+
+
+def test_heldout_by_position_equals_a_hand_written_loop():
+    """Per position: the fold mean and s.e. of a plain K-fold lstsq loop where the folds hold
+    prefixes out, and a plain leave-one-prefix-out loop where every fold trains on them."""
+    data = synthetic_data(mess3(), n_ctx=6, weighted=True)
+    table = fit_probes(data, n_folds=4)
+    rows = heldout_by_position(table, data, ["hook0"])
+    folds = prefix_folds(data.tokens, 4, data.seed).numpy()
+    groups = prefix_groups(data.tokens).numpy()
+    N, L, S = data.beliefs.shape
+    w = np.repeat(data.weights.numpy()[:, None], L, 1)
+    X, Y = data.acts["hook0"].double().numpy(), data.beliefs.numpy()
+
+    def fit(m):
+        A = np.hstack([X[m], np.ones((int(m.sum()), 1))]) * np.sqrt(w[m])[:, None]
+        return np.linalg.lstsq(A, Y[m] * np.sqrt(w[m])[:, None], rcond=None)[0]
+
+    def ss_res(coef, m):
+        res = Y[m] - np.hstack([X[m], np.ones((int(m.sum()), 1))]) @ coef
+        return (w[m][:, None] * res**2).sum(0)
+
+    at = np.zeros((N, L), bool)
+    assert [r["position"] for r in rows] == list(range(L))
+    for t, row in enumerate(rows):
+        at[:] = False
+        at[:, t] = True
+        if (folds[:, t] >= 0).all():
+            assert row["rule"] == "folds"
+            mse = [ss_res(fit(folds != k), at & (folds == k)).sum() / w[at & (folds == k)].sum()
+                   / S for k in range(4)]  # fmt: skip
+            assert row["mse_heldout"] == pytest.approx(np.mean(mse), rel=1e-7)
+            assert row["mse_heldout_se"] == pytest.approx(np.std(mse, ddof=1) / 2, rel=1e-6)
+        else:
+            assert row["rule"] == "leave-one-prefix-out" and row["mse_heldout_se"] is None
+            own = np.unique(groups[:, t])
+            assert row["prefixes"] == len(own)
+            total = sum(ss_res(fit(groups != g), groups == g) for g in own)
+            mean = (w[:, t, None] * Y[:, t]).sum(0) / w[:, t].sum()
+            ss_tot = (w[:, t, None] * (Y[:, t] - mean) ** 2).sum(0)
+            assert row["mse_heldout"] == pytest.approx(total.sum() / (w[:, t].sum() * S), rel=1e-7)
+            assert row["r2_heldout"] == pytest.approx(np.mean(1 - total / ss_tot), rel=1e-7)
+    assert {r["rule"] for r in rows} == {"folds", "leave-one-prefix-out"}
+    with pytest.raises(BeliefLensError, match="cross-validated"):
+        heldout_by_position(fit_probes(data, n_folds=None), data)
 
 
 def test_prefix_folds_and_groups_are_leak_free():

@@ -60,7 +60,7 @@ def test_orthogonal_subspaces_do_not_transfer():
 
 def test_transfer_r2_matches_numpy_lstsq():
     acts_a, b_a, acts_b, b_b = planted(shared=True, noise=0.3)
-    t = probe_transfer(acts_a, b_a, acts_b, b_b, test_fraction=0.25, seed=3)
+    t = probe_transfer(acts_a, b_a, acts_b, b_b, test_fraction=0.25, seed=3, n_folds=None)
     # The same split: whole sequences held out by split_prefixes on their indices.
     ids = torch.arange(400)[:, None]
     tr_a = (~split_prefixes(ids, 0.25, seed=3)[:, 0]).numpy()
@@ -71,6 +71,30 @@ def test_transfer_r2_matches_numpy_lstsq():
     P = np.c_[acts_b.numpy()[te_b].reshape(-1, D), np.ones(1000)] @ W
     r2 = np.mean(1 - ((Y - P) ** 2).sum(0) / ((Y - Y.mean(0)) ** 2).sum(0))
     assert t.r2_a_to_b == pytest.approx(r2, abs=1e-6)
+
+
+def test_transfer_is_cross_validated_by_default_against_a_numpy_fold_loop():
+    """Default: 5 folds of whole sequences on each side; r2_a_to_b is the mean over folds of A's
+    fold probe scored on B's fold (numpy lstsq), with its standard error."""
+    from belief_lens.probes import prefix_folds
+
+    acts_a, b_a, acts_b, b_b = planted(shared=True, noise=0.3)
+    t = probe_transfer(acts_a, b_a, acts_b, b_b, seed=3)
+    ids = torch.arange(400)[:, None]
+    fa, fb = prefix_folds(ids, 5, 3)[:, 0].numpy(), prefix_folds(ids, 5, 4)[:, 0].numpy()
+    per_fold = []
+    for k in range(5):
+        tr_a, te_b = fa != k, fb == k
+        X = np.c_[acts_a.numpy()[tr_a].reshape(-1, D), np.ones(tr_a.sum() * 10)]
+        W = np.linalg.lstsq(X, b_a.numpy()[tr_a].reshape(-1, 3), rcond=None)[0]
+        Y = b_b.numpy()[te_b].reshape(-1, 3)
+        P = np.c_[acts_b.numpy()[te_b].reshape(-1, D), np.ones(te_b.sum() * 10)] @ W
+        per_fold.append(np.mean(1 - ((Y - P) ** 2).sum(0) / ((Y - Y.mean(0)) ** 2).sum(0)))
+    assert t.folds == 5
+    assert t.r2_a_to_b == pytest.approx(np.mean(per_fold), abs=1e-6)
+    assert t.se["r2_a_to_b"] == pytest.approx(np.std(per_fold, ddof=1) / np.sqrt(5), rel=1e-4)
+    assert set(t.se) == {"r2_a_to_b", "r2_b_to_a", "r2_a_within", "r2_b_within",
+                         "r2_a_to_b_centred", "r2_b_to_a_centred"}  # fmt: skip
 
 
 def test_principal_angles_match_scipy():

@@ -6,6 +6,8 @@ figures; they never run models or show anything.
 - :mod:`~belief_lens.plotting.traces`: the template, marker traces and the labelled triangle;
 - :mod:`~belief_lens.plotting.geometry`: ground truth beside probe outputs, the simplex, one
   panel per hook, a simplex found without labels;
+- :mod:`~belief_lens.plotting.attention`: attention against distance, OV vectors on the simplex,
+  excess loss by head count;
 - :mod:`~belief_lens.plotting.curves`: probe scores per hook, training curves, patching
   recovery, effective dimension over training.
 
@@ -14,6 +16,11 @@ software fallback is deprecated in headless Chromium. Points shown are deduplica
 budget, subsampled with a seed: a figure shows the geometry, the numbers come from all points.
 """
 
+from belief_lens.plotting.attention import (
+    attention_distance_figure,
+    head_count_figure,
+    ov_simplex_figure,
+)
 from belief_lens.plotting.coordinates import (
     BeliefCoordinates,
     belief_colors,
@@ -26,6 +33,7 @@ from belief_lens.plotting.coordinates import (
 from belief_lens.plotting.curves import (
     factored_dims_figure,
     patching_figure,
+    position_error_figure,
     probe_scores_figure,
     training_curve_figure,
 )
@@ -38,6 +46,9 @@ from belief_lens.plotting.geometry import (
 )
 
 __all__ = [
+    "attention_distance_figure",
+    "head_count_figure",
+    "ov_simplex_figure",
     "BeliefCoordinates",
     "belief_colors",
     "belief_coordinates",
@@ -49,6 +60,7 @@ __all__ = [
     "layer_grid_figure",
     "marker_size_for",
     "patching_figure",
+    "position_error_figure",
     "probe_scores_figure",
     "project_beliefs",
     "simplex_figure",

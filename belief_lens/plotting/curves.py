@@ -18,6 +18,7 @@ from belief_lens.plotting.traces import TEMPLATE
 __all__ = [
     "factored_dims_figure",
     "patching_figure",
+    "position_error_figure",
     "probe_scores_figure",
     "training_curve_figure",
 ]
@@ -50,6 +51,55 @@ def probe_scores_figure(
         legend={"orientation": "h", "y": 1.08},
     )
     fig.update_xaxes(tickangle=-35)
+    return fig
+
+
+def position_error_figure(
+    rows: Sequence[Mapping[str, Any]], *, title: str | None = None
+) -> go.Figure:
+    """Held-out MSE per context position (rows of ``heldout_by_position``, one hook), with its
+    fold standard error, leave-one-prefix-out positions marked apart, beside the in-sample MSE."""
+    if not rows:
+        raise BeliefLensError("rows is empty: give heldout_by_position's rows for one hook")
+    fig = go.Figure()
+    for rule, name, symbol in (
+        ("folds", "held out (fold mean ± s.e.)", "circle"),
+        ("leave-one-prefix-out", "unseen prefix (leave one out)", "diamond-open"),
+    ):
+        part = [r for r in rows if r["rule"] == rule]
+        if not part:
+            continue
+        se = [r["mse_heldout_se"] or 0.0 for r in part]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["position"] for r in part],
+                y=[r["mse_heldout"] for r in part],
+                error_y={"type": "data", "array": se, "visible": rule == "folds"},
+                mode="markers",
+                marker={"symbol": symbol, "size": 9},
+                name=name,
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[r["position"] for r in rows],
+            y=[r["mse_all"] for r in rows],
+            mode="lines",
+            line={"dash": "dot"},
+            name="in-sample (all-rows probe)",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        width=900,
+        height=380,
+        xaxis_title="context position",
+        yaxis_title="MSE",
+        yaxis_type="log",
+        margin={"l": 60, "r": 10, "t": 40 if title else 20, "b": 50},
+        legend={"orientation": "h", "y": 1.1},
+    )
     return fig
 
 

@@ -10,9 +10,10 @@ input is on both sides.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "collect_probe_data",
     "model_fingerprint",
     "MIN_PREFIXES_PER_FOLD",
+    "Weighting",
     "prefix_counts",
     "prefix_folds",
     "prefix_groups",
@@ -42,6 +44,11 @@ __all__ = [
 ]
 
 Mode = Literal["paper", "weighted", "sampled"]
+#: How rows are weighted in a fit and its scores: ``"rows"``, each row by its sequence's weight
+#: (the mode's: one per sequence, or the sequence probability, the paper's); ``"prefixes"``,
+#: each distinct (position, prefix) equally, however many sequences share it (coverage of the
+#: geometry: rare prefixes count as much as common ones).
+Weighting = Literal["rows", "prefixes"]
 
 #: Name of the table row (and probe) fitted on the concatenation of all requested hooks.
 CONCAT = "concat"
@@ -245,9 +252,14 @@ class ProbeData:
     bos: bool = False
     dedupe: bool = True
     model_fingerprint: str | None = None
+    weighting: Weighting = "rows"
     _cache: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.weighting not in get_args(Weighting):
+            raise BeliefLensError(
+                f"weighting must be one of {get_args(Weighting)}, got {self.weighting!r}"
+            )
         N, L = self.tokens.shape
         if tuple(self.test_mask.shape) != (N, L):
             raise BeliefLensError(
@@ -291,7 +303,20 @@ class ProbeData:
             bos=self.bos,
             dedupe=dedupe,
             model_fingerprint=fingerprint,
+            weighting=self.weighting,
         )
+
+    def select_hooks(self, hooks: Sequence[str]) -> ProbeData:
+        """The same data with only ``hooks``' activations, sharing the prefix index."""
+        missing = [h for h in hooks if h not in self.acts]
+        if missing:
+            raise BeliefLensError(f"hooks {missing} are not in this data; it has {self.hooks}")
+        out = self.with_acts(
+            {h: self.acts[h] for h in hooks}, dedupe=self.dedupe, fingerprint=self.model_fingerprint
+        )
+        if "prefixes" in self._cache:
+            out._cache["prefixes"] = self._cache["prefixes"]
+        return out
 
     def _prefixes(self) -> list[tuple[Tensor, Tensor]]:
         """Per position: ``(ids, reps)``, prefix ids ``[N]`` (one per sequence without dedupe)
@@ -336,8 +361,16 @@ class ProbeData:
         wy = torch.zeros(len(reps), Y.shape[-1], dtype=f64).index_add_(0, ids[seqs], Y * w[:, None])
         return count, wy, torch.nonzero(count > 0).flatten()
 
-    def _weights_of(self, seqs: Tensor) -> Tensor | None:
-        return None if self.weights is None else self.weights[seqs].to(torch.float64)
+    def _weights_of(self, seqs: Tensor, t: int) -> Tensor | None:
+        """The weights of rows ``(seqs, t)`` under ``weighting`` (None: all ones)."""
+        w = None if self.weights is None else self.weights[seqs].to(torch.float64)
+        if self.weighting == "rows":
+            return w
+        ids, reps = self._prefixes()[t]
+        every = torch.ones(len(ids), dtype=torch.float64) if self.weights is None else self.weights
+        total = torch.zeros(len(reps), dtype=torch.float64).index_add_(0, ids, every.double())
+        mine = total[ids[seqs]]
+        return (1.0 if w is None else w) / mine
 
     def _shift_x(self) -> Tensor:
         if "shift_x" not in self._cache:
@@ -381,7 +414,7 @@ class ProbeData:
             within = torch.zeros(S, dtype=f64)
             for t, (ids, reps) in enumerate(self._prefixes()):
                 seqs = torch.nonzero(labels[:, t] == g).flatten()
-                w = self._weights_of(seqs)
+                w = self._weights_of(seqs, t)
                 Y = targets[seqs, t].to(f64)
                 count, wy, present = self._grouped(t, seqs, Y, w)
                 mean = wy / count.clamp_min(torch.finfo(f64).tiny)[:, None]
@@ -424,7 +457,7 @@ class ProbeData:
             mom = Moments.zeros(D, S, shift=torch.cat([shift_x, shift_y]))
             for t, (_, reps) in enumerate(self._prefixes()):
                 seqs = torch.nonzero(labels[:, t] == g).flatten()
-                w_seq = self._weights_of(seqs)
+                w_seq = self._weights_of(seqs, t)
                 Y = targets[seqs, t].to(f64) - shift_y  # [n, S]
                 mom.add_targets(Y, w_seq)
                 count, wy_sum, present = self._grouped(t, seqs, Y, w_seq)
@@ -450,7 +483,7 @@ class ProbeData:
         counts = []
         for t in range(self.tokens.shape[1]):
             seqs = torch.nonzero(labels[:, t] >= 0).flatten()
-            w = self._weights_of(seqs)
+            w = self._weights_of(seqs, t)
             count, _, present = self._grouped(t, seqs, torch.zeros(len(seqs), 1), w)
             counts.append(count[present])
         return effective_sample_size(torch.cat(counts)) if counts else 0.0
@@ -516,6 +549,7 @@ def collect_probe_data(
     bos: bool = False,
     tokens: Tensor | None = None,
     batch_size: int = 4096,
+    weighting: Weighting = "rows",
 ) -> ProbeData:
     """Run the model and the belief filter once: activations, beliefs, weights and the split.
 
@@ -535,8 +569,12 @@ def collect_probe_data(
         paper's setup has none. The BOS position is left out of the probe data.
     tokens : ``[N, length]`` process sequences to use instead (``length`` is ``n_ctx``, or
         ``n_ctx - 1`` with BOS); unweighted unless ``mode="weighted"``.
+    weighting : ``"rows"`` (each row by its sequence's weight) or ``"prefixes"`` (each distinct
+        (position, prefix) equally), for fits and scores alike; see ``Weighting``.
     """
     _check_collect_args(mode, test_fraction, n_sequences, tokens, bos, batch_size)
+    if weighting not in get_args(Weighting):
+        raise BeliefLensError(f"weighting must be one of {get_args(Weighting)}, got {weighting!r}")
     length = int(n_ctx) - (1 if bos else 0)
     if length < 1:
         raise BeliefLensError(f"n_ctx={n_ctx} leaves no process token (bos={bos})")
@@ -558,4 +596,5 @@ def collect_probe_data(
         bos=bos,
         dedupe=is_causal(model),
         model_fingerprint=model_fingerprint(model),
+        weighting=weighting,
     )

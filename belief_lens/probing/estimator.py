@@ -24,7 +24,8 @@ from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.metrics import regression_metrics, sum_zero_basis
-from belief_lens.probing.moments import Moments, lapack_threads, row_chunks
+from belief_lens.probing.moments import Moments, row_chunks
+from belief_lens.probing.solvers import RowFactor, solve_normal, solve_rows
 from belief_lens.storage import atomic_write
 from belief_lens.tl_compat import tl_version_string
 from belief_lens.version import __version__
@@ -33,87 +34,20 @@ __all__ = [
     "AffineProbe",
     "ProbeNotFittedError",
     "check_ridge",
-    "solve_normal",
 ]
 
 BasisKind = Literal["encoding", "decoding"]
-Solver = Literal["auto", "moments", "svd"]
+Solver = Literal["auto", "qr", "moments", "svd"]
 
-#: ``solver="auto"`` solves on the rows themselves (an SVD) up to this many activation entries
-#: on the CPU, and from the moments above it.
+#: Fitters that hold the distinct rows themselves (``fit_probes``) solve on them up to this many
+#: activation entries, and from the moments above it.
 SVD_MAX_ELEMENTS = 1 << 22
 
 #: Targets whose rows sum to 1 within this tolerance are treated as beliefs (S - 1 free coords).
 SUM_TOL = 1e-6
-_EPS64 = float(np.finfo(np.float64).eps)
-#: Eigenvalues of the standardised Gram matrix below ``RANK_TOL_FACTOR * d * eps64`` times the
-#: largest are numerical zero: the float64 sums themselves are exact only to about that.
-RANK_TOL_FACTOR = 10.0
 #: Tensors and version of the file format written by ``AffineProbe.save``.
 _SAVED = ("coef_", "intercept_", "x_mean_", "y_mean_", "simplex_basis_", "encoding_")
 _FORMAT = "belief_lens.AffineProbe/1"
-
-
-def solve_normal(
-    A: Float[Tensor, "d d"], B: Float[Tensor, "d S"], ridge: float = 0.0
-) -> tuple[Float[Tensor, "d S"], int]:
-    """Minimum-norm solution of ``(A + ridge I) X = B`` for a symmetric PSD ``A``, and its rank.
-
-    Columns are standardised by ``sqrt(diag(A) + ridge)`` before the eigendecomposition, so the
-    cut-off (``RANK_TOL_FACTOR * d * eps64`` of the largest eigenvalue) is scale-invariant;
-    directions it drops are projected out in the original coordinates (the minimum-norm
-    solution). Zero-variance columns get coefficient 0.
-    """
-    d = A.shape[0]
-    A = A + ridge * torch.eye(d, dtype=A.dtype, device=A.device)
-    diag = A.diagonal().clamp_min(0)
-    live = diag > 0
-    X = torch.zeros(d, B.shape[1], dtype=A.dtype, device=A.device)
-    if not bool(live.any()):
-        return X, 0
-    idx = torch.nonzero(live).flatten()
-    scale = diag[idx].sqrt()
-    As = A[idx][:, idx] / torch.outer(scale, scale)
-    Bs = B[idx] / scale[:, None]
-    with lapack_threads(len(idx), As.device):
-        evals, evecs = torch.linalg.eigh(As)
-        top = float(evals[-1])
-        keep = evals > RANK_TOL_FACTOR * len(idx) * _EPS64 * top
-        V = evecs[:, keep]
-        Xs = V @ ((V.T @ Bs) / evals[keep][:, None])
-        sol = Xs / scale[:, None]
-        dropped = evecs[:, ~keep]
-        if dropped.shape[1]:  # project the null directions out in original coordinates
-            K, _ = torch.linalg.qr(dropped / scale[:, None])
-            sol = sol - K @ (K.T @ sol)
-    X[idx] = sol
-    return X, int(keep.sum())
-
-
-def solve_rows(A: Float[Tensor, "n d"], B: Float[Tensor, "n S"]) -> tuple[Tensor, int]:
-    """Minimum-norm least-squares ``X`` of ``A X ~ B`` by an SVD of column-standardised ``A``
-    (cut-off: ``eps64 * max(n, d)`` of the largest singular value, as ``numpy.linalg.lstsq``),
-    and its rank. The solution is projected onto ``A``'s row space in the original coordinates,
-    which makes it the minimum-norm one there."""
-    d = A.shape[1]
-    X = torch.zeros(d, B.shape[1], dtype=A.dtype)
-    norms = A.norm(dim=0)
-    live = norms > 0
-    if not bool(live.any()):
-        return X, 0
-    idx = torch.nonzero(live).flatten()
-    scale = norms[idx]
-    As = A[:, idx] / scale
-    with lapack_threads(max(As.shape), As.device):
-        U, sv, Vh = torch.linalg.svd(As, full_matrices=False)
-        k = int((sv > _EPS64 * max(As.shape) * sv[0]).sum())
-        V = Vh[:k].T
-        sol = (V @ ((U[:, :k].T @ B) / sv[:k, None])) / scale[:, None]
-        if k < len(idx):  # the minimum-norm solution lies in A's row space: scale * span(V)
-            R, _ = torch.linalg.qr(V * scale[:, None])
-            sol = R @ (R.T @ sol)
-    X[idx] = sol
-    return X, k
 
 
 def check_ridge(ridge: Any) -> float:
@@ -239,8 +173,10 @@ class AffineProbe(RegressorMixin, BaseEstimator):
 
     def _check_hyperparameters(self) -> None:
         check_ridge(self.ridge)
-        if self.solver not in ("auto", "moments", "svd"):
-            raise BeliefLensError(f"solver must be 'auto', 'moments' or 'svd', got {self.solver!r}")
+        if self.solver not in ("auto", "qr", "moments", "svd"):
+            raise BeliefLensError(
+                f"solver must be 'auto', 'qr', 'moments' or 'svd', got {self.solver!r}"
+            )
         if not isinstance(self.fit_intercept, bool):
             raise BeliefLensError(
                 f"fit_intercept must be True or False, got {self.fit_intercept!r}"
@@ -336,25 +272,46 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         hook: str | None = None,
     ) -> AffineProbe:
         """Fit decoder and encoder on ``X [..., d]`` (activations) and ``y [..., S]`` (beliefs;
-        ``[...]`` for one target); returns self. Accumulates on ``X``'s device."""
+        ``[...]`` for one target); returns self. Accumulates on ``X``'s device.
+
+        ``solver="auto"`` (or ``"qr"``) reduces the rows to their triangular factor, batch by
+        batch (``RowFactor``), and solves from it: ``numpy.linalg.lstsq``'s minimum-norm
+        solution at any number of rows, in memory bounded by the batch. ``"moments"`` solves the
+        normal equations (faster, but they square the condition number); ``"svd"`` takes the SVD
+        of all rows at once. Fitted arrays are numpy after a fit on numpy, tensors otherwise."""
         self._check_hyperparameters()
         if y is None:
             raise BeliefLensError(
                 "AffineProbe requires y to be passed, but the target y is None; give beliefs"
             )
-        Xt, Yt, w, _, _ = self._rows(X, y, sample_weight, reset=True)
-        moments = Moments.of(Xt, Yt.to(Xt.device), None if w is None else w.to(Xt.device))
-        if not moments.is_finite():
-            _check_finite(Xt, "acts")
-            _check_finite(Yt, "beliefs")
-            raise BeliefLensError("acts or beliefs are too large: their squares overflow float64")
-        use_svd = self.solver == "svd" or (
-            self.solver == "auto" and Xt.numel() <= SVD_MAX_ELEMENTS and Xt.device.type == "cpu"
-        )
-        rows = (Xt, Yt.to(Xt.device), w) if use_svd else None
-        self.fit_moments(moments, hook=hook, rows=rows)
+        Xt, Yt, w, is_tensor, _ = self._rows(X, y, sample_weight, reset=True)
+        Yt, wt = Yt.to(Xt.device), None if w is None else w.to(Xt.device)
+        if self.solver in ("auto", "qr"):
+            factor = RowFactor.of(Xt, Yt, wt)
+            _check_sums(factor.moments(), Xt, Yt)
+            self.fit_factor(factor, hook=hook)
+        else:
+            moments = Moments.of(Xt, Yt, wt)
+            _check_sums(moments, Xt, Yt)
+            rows = (Xt, Yt, w) if self.solver == "svd" else None
+            self.fit_moments(moments, hook=hook, rows=rows)
         self._single_output = self._last_single
+        if not is_tensor:  # scikit-learn users read coef_ and intercept_ as numpy arrays
+            for k in _SAVED:
+                setattr(self, k, getattr(self, k).numpy())
         return self
+
+    def fit_factor(self, factor: RowFactor, *, hook: str | None = None) -> AffineProbe:
+        """Fit from the rows' triangular factor (streamed or all-reduced ``RowFactor``): the
+        decoder solved from it exactly, the rest from its moments; returns self."""
+        if not isinstance(factor, RowFactor):
+            raise BeliefLensError(f"fit_factor needs a RowFactor, got {type(factor).__name__}")
+        self._check_hyperparameters()
+        moments = factor.moments()
+        if not float(moments.w) > 0:
+            raise BeliefLensError("cannot fit a probe on zero total weight")
+        decoder = factor.solve(float(self.ridge), intercept=self.fit_intercept)
+        return self._fit(moments, hook, decoder)
 
     def fit_moments(
         self,
@@ -363,18 +320,28 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         hook: str | None = None,
         rows: tuple[Tensor, Tensor, Tensor | None] | None = None,
     ) -> AffineProbe:
-        """Fit from sufficient statistics (the engine behind ``fit``, ``fit_probes``, position
-        and distributed probes); returns self. Results are float64 on the CPU.
+        """Fit from sufficient statistics (the engine behind ``fit_probes``, position and
+        distributed probes); returns self. Results are float64 on the CPU.
 
         ``rows = (X [m, d], Y [m, S], weights [m] or None)``, rows whose moments are
         ``moments`` (up to rows with equal ``X`` merged into one with their summed weight and
-        weighted-mean target), makes the decoder an SVD solve on them (``numpy.linalg.lstsq``
-        exactly, where the normal equations lose directions below float64 precision). Ignored
-        with a ridge."""
+        weighted-mean target), makes the decoder a solve on them (``numpy.linalg.lstsq``
+        exactly, where the normal equations lose directions below float64 precision)."""
         self._check_hyperparameters()
-        mom = moments.to("cpu")
-        if not float(mom.w) > 0:
+        if not float(moments.w) > 0:
             raise BeliefLensError("cannot fit a probe on zero total weight")
+        decoder = None
+        if rows is not None:
+            X, Y, w = rows
+            if self.solver == "svd":
+                decoder = self._svd_rows(moments.to("cpu"), X, Y, w)
+            else:
+                factor = RowFactor.of(X, Y.to(X.device), None if w is None else w.to(X.device))
+                decoder = factor.solve(float(self.ridge), intercept=self.fit_intercept)
+        return self._fit(moments, hook, decoder)
+
+    def _fit(self, moments: Moments, hook: str | None, decoder: tuple[Tensor, int] | None):
+        mom = moments.to("cpu")
         D, S = mom.n_features, mom.n_targets
         f64 = torch.float64
         if self.fit_intercept:
@@ -382,12 +349,10 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         else:
             x_mean, y_mean = torch.zeros(D, dtype=f64), torch.zeros(S, dtype=f64)
         Mxx, Mxy, Myy = mom.about(x_mean, y_mean)
-        on_rows = rows is not None and float(self.ridge) == 0.0
-        if not on_rows:  # the decoder from the moments (else from the rows, below)
-            B, rank = solve_normal(Mxx, Mxy, float(self.ridge))  # [D, S]
-            self.coef_ = B.T.contiguous()
-            self.intercept_ = y_mean - x_mean @ B
-            self.rank_ = rank
+        B, rank = decoder if decoder is not None else solve_normal(Mxx, Mxy, float(self.ridge))
+        self.coef_ = B.T.contiguous()
+        self.intercept_ = y_mean - x_mean @ B
+        self.rank_ = rank
         Q = sum_zero_basis(S) if _sums_to_one(mom) else torch.eye(S, dtype=f64)
         Mzz, Mzx = Q.T @ Myy @ Q, Q.T @ Mxy.T  # [k, k], [k, D]
         E, _ = solve_normal(Mzz, Mzx, float(self.ridge))
@@ -401,24 +366,26 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         self.hook_ = hook
         self.provenance_ = {}
         self._single_output = False
-        if on_rows:
-            self._solve_rows(*rows)
         return self
 
-    def _solve_rows(self, X: Tensor, Y: Tensor, w: Tensor | None) -> None:
-        """Replace the decoder by the SVD solution on the rows themselves (``numpy.linalg.lstsq``
-        to the last bits, where the normal equations lose directions below float64 precision)."""
+    def _svd_rows(self, mom: Moments, X: Tensor, Y: Tensor, w: Tensor | None) -> tuple:
+        """The decoder by an SVD of all the centred rows at once (``solver="svd"``)."""
         f64 = torch.float64
         X, Y = X.to("cpu", f64), Y.to("cpu", f64)
-        xm, ym = self.x_mean_, self.y_mean_
+        xm = mom.mean_x if self.fit_intercept else torch.zeros(X.shape[1], dtype=f64)
+        ym = mom.mean_y if self.fit_intercept else torch.zeros(Y.shape[1], dtype=f64)
         A, B = X - xm, Y - ym
         if w is not None:
             root = w.to("cpu", f64).sqrt()[:, None]
             A, B = A * root, B * root
-        coef, rank = solve_rows(A, B)
-        self.coef_ = coef.T.contiguous()
-        self.intercept_ = ym - xm @ coef
-        self.rank_ = rank
+        if float(self.ridge) > 0:
+            A = torch.cat([A, torch.eye(A.shape[1], dtype=f64) * float(self.ridge) ** 0.5])
+            B = torch.cat([B, B.new_zeros(A.shape[1], B.shape[1])])
+        return solve_rows(A, B)
+
+    def _param(self, name: str) -> Tensor:
+        """A fitted array as a float64 tensor (numpy after a fit on numpy)."""
+        return torch.as_tensor(getattr(self, name))
 
     # -- using the fit
     def predict(
@@ -429,8 +396,8 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         _check_fitted(self)
         Xt, _, _, is_tensor, lead = self._rows(X, reset=False)
         dev = Xt.device
-        B = self.coef_.T.to(dev)
-        xm, ym = self.x_mean_.to(dev), self.y_mean_.to(dev)
+        B = self._param("coef_").T.to(dev)
+        xm, ym = self._param("x_mean_").to(dev), self._param("y_mean_").to(dev)
         out = torch.empty(Xt.shape[0], self.n_targets_, dtype=torch.float64, device=dev)
         for rows in row_chunks(Xt.shape[0], Xt.shape[1]):
             out[rows] = (Xt[rows].to(torch.float64) - xm) @ B + ym
@@ -484,10 +451,10 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         if not float(mom.w) > 0:
             zero = torch.zeros(self.n_targets_, dtype=torch.float64)
             return regression_metrics(zero, zero, 0.0)
-        B = self.coef_.T
-        Mxx, Mxy, Myy = mom.about(self.x_mean_, self.y_mean_)
+        B, xm = self._param("coef_").T, self._param("x_mean_")
+        Mxx, Mxy, Myy = mom.about(xm, self._param("y_mean_"))
         ss_res = Myy.diagonal() - 2 * (B * Mxy).sum(0) + (B * (Mxx @ B)).sum(0)
-        ss_tot = mom.about(self.x_mean_, mom.mean_y)[2].diagonal()
+        ss_tot = mom.about(xm, mom.mean_y)[2].diagonal()
         return regression_metrics(ss_res, ss_tot, float(mom.w))
 
     # -- belief directions
@@ -495,17 +462,17 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         """``Q @ encoding_``: a belief change ``delta [..., S]`` moves activations by
         ``delta @ encoding_map()`` (only its sum-zero part matters for beliefs)."""
         _check_fitted(self)
-        return self.simplex_basis_ @ self.encoding_
+        return self._param("simplex_basis_") @ self._param("encoding_")
 
     def _decoding_free(self) -> Float[Tensor, "k d"]:
-        return torch.linalg.pinv(self.simplex_basis_.T @ self.coef_).T
+        return torch.linalg.pinv(self._param("simplex_basis_").T @ self._param("coef_")).T
 
     def decoding_map(self) -> Float[Tensor, "S d"]:
         """``Q @ pinv(Q.T @ coef_).T``: the minimum-norm activation change, in the probe's row
         space, that moves the decoded belief by ``delta``:
         ``predict(x + delta @ decoding_map()) == predict(x) + delta`` for sum-zero ``delta``."""
         _check_fitted(self)
-        return self.simplex_basis_ @ self._decoding_free()
+        return self._param("simplex_basis_") @ self._decoding_free()
 
     def belief_basis(self, kind: BasisKind = "encoding") -> Float[Tensor, "d n_free"]:
         """An orthonormal ``[d, n_free_]`` basis of the encoding (default) or decoding directions.
@@ -515,7 +482,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         """
         _check_fitted(self)
         if kind == "encoding":
-            M = self.encoding_
+            M = self._param("encoding_")
         elif kind == "decoding":
             M = self._decoding_free()
         else:
@@ -533,7 +500,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         """Write the fitted probe to ``path`` (safetensors, atomically), with JSON metadata:
         hook, feature count, hyperparameters, process, model fingerprint, versions."""
         _check_fitted(self)
-        tensors = {k: getattr(self, k).detach().cpu().contiguous() for k in _SAVED}
+        tensors = {k: self._param(k).detach().cpu().contiguous() for k in _SAVED}
         meta = {
             "format": _FORMAT,
             "hook": self.hook_,
@@ -587,6 +554,14 @@ class AffineProbe(RegressorMixin, BaseEstimator):
                 f"{probe.n_targets_} targets and {probe.n_features_in_} features"
             )
         return probe
+
+
+def _check_sums(moments: Moments, X: Tensor, Y: Tensor) -> None:
+    """A BeliefLensError naming the culprit when the rows' sums are not finite."""
+    if not moments.is_finite():
+        _check_finite(X, "acts")
+        _check_finite(Y, "beliefs")
+        raise BeliefLensError("acts or beliefs are too large: their squares overflow float64")
 
 
 def _sums_to_one(mom: Moments) -> bool:

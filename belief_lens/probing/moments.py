@@ -21,7 +21,7 @@ from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 
-__all__ = ["Moments", "SegmentedMoments", "lapack_threads", "recentre", "row_chunks"]
+__all__ = ["Moments", "SegmentedMoments", "lapack_threads", "recentre", "row_chunks", "total"]
 
 #: Elements (rows x features) of one float64 chunk during accumulation (8 MiB): few enough
 #: chunks that thread start-up is paid rarely, small enough to stay out of the way.
@@ -352,6 +352,16 @@ class Moments:
     def is_finite(self) -> bool:
         """Whether every sum is finite (one host synchronisation)."""
         return bool(torch.isfinite(self.M).all() & torch.isfinite(self.s).all())
+
+
+def total(moments: Sequence[Moments]) -> Moments:
+    """The sum of one or more ``Moments`` of disjoint rows (about the first one's shift)."""
+    if not moments:
+        raise BeliefLensError("total() needs at least one Moments")
+    out = moments[0]
+    for m in moments[1:]:
+        out = out + m
+    return out
 
 
 class SegmentedMoments:

@@ -2,10 +2,10 @@
 
 ``fit_position_probes`` streams sequences through the model and keeps, per hook and context
 window, only ``Moments`` (a ``d x d`` Gram matrix and cross moments, float64, on the model's
-device), for the training and the held-out rows of ``split_prefixes`` at once: one pass, memory
-independent of the number of sequences. The split is known before the pass, so each batch's rows
-are ordered by (window, side) on the host and every row enters exactly one Gram matrix of
-``SegmentedMoments`` on the device, with no host synchronisation. Probes are solved with
+device), for every fold of ``prefix_folds`` (or both sides of one ``split_prefixes``) at once: one
+pass, memory independent of the number of sequences. The folds are known before the pass, so
+each batch's rows are ordered by (window, fold) on the host and every row enters exactly one Gram
+matrix of ``SegmentedMoments`` on the device, with no host synchronisation. Probes are solved with
 ``AffineProbe.fit_moments`` and scored held out with ``AffineProbe.metrics_moments``.
 
 Alignment follows ``TokenMap``: beliefs are read at symbol positions (the position of symbol
@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from belief_lens.activations import check_tokens, model_device, require_eval_mode, residual_stream
 from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.probing.data import prefix_counts, resolve_hooks, split_prefixes
+from belief_lens.metrics import mean_se
+from belief_lens.probing.data import prefix_counts, prefix_folds, resolve_hooks, split_prefixes
 from belief_lens.probing.distributed import (
     all_reduce_moment_list,
     rank_and_world_size,
@@ -36,7 +37,7 @@ from belief_lens.probing.distributed import (
     shard,
 )
 from belief_lens.probing.estimator import AffineProbe, check_ridge
-from belief_lens.probing.moments import Moments, SegmentedMoments
+from belief_lens.probing.moments import Moments, SegmentedMoments, total
 from belief_lens.probing.table import markdown_table, overfit_reason
 from belief_lens.storage import jsonable
 from belief_lens.token_map import TokenMap
@@ -113,12 +114,15 @@ class PositionProbeTable:
     Attributes:
         rows: one dict per (hook, window): ``hook``, ``window_start``, ``window_stop`` (symbol
             positions ``[start, stop)``, i.e. beliefs after ``start + 1 .. stop`` symbols),
-            ``features``, ``train_prefixes``, ``test_prefixes`` (distinct inputs of the window on
-            each side of ``split_prefixes``), ``mse_heldout``, ``r2_heldout`` (NaN without held-out
-            data), ``mse_train``, ``r2_train``, ``overfit`` and ``overfit_reason``
-            (``overfit_reason``; with one split only the feature-count reason can apply). R^2 is
-            the uniform average over belief coordinates.
-        probes: ``{(hook, window_start): AffineProbe}`` fitted on the training rows.
+            ``features``, ``train_prefixes`` (distinct training inputs of the window; the fewest
+            over folds), ``test_prefixes`` (distinct held-out inputs, over all folds),
+            ``mse_heldout``, ``r2_heldout`` (over folds: the mean, with ``_se`` its standard
+            error and ``folds`` their number; NaN where the window has too few prefixes to
+            hold any out), ``mse_train``, ``r2_train``, ``mse_all`` (in-sample), ``overfit``
+            and ``overfit_reason`` (``overfit_reason``; with one split only the feature-count
+            reason can apply). R^2 is the uniform average over belief coordinates.
+        probes: ``{(hook, window_start): AffineProbe}`` fitted on every row (cross-validated)
+            or on the training rows (one split).
         meta: process, token map, length, window, seed, split, memory figures, world size,
             and ``seconds`` (wall time of the passes over the sequences and of the solves).
     """
@@ -195,35 +199,40 @@ def _group_hooks(n_hooks: int, per_hook: int, budget: int) -> list[list[int]]:
     return [list(range(i, min(i + per_group, n_hooks))) for i in range(0, n_hooks, per_group)]
 
 
-def _stats_bytes(n_windows: int, d: int, S: int) -> int:
-    """Bytes of one hook's statistics: train and held-out ``Moments`` per window."""
-    return 2 * 8 * n_windows * ((d + S) * (d + S) + 2 * (d + S) + 1)
+def _stats_bytes(n_windows: int, d: int, S: int, sides: int = 2) -> int:
+    """Bytes of one hook's statistics: ``Moments`` per window and side (fold)."""
+    return sides * 8 * n_windows * ((d + S) * (d + S) + 2 * (d + S) + 1)
 
 
 def _window_prefix_counts(
-    symbols: Tensor, test_mask: Tensor, windows: list[tuple[int, int]]
+    symbols: Tensor, labels: Tensor, windows: list[tuple[int, int]], held: list[int]
 ) -> list[dict[str, int]]:
-    """Distinct (position, prefix) inputs in each window on each side of the split."""
-    per_t = prefix_counts(symbols, test_mask)
+    """Distinct (position, prefix) inputs in each window: training (the fewest over the
+    held-out groups ``held``) and held out (over all of them)."""
+    per_k = [prefix_counts(symbols, labels == k) for k in held]
     return [
-        {"train": sum(a for a, _ in per_t[lo:hi]), "test": sum(b for _, b in per_t[lo:hi])}
+        {
+            "train": min(sum(a for a, _ in c[lo:hi]) for c in per_k),
+            "test": sum(b for c in per_k for _, b in c[lo:hi]),
+        }
         for lo, hi in windows
     ]
 
 
 def batch_row_order(
-    held: Bool[Tensor, "n L"], window_of: Int[Tensor, " L"], n_windows: int
+    labels: Int[Tensor, "n L"], window_of: Int[Tensor, " L"], n_windows: int, sides: int = 2
 ) -> tuple[Int[Tensor, " nL"], list[int]]:
-    """The rows of a batch (``[n, L]`` flattened) ordered by window, then side of the split.
+    """The rows of a batch (``[n, L]`` flattened) ordered by window, then side (``labels``:
+    0/1 or False/True for one split, the fold for cross-validation, ``< sides``).
 
-    Returns the order and the ``2 * n_windows + 1`` bounds (host ints) of its segments: window
-    0's training rows, its held-out rows, window 1's training rows, ... Computed on the host
-    from the held-out mask, so the device indexes with ``index_select`` and slices, never with
-    a boolean mask (which waits for the device on CUDA).
+    Returns the order and the ``sides * n_windows + 1`` bounds (host ints) of its segments:
+    window 0's side 0, its side 1, ..., window 1's side 0, ... Computed on the host from the
+    labels, so the device indexes with ``index_select`` and slices, never with a boolean mask
+    (which waits for the device on CUDA).
     """
-    key = (window_of[None, :] * 2 + held.long()).reshape(-1)
+    key = (window_of[None, :] * sides + labels.long()).reshape(-1)
     order = torch.argsort(key, stable=True)
-    counts = torch.bincount(key, minlength=2 * n_windows)
+    counts = torch.bincount(key, minlength=sides * n_windows)
     return order, [0, *torch.cumsum(counts, 0).tolist()]
 
 
@@ -233,7 +242,8 @@ class _Plan:
 
     hooks: list[str]
     symbols: Tensor
-    test_mask: Tensor
+    labels: Tensor  # [n, L]: the side of each row (fold, or K for always trained on)
+    folds: int | None  # None: one split, labels 0 (train) / 1 (held out)
     windows: list[tuple[int, int]]
     positions: Tensor
     model_length: int
@@ -246,6 +256,14 @@ class _Plan:
     @property
     def length(self) -> int:
         return self.symbols.shape[1]
+
+    @property
+    def sides(self) -> int:
+        return 2 if self.folds is None else self.folds + 1
+
+    @property
+    def held(self) -> list[int]:
+        return [1] if self.folds is None else list(range(self.folds))
 
     def meta(self, hmm: HMM, token_map: TokenMap, ridge: float, distributed: bool) -> dict:
         """What was fitted and how the memory was planned."""
@@ -308,7 +326,7 @@ def _plan(
     hooks: list[str],
     symbols: Tensor,
     window: int | None,
-    split: tuple[float, int],
+    split: tuple[float, int, int | None],
     memory: tuple[int | None, int],
     device: torch.device,
     read_at: str,
@@ -319,9 +337,16 @@ def _plan(
     windows = _windows(length, window)
     positions = _read_positions(token_map, length, read_at)
     d, S = int(model.cfg.d_model), hmm.n_states
-    per_hook = _stats_bytes(len(windows), d, S)
+    test_fraction, seed, folds = split
+    if folds is None:
+        labels = split_prefixes(symbols, test_fraction, seed).long()
+    else:
+        f = prefix_folds(symbols, folds, seed)
+        labels = torch.where(f < 0, folds, f)
+    sides = 2 if folds is None else folds + 1
+    per_hook = _stats_bytes(len(windows), d, S, sides)
     if per_hook > limit // 2:
-        smallest = math.ceil(length / max(1, (limit // 2) // _stats_bytes(1, d, S)))
+        smallest = math.ceil(length / max(1, (limit // 2) // _stats_bytes(1, d, S, sides)))
         raise BeliefLensError(
             f"probe statistics for one hook need {per_hook / _GIB:.2f} GiB ({len(windows)} "
             f"windows x d={d}), more than half of memory_limit_bytes="
@@ -340,7 +365,8 @@ def _plan(
     return _Plan(
         hooks=hooks,
         symbols=symbols,
-        test_mask=split_prefixes(symbols, *split),
+        labels=labels,
+        folds=folds,
         windows=windows,
         positions=positions,
         model_length=model_length,
@@ -368,12 +394,13 @@ def _clock(device: torch.device) -> float:
 def _stream(
     model: Any, hmm: HMM, token_map: TokenMap, plan: _Plan, hooks: list[str], distributed: bool
 ) -> dict[str, list[list[Moments]]]:
-    """One pass over the sequences: each hook's training and held-out ``Moments`` per window
+    """One pass over the sequences: each hook's ``Moments`` per window and side (fold)
     (``[window][side]``), all-reduced over ranks when ``distributed``."""
     length, dev, d = plan.length, plan.device, int(model.cfg.d_model)
     S, n_windows = hmm.n_states, len(plan.windows)
     window_of = plan.window_of
-    engines = {h: SegmentedMoments(n_windows, 2, d, S, dev) for h in hooks}
+    sides = plan.sides
+    engines = {h: SegmentedMoments(n_windows, sides, d, S, dev) for h in hooks}
     seq_idx = torch.arange(plan.symbols.shape[0])
     if distributed:
         seq_idx = shard(seq_idx)
@@ -383,7 +410,7 @@ def _stream(
         tokens = check_tokens(model, token_map.encode(batch))  # checked on the host
         tokens = tokens.pin_memory() if dev.type == "cuda" else tokens
         acts = residual_stream(model, tokens, hooks, batch_size=len(sel), device=dev)
-        order, bounds = batch_row_order(plan.test_mask[sel], window_of, n_windows)
+        order, bounds = batch_row_order(plan.labels[sel], window_of, n_windows, sides)
         rows = _to_device(
             (order // length) * plan.model_length + plan.positions[order % length], dev
         )
@@ -395,8 +422,8 @@ def _stream(
     moments = {h: e.moments() for h, e in engines.items()}
     if distributed:
         for h in hooks:
-            flat = all_reduce_moment_list([m for pair in moments[h] for m in pair])
-            moments[h] = [list(p) for p in zip(flat[0::2], flat[1::2], strict=True)]
+            flat = all_reduce_moment_list([m for group in moments[h] for m in group])
+            moments[h] = [flat[k : k + sides] for k in range(0, len(flat), sides)]
     return moments
 
 
@@ -406,29 +433,60 @@ def _solve(
     windows: list[tuple[int, int]],
     counts: list[dict[str, int]],
     ridge: float,
+    folds: int | None,
 ) -> list[tuple[dict[str, Any], AffineProbe]]:
-    """Each window's probe from its training moments, scored on both sides: (row, probe)."""
+    """Each window's probe and scores: (row, probe)."""
     out = []
-    for (lo, hi), (train, test), n in zip(windows, moments, counts, strict=True):
-        probe = AffineProbe(ridge=ridge).fit_moments(train, hook=hook)
-        tr, te = probe.metrics_moments(train), probe.metrics_moments(test)
-        d = train.n_features
-        row = {
-            "hook": hook,
-            "window_start": lo,
-            "window_stop": hi,
-            "features": d,
-            "train_prefixes": n["train"],
-            "test_prefixes": n["test"],
-            "mse_heldout": te["mse"],
-            "r2_heldout": te["r2"],
-            "mse_train": tr["mse"],
-            "r2_train": tr["r2"],
-        }
-        why = overfit_reason(d, n["train"])  # one split: no spread to judge a gap by
-        row.update(overfit=bool(why), overfit_reason=why)
-        out.append((row, probe))
+    for (lo, hi), groups, n in zip(windows, moments, counts, strict=True):
+        row: dict[str, Any] = {"hook": hook, "window_start": lo, "window_stop": hi}
+        row.update(features=groups[0].n_features, train_prefixes=n["train"])
+        row["test_prefixes"] = n["test"]
+        if folds is None:
+            scores, probe = _one_split(hook, groups, ridge, n["train"])
+        else:
+            scores, probe = _over_folds(hook, groups, ridge, n["train"])
+        out.append(({**row, **scores}, probe))
     return out
+
+
+def _one_split(
+    hook: str, groups: list[Moments], ridge: float, train_prefixes: int
+) -> tuple[dict[str, Any], AffineProbe]:
+    train, test = groups
+    probe = AffineProbe(ridge=ridge).fit_moments(train, hook=hook)
+    tr, te = probe.metrics_moments(train), probe.metrics_moments(test)
+    why = overfit_reason(train.n_features, train_prefixes)  # one split: no spread to judge by
+    scores = {"mse_heldout": te["mse"], "r2_heldout": te["r2"]}
+    scores.update(mse_train=tr["mse"], r2_train=tr["r2"], overfit=bool(why), overfit_reason=why)
+    return scores, probe
+
+
+def _over_folds(
+    hook: str, groups: list[Moments], ridge: float, train_prefixes: int
+) -> tuple[dict[str, Any], AffineProbe]:
+    """Each fold (all but the last group, which every fold trains on) held out in turn: fold
+    means with standard errors, and the probe on every row, scored in-sample."""
+    whole = AffineProbe(ridge=ridge).fit_moments(total(groups), hook=hook)
+    held, train, insame = [], [], []
+    for k in range(len(groups) - 1):
+        if not float(groups[k].w) > 0:
+            continue
+        rest = total([m for j, m in enumerate(groups) if j != k])
+        probe = AffineProbe(ridge=ridge).fit_moments(rest, hook=hook)
+        held.append(probe.metrics_moments(groups[k]))
+        train.append(probe.metrics_moments(rest))
+        insame.append(whole.metrics_moments(groups[k])["mse"])
+    nan = float("nan")
+    mse, mse_se = mean_se([m["mse"] for m in held]) if held else (nan, nan)
+    r2, r2_se = mean_se([m["r2"] for m in held]) if held else (nan, nan)
+    mse_tr = mean_se([m["mse"] for m in train])[0] if train else nan
+    r2_tr = mean_se([m["r2"] for m in train])[0] if train else nan
+    why = overfit_reason(groups[0].n_features, train_prefixes, [m["mse"] for m in held], insame)
+    scores = {"mse_heldout": mse, "mse_heldout_se": mse_se, "r2_heldout": r2}
+    scores.update(r2_heldout_se=r2_se, folds=len(held), mse_train=mse_tr, r2_train=r2_tr)
+    scores.update(mse_all=whole.metrics_moments(total(groups))["mse"])
+    scores.update(overfit=bool(why), overfit_reason=why)
+    return scores, whole
 
 
 def fit_position_probes(
@@ -443,6 +501,7 @@ def fit_position_probes(
     seed: int = 0,
     ridge: float = 0.0,
     *,
+    n_folds: int | None = 5,
     symbols: Int[Tensor, "n L"] | None = None,
     batch_size: int | None = None,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
@@ -453,24 +512,25 @@ def fit_position_probes(
     """Affine probes from the residual stream at symbol positions to beliefs, per context window.
 
     Samples ``n_sequences`` sequences of ``length`` symbols (default: as many as fit ``n_ctx``)
-    from ``hmm`` with ``seed`` (or takes ``symbols``), holds out the rows of
-    ``split_prefixes(symbols, test_fraction, seed)``, and fits, for every hook and every window
+    from ``hmm`` with ``seed`` (or takes ``symbols``), and fits, for every hook and every window
     of ``window`` consecutive symbol positions (``None``: one window over all positions; ``1``: a
-    probe per position), one ``AffineProbe`` on the training rows. Activations are read at
+    probe per position), ``AffineProbe``s cross-validated over ``prefix_folds(symbols, n_folds,
+    seed)`` (held-out scores as mean ± s.e. over folds; the table's probe is fitted on every
+    row), or with ``n_folds=None`` one probe on the training rows of
+    ``split_prefixes(symbols, test_fraction, seed)``. Activations are read at
     ``token_map.symbol_positions``. With separators, ``read_at="prediction"`` reads the last
     separator after symbol ``t`` instead, the position whose logits predict symbol ``t + 1``.
 
-    One streamed pass accumulates each window's training and held-out ``SegmentedMoments``
-    (float64, on ``device``, default the model's; nothing grows with ``n_sequences`` and nothing
-    reaches the host until a pass ends). Hooks whose statistics exceed half of
-    ``memory_limit_bytes`` go in groups, one pass each; batches fit the other half.
+    One streamed pass accumulates each window's ``SegmentedMoments`` per fold (float64, on
+    ``device``, default the model's; nothing grows with ``n_sequences``). Hooks whose
+    statistics exceed half of ``memory_limit_bytes`` go in groups, one pass each; batches fit
+    the other half.
 
     ``distributed=True`` (inside an initialised ``torch.distributed`` process group, e.g. under
     ``torchrun``): every rank draws the same sequences and split, harvests every
     ``world_size``-th sequence (``belief_lens.probing.distributed.shard``), and the statistics are
     all-reduced, so every rank returns the same table, equal to one process's up to float64
-    rounding. Every rank must call with the same arguments.
-    """
+    rounding. Every rank must call with the same arguments."""
     require_eval_mode(model)
     check_token_map(model, hmm, token_map)
     names = resolve_hooks(model, hooks)
@@ -486,12 +546,12 @@ def fit_position_probes(
         names,
         symbols,
         window,
-        (test_fraction, seed),
+        (test_fraction, seed, _check_folds(n_folds)),
         (batch_size, memory_limit_bytes),
         work,
         read_at,
     )
-    counts = _window_prefix_counts(symbols, plan.test_mask, plan.windows)
+    counts = _window_prefix_counts(symbols, plan.labels, plan.windows, plan.held)
     seconds = {"pass": 0.0, "solve": 0.0}
     fitted: list[tuple[dict[str, Any], AffineProbe]] = []
     for group in plan.groups:
@@ -500,13 +560,22 @@ def fit_position_probes(
         moments = _stream(model, hmm, token_map, plan, group_hooks, distributed)
         t1 = _clock(work)
         for h in group_hooks:
-            fitted += _solve(h, moments[h], plan.windows, counts, ridge)
+            fitted += _solve(h, moments[h], plan.windows, counts, ridge, plan.folds)
         seconds["pass"] += t1 - t0
         seconds["solve"] += _clock(work) - t1
-    rank = {h: i for i, h in enumerate(names)}
-    fitted.sort(key=lambda rp: (rank[rp[0]["hook"]], rp[0]["window_start"]))
+    fitted.sort(key=lambda rp: (names.index(rp[0]["hook"]), rp[0]["window_start"]))
     meta = plan.meta(hmm, token_map, ridge, distributed)
-    meta.update(window=window, read_at=read_at, test_fraction=test_fraction, seed=seed)
-    meta["seconds"] = seconds
+    meta.update(window=window, read_at=read_at, seed=seed, folds=n_folds, seconds=seconds)
+    meta["test_fraction"] = test_fraction if n_folds is None else None
     probes = {(r["hook"], r["window_start"]): p for r, p in fitted}
     return PositionProbeTable(rows=[r for r, _ in fitted], probes=probes, meta=meta)
+
+
+def _check_folds(n_folds: Any) -> int | None:
+    if n_folds is None:
+        return None
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+        raise BeliefLensError(
+            f"n_folds must be an int >= 2, or None for one split; got {n_folds!r}"
+        )
+    return n_folds

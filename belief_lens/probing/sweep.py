@@ -14,14 +14,15 @@ from torch import Tensor
 
 from belief_lens.beliefs import next_token_distributions
 from belief_lens.errors import BeliefLensError
-from belief_lens.metrics import regression_metrics
+from belief_lens.metrics import mean_se, regression_metrics
 from belief_lens.probing.data import CONCAT, ProbeData, prefix_counts, prefix_folds
 from belief_lens.probing.estimator import AffineProbe, check_ridge
-from belief_lens.probing.moments import Moments
+from belief_lens.probing.moments import Moments, total
 from belief_lens.probing.table import ProbeTable, overfit_reason
 
 __all__ = [
     "fit_probes",
+    "fold_labels",
     "out_of_fold_predictions",
     "predict_concatenation",
     "probe_table",
@@ -44,7 +45,7 @@ def targets_for(data: ProbeData, targets: Targets) -> Float[Tensor, "N L S"]:
     raise BeliefLensError(f"targets must be 'beliefs' or 'next_token', got {targets!r}")
 
 
-def _grouping(data: ProbeData, n_folds: int | None) -> tuple[Tensor, int, list[int]]:
+def fold_labels(data: ProbeData, n_folds: int | None) -> tuple[Tensor, int, list[int]]:
     """Group labels ``[N, L]``, their number, and the held-out groups: the folds of
     ``prefix_folds`` (rows never held out form the last group), or the two sides of the split."""
     if n_folds is None:
@@ -81,7 +82,7 @@ def probe_table(
     ridge = check_ridge(ridge)
     hooks = data.hooks
     with_concat = bool(concat) and len(hooks) > 1
-    labels, n_groups, held = _grouping(data, n_folds)
+    labels, n_groups, held = fold_labels(data, n_folds)
     groups = data.moments(targets, labels, n_groups, concat=with_concat)
     distinct = data.distinct_rows(targets, labels, n_groups) if ridge == 0 else None
     bounds = np.cumsum([0, *(data.acts[h].shape[-1] for h in hooks)]).tolist()
@@ -111,6 +112,7 @@ def probe_table(
         "targets": target_name,
         "mode": data.mode,
         "weighted": data.weights is not None,
+        "weighting": data.weighting,
         "n_ctx": data.n_ctx,
         "process": data.hmm.name,
         "hooks": hooks,
@@ -142,9 +144,7 @@ class _Folds:
     def _pool(self, which: list[int]) -> tuple[Moments, tuple | None]:
         """The groups ``which`` together: summed moments, and their distinct rows
         ``(X, Y, weights)`` with the within-prefix target deviation (None without rows)."""
-        moments = self.groups[which[0]]
-        for j in which[1:]:
-            moments = moments + self.groups[j]
+        moments = total([self.groups[j] for j in which])
         if self.rows is None:
             return moments, None
         parts = [self.rows[j] for j in which]
@@ -207,9 +207,8 @@ def _mean(values: list[float]) -> float:
 
 def _mean_se(key: str, values: list[float]) -> dict[str, float]:
     """``key``: the mean over folds; ``key_se``: its standard error (NaN for one fold)."""
-    t = torch.tensor(values, dtype=torch.float64)
-    se = float(t.std() / math.sqrt(len(t))) if len(t) > 1 else math.nan
-    return {key: float(t.mean()), f"{key}_se": se}
+    mean, se = mean_se(values)
+    return {key: mean, f"{key}_se": se}
 
 
 def _row_metrics(
@@ -258,7 +257,7 @@ def out_of_fold_predictions(
     measures, drawn: plot these under a held-out title, not the all-rows fit."""
     if not table.fold_probes:
         raise BeliefLensError("the table holds no fold probes (it was not fitted by fit_probes)")
-    labels, _, held = _grouping(data, table.meta.get("folds"))
+    labels, _, held = fold_labels(data, table.meta.get("folds"))
     mask = torch.isin(labels, torch.tensor(held))
     out = {}
     for label, fold_probes in table.fold_probes.items():

@@ -57,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-sequences", type=int, default=1000)
     p.add_argument("--length", type=int, default=None, help="symbols per sequence")
     p.add_argument("--window", type=int, default=1, help="positions per probe (0: all in one)")
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--folds", type=int, default=5, help="prefix folds to cross-validate over (0: one split)"
+    )
+    p.add_argument("--test-fraction", type=float, default=0.2, help="held out with --folds 0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto")
@@ -143,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             length=args.length,
             window=args.window or None,
             test_fraction=args.test_fraction,
+            n_folds=args.folds or None,
             seed=args.seed,
             batch_size=args.batch_size,
             memory_limit_bytes=int(args.memory_limit_gib * (1 << 30)),

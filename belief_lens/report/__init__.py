@@ -6,8 +6,8 @@
 - :mod:`~belief_lens.report.analysis`: :class:`AnalysisConfig` and :func:`analyse`, the analysis
   in named steps;
 - :mod:`~belief_lens.report.sections`: the analysis's sections, worded and drawn from its numbers;
-- :mod:`~belief_lens.report.experiment_sections`: the factored-geometry and shared-structure
-  sections.
+- :mod:`~belief_lens.report.experiment_sections`: the factored-geometry, shared-structure and
+  attention sections.
 """
 
 from belief_lens.report.analysis import Analysis, AnalysisConfig, AnalysisMode, analyse
@@ -21,6 +21,7 @@ from belief_lens.report.document import (
     write_report,
 )
 from belief_lens.report.experiment_sections import (
+    attention_section,
     factored_section,
     factored_seeds_section,
     shared_structure_section,
@@ -38,6 +39,7 @@ __all__ = [
     "Section",
     "Table",
     "analyse",
+    "attention_section",
     "compose_html",
     "export_figures",
     "factored_section",

@@ -28,12 +28,15 @@ from belief_lens.interventions import (
     steerable_hooks,
 )
 from belief_lens.probes import (
+    CONCAT,
     ProbeData,
     ProbeTable,
+    Weighting,
     best_hook,
     collect_probe_data,
     distance_r2,
     fit_probes,
+    heldout_by_position,
     next_token_control,
     shuffle_control,
     untrained_control,
@@ -69,6 +72,7 @@ class AnalysisConfig:
     mode: AnalysisMode = "paper"
     n_sequences: int | None = None  # for mode="sampled" (or "auto" when it samples)
     test_fraction: float = 0.2
+    weighting: Weighting = "rows"  # or "prefixes": each distinct prefix counts once
     ridge: float = 0.0
     seed: int = 0
     controls: bool = True
@@ -86,6 +90,10 @@ class AnalysisConfig:
         if self.n_sequences is not None:
             check_int("n_sequences", self.n_sequences, low=1)
         check_float("test_fraction", self.test_fraction, low=0, high=1, high_open=True)
+        if self.weighting not in get_args(Weighting):
+            raise BeliefLensError(
+                f"weighting must be one of {get_args(Weighting)}, got {self.weighting!r}"
+            )
         check_float("ridge", self.ridge, low=0)
         check_seed("seed", self.seed)
         for name in ("intervention_sequences", "max_plot_points", "max_grid_points"):
@@ -149,6 +157,11 @@ def analyse(
     logger.info("probes fitted (%.1f s)\n%s", time.perf_counter() - t0, table.to_markdown())
     report.append(sections.geometry_section(table, state.data, best, ranked_by, cfg))
     report.append(sections.probe_section(table, best, ranked_by, cfg))
+    folds = table.meta.get("folds")
+    if folds and best != CONCAT:
+        by_position = heldout_by_position(table, state.data, [best])
+        metrics["heldout_by_position"] = by_position
+        report.append(sections.position_section(by_position, folds))
     if cfg.controls:
         logger.info("controls: shuffled beliefs, an untrained model, next-token targets")
         report.append(sections.controls_section(table, _controls(state), best))
@@ -265,6 +278,7 @@ def _fit_probes(model: Any, hmm: HMM, cfg: AnalysisConfig, metrics: dict[str, An
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
         n_sequences=cfg.n_sequences if mode == "sampled" else None,  # "auto" may enumerate
+        weighting=cfg.weighting,
     )
     table = fit_probes(data, ridge=cfg.ridge)
     metrics["probes"] = table.to_dict()

@@ -9,12 +9,24 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from belief_lens.plotting import compare_figure, factored_dims_figure
+from belief_lens.plotting import (
+    attention_distance_figure,
+    compare_figure,
+    factored_dims_figure,
+    head_count_figure,
+    ov_simplex_figure,
+)
 from belief_lens.report.document import ReportFigure, Section, Table
 from belief_lens.report.sections import undertrained_warning
 from belief_lens.report.verdicts import grade, plain
 
-__all__ = ["factored_section", "factored_seeds_section", "shared_structure_section"]
+__all__ = [
+    "CONSTRAINED_UPDATE",
+    "attention_section",
+    "factored_section",
+    "factored_seeds_section",
+    "shared_structure_section",
+]
 
 
 def factored_section(run: Any, max_points: int = 4000) -> Section:
@@ -190,3 +202,173 @@ def shared_structure_section(
         ),
         tables=(Table(("measure", "value"), rows, ("", "")),),
     )
+
+
+#: The constrained update the attention experiment tests (arXiv 2502.01954), in this package's
+#: notation.
+CONSTRAINED_UPDATE = (
+    "eta_d ≈ pi + Σ_{s≤d} (pi_{x_s} T^(d−s) − pi), pi_x = pi T^(x) / (pi T^(x) 1); where every "
+    "correction delta_x = pi_x − pi is an eigenvector of T = Σ_x T^(x) with eigenvalue lam "
+    "(Mess3: lam = 1 − 3x), the token n steps back contributes lam^n delta_x: a log-slope of "
+    "ln|lam| per step, along delta_x."
+)
+
+
+def _agreement(run: Any) -> str:
+    m = run.to_dict()
+    within = m["attention_slope_rel_error"] <= 0.2
+    ov_ok = m["ov_cosine_min"] >= 0.9
+    holds = [r.prediction_holds for r in run.results]
+
+    def gain(setting: str, relative: bool = False) -> float:
+        g = [
+            r.relative_gain_from_second_head if relative else r.gain_from_second_head
+            for r in run.results
+            if r.setting == setting
+        ]
+        return sum(g) / len(g)
+
+    return (
+        f"At the positive setting each past token's contribution (attention × its OV output in "
+        f"belief coordinates) decays with log-slope {m['attention_slope_measured']:.3f} "
+        f"(± {m['attention_slope_measured_se']:.3f}) per step, against the predicted "
+        f"ln(1 − 3x) = {m['attention_slope_predicted']:.3f}: relative error "
+        f"{m['attention_slope_rel_error']:.0%}, {'within' if within else 'not within'} 20%. "
+        f"Raw attention: {m['attention_slope_raw']:.3f} (± {m['attention_slope_raw_se']:.3f}). "
+        f"The OV directions {'agree' if ov_ok else 'do not agree'} with the predicted corrections "
+        f"(smallest cosine {m['ov_cosine_min']:.3f}; 0.9 asked). The head-count prediction holds "
+        f"in {sum(holds)} of {len(holds)} (setting, seed) pairs: a second head lowers the "
+        f"excess loss by {gain('negative'):.2g} where the eigenvalue is negative and by "
+        f"{gain('positive'):.2g} where it is positive (means over seeds; a difference counts "
+        f"above {run.config.margin:g}), {gain('negative', True):.0%} and "
+        f"{gain('positive', True):.0%} of the 1-head model's excess loss."
+    )
+
+
+def attention_section(run: Any) -> Section:
+    """The report section of a :class:`belief_lens.experiments.attention.AttentionRun`: the
+    agreement in words, attention and contributions against distance beside ``|lam|^n``, OV
+    vectors on the simplex, excess loss by head count, and the 4-layer checkpoint per layer."""
+    theory = run.theories["positive"]
+    return Section(
+        "Attention as constrained belief updating",
+        headline=(_agreement(run),),
+        text=(
+            "Tested (Piotrowski, Riechers, Filan & Shai, arXiv 2502.01954): " + CONSTRAINED_UPDATE,
+            f"Slopes are fitted over distances ≥ 1 from every query position (one intercept per "
+            f"query); predicted slope {theory.log_slope:.3f} per step. The odd-distance share is "
+            "the fraction of a head's attention (distances ≥ 1, last query) on odd distances; "
+            "an OV cosine near −1 means the head writes against delta_x.",
+        ),
+        figures=_attention_figures(run),
+        tables=_attention_tables(run),
+    )
+
+
+def _attention_figures(run: Any) -> tuple[ReportFigure, ...]:
+    theory = run.theories["positive"]
+    series: dict[str, Any] = {}
+    ov: dict[str, Any] = {}
+    for r in run.results:
+        a = r.analyses[1].measurements[0].heads[0]
+        if r.setting == "positive":
+            series[f"contribution, 1 head, seed {r.seed}"] = a.by_distance("contribution").tolist()
+            series[f"attention, 1 head, seed {r.seed}"] = a.by_distance().tolist()
+            ov[f"OV, 1 head, seed {r.seed}"] = a.ov_vectors.numpy()
+    if run.checkpoint is not None:
+        h0 = run.checkpoint.measurements[0].heads[0]
+        series["contribution, 4-layer checkpoint, layer 0"] = h0.by_distance(
+            "contribution"
+        ).tolist()
+        ov["OV, 4-layer checkpoint, layer 0"] = h0.ov_vectors.numpy()
+    figures = [
+        ReportFigure(
+            "attention_distance",
+            attention_distance_figure(
+                series, theory.eigenvalue, title="contribution and attention by distance"
+            ),
+            "From the last position, relative to distance 1; dashed black: the prediction.",
+        ),
+        ReportFigure(
+            "attention_ov",
+            ov_simplex_figure(
+                ov,
+                theory.corrections.numpy(),
+                theory.stationary.numpy(),
+                title="OV vectors in belief coordinates",
+            ),
+            "Each token's mean OV output through the layer's probe, centred, beside delta_x.",
+        ),
+        ReportFigure(
+            "attention_head_count",
+            head_count_figure(
+                [
+                    (f"{r.setting} (λ = {r.eigenvalue:.2f})", r.seed, h, v)
+                    for r in run.results
+                    for h, v in r.excess_loss.items()
+                ],
+                title="excess loss by head count",
+            ),
+            "Loss over the optimum minus 1 on the analysis sequences (paired), per seed.",
+        ),
+    ]
+    return tuple(figures)
+
+
+def _attention_tables(run: Any) -> tuple[Table, ...]:
+    rows = tuple(
+        (
+            r.setting,
+            f"{r.eigenvalue:.2f}",
+            r.seed,
+            h,
+            r.steps[h],
+            r.excess_loss[h],
+            a.comparisons[0][0].contribution.slope,
+            a.comparisons[0][0].attention.slope,
+            ", ".join(f"{m.odd_share():.2f}" for m in a.measurements[0].heads),
+            ", ".join(f"{sum(c.ov_cosines) / len(c.ov_cosines):+.2f}" for c in a.comparisons[0]),
+            "yes" if r.prediction_holds else "no",
+        )
+        for r in run.results
+        for h, a in r.analyses.items()
+    )
+    header = (
+        "setting", "λ", "seed", "heads", "steps", "excess loss", "contribution slope (head 0)",
+        "attention slope (head 0)", "odd-distance share per head", "OV cosine per head",
+        "head-count prediction holds",
+    )  # fmt: skip
+    tables = [Table(header, rows, ("", "", "", "", "", ".6f", ".3f", ".3f", "", "", ""))]
+    if run.checkpoint is not None:
+        ck = tuple(
+            (
+                c[0].layer,
+                f"{r2:.4f}",
+                c[0].contribution.slope,
+                c[0].contribution.se,
+                c[0].attention.slope,
+                c[0].attention.se,
+                c[0].rel_error,
+                min(c[0].ov_cosines),
+                min(c[0].embedding_cosines),
+            )
+            for c, r2 in zip(run.checkpoint.comparisons, run.checkpoint.probe_r2, strict=True)
+        )
+        tables.append(
+            Table(
+                (
+                    "checkpoint layer",
+                    "probe R² (resid_mid)",
+                    "contribution slope",
+                    "± s.e.",
+                    "attention slope",
+                    "± s.e.",
+                    "rel. error",
+                    "OV cos min",
+                    "embedding cos min",
+                ),
+                ck,
+                ("", "", ".3f", ".3f", ".3f", ".3f", ".0%", ".3f", ".3f"),
+            )
+        )
+    return tuple(tables)

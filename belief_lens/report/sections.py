@@ -7,7 +7,7 @@ nothing about the model; they word and draw what was measured.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from belief_lens.plotting import (
     geometry_figure,
     layer_grid_figure,
     patching_figure,
+    position_error_figure,
     probe_scores_figure,
     training_curve_figure,
 )
@@ -253,7 +254,7 @@ def probe_section(table: ProbeTable, best: str, ranked_by: str, cfg: Any) -> Sec
     text = (
         f"Affine probes from each residual hook (and their concatenation) to the belief "
         f"states; mode={table.meta.get('mode', cfg.mode)}, weights="
-        f"{'sequence probability' if table.meta.get('weighted') else 'uniform over sequences'}"
+        f"{_weights_text(table.meta)}"
         f", held out {split}. The effective n counts distinct held-out prefixes weighted by "
         f"their rows (Kish). The best hook by {ranked_by} MSE is {best}. In-sample is the "
         "paper's number (fit and scored on every row).",
@@ -268,6 +269,65 @@ def probe_section(table: ProbeTable, best: str, ranked_by: str, cfg: Any) -> Sec
     return Section(
         "Probes per hook", text=text, tables=(Table(tuple(cols), tuple(rows), tuple(fmts)),)
     )
+
+
+def _weights_text(meta: Mapping[str, Any]) -> str:
+    if meta.get("weighting") == "prefixes":
+        return "uniform over distinct prefixes (each position and prefix counts once)"
+    if meta.get("weighted"):
+        return "sequence probability (each prefix by its probability)"
+    return "uniform over sequences (each prefix by its number of sequences)"
+
+
+def position_section(rows: Sequence[Mapping[str, Any]], folds: int) -> Section:
+    """Held-out error of the best hook at each context position (``heldout_by_position``), with
+    the rule that scored each position."""
+    hook = rows[0]["hook"]
+    loo = [r["position"] for r in rows if r["rule"] == "leave-one-prefix-out"]
+    table_rows = tuple(
+        (
+            r["position"],
+            r["rule"] if r["rule"] == "folds" else f"leave one out ({r['prefixes']} prefixes)",
+            _pm(r["mse_heldout"], r["mse_heldout_se"]),
+            _pm(r["r2_heldout"], r["r2_heldout_se"]),
+            r["mse_all"],
+        )
+        for r in rows
+    )
+    text = (
+        f"Held-out MSE and R² of {hook} at each context position. Positions the {folds} folds "
+        "hold out give the mean ± standard error over folds.",
+    )
+    if loo:
+        text += (
+            f"Positions {', '.join(map(str, loo))} have fewer than "
+            f"{MIN_PREFIXES_PER_FOLD * folds} distinct prefixes, so every fold trains on them; "
+            "each of their prefixes is predicted instead by the probe fitted on every other row "
+            "(leave one prefix out): extrapolation to a prefix the probe never saw, a harder "
+            "test than the folds'.",
+        )
+    return Section(
+        "Held-out error by position",
+        text=text,
+        tables=(
+            Table(
+                ("position", "rule", "held-out MSE", "held-out R²", "in-sample MSE"),
+                table_rows,
+                ("", "", "", "", ".3g"),
+            ),
+        ),
+        figures=(
+            ReportFigure(
+                "positions",
+                position_error_figure(rows),
+                f"Held-out MSE of {hook} by context position (log scale).",
+            ),
+        ),
+    )
+
+
+def _pm(value: float, se: float | None) -> str:
+    return f"{value:.3g}" if se is None else f"{value:.3g} ± {se:.2g}"
 
 
 def controls_section(table: ProbeTable, controls: Mapping[str, ProbeTable], best: str) -> Section:
