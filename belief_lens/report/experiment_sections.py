@@ -250,9 +250,11 @@ def attention_section(run: Any) -> Section:
     agreement in words, attention and contributions against distance beside ``|lam|^n``, OV
     vectors on the simplex, excess loss by head count, and the 4-layer checkpoint per layer."""
     theory = run.theories["positive"]
+    worst = max((1 + v for r in run.results for v in r.excess_loss.values()), default=None)
     return Section(
         "Attention as constrained belief updating",
         headline=(_agreement(run),),
+        warnings=undertrained_warning(worst, "below (for the least trained model)"),
         text=(
             "Tested (Piotrowski, Riechers, Filan & Shai, arXiv 2502.01954): " + CONSTRAINED_UPDATE,
             f"Slopes are fitted over distances ≥ 1 from every query position (one intercept per "
