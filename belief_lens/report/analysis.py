@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 from belief_lens.activations import residual_hooks
@@ -324,30 +324,44 @@ def _interventions(state: Analysis) -> list[Section]:
         state.metrics["interventions"] = {"skipped": reason}
         steering = sections.skipped_section("Steering", reason)
     else:
-        steering = sections.steering_section(_steering(state), state.best_hook)
+        steered, skipped = _steering(state)
+        steering = sections.steering_section(steered, state.best_hook)
+        if skipped:
+            lines = tuple(f"Steering skipped at {hook}: {why}" for hook, why in skipped.items())
+            steering = replace(steering, warnings=steering.warnings + lines)
     return [steering, sections.patching_section(_patching(state))]
 
 
-def _steering(state: Analysis) -> dict[str, dict[str, Any]]:
+def _steering(state: Analysis) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Steering at every hook but the final norm's, against theory and a control
-    (``metrics["interventions"]``, one summary per hook)."""
+    (``metrics["interventions"]``, one summary per hook); a hook whose probe gives no steering
+    map (a degenerate fit) is skipped with its reason (``metrics["interventions_skipped"]``)."""
     steered: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
     writable = set(steerable_hooks(state.model))
     for hook in state.data.acts:
         if hook not in writable:
             continue  # the final norm, or a hook whose writes miss the residual stream
-        report = intervention_report(
-            state.model,
-            None,
-            state.table.probes[hook],
-            hook,
-            state.hmm,
-            n_sequences=state.config.intervention_sequences,
-            seed=state.config.seed,
-        )
+        try:
+            report = intervention_report(
+                state.model,
+                None,
+                state.table.probes[hook],
+                hook,
+                state.hmm,
+                n_sequences=state.config.intervention_sequences,
+                seed=state.config.seed,
+            )
+        except InvalidProcessError:
+            raise
+        except BeliefLensError as err:  # checked before any steering forward pass
+            skipped[hook] = str(err)
+            continue
         steered[hook] = report.to_dict()
     state.metrics["interventions"] = steered
-    return steered
+    if skipped:
+        state.metrics["interventions_skipped"] = skipped
+    return steered, skipped
 
 
 def _patching(state: Analysis) -> PatchingResult:
