@@ -20,6 +20,7 @@ from torch import Tensor
 
 from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.hmm import HMM, NEGATIVE_TOL
+from belief_lens.threads import single_thread_below
 from belief_lens.validation import (
     check_bool,
     check_float,
@@ -160,8 +161,10 @@ def sample_sequences_unchecked(
     u = torch.rand(n_sequences, length, generator=generator, dtype=torch.float64)
     tokens = torch.empty(n_sequences, length, dtype=torch.long)
     if hmm.generalized:
-        for t, (_, x, _) in enumerate(_walk(hmm, init.expand(n_sequences, -1), u.T.contiguous())):
-            tokens[:, t] = x
+        with single_thread_below(n_sequences * hmm.n_states * hmm.n_symbols):
+            walk = _walk(hmm, init.expand(n_sequences, -1), u.T.contiguous())
+            for t, (_, x, _) in enumerate(walk):
+                tokens[:, t] = x
         return tokens
     S = hmm.n_states
     # Row i of `cdf` is the cumulative distribution of the joint (symbol, next state) from state i.
@@ -172,10 +175,11 @@ def sample_sequences_unchecked(
     state = (first > init_cdf).sum(-1)
     u = u.T.contiguous()  # [L, n]: one contiguous row per step
     tokens = torch.empty(length, n_sequences, dtype=torch.long)
-    for t in range(length):
-        joint = (u[t, :, None] > cdf[state]).sum(-1)
-        torch.div(joint, S, rounding_mode="floor", out=tokens[t])
-        state = joint - tokens[t] * S
+    with single_thread_below(n_sequences * cdf.shape[1]):
+        for t in range(length):
+            joint = (u[t, :, None] > cdf[state]).sum(-1)
+            torch.div(joint, S, rounding_mode="floor", out=tokens[t])
+            state = joint - tokens[t] * S
     return tokens.T.contiguous()
 
 
@@ -237,6 +241,24 @@ def _check_filter(
     return tokens, init
 
 
+def _filter_chunks(
+    hmm: HMM, tokens: Tensor, init: Tensor, beliefs: Tensor, norms: Tensor, chunk: int
+) -> None:
+    """The filter's loop: fills ``beliefs`` and the normalisers ``norms`` chunk by chunk."""
+    L = tokens.shape[1]
+    for c in range(0, tokens.shape[0], chunk):
+        tok = tokens[c : c + chunk].T.contiguous()
+        m = tok.shape[1]
+        cols = torch.empty(L, hmm.n_states, m, dtype=torch.float64)
+        chunk_norms = torch.empty(L, m, dtype=torch.float64)
+        eta = init[:, None].expand(-1, m)
+        for t in range(L):
+            new, chunk_norms[t] = hmm.step(eta, tok[t])
+            eta = torch.div(new, chunk_norms[t], out=cols[t])
+        beliefs[c : c + chunk] = cols.permute(2, 0, 1)
+        norms[c : c + chunk] = chunk_norms.T
+
+
 def _filter(
     hmm: HMM,
     tokens: Tensor,
@@ -255,17 +277,8 @@ def _filter(
     init = hmm.initial_state if initial_state is None else initial_state
     beliefs = torch.empty(n, L, hmm.n_states, dtype=torch.float64)
     norms = torch.empty(n, L, dtype=torch.float64)
-    for c in range(0, n, chunk):
-        tok = tokens[c : c + chunk].T.contiguous()
-        m = tok.shape[1]
-        cols = torch.empty(L, hmm.n_states, m, dtype=torch.float64)
-        chunk_norms = torch.empty(L, m, dtype=torch.float64)
-        eta = init[:, None].expand(-1, m)
-        for t in range(L):
-            new, chunk_norms[t] = hmm.step(eta, tok[t])
-            eta = torch.div(new, chunk_norms[t], out=cols[t])
-        beliefs[c : c + chunk] = cols.permute(2, 0, 1)
-        norms[c : c + chunk] = chunk_norms.T
+    with single_thread_below(hmm.n_states * hmm.n_states * min(n, chunk)):
+        _filter_chunks(hmm, tokens, init, beliefs, norms, chunk)
     negative = norms < -NEGATIVE_TOL
     if negative.any():
         i, t = torch.nonzero(negative)[0].tolist()
@@ -491,31 +504,32 @@ def enumerate_sequences_unchecked(
     # Tiny positive floor: in a generalized HMM, cancellation leaves ~1e-17 instead of exact zeros.
     floor = max(min_prob, 1e-14 if hmm.generalized else 0.0)
     for level in range(1, length + 1):
-        N = len(eta)
-        p = eta @ hmm.T_tau.T  # [N, V]  P(x | prefix)
-        if hmm.generalized and (p < -NEGATIVE_TOL).any():
-            n, x = torch.nonzero(p < -NEGATIVE_TOL)[0].tolist()
-            raise InvalidProcessError(
-                f"word {tokens[n].tolist() + [x]} of {hmm.name} has negative probability "
-                f"{(logp[n].exp() * p[n, x]).item():.6g}: not a valid process"
+        with single_thread_below(len(eta) * hmm.n_symbols * S):  # one thread per level op
+            N = len(eta)
+            p = eta @ hmm.T_tau.T  # [N, V]  P(x | prefix)
+            if hmm.generalized and (p < -NEGATIVE_TOL).any():
+                n, x = torch.nonzero(p < -NEGATIVE_TOL)[0].tolist()
+                raise InvalidProcessError(
+                    f"word {tokens[n].tolist() + [x]} of {hmm.name} has negative probability "
+                    f"{(logp[n].exp() * p[n, x]).item():.6g}: not a valid process"
+                )
+            keep = logp.exp()[:, None] * p > floor
+            M = int(keep.sum())
+            what = f"enumerating {hmm.name} to length {length} ({M} sequences at length {level})"
+            if M > max_sequences:
+                raise BeliefLensError(f"{what}: exceeds max_sequences={max_sequences}; {options}")
+            # Each positive-probability prefix has a continuation, so the final level is at least M
+            # sequences long (a lower bound) when nothing is pruned by min_prob.
+            final = M if min_prob == 0 else 0
+            estimate = max(
+                _enumeration_bytes(M, level, S) + N * hmm.n_symbols * S * 8,
+                _enumeration_bytes(final, length, S),
             )
-        keep = logp.exp()[:, None] * p > floor
-        M = int(keep.sum())
-        what = f"enumerating {hmm.name} to length {length} ({M} sequences at length {level})"
-        if M > max_sequences:
-            raise BeliefLensError(f"{what}: exceeds max_sequences={max_sequences}; {options}")
-        # Each positive-probability prefix has a continuation, so the final level is at least M
-        # sequences long (a lower bound) when nothing is pruned by min_prob.
-        final = M if min_prob == 0 else 0
-        estimate = max(
-            _enumeration_bytes(M, level, S) + N * hmm.n_symbols * S * 8,
-            _enumeration_bytes(final, length, S),
-        )
-        check_memory(estimate, max_bytes, what, options)
-        parent, sym = torch.nonzero(keep, as_tuple=True)
-        new = torch.einsum("ns,xsj->nxj", eta, hmm.T)[parent, sym]
-        eta = new / p[parent, sym, None]
-        logp = logp[parent] + p[parent, sym].log()
-        tokens = torch.cat([tokens[parent], sym[:, None]], dim=1)
-        beliefs = torch.cat([beliefs[parent], eta[:, None]], dim=1)
+            check_memory(estimate, max_bytes, what, options)
+            parent, sym = torch.nonzero(keep, as_tuple=True)
+            new = torch.einsum("ns,xsj->nxj", eta, hmm.T)[parent, sym]
+            eta = new / p[parent, sym, None]
+            logp = logp[parent] + p[parent, sym].log()
+            tokens = torch.cat([tokens[parent], sym[:, None]], dim=1)
+            beliefs = torch.cat([beliefs[parent], eta[:, None]], dim=1)
     return SequenceSet(tokens=tokens, probs=logp.exp(), beliefs=beliefs)

@@ -17,6 +17,7 @@ from torch import Tensor
 from belief_lens.beliefs import check_hmm
 from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.hmm import HMM, NEGATIVE_TOL
+from belief_lens.threads import single_thread_below
 from belief_lens.validation import check_float, check_int
 
 __all__ = ["MixedStatePresentation", "mixed_state_presentation"]
@@ -142,10 +143,11 @@ def _mixed_state_presentation(
     graph = _MSPGraph(hmm, tol, max_states)
     graph.add(start, 0)
     frontier = [0]
-    for depth in range(max_depth):
-        if not frontier:
-            break
-        frontier = graph.expand(frontier, depth)
+    with single_thread_below(max_states * hmm.n_states * hmm.n_symbols):  # ops per frontier
+        for depth in range(max_depth):
+            if not frontier:
+                break
+            frontier = graph.expand(frontier, depth)
     K = len(graph.beliefs)
     expanded = np.ones(K, dtype=bool)
     expanded[frontier] = False

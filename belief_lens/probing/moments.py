@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
+from belief_lens.threads import single_thread_below
 
 __all__ = ["Moments", "SegmentedMoments", "lapack_threads", "recentre", "row_chunks", "total"]
 
@@ -39,18 +40,11 @@ SINGLE_THREAD_MAX = 2048
 THIN_GRAM_MAX = 256
 
 
-@contextlib.contextmanager
-def lapack_threads(n: int, device: torch.device, limit: int = SINGLE_THREAD_MAX) -> Iterator[None]:
+def lapack_threads(
+    n: int, device: torch.device, limit: int = SINGLE_THREAD_MAX
+) -> contextlib.AbstractContextManager[None]:
     """Run dense linear algebra of size ``n`` on one thread when it is on the CPU and small."""
-    if device.type != "cpu" or n > limit or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return single_thread_below(n, device, limit)
 
 
 def row_chunks(n: int, width: int) -> Iterator[slice]:

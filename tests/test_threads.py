@@ -1,0 +1,50 @@
+"""The scoped thread guard of the hot loops: one intra-op thread for small ops, restored after."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
+from belief_lens.processes import mess3
+from belief_lens.threads import SMALL_OP_ELEMENTS, single_thread_below
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_guard_sets_one_thread_below_the_limit_and_restores(two_threads):
+    with single_thread_below(1000):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with single_thread_below(SMALL_OP_ELEMENTS + 1):
+        assert torch.get_num_threads() == 2  # large ops keep their threads
+    with single_thread_below(10, device="meta"):
+        assert torch.get_num_threads() == 2  # only CPU work is guarded
+    with pytest.raises(RuntimeError), single_thread_below(10):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2  # restored on the way out of an error too
+
+
+def test_hot_loops_run_at_one_thread_and_leave_the_setting(two_threads, monkeypatch):
+    """The belief filter's steps run at one thread; sampling, enumeration and filtering leave the
+    caller's setting as it was."""
+    hmm = mess3()
+    seen = []
+    step = type(hmm).step
+
+    def spy(self, eta, tokens):
+        seen.append(torch.get_num_threads())
+        return step(self, eta, tokens)
+
+    monkeypatch.setattr(type(hmm), "step", spy)
+    tokens = sample_sequences(hmm, 500, 8, seed=0)
+    belief_states(hmm, tokens)
+    assert seen and set(seen) == {1}
+    enumerate_sequences(hmm, 5)
+    assert torch.get_num_threads() == 2
