@@ -19,6 +19,7 @@ from belief_lens.errors import BeliefLensError
 
 __all__ = [
     "HookSpec",
+    "check_finite_activations",
     "eval_mode",
     "model_device",
     "require_eval_mode",
@@ -118,6 +119,20 @@ def check_tokens(model: Any, tokens: Any) -> Int[Tensor, "n pos"]:
     return tokens.long()
 
 
+def check_finite_activations(what: str, values: Tensor, step: int | None = None) -> None:
+    """Raise if ``values`` (activations at a hook, or a model's logits) hold NaN or inf: every
+    number computed from them (losses, probe fits, interventions) would be NaN or, worse, a
+    NaN hidden by ``nan_to_num``, never a finding. ``what`` names them in the message."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        at = f"training diverged: after {step} steps, " if step else ""
+        raise BeliefLensError(
+            f"{at}{what} are not finite ({int(bad.sum())} of {values.numel()} entries NaN or "
+            "inf): the model's weights have diverged or hold NaN; train again with a lower "
+            "learning rate (or a grad_clip), or load another checkpoint"
+        )
+
+
 @contextlib.contextmanager
 def eval_mode(model: Any) -> Iterator[None]:
     """Run the body with ``model`` in eval mode and without gradients, restoring its mode after."""
@@ -193,5 +208,6 @@ def residual_stream(
         if missing:
             raise BeliefLensError(f"hooks {missing} did not fire during the forward pass")
         for name in names:
+            check_finite_activations(f"activations at {name}", got[name])
             chunks[name].append(got[name])
     return {name: torch.cat(parts) for name, parts in chunks.items()}

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from belief_lens.errors import BeliefLensError
+from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.hmm import HMM, NEGATIVE_TOL
 from belief_lens.threads import single_thread_below
 from belief_lens.validation import (
@@ -216,7 +216,7 @@ def _walk(hmm: HMM, beliefs: Tensor, uniforms: Tensor) -> Iterator:
         p = (hmm.T_tau @ cols).T
         if hmm.generalized and (p < -NEGATIVE_TOL).any():
             i, x = torch.nonzero(p < -NEGATIVE_TOL)[0].tolist()
-            raise BeliefLensError(
+            raise InvalidProcessError(
                 f"{hmm.name} gives token {x} negative probability {p[i, x].item():.6g} at walk "
                 f"{i}: it is not a valid process from this belief, so it cannot be sampled"
             )
@@ -282,7 +282,7 @@ def _filter(
     negative = norms < -NEGATIVE_TOL
     if negative.any():
         i, t = torch.nonzero(negative)[0].tolist()
-        raise BeliefLensError(
+        raise InvalidProcessError(
             f"sequence {i} has negative probability: token {int(tokens[i, t])} at position {t} "
             f"gets P = {norms[i, t].item():.6g} after the tokens {tokens[i, :t].tolist()}; "
             f"{hmm.name} is not a valid process there"
@@ -509,7 +509,7 @@ def enumerate_sequences_unchecked(
             p = eta @ hmm.T_tau.T  # [N, V]  P(x | prefix)
             if hmm.generalized and (p < -NEGATIVE_TOL).any():
                 n, x = torch.nonzero(p < -NEGATIVE_TOL)[0].tolist()
-                raise BeliefLensError(
+                raise InvalidProcessError(
                     f"word {tokens[n].tolist() + [x]} of {hmm.name} has negative probability "
                     f"{(logp[n].exp() * p[n, x]).item():.6g}: not a valid process"
                 )

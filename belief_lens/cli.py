@@ -23,45 +23,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from belief_lens.cli_args import (
+    attention_checkpoint,
+    attention_parser,
+    checkpoint_arg,
+    discover_parser,
+    factored_parser,
+    icl_parser,
+    mismatch_arg,
+    number,
+    param_arg,
+)
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.models import ModelConfig, find_checkpoint, load_checkpoint
+from belief_lens.models import ModelConfig, load_checkpoint
 from belief_lens.processes import PROCESSES, make_process
 from belief_lens.run_dir import RunDir, staging_path
 from belief_lens.storage import atomic_write_text
 from belief_lens.training import TrainConfig
+from belief_lens.training.checkpoints import check_checkpoint_process
 from belief_lens.training.memory import check_training_memory
 
 logger = logging.getLogger("belief_lens")
-
-
-def _param(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return key, value
-
-
-def _number(kind: type, *, positive: bool = True):
-    """An argparse type: a finite number of ``kind``, positive (or >= 0), with a clear message."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
-            ) from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if positive and value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        if not positive and value < 0:
-            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}" if positive else kind.__name__
-    return parse
 
 
 def _typed_param(name: str, key: str, text: str, annotation: Any) -> Any:
@@ -137,19 +120,17 @@ def _analysis_args(p: argparse.ArgumentParser) -> None:
         "(default: paper where at most 200,000 sequences exist, else sampled)",
     )
     p.add_argument(
-        "--n-sequences", type=_number(int), default=None, help="sequences for --mode sampled"
+        "--n-sequences", type=number(int), default=None, help="sequences for --mode sampled"
     )
     p.add_argument(
         "--weighting", choices=("rows", "prefixes"), default="rows",
         help="rows by their sequences' weight (default), or each distinct prefix once",
     )  # fmt: skip
-    p.add_argument(
-        "--ridge", type=_number(float, positive=False), default=0.0, help="ridge penalty"
-    )
+    p.add_argument("--ridge", type=number(float, positive=False), default=0.0, help="ridge penalty")
     p.add_argument("--no-controls", action="store_true", help="skip the probe controls")
     p.add_argument("--no-interventions", action="store_true", help="skip the steering experiments")
     p.add_argument(
-        "--seed", type=_number(int, positive=False), default=0,
+        "--seed", type=number(int, positive=False), default=0,
         help="seed for splits, sampling and controls",
     )  # fmt: skip
     p.add_argument(
@@ -184,11 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--process", default="mess3", help="process name (default: mess3)")
     demo.add_argument(
-        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+        "--param", type=param_arg, action="append", default=[], metavar="NAME=VALUE",
         help="a process parameter, e.g. --param x=0.05 (repeatable)",
     )  # fmt: skip
     demo.add_argument(
-        "--minutes", type=_number(float), default=1.5,
+        "--minutes", type=number(float), default=1.5,
         help="training time budget in minutes, evaluations included (default 1.5)",
     )  # fmt: skip
     demo.add_argument(
@@ -202,18 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on exact next-token distributions (bayes, default) or sampled tokens "
         "(tokens: the paper's literal setup)",
     )
-    demo.add_argument("--n-ctx", type=_number(int), default=10, help="context length (default 10)")
-    demo.add_argument("--batch-size", type=_number(int), default=None, help="training batch size")
-    demo.add_argument("--lr", type=_number(float), default=None, help="peak learning rate")
+    demo.add_argument("--n-ctx", type=number(int), default=10, help="context length (default 10)")
+    demo.add_argument("--batch-size", type=number(int), default=None, help="training batch size")
+    demo.add_argument("--lr", type=number(float), default=None, help="peak learning rate")
     demo.add_argument(
-        "--max-steps", type=_number(int), default=None, help="stop after this many steps"
+        "--max-steps", type=number(int), default=None, help="stop after this many steps"
     )
     demo.add_argument(
         "--resume", default=None, metavar="DIR",
         help="finish the interrupted run into DIR with its own settings (other options ignored)",
     )  # fmt: skip
     demo.add_argument(
-        "--keep-checkpoints", type=_number(int, positive=False), default=0,
+        "--keep-checkpoints", type=number(int, positive=False), default=0,
         help="step checkpoints a finished run keeps in DIR/checkpoints (default 0: the final "
         "model.safetensors only; an interrupted run keeps its latest for --resume)",
     )  # fmt: skip
@@ -228,27 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--checkpoint", required=True, help="path to a .safetensors checkpoint")
     probe.add_argument("--process", required=True, help="process the model was trained on")
     probe.add_argument(
-        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+        "--param", type=param_arg, action="append", default=[], metavar="NAME=VALUE",
         help="a process parameter, e.g. --param alpha=0.85 (repeatable)",
     )  # fmt: skip
     probe.add_argument(
         "--out", default=None,
         help="output directory (default: a new runs/probe-<process>-<time>); must be new or empty",
     )  # fmt: skip
+    mismatch_arg(probe)
     _analysis_args(probe)
-    _factored_parser(sub)
-    _attention_parser(sub)
-    _icl_parser(sub)
-    _discover_parser(sub)
+    factored_parser(sub)
+    attention_parser(sub)
+    icl_parser(sub)
+    discover_parser(sub)
     return parser
-
-
-def _checkpoint(text: str) -> Path:
-    """The ``--checkpoint`` argument as a path to an existing file."""
-    path = Path(text)
-    if not path.is_file():
-        raise BeliefLensError(f"checkpoint {path} does not exist or is not a file")
-    return path
 
 
 def _analysis_config(args: argparse.Namespace) -> Any:
@@ -318,123 +292,19 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     from belief_lens.experiments import paper
 
     hmm = _process(args.process, args.param)
-    checkpoint = _checkpoint(args.checkpoint)
+    checkpoint = checkpoint_arg(args.checkpoint)
     config = _analysis_config(args)
+    provenance = check_checkpoint_process(
+        checkpoint, hmm, allow_mismatch=args.allow_process_mismatch
+    )
     model = load_checkpoint(checkpoint)
     run = _prepare_out(args.out, f"probe-{args.process}", args.overwrite)
     args.out, args.run_dir = str(run.final), run
     metrics = paper.analyse_checkpoint(
-        model, hmm, run.staging, checkpoint=checkpoint, analysis=config
+        model, hmm, run.staging, checkpoint=checkpoint, analysis=config, provenance=provenance
     )
     run.commit()
     return metrics
-
-
-def _factored_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "factored",
-        help="factored belief geometry on Mess3 x Mess3 (arXiv 2602.02385)",
-        description="Train the paper's Mess3 architecture on Mess3 x Mess3 (epsilon 0) or on its "
-        "joint-vocabulary-noise version, then measure per-factor probes, subspace angles and "
-        "effective dimension over training against the factored (4) and joint (8) predictions.",
-    )
-    p.add_argument("--epsilon", type=float, default=0.0, help="joint-vocabulary noise (default 0)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training budget (default 4)")
-    p.add_argument(
-        "--out", default=None, help="a new output directory (default: runs/factored-<time>)"
-    )
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data and splits")
-    p.add_argument(
-        "--debug", action="store_true", help="show the full traceback of an unexpected error"
-    )
-
-
-def _attention_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "attention",
-        help="attention as constrained belief updating (arXiv 2502.01954)",
-        description="Train single-layer Mess3 models with 1 and 2 heads where 1 - 3x > 0 and "
-        "where it is negative, over seeds; compare each head's attention, per-token "
-        "contributions and OV vectors with the constrained-update theory, and the losses with "
-        "the optimum; analyse the paper's 4-layer checkpoint too. Writes report.html and "
-        "metrics.json.",
-    )
-    p.add_argument(
-        "--minutes", type=_number(float), default=8.0,
-        help="wall-clock training budget for all models together (default 8)",
-    )  # fmt: skip
-    p.add_argument(
-        "--steps", type=_number(int), default=1500, help="steps per model (default 1500)"
-    )
-    p.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1], help="seeds, one model each (0 1)"
-    )
-    p.add_argument(
-        "--checkpoint", default="mess3_paper",
-        help="a 4-layer Mess3 checkpoint to analyse (default: the paper's, if found), or none",
-    )  # fmt: skip
-    p.add_argument(
-        "--out", default=None, help="a new output directory (default: runs/attention-<time>)"
-    )
-    p.add_argument(
-        "--export", choices=("png,pdf", "png", "pdf", "svg", "none"), default="png,pdf",
-        help="figure files beside report.html (needs kaleido and Chrome; none to skip)",
-    )  # fmt: skip
-    p.add_argument(
-        "--debug", action="store_true", help="show the full traceback of an unexpected error"
-    )
-
-
-def _icl_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "icl",
-        help="in-context learning and steering as one belief dynamics, on a mixture of Mess3s",
-        description="Train the paper's Mess3 architecture (n_ctx 32, Bayes targets) on "
-        "mixture([mess3(0.05, 0.85), mess3(0.25, 0.5)]), then measure its in-context loss curve "
-        "against the mixture's optimum and the never-updating predictor, probe the component "
-        "log-odds, and steer along the probe's direction over an (n, alpha) grid against the "
-        "closed-form Bayesian prediction and a norm-matched control. Writes report.html and "
-        "metrics.json.",
-    )
-    p.add_argument(
-        "--minutes", type=_number(float), default=5.0,
-        help="training budget in CPU minutes of this process, all threads (default 5)",
-    )  # fmt: skip
-    p.add_argument("--out", default=None, help="a new output directory (default: runs/icl-<time>)")
-    p.add_argument(
-        "--max-steps", type=_number(int), default=None, help="stop after this many steps"
-    )
-    p.add_argument(
-        "--seed", type=_number(int, positive=False), default=0,
-        help="seed for weights, data and splits",
-    )  # fmt: skip
-    p.add_argument(
-        "--debug", action="store_true", help="show the full traceback of an unexpected error"
-    )
-
-
-def _discover_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "discover",
-        help="find a belief simplex in a checkpoint's activations without labels",
-        description="Run a checkpoint on the process's sequences, find a simplex in one hook's "
-        "activations with no belief labels, draw it, and score it against the true beliefs. "
-        "Writes DIR/discovery.html and DIR/discovery.json; never overwrites them.",
-    )
-    p.add_argument("--checkpoint", required=True, help="path to a .safetensors checkpoint")
-    p.add_argument("--hook", default="blocks.3.hook_resid_post", help="hook to read")
-    p.add_argument("--process", default="mess3", help="process whose sequences to run (mess3)")
-    p.add_argument(
-        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
-        help="a process parameter (repeatable)",
-    )  # fmt: skip
-    p.add_argument("--n-vertices", type=int, default=None, help="vertices (default: eigengap)")
-    p.add_argument("--out", default="runs/discover", help="output directory (runs/discover)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the fitting subsample")
-    p.add_argument(
-        "--debug", action="store_true", help="show the full traceback of an unexpected error"
-    )
 
 
 def run_factored(args: argparse.Namespace) -> dict[str, Any]:
@@ -445,36 +315,26 @@ def run_factored(args: argparse.Namespace) -> dict[str, Any]:
         seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed
     )
     config = factored.FactoredExperiment(epsilon=args.epsilon, train=training)
+    seeds = tuple(range(args.seed, args.seed + args.seeds))
     run = _prepare_out(args.out, "factored", overwrite=False)
     args.out, args.run_dir = str(run.final), run
     out = run.staging
-    logger.info("training on %s for up to %.1f min", config.process().name, args.minutes)
-    metrics = factored.write_factored_report(factored.run_factored_experiment(config, out), out)
+    logger.info("training on %s, seeds %s, up to %.1f min each", config.process().name,
+                list(seeds), args.minutes)  # fmt: skip
+    runs = factored.run_factored_seeds(config, out, seeds)
+    metrics = factored.write_factored_seeds_report(runs, out)
     run.commit()
+    m = metrics["across_seeds"]
     logger.info(
-        "factor R^2 %s, max cosine %.3f, dims95 %d (factored %d, joint %d)",
-        [round(r, 4) for r in metrics["factor_r2_heldout"]],
-        metrics["max_subspace_cosine"],
-        metrics["dims_95"],
-        metrics["predicted_dims_factored"],
-        metrics["predicted_dims_joint"],
+        "over %d seeds: dims95 %.1f ± %.1f (factored %d, joint %d), verdict %s",
+        m["n_seeds"],
+        m["dims_95"]["mean"],
+        m["dims_95"]["se"],
+        runs[0].final.predicted.factored,
+        runs[0].final.predicted.joint,
+        m["verdict"],
     )
     return metrics
-
-
-def _attention_checkpoint(text: str) -> str | None:
-    """``--checkpoint``: ``none``, a path, or a shared checkpoint's name (absent: skipped)."""
-    if text.lower() == "none":
-        return None
-    if Path(text).is_file():
-        return text
-    try:
-        return str(find_checkpoint(text))
-    except FileNotFoundError as err:
-        if text != "mess3_paper":
-            raise BeliefLensError(str(err)) from None
-        logger.info("the paper's checkpoint is not here; skipping its analysis")
-        return None
 
 
 def run_attention(args: argparse.Namespace) -> dict[str, Any]:
@@ -486,7 +346,7 @@ def run_attention(args: argparse.Namespace) -> dict[str, Any]:
         seeds=seeds,
         steps=args.steps,
         seconds_per_model=args.minutes * 60 / (4 * len(seeds)),
-        checkpoint=_attention_checkpoint(args.checkpoint),
+        checkpoint=attention_checkpoint(args.checkpoint),
     )
     run_dir = _prepare_out(args.out, "attention", overwrite=False)
     args.out, args.run_dir = str(run_dir.final), run_dir
@@ -525,9 +385,12 @@ def run_discover(args: argparse.Namespace) -> dict[str, Any]:
     """The ``discover`` subcommand: returns the metrics it wrote to ``DIR/discovery.json``."""
     from belief_lens.experiments import discovery
 
+    hmm = _process(args.process, args.param)
+    checkpoint = checkpoint_arg(args.checkpoint)
+    check_checkpoint_process(checkpoint, hmm, allow_mismatch=args.allow_process_mismatch)
     return discovery.discover_in_checkpoint(
-        _checkpoint(args.checkpoint),
-        _process(args.process, args.param),
+        checkpoint,
+        hmm,
         args.out,
         hook=args.hook,
         n_vertices=args.n_vertices,
@@ -541,7 +404,7 @@ def _discover_summary(m: dict[str, Any]) -> str:
     )
     if "r2" in m:
         line += f", R^2 {m['r2']:.4f} and MSE {m['mse']:.5f} against the true beliefs"
-    return line
+    return "\n  ".join([line, *m.get("warnings", []), m["verdict"]])
 
 
 def _summary(metrics: dict[str, Any], out: str) -> str:

@@ -23,7 +23,7 @@ from belief_lens.beliefs import (
     check_memory,
     sample_sequences_unchecked,
 )
-from belief_lens.errors import BeliefLensError
+from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.hmm import HMM, NEGATIVE_TOL
 from belief_lens.metrics import entropy
 from belief_lens.msp import MixedStatePresentation, mixed_state_presentation
@@ -95,7 +95,7 @@ def _belief_levels(
         p = eta @ hmm.T_tau.T  # [K, V]
         if hmm.generalized and (p < -NEGATIVE_TOL).any():
             k, x = torch.nonzero(p < -NEGATIVE_TOL)[0].tolist()
-            raise BeliefLensError(
+            raise InvalidProcessError(
                 f"{hmm.name} gives token {x} negative probability {p[k, x].item():.6g} after a "
                 f"length-{L - 1} prefix: not a valid process"
             )
@@ -244,6 +244,8 @@ def _exact_entropy_rate(
         msp = mixed_state_presentation(hmm, max_depth=max_length, max_states=2_000)
         if msp.complete and msp.n_recurrent > 0:
             return _epsilon_machine_rate(msp, hmm)
+    except InvalidProcessError:
+        raise
     except BeliefLensError:
         pass
     h: list[float] = []
@@ -430,6 +432,8 @@ def loss_floor_unchecked(
             if total > 8 * max_states:
                 raise BeliefLensError("belief tree over the memory bound")
             h.append((w * entropy(hmm.next_token_probs(beliefs))).sum())
+    except InvalidProcessError:
+        raise
     except BeliefLensError:
         return _estimate_optimal_loss(hmm, n_ctx, bos, n_sequences, seed, tokens)
     exact = torch.stack(h)

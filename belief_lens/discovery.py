@@ -20,8 +20,24 @@ from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.metrics import regression_metrics
+from belief_lens.probing.estimator import AffineProbe
 
-__all__ = ["Discovery", "DiscoveryScore", "choose_n_vertices", "discover_simplex"]
+__all__ = [
+    "FOUND_R2",
+    "Discovery",
+    "DiscoveryScore",
+    "DiscoveryVerdict",
+    "choose_n_vertices",
+    "discover_simplex",
+    "judge_discovery",
+    "noise_floor",
+]
+
+
+#: Eigenvalues below this fraction of the largest are noise whatever the data's precision.
+RELATIVE_FLOOR = 1e-6
+#: ``found`` needs the matched barycentric coordinates to reach this R^2 against the beliefs.
+FOUND_R2 = 0.9
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,53 @@ class DiscoveryScore:
 
 
 @dataclass(frozen=True)
+class DiscoveryVerdict:
+    """Whether a found simplex is the belief simplex, against its baselines.
+
+    Attributes:
+        found: the criterion below holds.
+        criterion: the rule, in words, with its thresholds.
+        reason: why ``found`` is what it is, with the numbers.
+        n_vertices: the found simplex's vertex count ``k``; n_states: the process's ``S``.
+        r2, mse: the simplex's barycentric coordinates against the true beliefs, vertices matched
+            and nothing refitted (None when ``k != S``: the coordinates cannot be beliefs).
+        r2_pcs: the best affine map from the same ``k - 1`` principal components to the beliefs,
+            fitted with the labels (a ceiling for any simplex in that subspace).
+        r2_random: the best affine map from ``k - 1`` random directions (chance; mean over
+            ``n_random`` draws, with ``r2_random_se`` its standard error).
+        explained_variance: the fraction of the activations' variance in the simplex's subspace.
+    """
+
+    found: bool
+    criterion: str
+    reason: str
+    n_vertices: int
+    n_states: int
+    r2: float | None
+    mse: float | None
+    r2_pcs: float
+    r2_random: float
+    r2_random_se: float
+    explained_variance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as JSON-ready values."""
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        """The verdict in words, with the score and its baselines."""
+        head = "simplex found" if self.found else "no simplex found"
+        score = f"R^2 {self.r2:.3f} against the true beliefs, " if self.r2 is not None else ""
+        return (
+            f"{head}: {self.n_vertices} vertices for {self.n_states} states; {score}baselines: "
+            f"the same {self.n_vertices - 1} principal components with a fitted affine map "
+            f"{self.r2_pcs:.3f}, {self.n_vertices - 1} random directions {self.r2_random:.3f} "
+            f"± {self.r2_random_se:.3f}; explained variance {self.explained_variance:.1%}. "
+            f"{self.reason}"
+        )
+
+
+@dataclass(frozen=True)
 class Discovery:
     """A simplex found in activations, and each point's barycentric coordinates in it.
 
@@ -52,8 +115,10 @@ class Discovery:
         explained_variance_ratio: variance fraction of each leading principal component (as many
             as were considered when choosing ``k``).
         n_vertices: ``k``.
-        chosen_by: ``"given"`` or ``"eigengap"`` (how ``k`` was set).
+        chosen_by: ``"given"`` or ``"eigengap"`` (how ``k`` was set: the spectrum's count above
+            its noise floor, else its largest gap above it).
         outside: the tolerated fraction of points outside each facet the fit was run with.
+        noise_floor: eigenvalues below this fraction of the largest were taken as noise.
     """
 
     coords: Float[Tensor, "... k"]
@@ -64,6 +129,7 @@ class Discovery:
     n_vertices: int
     chosen_by: str
     outside: float
+    noise_floor: float = RELATIVE_FLOOR
 
     def transform(self, acts: Any) -> Float[Tensor, "... k"]:
         """Barycentric coordinates of new activations ``[..., d]`` in the found simplex."""
@@ -115,6 +181,21 @@ def _as_rows(x: Any, name: str) -> tuple[Tensor, tuple[int, ...]]:
     return t.reshape(-1, t.shape[-1]), tuple(t.shape[:-1])
 
 
+def _precision(x: Any) -> torch.dtype:
+    """The floating dtype whose rounding bounds ``x``'s precision (float64 for integers)."""
+    dtype = getattr(x, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype if dtype.is_floating_point else torch.float64
+    try:
+        return (
+            {2: torch.float16, 4: torch.float32}.get(np.dtype(dtype).itemsize, torch.float64)
+            if np.dtype(dtype).kind == "f"
+            else torch.float64
+        )
+    except TypeError:
+        return torch.float64
+
+
 def _barycentric(Z: Tensor, V: Tensor) -> Tensor:
     """Coordinates ``c`` with ``c @ V = z`` and ``c.sum() = 1`` for each row ``z`` of ``Z``."""
     M = torch.cat([V, V.new_ones(V.shape[0], 1)], 1)  # [k, k]
@@ -122,17 +203,45 @@ def _barycentric(Z: Tensor, V: Tensor) -> Tensor:
     return torch.linalg.solve(M.T, A.T).T
 
 
-def choose_n_vertices(explained_variance_ratio: Any) -> int:
-    """``k`` from the largest eigengap: the ``r`` maximising ``ev[r-1] / ev[r]``, plus one.
+def choose_n_vertices(explained_variance_ratio: Any, floor: float = RELATIVE_FLOOR) -> int:
+    """``k`` from the spectrum: the number of eigenvalues above a noise floor, plus one, where the
+    spectrum falls under it; else the largest eigengap (``r`` maximising ``ev[r-1] / ev[r]``),
+    plus one.
 
     A ``(k - 1)``-simplex written affinely into activations adds ``k - 1`` strong directions;
-    after them the spectrum drops to the level of whatever else the layer holds.
+    after them the spectrum drops to the level of whatever else the layer holds, or, for an
+    exactly planted simplex, to rounding noise. Gaps below ``floor * ev[0]`` are between noise
+    and noise (or a clamped zero) and are never chosen.
     """
-    ev = torch.as_tensor(explained_variance_ratio, dtype=torch.float64)
+    ev = torch.as_tensor(np.asarray(explained_variance_ratio, dtype=np.float64))
     if ev.ndim != 1 or len(ev) < 2:
         raise BeliefLensError(f"need >= 2 explained-variance ratios, got shape {tuple(ev.shape)}")
-    ratios = ev[:-1] / ev[1:].clamp_min(torch.finfo(torch.float64).tiny)
+    if not bool(torch.isfinite(ev).all()) or bool((ev < 0).any()):
+        raise BeliefLensError(
+            f"explained-variance ratios must be finite and >= 0, got {ev.tolist()}"
+        )
+    if bool((ev[1:] > ev[:-1]).any()):
+        raise BeliefLensError(
+            f"explained-variance ratios must be non-increasing, got {ev.tolist()}"
+        )
+    if float(ev[0]) <= 0:
+        raise BeliefLensError("explained-variance ratios are all zero: the points do not vary")
+    signal = int((ev > floor * ev[0]).sum())
+    if signal < len(ev):
+        return max(signal, 1) + 1
+    ratios = ev[:-1] / ev[1:]
     return int(torch.argmax(ratios)) + 2
+
+
+def noise_floor(X: Tensor, dtype: torch.dtype, top_eigenvalue: float) -> float:
+    """The fraction of the top eigenvalue below which an eigenvalue of ``Xc.T @ Xc`` is noise:
+    rounding the ``[n, d]`` points to ``dtype`` (their precision) and the float64 eigensolver's
+    own error, with a margin of 100, and never below :data:`RELATIVE_FLOOR`."""
+    eps_in = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    n, d = X.shape
+    rounding = n * (eps_in * float(X.abs().max())) ** 2
+    solver = d * torch.finfo(torch.float64).eps * top_eigenvalue
+    return max(RELATIVE_FLOOR, 100 * (rounding + solver) / max(top_eigenvalue, 1e-300))
 
 
 def _spa(Z: Tensor, k: int) -> Tensor:
@@ -170,6 +279,20 @@ def _refine(Z: Tensor, V0: Tensor, weight: float, max_iter: int) -> Tensor:
     return V.detach()
 
 
+def _check_discover_args(n_vertices: Any, max_vertices: Any, outside: Any, fit_points: Any) -> None:
+    """Refuse bad ``discover_simplex`` options before any work."""
+    if n_vertices is not None and (
+        isinstance(n_vertices, bool) or not isinstance(n_vertices, int) or n_vertices < 2
+    ):
+        raise BeliefLensError(f"n_vertices must be an integer >= 2 or None, got {n_vertices!r}")
+    if isinstance(max_vertices, bool) or not isinstance(max_vertices, int) or max_vertices < 3:
+        raise BeliefLensError(f"max_vertices must be an integer >= 3, got {max_vertices!r}")
+    if not (isinstance(outside, (int, float)) and 0 < outside < 0.5):
+        raise BeliefLensError(f"outside must be a fraction in (0, 0.5), got {outside!r}")
+    if isinstance(fit_points, bool) or not isinstance(fit_points, int) or fit_points < 1:
+        raise BeliefLensError(f"fit_points must be a positive integer, got {fit_points!r}")
+
+
 def discover_simplex(
     acts: Float[Tensor, "... d"] | np.ndarray,
     n_vertices: int | None = None,
@@ -184,9 +307,10 @@ def discover_simplex(
     Method, and why:
 
     1. **Dimension.** Principal components to ``k - 1`` dimensions. Unless ``n_vertices`` is
-       given, ``k`` comes from the largest gap in the explained-variance spectrum
-       (:func:`choose_n_vertices`, over at most ``max_vertices``), the elbow a linearly written
-       simplex leaves.
+       given, ``k`` comes from the explained-variance spectrum (:func:`choose_n_vertices`, over
+       at most ``max_vertices``): the count of eigenvalues above a noise floor set by the data's
+       precision (:func:`noise_floor`) where the spectrum falls under it, else its largest gap,
+       the elbow a linearly written simplex leaves.
     2. **Start.** The successive projection algorithm (Gillis & Vavasis 2014) on the points lifted
        to ``[z, 1]`` picks ``k`` extreme points; it is deterministic, needs no tuning, and
        provably finds the vertices when points reach them. But one outlier becomes a vertex.
@@ -203,18 +327,10 @@ def discover_simplex(
     computed for every row. Raise ``outside`` for noisy clouds with much mass near their faces
     (Mess3's beliefs crowd the edges); lower it for clouds that thin out toward their faces.
     """
+    in_dtype = _precision(acts)
     X, lead = _as_rows(acts, "acts")
     n, d = X.shape
-    if n_vertices is not None and (
-        isinstance(n_vertices, bool) or not isinstance(n_vertices, int) or n_vertices < 2
-    ):
-        raise BeliefLensError(f"n_vertices must be an integer >= 2 or None, got {n_vertices!r}")
-    if isinstance(max_vertices, bool) or not isinstance(max_vertices, int) or max_vertices < 3:
-        raise BeliefLensError(f"max_vertices must be an integer >= 3, got {max_vertices!r}")
-    if not (isinstance(outside, (int, float)) and 0 < outside < 0.5):
-        raise BeliefLensError(f"outside must be a fraction in (0, 0.5), got {outside!r}")
-    if isinstance(fit_points, bool) or not isinstance(fit_points, int) or fit_points < 1:
-        raise BeliefLensError(f"fit_points must be a positive integer, got {fit_points!r}")
+    _check_discover_args(n_vertices, max_vertices, outside, fit_points)
     k_max = n_vertices if n_vertices is not None else max_vertices
     if k_max - 1 > min(n - 1, d):
         raise BeliefLensError(
@@ -230,7 +346,8 @@ def discover_simplex(
     if total <= 0:
         raise BeliefLensError("acts have zero variance: every point is the same")
     ev = eigval[: max(k_max, 3)] / total
-    k = n_vertices if n_vertices is not None else choose_n_vertices(ev[:max_vertices])
+    floor = noise_floor(X, in_dtype, float(eigval[0]))
+    k = n_vertices if n_vertices is not None else choose_n_vertices(ev[:max_vertices], floor)
     comps = eigvec[:, : k - 1].T.contiguous()  # [k-1, d]
     signs = torch.sign(comps[torch.arange(k - 1), comps.abs().argmax(1)])
     comps = comps * torch.where(signs == 0, 1.0, signs)[:, None]
@@ -246,6 +363,68 @@ def discover_simplex(
         components=comps,
         explained_variance_ratio=ev[:max_vertices],
         n_vertices=k,
+        noise_floor=floor,
         chosen_by="given" if n_vertices is not None else "eigengap",
         outside=float(outside),
     )
+
+
+def _affine_r2(Z: Tensor, Y: Tensor) -> float:
+    """R^2 of the best affine map from ``Z`` to ``Y`` (fitted in-sample with the labels)."""
+    return float(AffineProbe().fit(Z, Y).score(Z, Y))
+
+
+def judge_discovery(
+    found: Discovery,
+    acts: Float[Tensor, "... d"] | np.ndarray,
+    beliefs: Float[Tensor, "... S"] | np.ndarray,
+    *,
+    n_random: int = 5,
+    seed: int = 0,
+    threshold: float = FOUND_R2,
+) -> DiscoveryVerdict:
+    """Grade ``found`` (from ``discover_simplex(acts)``) against the true ``beliefs``, beside two
+    baselines: the same ``k - 1`` principal components with a fitted affine map (a ceiling) and
+    ``k - 1`` random directions (chance, ``n_random`` seeded draws).
+
+    The criterion: the simplex has one vertex per state (``k == S``) and its barycentric
+    coordinates, matched to states with nothing refitted, reach R^2 >= ``threshold`` and beat
+    the random directions' R^2 (which is given the labels: where the activations are nearly
+    ``k - 1``-dimensional any directions see them, and it is high).
+    """
+    X, _ = _as_rows(acts, "acts")
+    Y, _ = _as_rows(beliefs, "beliefs")
+    if X.shape[0] != Y.shape[0]:
+        raise BeliefLensError(
+            f"acts have {X.shape[0]} points but beliefs {Y.shape[0]}; give one belief per point"
+        )
+    k, S = found.n_vertices, Y.shape[1]
+    Xc = X - found.mean
+    r2_pcs = _affine_r2(Xc @ found.components.T, Y)
+    gen = torch.Generator().manual_seed(seed)
+    rand = []
+    for _ in range(n_random):
+        Q = torch.linalg.qr(torch.randn(X.shape[1], k - 1, generator=gen, dtype=torch.float64))[0]
+        rand.append(_affine_r2(Xc @ Q, Y))
+    r_mean = float(np.mean(rand))
+    r_se = float(np.std(rand, ddof=1) / np.sqrt(n_random)) if n_random > 1 else 0.0
+    criterion = (
+        f"one vertex per state, and the matched barycentric coordinates reach R^2 >= "
+        f"{threshold} and beat {k - 1} random directions with a fitted affine map"
+    )
+    explained = float(found.explained_variance_ratio[: k - 1].sum())
+    common = dict(criterion=criterion, n_vertices=k, n_states=S, r2_pcs=r2_pcs,
+                  r2_random=r_mean, r2_random_se=r_se, explained_variance=explained)  # fmt: skip
+    if k != S:
+        reason = (
+            f"The spectrum picks {k} vertices, but the process has {S} states: the simplex "
+            "found is not its belief simplex."
+        )
+        return DiscoveryVerdict(found=False, reason=reason, r2=None, mse=None, **common)
+    score = found.score(Y)
+    ok = score.r2 >= threshold and score.r2 > r_mean
+    reason = (
+        f"R^2 {score.r2:.3f} {'reaches' if score.r2 >= threshold else 'is below'} {threshold}"
+        f" and is {score.r2 - r_mean:+.3f} from chance."
+    )
+    return DiscoveryVerdict(found=ok, reason=reason, r2=score.r2, mse=score.mse, **common)

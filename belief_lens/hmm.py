@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from belief_lens.errors import BeliefLensError
+from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.validation import check_float, check_int, check_real_tensor
 
 _EIG_TOL = 1e-8
@@ -188,7 +188,7 @@ class HMM:
         new, norm = new.T.reshape(beliefs.shape), norm.reshape(tokens.shape)
         if (norm < -NEGATIVE_TOL).any():
             idx = torch.nonzero(norm < -NEGATIVE_TOL)[0].tolist()
-            raise BeliefLensError(
+            raise InvalidProcessError(
                 f"token at batch index {idx} has negative probability "
                 f"{norm[tuple(idx)].item():.6g}: {self.name} is not a valid process from there"
             )
@@ -338,7 +338,7 @@ class GeneralizedHMM(HMM):
             if neg.any():
                 k, x = torch.nonzero(neg)[0].tolist()
                 word = words[k].tolist() + [x]
-                raise BeliefLensError(
+                raise InvalidProcessError(
                     f"{self.name} is not a valid process: word {word} has negative probability "
                     f"{(prob[k] * p[k, x]).item():.6g} (P({x} | {words[k].tolist()}) = "
                     f"{p[k, x].item():.6g}); its word probabilities must be >= 0"

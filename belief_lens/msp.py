@@ -15,7 +15,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from belief_lens.beliefs import check_hmm
-from belief_lens.errors import BeliefLensError
+from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.hmm import HMM, NEGATIVE_TOL
 from belief_lens.threads import single_thread_below
 from belief_lens.validation import check_float, check_int
@@ -121,7 +121,7 @@ class _MSPGraph:
         p = new @ hmm.tau
         if (p < -NEGATIVE_TOL).any():
             r, x = torch.nonzero(p < -NEGATIVE_TOL)[0].tolist()
-            raise BeliefLensError(
+            raise InvalidProcessError(
                 f"{hmm.name} gives token {x} negative probability {p[r, x].item():.6g} "
                 f"at depth {depth}: not a valid process"
             )

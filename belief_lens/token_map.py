@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -41,6 +42,10 @@ __all__ = ["TokenMap"]
 
 def _as_id_list(ids: Any, what: str) -> list[int]:
     """Integer token ids as a Python list, raising on floats, bools and non-1-D input."""
+    if isinstance(ids, bool | np.bool_) or (
+        isinstance(ids, list | tuple) and any(isinstance(i, bool | np.bool_) for i in ids)
+    ):
+        raise BeliefLensError(f"{what} must be integer token ids, got a bool in {ids!r}")
     t = torch.as_tensor(ids)
     if t.numel() == 0:
         return []
@@ -120,6 +125,11 @@ class TokenMap:
         if not symbol_ids:
             raise BeliefLensError("ids is empty: give one token id per HMM symbol")
         sep = [] if separator is None else _as_id_list(separator, "separator")
+        if isinstance(bos, bool | np.bool_):
+            raise BeliefLensError(
+                f"bos must be a token id or None, got {bos!r}; for the tokenizer's own BOS use "
+                "TokenMap.from_strings(model, ..., bos=True)"
+            )
         if bos is not None and not isinstance(bos, int):
             bos_list = _as_id_list(bos, "bos")
             if len(bos_list) != 1:

@@ -58,10 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         "bayes", "mess3", seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed
     )
     t0 = time.perf_counter()
-    history = train(model, hmm, config, progress=False)
+    print(f"training on {hmm.name} for up to {args.minutes} min", flush=True)
+    history = train(model, hmm, config, progress=True)
     train_seconds = time.perf_counter() - t0
     model.eval()
+    print(
+        f"trained {history.steps} steps in {train_seconds:.0f} s; evaluating the loss", flush=True
+    )
     loss = evaluate_loss(model, hmm, n_sequences=args.eval_sequences)
+    # The evaluation is of the trained model: record its step and tokens, not 0.
+    tokens = history.steps * history.tokens_per_step
+    loss = dataclasses.replace(loss, step=history.steps, tokens=tokens)
+    print(f"loss {loss.loss_over_optimal:.4f}x the optimum; measuring at {HOOK}", flush=True)
 
     # %% Every measurement at the last residual stream.
     result = shared_structure(
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": train_seconds,
         "loss": dataclasses.asdict(loss),
     }
-    print(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1), flush=True)
 
     # %% A's probe read on B's sequences, beside B's true beliefs.
     b = collect_vocab(model, component, VOCAB_MAPS[1], HOOK, n_sequences=2000, seed=99)
@@ -83,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         b.beliefs.reshape(-1, 3), pred.cpu(), titles=("B: true beliefs", "B read by A's probe"),
         title="Probe fitted on vocabulary A, applied to vocabulary B",
     )  # fmt: skip
-    write_report(out, "One structure, two vocabularies", [shared_structure_section(result, [fig])],
-                 metrics)  # fmt: skip
+    section = shared_structure_section(result, [fig], loss_over_optimal=loss.loss_over_optimal)
+    write_report(out, "One structure, two vocabularies", [section], metrics)
     save_checkpoint(model, out / "model.safetensors", overwrite=True)  # a rerun, as the report
     print(f"wrote {out}/report.html and {out}/metrics.json")
     return 0

@@ -222,6 +222,7 @@ def test_attention_command_on_a_tiny_budget(tmp_path, capsys):
         assert r["head_count_prediction_holds"] == ((gain > r["margin"]) == (r["eigenvalue"] < 0))
     html = (out / "report.html").read_text()
     assert "Attention as constrained belief updating" in html and "ln(1 − 3x)" in html
+    assert "Under-trained" in html  # six steps: the summary says so (issue 21)
     assert main([*argv, "--export", "none", "--out", str(out)]) == 2  # nothing is overwritten
     assert "already holds files" in capsys.readouterr().err
 

@@ -145,7 +145,7 @@ def test_checkpoint_that_does_not_fit_the_process(shared_checkpoint, capsys, tmp
         main(["probe", "--checkpoint", str(path), "--process", "mess3", "--out", str(tmp_path)])
         == 2
     )
-    assert "vocabulary of 2 tokens but mess3" in capsys.readouterr().err
+    assert "vocabulary of 2 tokens does not fit mess3" in capsys.readouterr().err
 
 
 def test_unreadable_checkpoint(tmp_path, capsys):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from belief_lens.cli import main
-from belief_lens.discovery import choose_n_vertices, discover_simplex
+from belief_lens.discovery import choose_n_vertices, discover_simplex, judge_discovery
 from belief_lens.errors import BeliefLensError
 
 
@@ -106,10 +106,66 @@ def test_discover_command_draws_the_simplex(shared_checkpoint, tmp_path, capsys)
     assert main([*argv, "--out", str(out)]) == 0
     metrics = json.loads((out / "discovery.json").read_text())
     assert metrics["n_vertices"] == 3 and metrics["r2"] >= 0.9
+    # Found, with its baselines beside it: chance (random directions) far below, the fitted
+    # ceiling of the same subspace just above.
+    assert metrics["found"] is True
+    assert metrics["r2_random"] + 0.3 < metrics["r2"] <= metrics["r2_pcs"] + 1e-9
+    assert 0.5 < metrics["explained_variance"] < 0.9  # 68% in the top 2 PCs
     html = (out / "discovery.html").read_text()
     assert "barycentric coordinates" in html
-    assert "R^2" in capsys.readouterr().out
+    assert "Simplex found" in html and "random directions" in html
+    printed = capsys.readouterr().out
+    assert "R^2" in printed and "simplex found:" in printed
     # An existing output is never overwritten.
     assert main([*argv, "--out", str(out)]) == 2
     assert (out / "discovery.html").read_text() == html
     assert "exists" in capsys.readouterr().err
+
+
+def test_rrxor_checkpoint_says_no_simplex_found_with_a_score(shared_checkpoint, tmp_path, capsys):
+    out = tmp_path / "rrxor"
+    ckpt = str(shared_checkpoint("rrxor_paper"))
+    assert (
+        main(["-q", "discover", "--checkpoint", ckpt, "--process", "rrxor", "--out", str(out)]) == 0
+    )
+    metrics = json.loads((out / "discovery.json").read_text())
+    assert metrics["found"] is False
+    assert metrics["verdict"].startswith("no simplex found")
+    # Scored at the spectrum's choice and at one vertex per state (5): neither beats chance.
+    per_state = metrics["candidates"]["one vertex per state"]
+    assert per_state["n_vertices"] == 5 and per_state["r2"] < 0.9
+    assert "No simplex found" in (out / "discovery.html").read_text()
+    assert "no simplex found" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exact_planted_two_simplex_in_ten_dims_gives_three_vertices(dtype):
+    # No noise: past the 2 real directions the spectrum is rounding noise and clamped zeros,
+    # whose ratios are meaningless; the noise floor keeps them out.
+    for offset in (0.0, 50.0):
+        acts, coords = planted(k=3, n=5_000, d=10, noise=0.0, seed=3)
+        found = discover_simplex((acts + offset).astype(dtype))
+        assert found.n_vertices == 3, (dtype, offset, found.explained_variance_ratio)
+        assert best_r2(found.coords.numpy(), coords) > 0.99
+
+
+def test_choose_n_vertices_refuses_nan_and_respects_the_floor():
+    with pytest.raises(BeliefLensError, match="finite"):
+        choose_n_vertices([0.5, float("nan"), 0.1])
+    with pytest.raises(BeliefLensError, match="non-increasing"):
+        choose_n_vertices([0.1, 0.5])
+    # Two directions, then noise at 1e-16 and a clamped zero: 3 vertices, not the noise's gap.
+    assert choose_n_vertices([0.7, 0.3, 1e-16, 0.0]) == 3
+
+
+def test_judge_discovery_finds_a_planted_simplex_and_not_a_wrong_vertex_count():
+    acts, coords = planted(k=3, n=4_000)
+    verdict = judge_discovery(discover_simplex(acts), acts, coords)
+    assert verdict.found and verdict.r2 > 0.99 and verdict.r2_random < verdict.r2
+    # A Gaussian blob: whatever simplex is fitted is not the beliefs'.
+    rng = np.random.default_rng(0)
+    blob = rng.normal(size=(4_000, 16))
+    v = judge_discovery(discover_simplex(blob, 3), blob, coords)
+    assert not v.found and "below" in v.reason
+    v4 = judge_discovery(discover_simplex(acts, 4), acts, coords)
+    assert not v4.found and v4.r2 is None and "4 vertices" in v4.reason

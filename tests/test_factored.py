@@ -294,7 +294,8 @@ def test_cli_and_demo_run_end_to_end(tmp_path, capsys):
     argv = ["factored", "--epsilon", "0.05", "--max-steps", "2", "--minutes", "2"]
     assert main([*argv, "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epsilon"] == 0.05 and metrics["steps"] == 2
+    assert [(r["epsilon"], r["steps"]) for r in metrics["runs"]] == [(0.05, 2)] * 3  # 3 seeds
+    assert metrics["across_seeds"]["n_seeds"] == 3
     assert (out / "report.html").stat().st_size > 0
     assert main([*argv, "--out", str(out)]) == 2  # never trains over a finished run
     assert "already holds files" in capsys.readouterr().err

@@ -39,10 +39,32 @@ addEventListener('load', () => setTimeout(() => {
     const r = d.getBoundingClientRect();
     return {id: d.id, x: r.left + scrollX, y: r.top + scrollY, w: r.width, h: r.height};
   });
+  // Every 2-D marker drawn outside its panel (beyond the displayed ranges with clipping off;
+  // clipped markers are not drawn), and every subplot title outside its panel's columns.
+  const outside = [...document.querySelectorAll('.js-plotly-plot')].map(gd => {
+    const L = gd._fullLayout, bad = [];
+    (gd._fullData || []).forEach(tr => {
+      if (tr.type !== 'scatter' || !tr.x || !String(tr.mode).includes('markers')) return;
+      if (tr.cliponaxis !== false) return;
+      const xa = L[tr.xaxis.replace('x', 'xaxis')], ya = L[tr.yaxis.replace('y', 'yaxis')];
+      let n = 0;
+      for (let k = 0; k < tr.x.length; k++) {
+        if (tr.x[k] < xa.range[0] || tr.x[k] > xa.range[1] ||
+            tr.y[k] < ya.range[0] || tr.y[k] > ya.range[1]) n++;
+      }
+      if (n) bad.push(`${n} of ${tr.x.length} points of '${tr.name}'`);
+    });
+    const cols = Object.keys(L).filter(k => /^xaxis\\d*$/.test(k)).map(k => L[k].domain);
+    (L.annotations || []).forEach(a => {
+      if (a.xref !== 'paper' || !cols.length) return;
+      if (!cols.some(d => a.x >= d[0] - 1e-9 && a.x <= d[1] + 1e-9)) bad.push(`title '${a.text}'`);
+    });
+    return {id: gd.id, bad};
+  });
   const pre = document.createElement('pre');
   pre.id = '__probe';
   pre.textContent = JSON.stringify(
-    {errors: __errors, rects, height: document.documentElement.scrollHeight});
+    {errors: __errors, rects, outside, height: document.documentElement.scrollHeight});
   document.body.appendChild(pre);
 }, 1000));
 </script>"""
@@ -161,6 +183,8 @@ def check_in_browser(report: Path, shots: Path) -> dict:
     uncaught = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln and "Uncaught" in ln]
     assert uncaught == [], uncaught
     assert probe["rects"], "no plotly figure on the page"
+    drawn_outside = {o["id"]: o["bad"] for o in probe["outside"] if o["bad"]}
+    assert drawn_outside == {}, f"drawn outside their panels: {drawn_outside}"
 
     shot = shots / f"{report.parent.name}.png"
     height = int(probe["height"]) + 20
@@ -216,3 +240,32 @@ def test_report_renders_in_a_browser(report, request, tmp_path):
     probe = check_in_browser(path, tmp_path)
     ids = {r["id"] for r in probe["rects"]}
     assert {"fig-geometry", "fig-geometry_per_hook", "fig-controls_r2"} <= ids
+
+
+def test_shared_structure_figure_draws_inside_its_panels(tmp_path):
+    # The demo's figure: a probe read on the other vocabulary, far off the simplex (as in a
+    # transfer that fails), beside the true beliefs.
+    from belief_lens.plotting import compare_figure
+    from belief_lens.report import shared_structure_section, write_report
+
+    rng = np.random.default_rng(0)
+    truth = rng.dirichlet([1.0, 1.0, 1.0], 3000)
+    read = truth @ rng.normal(size=(3, 3)) * 3 + rng.normal(size=(3000, 3))
+    fig = compare_figure(truth, read, titles=("B: true beliefs", "B read by A's probe"),
+                         title="Probe fitted on vocabulary A, applied to vocabulary B")  # fmt: skip
+
+    class Result:  # the numbers the section words; only the figure matters here
+        def to_dict(self):
+            keys = ("transfer_r2_a_to_b", "transfer_r2_b_to_a", "transfer_r2_a_to_b_centred",
+                    "transfer_r2_b_to_a_centred", "within_r2_a", "within_r2_b", "max_cosine_a_b",
+                    "steer_kl_before", "steer_transfer_fold", "steer_control_fold",
+                    "steer_own_fold", "mixture_r2_joint", "mixture_r2_component",
+                    "mixture_r2_within")  # fmt: skip
+            return {"hook": "h", "principal_angles_deg": [10.0], **dict.fromkeys(keys, 0.5)}
+
+    section = shared_structure_section(Result(), [fig], loss_over_optimal=1.0175)
+    assert any("Under-trained" in w for w in section.warnings)
+    out = tmp_path / "shared"
+    write_report(out, "One structure, two vocabularies", [section], {}, export=())
+    probe = check_in_browser(out / "report.html", tmp_path)
+    assert [o["bad"] for o in probe["outside"]] == [[]]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from belief_lens.hmm import HMM
 from belief_lens.models import ModelConfig, load_checkpoint, toy_transformer
 from belief_lens.probes import AffineProbe, split_prefixes
 from belief_lens.processes import mess3, noisy_product, product
-from belief_lens.report import factored_section, write_report
+from belief_lens.report import factored_section, factored_seeds_section, write_report
 from belief_lens.training import Targets, TrainConfig, step_checkpoints, train
 from belief_lens.validation import check_float, check_int
 
@@ -38,8 +38,14 @@ __all__ = [
     "FactoredRun",
     "factored_training",
     "run_factored_experiment",
+    "run_factored_seeds",
+    "seed_summary",
     "write_factored_report",
+    "write_factored_seeds_report",
 ]
+
+#: A factored verdict repeats over at least this many seeds.
+MIN_SEEDS = 3
 
 #: Where the paper reads the residual stream; the last layer's output before the final norm.
 DEFAULT_HOOK = "blocks.3.hook_resid_post"
@@ -175,7 +181,7 @@ def _train(config: FactoredExperiment, hmm: HMM, ckpt_dir: Path) -> Any:
     setup = config.train.replace(
         keep_checkpoints=10**9, eval_every=config.train.eval_every or every
     )
-    return train(model, hmm, setup, checkpoint_dir=ckpt_dir, progress=False)
+    return train(model, hmm, setup, checkpoint_dir=ckpt_dir, progress=True)
 
 
 def _evenly_spaced(saved: list[tuple[int, Path]], n: int) -> list[tuple[int, Path]]:
@@ -211,4 +217,67 @@ def write_factored_report(
     metrics = run.to_dict()
     title = title or f"belief_lens factored: {run.process_name}"
     write_report(out_dir, title, [factored_section(run)], metrics)
+    return metrics
+
+
+def run_factored_seeds(
+    config: FactoredExperiment, work_dir: str | os.PathLike, seeds: tuple[int, ...] = (0, 1, 2)
+) -> list[FactoredRun]:
+    """``config`` trained and measured once per seed (weights, data and splits), each in
+    ``work_dir/seed-<s>``: a verdict from one seed is an anecdote (at least :data:`MIN_SEEDS`)."""
+    seeds = tuple(check_int("seed", s, low=0) for s in seeds)
+    if len(set(seeds)) < MIN_SEEDS:
+        raise BeliefLensError(f"give at least {MIN_SEEDS} distinct seeds, got {list(seeds)}")
+    return [
+        run_factored_experiment(
+            replace(config, train=config.train.replace(seed=s)), Path(work_dir) / f"seed-{s}"
+        )
+        for s in seeds
+    ]
+
+
+def _mean_se(values: list[float]) -> dict[str, float]:
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else float("nan")
+    return {"mean": mean, "se": (var / n) ** 0.5, "values": values}
+
+
+def seed_summary(runs: list[FactoredRun]) -> dict[str, Any]:
+    """Each headline measurement over the seeds as mean, standard error and the values; the
+    verdict every seed gives, or ``"mixed"`` with the count of each."""
+    finals = [r.final for r in runs]
+    out: dict[str, Any] = {"n_seeds": len(runs), "seeds": [r.config.train.seed for r in runs]}
+    for i in range(len(finals[0].factor_r2)):
+        out[f"factor_{i}_r2_heldout"] = _mean_se([g.factor_r2[i] for g in finals])
+    for name in ("joint_r2", "dims_95", "dims_99", "max_subspace_cosine"):
+        out[name] = _mean_se([float(getattr(g, name)) for g in finals])
+    out["factored_cost_nats"] = _mean_se([r.factored_cost for r in runs])
+    overlaps = [g.pairs[0].overlap for g in finals if g.pairs and g.pairs[0].overlap is not None]
+    if len(overlaps) == len(finals):
+        out["vary_one_overlap"] = _mean_se([float(v) for v in overlaps])
+        out["vary_one_random_baseline"] = float(finals[0].pairs[0].baseline)
+    ratios = [r.loss_over_optimal for r in runs if r.loss_over_optimal is not None]
+    out["loss_over_optimal"] = _mean_se(ratios) if ratios else None
+    verdicts = [g.verdict for g in finals]
+    counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+    out["verdicts"] = verdicts
+    out["verdict"] = (
+        verdicts[0]
+        if len(counts) == 1
+        else "mixed (" + ", ".join(f"{v} {c}/{len(verdicts)}" for v, c in counts.items()) + ")"
+    )
+    return out
+
+
+def write_factored_seeds_report(
+    runs: list[FactoredRun], out_dir: str | os.PathLike, title: str | None = None
+) -> dict[str, Any]:
+    """Write the report of a run over seeds (the verdict across seeds first, then the last
+    seed's geometry) and its ``metrics.json``; return the metrics."""
+    summary = seed_summary(runs)
+    metrics = {"across_seeds": summary, "runs": [r.to_dict() for r in runs]}
+    title = title or f"belief_lens factored: {runs[0].process_name}, {len(runs)} seeds"
+    sections = [factored_seeds_section(runs, summary), factored_section(runs[-1])]
+    write_report(out_dir, title, sections, metrics)
     return metrics

@@ -110,7 +110,11 @@ def run_paper_demo(
         config=demo.analysis,
         history=history,
         title=f"belief_lens demo: {hmm.name}",
-        extra_metrics={"train_seconds": history.seconds, "train_steps": history.steps},
+        extra_metrics={
+            "train_seconds": history.seconds,
+            "train_steps": history.steps,
+            "model_source": f"trained in this run, saved to {out / 'model.safetensors'}",
+        },
     )
 
 
@@ -121,16 +125,28 @@ def analyse_checkpoint(
     *,
     checkpoint: str | os.PathLike,
     analysis: AnalysisConfig | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Analyse ``model``, loaded from ``checkpoint`` (this package's or the paper's, by
     ``load_checkpoint``), on ``hmm`` into ``out_dir`` (default analysis: every sequence where they
-    can be enumerated); return the metrics."""
+    can be enumerated); return the metrics. ``provenance`` is
+    ``training.check_checkpoint_process``'s record (the process the checkpoint was trained on, or
+    "unknown"), shown in the report."""
     path = Path(checkpoint)
+    source = {"model_source": f"loaded from {path}"}
+    if provenance:
+        recorded = provenance.get("recorded_process", "unknown")
+        source["model_source"] += (
+            f" (trained on {recorded})"
+            if recorded != "unknown"
+            else (" (trained on an unrecorded process)")
+        )
+        source["provenance"] = provenance
     return analyse(
         model,
         hmm,
         out_dir,
         config=analysis or AnalysisConfig(mode="auto"),
         title=f"belief_lens: {path.name} on {hmm.name}",
-        extra_metrics={"checkpoint": str(path)},
+        extra_metrics={"checkpoint": str(path), **source},
     )

@@ -43,6 +43,11 @@ from belief_lens.interventions.patching import (
     subspace_patch_setter,
     theory_kl_metric,
 )
+from belief_lens.interventions.provenance import (
+    check_provenance,
+    current_fingerprint,
+    provenance_of,
+)
 from belief_lens.interventions.run import (
     Directions,
     ablate_belief_subspace,
@@ -76,8 +81,11 @@ __all__ = [
     "SubspacePatch",
     "ablate_belief_subspace",
     "belief_basis",
+    "check_provenance",
     "control_basis",
+    "current_fingerprint",
     "intervene",
+    "provenance_of",
     "intervention_report",
     "load_intervention",
     "patch_belief_subspace",

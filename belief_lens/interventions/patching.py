@@ -10,7 +10,7 @@ sweep, and ``patching_report`` runs it beside its control into a ``PatchingResul
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.interventions.bases import LayerBases, project_towards
 from belief_lens.interventions.checks import check_activation
+from belief_lens.interventions.provenance import check_provenance, provenance_of
 from belief_lens.metrics import kl_divergence, recovery
 from belief_lens.probing.estimator import BasisKind
 from belief_lens.validation import check_int, check_option, check_seed, resolve_positions
@@ -360,15 +361,24 @@ def patching_report(
     position: int = -1,
     kind: BasisKind = "encoding",
     control_seed: int = 0,
+    strict: bool = False,
+    allow_other_model: bool = False,
 ) -> PatchingResult:
     """Patch the belief subspace of every layer and position from the clean run into the corrupted
     run, and a control of the same rank, measured by ``theory_kl_metric`` at ``position``.
 
     ``probe_or_basis`` is a probe, a basis, or ``{layer: probe}`` (the probe of each layer's
     ``hook``, a per-layer hook such as ``"resid_post"``). Tokens are the HMM's symbols, read by
-    the model as tokens.
+    the model as tokens. Probes fitted on another model warn (``strict``, ``allow_other_model``
+    as in ``intervene``).
     """
     clean, corrupted = _check_pair(model, clean_tokens, corrupted_tokens)
+    given = probe_or_basis.values() if isinstance(probe_or_basis, Mapping) else [probe_or_basis]
+    for probe in given:
+        recorded = provenance_of(probe)["model_fingerprint"]
+        check_provenance(model, recorded, "a probe patched with", strict=strict,
+                         allow_other_model=allow_other_model)  # fmt: skip
+
     hmm = check_hmm(hmm)
     control_seed = check_seed("control_seed", control_seed)
     names = layer_hooks(model, hook)

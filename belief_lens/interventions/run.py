@@ -18,6 +18,7 @@ from torch import Tensor
 
 from belief_lens import tl_compat
 from belief_lens.activations import (
+    check_finite_activations,
     check_tokens,
     eval_mode,
     model_device,
@@ -26,6 +27,7 @@ from belief_lens.activations import (
 )
 from belief_lens.errors import BeliefLensError
 from belief_lens.interventions.bases import as_basis
+from belief_lens.interventions.provenance import check_provenance, provenance_of
 from belief_lens.interventions.values import Ablate, AblateMode, Steer, SubspacePatch
 from belief_lens.validation import Positions, check_option
 
@@ -56,10 +58,19 @@ def steerable_hooks(model: Any) -> list[str]:
     ]
 
 
-def check_intervention(model: Any, tokens: Tensor, intervention: Any) -> None:
+def check_intervention(
+    model: Any,
+    tokens: Tensor,
+    intervention: Any,
+    *,
+    strict: bool = False,
+    allow_other_model: bool = False,
+) -> None:
     """Everything about ``intervention`` on ``model`` and checked ``tokens`` that can be checked
     before a forward pass: its type, its exact hook, its width at a residual hook, its positions
-    and batch, and a source run's tokens."""
+    and batch, a source run's tokens, and its provenance (made from another model: a
+    ``ProvenanceWarning`` with both fingerprints, an error under ``strict``, nothing under
+    ``allow_other_model``)."""
     if not isinstance(intervention, (Steer, SubspacePatch, Ablate)):
         raise BeliefLensError(
             f"intervention must be a Steer, SubspacePatch or Ablate, got "
@@ -83,6 +94,13 @@ def check_intervention(model: Any, tokens: Tensor, intervention: Any) -> None:
     intervention.check_run(int(tokens.shape[0]), int(tokens.shape[1]))
     if isinstance(intervention, SubspacePatch) and intervention.source_is_tokens:
         check_tokens(model, intervention.source)
+    check_provenance(
+        model,
+        intervention.model_fingerprint,
+        f"this {type(intervention).__name__} at {intervention.hook}",
+        strict=strict,
+        allow_other_model=allow_other_model,
+    )
 
 
 def _run_hooked(
@@ -100,6 +118,8 @@ def _run_hooked(
         logits = model(tokens.to(model_device(model)))
     if len(seen) != 1:
         raise BeliefLensError(f"hook {hook!r} fired {len(seen)} times in one forward, expected 1")
+    check_finite_activations(f"activations at {hook}", seen[0])
+    check_finite_activations("the model's logits", logits)
     return logits, seen[0]
 
 
@@ -116,16 +136,25 @@ def run_intervention(
 
 
 def intervene(
-    model: Any, tokens: Int[Tensor, "batch pos"], intervention: Steer | SubspacePatch | Ablate
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    intervention: Steer | SubspacePatch | Ablate,
+    *,
+    strict: bool = False,
+    allow_other_model: bool = False,
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Run ``model`` on ``tokens`` with ``intervention`` applied at its hook; return the logits.
 
     Tokens, the hook name (exact), positions, batch and (for residual hooks) the width are checked
     before any forward pass. The hook runs through the model's own ``hooks()`` context manager,
-    which removes it on any exception, and must fire exactly once.
+    which removes it on any exception, and must fire exactly once. An intervention made from
+    another model (its ``model_fingerprint``) warns, raises under ``strict=True``, and is run
+    silently under ``allow_other_model=True``.
     """
     tokens = check_tokens(model, tokens)
-    check_intervention(model, tokens, intervention)
+    check_intervention(
+        model, tokens, intervention, strict=strict, allow_other_model=allow_other_model
+    )
     return run_intervention(model, tokens, intervention)
 
 
@@ -167,12 +196,15 @@ def steer_to_belief(
     directions: Directions = "encoding",
     current: Tensor | None = None,
     control_seed: int = 0,
+    strict: bool = False,
+    allow_other_model: bool = False,
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Run ``model`` with the belief at ``hook`` steered to ``target``; return logits.
 
     ``intervene(model, tokens, Steer.from_probe(probe, hook, target, ...))``; without ``current``
     (e.g. the true belief) the current belief is the probe's read-out. ``directions="control"``
-    steers along the encoding steer's ``.control(control_seed)``.
+    steers along the encoding steer's ``.control(control_seed)``. A probe fitted on another
+    model warns (``strict``, ``allow_other_model`` as in ``intervene``).
     """
     tokens = check_tokens(model, tokens)
     steer = steer_along(
@@ -185,7 +217,7 @@ def steer_to_belief(
         current=current,
         control_seed=control_seed,
     )
-    check_intervention(model, tokens, steer)
+    check_intervention(model, tokens, steer, strict=strict, allow_other_model=allow_other_model)
     return run_intervention(model, tokens, steer)
 
 
@@ -208,6 +240,7 @@ def ablate_belief_subspace(
         mode=mode,
         mean=mean_activation,
         positions=positions,  # type: ignore[arg-type]
+        **(provenance_of(basis) if hasattr(basis, "belief_basis") else {}),
     )
     check_intervention(model, tokens, ablate)
     return run_intervention(model, tokens, ablate)

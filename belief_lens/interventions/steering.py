@@ -17,6 +17,7 @@ from belief_lens.activations import check_tokens, eval_mode, model_device, resol
 from belief_lens.beliefs import belief_states, check_hmm, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
+from belief_lens.interventions.provenance import check_provenance, provenance_of
 from belief_lens.interventions.run import (
     Directions,
     check_intervention,
@@ -77,7 +78,19 @@ class InterventionReport:
             out[f"kl_after_{kind}_mean"] = float(kl.mean())
             out[f"kl_after_{kind}_std"] = float(kl.std())
             out[f"fold_{kind}"] = self.fold_reduction(kind)
+            out[f"fold_{kind}_se"] = self.fold_se(kind)
         return out
+
+    def fold_se(self, kind: str = "encoding") -> float:
+        """The standard error of :meth:`fold_reduction` over the steered sequences (the delta
+        method for a ratio of paired means: ``sd(before - fold * after) / (sqrt(n) * mean
+        after)``)."""
+        fold = self.fold_reduction(kind)
+        before, after = self.kl_before.double(), self.kl_after[kind].double()
+        n = before.numel()
+        if n < 2:
+            return float("nan")
+        return float((before - fold * after).std() / (n**0.5 * after.mean()))
 
 
 def pair_different(keys: Tensor, seed: int, *, atol: float = 0.0) -> Tensor:
@@ -177,6 +190,8 @@ def intervention_report(
     token_map: Any | None = None,
     n_sequences: int = 512,
     seed: int = 0,
+    strict: bool = False,
+    allow_other_model: bool = False,
 ) -> InterventionReport:
     """Steer each sequence's belief at ``hook`` and ``position`` to another sequence's belief and
     compare the model's next-token distribution with ``P(. | target belief)`` from ``hmm``.
@@ -188,7 +203,9 @@ def intervention_report(
     ``.control(seed)``. With ``token_map``, the model reads the symbols through the map, its
     prediction is the map-restricted distribution, and steering acts at the position that
     predicts the next symbol (the last separator after it, if any), so fit ``probe`` there
-    (``fit_position_probes(..., read_at="prediction")``).
+    (``fit_position_probes(..., read_at="prediction")``). A probe fitted on another model
+    warns with both fingerprints, raises under ``strict=True``, and is used silently under
+    ``allow_other_model=True``.
     """
     hmm = check_hmm(hmm)
     current = check_option("current", current, Current)  # type: ignore[assignment]
@@ -196,6 +213,9 @@ def intervention_report(
     seed = check_seed("seed", seed)
     position = check_int("position", position)
     name = resolve_hook(model, hook)
+    recorded = provenance_of(probe)["model_fingerprint"]
+    what = f"the probe for {name}"
+    check_provenance(model, recorded, what, strict=strict, allow_other_model=allow_other_model)
     tokens = _symbols(model, hmm, tokens, n_sequences, seed, token_map)
     L = tokens.shape[1]
     pos = resolve_positions((position,), L)[0]
@@ -207,7 +227,7 @@ def intervention_report(
     opts = {"positions": model_pos, "scale": scale, "current": start, "control_seed": seed}
     steers = {kind: steer_along(probe, name, targets, kind, **opts) for kind in kinds}
     for steer in steers.values():
-        check_intervention(model, model_tokens, steer)
+        check_intervention(model, model_tokens, steer, allow_other_model=True)  # checked above
     theory = hmm.next_token_probs(targets)
     with eval_mode(model):
         before = _next_token_probs(model(model_tokens.to(model_device(model))), pos, token_map, L)

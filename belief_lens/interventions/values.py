@@ -71,6 +71,8 @@ class Intervention:
     basis: Tensor
     positions: tuple[int, ...] | None
     control_seed: int | None
+    model_fingerprint: str | None
+    process: str | None
 
     def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
         """A TransformerLens hook function ``fn(activation, hook)``, so that
@@ -103,6 +105,18 @@ class Intervention:
         object.__setattr__(self, "positions", check_positions("positions", self.positions))
         if self.control_seed is not None:
             object.__setattr__(self, "control_seed", check_seed("control_seed", self.control_seed))
+        for name in ("model_fingerprint", "process"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise BeliefLensError(f"{name} must be a string or None, got {value!r}")
+
+    @property
+    def provenance(self) -> str:
+        """Where the intervention comes from, in words ("unknown" for one saved without it)."""
+        if self.model_fingerprint is None:
+            return "unknown"
+        process = f", process {self.process}" if self.process else ""
+        return f"model {self.model_fingerprint}, hook {self.hook}{process}"
 
     def control(self, seed: int = 0) -> Any:
         """The same intervention on a seeded random subspace of the same rank orthogonal to the
@@ -191,6 +205,9 @@ class Steer(Intervention):
     current : Tensor or None, shaped as ``target``
     control_seed : int or None
         Set on a control (``.control(seed)``): ``basis`` is then the control subspace.
+    model_fingerprint, process : str or None
+        The model the probe was fitted on and its process (``from_probe`` copies them): using
+        the steer on another model warns (see ``intervene``). None: unknown.
     """
 
     hook: str
@@ -203,6 +220,8 @@ class Steer(Intervention):
     readout_bias: Float[Tensor, " S"] | None = None
     current: Float[Tensor, "*batch S"] | None = None
     control_seed: int | None = None
+    model_fingerprint: str | None = None
+    process: str | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -279,7 +298,10 @@ class Steer(Intervention):
         if (coords @ basis.T - full).abs().max() > 1e-6 * max(1.0, float(full.abs().max())):
             raise BeliefLensError(f"the probe's {kind} map does not lie in its {kind} basis")
         with_readout = current is None
+        recorded = getattr(probe, "provenance_", None) or {}
         return cls(
+            model_fingerprint=recorded.get("model_fingerprint"),
+            process=recorded.get("process"),
             hook=hook,
             basis=basis,
             coordinates=coords,
@@ -332,6 +354,8 @@ class SubspacePatch(Intervention):
     source: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d"]
     positions: tuple[int, ...] | None = None
     control_seed: int | None = None
+    model_fingerprint: str | None = None
+    process: str | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -360,6 +384,17 @@ class SubspacePatch(Intervention):
                     f"basis rows), got {tuple(src.shape)}"
                 )
         object.__setattr__(self, "source", src)
+
+    @classmethod
+    def from_probe(
+        cls, probe: Any, hook: str, source: Any, *, positions: Positions = None
+    ) -> SubspacePatch:
+        """Patch along ``probe``'s encoding basis, recording the probe's model and process."""
+        recorded = getattr(probe, "provenance_", None) or {}
+        return cls(hook=hook, basis=belief_basis(probe, "encoding"), source=source,
+                   positions=positions,  # type: ignore[arg-type]
+                   model_fingerprint=recorded.get("model_fingerprint"),
+                   process=recorded.get("process"))  # fmt: skip
 
     @property
     def source_is_tokens(self) -> bool:
@@ -414,6 +449,8 @@ class Ablate(Intervention):
     mean: Float[Tensor, " d"] | None = None
     positions: tuple[int, ...] | None = None
     control_seed: int | None = None
+    model_fingerprint: str | None = None
+    process: str | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -427,6 +464,17 @@ class Ablate(Intervention):
                     f"mean must be [d]=({self.d_model},) (the basis rows), got {tuple(mean.shape)}"
                 )
             object.__setattr__(self, "mean", mean)
+
+    @classmethod
+    def from_probe(
+        cls, probe: Any, hook: str, mode: AblateMode = "zero", *, positions: Positions = None
+    ) -> Ablate:
+        """Ablate ``probe``'s encoding subspace, recording the probe's model and process."""
+        recorded = getattr(probe, "provenance_", None) or {}
+        return cls(hook=hook, basis=belief_basis(probe, "encoding"), mode=mode,
+                   positions=positions,  # type: ignore[arg-type]
+                   model_fingerprint=recorded.get("model_fingerprint"),
+                   process=recorded.get("process"))  # fmt: skip
 
     def apply(self, activation: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
         """The ablated activation, a new tensor."""

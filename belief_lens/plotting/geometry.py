@@ -116,10 +116,14 @@ def _simplex_panels(
         fig.add_trace(scatter_trace(p.points, p.colors, p.size, p.title), 1, col)
     for col in range(1, n + 1):
         fig.update_xaxes(range=[lo[0], hi[0]], visible=False, row=1, col=col)
+        # constrain="domain": the equal aspect shrinks the panel, never the ranges that hold
+        # every point, so nothing is drawn beyond its own panel.
+        fig.update_xaxes(constrain="domain", row=1, col=col)
         fig.update_yaxes(
             range=[lo[1], hi[1]],
             visible=False,
             scaleanchor=f"x{'' if col == 1 else col}",
+            constrain="domain",
             row=1,
             col=col,
         )

@@ -23,10 +23,11 @@ from belief_lens.report.document import (
 from belief_lens.report.experiment_sections import (
     attention_section,
     factored_section,
+    factored_seeds_section,
     icl_section,
     shared_structure_section,
 )
-from belief_lens.report.sections import CLEAR_R2_MARGIN, UNDERTRAINED_RATIO
+from belief_lens.report.sections import CLEAR_R2_MARGIN, UNDERTRAINED_RATIO, undertrained_warning
 
 __all__ = [
     "CLEAR_R2_MARGIN",
@@ -44,6 +45,8 @@ __all__ = [
     "export_figures",
     "factored_section",
     "icl_section",
+    "factored_seeds_section",
     "shared_structure_section",
+    "undertrained_warning",
     "write_report",
 ]

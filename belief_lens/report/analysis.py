@@ -13,13 +13,13 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 from belief_lens.activations import residual_hooks
 from belief_lens.beliefs import check_hmm, enumerate_sequences, sample_sequences
 from belief_lens.compmech import entropy_rate, myopic_entropy
-from belief_lens.errors import BeliefLensError
+from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.hmm import HMM
 from belief_lens.interventions import (
     PatchingResult,
@@ -151,6 +151,7 @@ def analyse(
     _model_loss(model, hmm, cfg, metrics)
     report = [sections.model_section(hmm, metrics)]
 
+    logger.info("fitting probes at every residual hook (5 folds by prefix)")
     state = _fit_probes(model, hmm, cfg, metrics)  # one forward pass, shared by what follows
     table, best, ranked_by = state.table, state.best_hook, state.ranked_by
     logger.info("probes fitted (%.1f s)\n%s", time.perf_counter() - t0, table.to_markdown())
@@ -162,16 +163,18 @@ def analyse(
         metrics["heldout_by_position"] = by_position
         report.append(sections.position_section(by_position, folds))
     if cfg.controls:
+        logger.info("controls: shuffled beliefs, an untrained model, next-token targets")
         report.append(sections.controls_section(table, _controls(state), best))
         logger.info("controls done (%.1f s)", time.perf_counter() - t0)
     if cfg.interventions:
-        report.append(sections.steering_section(_steering(state), best))
-        report.append(sections.patching_section(_patching(state)))
+        logger.info("interventions: steering and patching against theory and a control")
+        report += _interventions(state)
         logger.info("interventions done (%.1f s)", time.perf_counter() - t0)
     report += [build(state) for build in extra_sections]
     if history is not None and getattr(history, "loss", None):
         report.append(sections.training_section(history, _training(history, metrics)))
     metrics["analysis_seconds"] = time.perf_counter() - t0
+    logger.info("writing the report (%.1f s)", metrics["analysis_seconds"])
     write_report(out_dir, title, report, metrics, export=cfg.export)
     return metrics
 
@@ -195,6 +198,8 @@ def resolve_mode(hmm: HMM, n_ctx: int, mode: AnalysisMode) -> AnalysisMode:
         return mode
     try:
         enumerate_sequences(hmm, n_ctx, max_sequences=MAX_ENUMERATED)
+    except InvalidProcessError:
+        raise
     except BeliefLensError:
         logger.info("%s has too many sequences of length %d to enumerate: sampled probe data",
                     hmm.name, n_ctx)  # fmt: skip
@@ -223,6 +228,8 @@ def _ground_truth(hmm: HMM, metrics: dict[str, Any]) -> None:
     h = myopic_entropy(hmm, min(metrics["n_ctx"], 12))
     try:
         h_mu = entropy_rate(hmm)
+    except InvalidProcessError:
+        raise
     except BeliefLensError:
         h_mu = entropy_rate(hmm, "chaos_game")
     metrics["ground_truth"] = {"entropy_rate": h_mu, "myopic_entropy": h.tolist()}
@@ -261,15 +268,16 @@ def _fit_probes(model: Any, hmm: HMM, cfg: AnalysisConfig, metrics: dict[str, An
     """Collect the probe data once (every residual hook), fit the probe table and choose the
     best hook; ``metrics["probes"]`` (``ProbeTable.to_dict()``: rows, summary, meta) and
     ``["best_hook"]``."""
+    mode = resolve_mode(hmm, metrics["n_ctx"], cfg.mode)
     data = collect_probe_data(
         model,
         hmm,
         metrics["n_ctx"],
         residual_hooks(model),
-        mode=resolve_mode(hmm, metrics["n_ctx"], cfg.mode),
+        mode=mode,
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
-        n_sequences=cfg.n_sequences,
+        n_sequences=cfg.n_sequences if mode == "sampled" else None,  # "auto" may enumerate
         weighting=cfg.weighting,
     )
     table = fit_probes(data, ridge=cfg.ridge)
@@ -298,26 +306,62 @@ def _controls(state: Analysis) -> dict[str, ProbeTable]:
     return controls
 
 
-def _steering(state: Analysis) -> dict[str, dict[str, Any]]:
+def _interventions(state: Analysis) -> list[Section]:
+    """Steering and patching, each skipped with its reason where the process does not allow it:
+    one hidden state (nothing to move), or a generalized HMM (beliefs off the simplex that
+    steering targets assume; patching needs no target belief and runs)."""
+    hmm = state.hmm
+    if hmm.n_states < 2:
+        reason = "the process has one hidden state, so a single belief: nothing to intervene on"
+        state.metrics["interventions"] = state.metrics["patching"] = {"skipped": reason}
+        return [sections.skipped_section(t, reason) for t in ("Steering", "Activation patching")]
+    if hmm.generalized:
+        reason = (
+            f"{hmm.name} is a generalized HMM: its beliefs live in the tau-normalised space "
+            "(entries may be negative), not on the probability simplex that steering targets "
+            "assume"
+        )
+        state.metrics["interventions"] = {"skipped": reason}
+        steering = sections.skipped_section("Steering", reason)
+    else:
+        steered, skipped = _steering(state)
+        steering = sections.steering_section(steered, state.best_hook)
+        if skipped:
+            lines = tuple(f"Steering skipped at {hook}: {why}" for hook, why in skipped.items())
+            steering = replace(steering, warnings=steering.warnings + lines)
+    return [steering, sections.patching_section(_patching(state))]
+
+
+def _steering(state: Analysis) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Steering at every hook but the final norm's, against theory and a control
-    (``metrics["interventions"]``, one summary per hook)."""
+    (``metrics["interventions"]``, one summary per hook); a hook whose probe gives no steering
+    map (a degenerate fit) is skipped with its reason (``metrics["interventions_skipped"]``)."""
     steered: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
     writable = set(steerable_hooks(state.model))
     for hook in state.data.acts:
         if hook not in writable:
             continue  # the final norm, or a hook whose writes miss the residual stream
-        report = intervention_report(
-            state.model,
-            None,
-            state.table.probes[hook],
-            hook,
-            state.hmm,
-            n_sequences=state.config.intervention_sequences,
-            seed=state.config.seed,
-        )
+        try:
+            report = intervention_report(
+                state.model,
+                None,
+                state.table.probes[hook],
+                hook,
+                state.hmm,
+                n_sequences=state.config.intervention_sequences,
+                seed=state.config.seed,
+            )
+        except InvalidProcessError:
+            raise
+        except BeliefLensError as err:  # checked before any steering forward pass
+            skipped[hook] = str(err)
+            continue
         steered[hook] = report.to_dict()
     state.metrics["interventions"] = steered
-    return steered
+    if skipped:
+        state.metrics["interventions_skipped"] = skipped
+    return steered, skipped
 
 
 def _patching(state: Analysis) -> PatchingResult:

@@ -22,12 +22,15 @@ from belief_lens.plotting import (
     phase_diagram_figure,
 )
 from belief_lens.report.document import ReportFigure, Section, Table
+from belief_lens.report.sections import undertrained_warning
+from belief_lens.report.verdicts import grade, plain
 
 __all__ = [
     "CONSTRAINED_UPDATE",
     "attention_section",
     "factored_section",
     "icl_section",
+    "factored_seeds_section",
     "shared_structure_section",
 ]
 
@@ -43,7 +46,7 @@ def factored_section(run: Any, max_points: int = 4000) -> Section:
         f"{g.joint_r2:.4f}, factored probe {g.factored_r2:.4f}. PCs for 95%/99% of the variance: "
         f"{g.dims_95}/{g.dims_99}, against {g.predicted.factored} (factored) and "
         f"{g.predicted.joint} (joint). Verdict: {g.verdict}. The product of marginals loses "
-        f"{run.factored_cost:.3g} nats per position on the next token."
+        f"{plain(run.factored_cost)} nats per position on the next token."
     )
     figures = [
         ReportFigure(
@@ -78,23 +81,102 @@ def factored_section(run: Any, max_points: int = 4000) -> Section:
     return Section(
         "Factored belief geometry",
         headline=(text,),
+        warnings=undertrained_warning(run.loss_over_optimal),
         tables=(Table(header, rows, ("", "", ".4f", ".4f")),),
         figures=tuple(figures),
     )
 
 
-def shared_structure_section(result: Any, figures: Sequence[Any] = ()) -> Section:
+def _pm(entry: Any, fmt: str = ".3f") -> str:
+    return f"{plain(entry['mean'], 4) if fmt == 'plain' else format(entry['mean'], fmt)} ± " + (
+        plain(entry["se"], 2)
+    )
+
+
+def factored_seeds_section(runs: Sequence[Any], summary: dict[str, Any]) -> Section:
+    """The factored verdict over seeds: each measurement as mean ± standard error, each seed's
+    verdict, and what the dimensions say against both predictions (``summary`` is
+    ``experiments.factored.seed_summary(runs)``)."""
+    p = runs[0].final.predicted
+    d95, d99, n = summary["dims_95"], summary["dims_99"], summary["n_seeds"]
+    notes = []
+    if d99["mean"] > p.joint:
+        notes.append(
+            f"dims99 ({_pm(d99, '.1f')}) exceeds even the joint prediction ({p.joint}): the "
+            "activations hold more than either hypothesis's belief geometry (training not done, "
+            "or other features)"
+        )
+    head = (
+        f"Verdict over {n} seeds: {summary['verdict']} (per seed: "
+        f"{', '.join(summary['verdicts'])}). dims95 {_pm(d95, '.1f')} and dims99 "
+        f"{_pm(d99, '.1f')} against {p.factored} (factored) and {p.joint} (joint); the "
+        f"factors' largest subspace cosine {_pm(summary['max_subspace_cosine'])}; the product "
+        f"of marginals loses {_pm(summary['factored_cost_nats'], 'plain')} nats per position."
+        + ("" if not notes else " " + "; ".join(notes) + "."),
+    )
+    if "vary_one_overlap" in summary:
+        ov, base = summary["vary_one_overlap"], summary["vary_one_random_baseline"]
+        head += (
+            f"Vary-one overlap of the factors' subspaces {_pm(ov, 'plain')} against "
+            f"{plain(base)} for random subspaces (ratio {plain(ov['mean'] / base)}; the factored "
+            "hypothesis predicts 0, the joint one about the random value).",
+        )
+    keys = [k for k in summary if k.endswith("_r2_heldout")] + ["joint_r2"]
+    rows = tuple(
+        (f"seed {run.config.train.seed}", run.steps, *(summary[k]["values"][i] for k in keys),
+         run.final.dims_95, run.final.dims_99, run.final.verdict)
+        for i, run in enumerate(runs)
+    ) + (("mean ± s.e.", "", *(_pm(summary[k]) for k in keys), _pm(d95, ".1f"),
+          _pm(d99, ".1f"), summary["verdict"]),)  # fmt: skip
+    header = ("seed", "steps", *(k.replace("_heldout", "") for k in keys), "dims95", "dims99",
+              "verdict")  # fmt: skip
+    ratios = [r.loss_over_optimal for r in runs]
+    worst = None if any(r is None for r in ratios) else max(ratios)
+    return Section(
+        f"Factored verdict over {n} seeds",
+        headline=head,
+        warnings=undertrained_warning(worst),
+        tables=(Table(header, rows, ("", "") + (".4f",) * len(keys) + ("", "", "")),),
+    )
+
+
+def shared_structure_section(
+    result: Any, figures: Sequence[Any] = (), *, loss_over_optimal: float | None = None
+) -> Section:
     """A report section for ``belief_lens.transfer.SharedStructure``: probe transfer between the
     two vocabularies, principal angles, steering transfer against its control, and the mixture's
-    own belief, each with the sentence that says what it means."""
+    own belief, each with the sentence that says what it means; warned as under-trained from
+    the model's ``loss_over_optimal`` (None: unknown, and said so)."""
     m = result.to_dict()
-    shared = m["transfer_r2_a_to_b"] > 0.9 and m["transfer_r2_b_to_a"] > 0.9
+    transfer = min(m["transfer_r2_a_to_b"], m["transfer_r2_b_to_a"])
+    own = min(m["within_r2_a"], m["within_r2_b"])
+    probe_verdict = grade(
+        "Probe transfer between the vocabularies (the worse direction's held-out R², against "
+        "the worse vocabulary's own probe as the reference)",
+        transfer,
+        own,
+        strong=0.9 * own,
+        min_ratio=0.9,
+    )
+    shared = transfer > 0.9 and probe_verdict.ratio >= 0.9
     verdict = (
         "A probe fitted on one vocabulary reads the other: the model writes the shared hidden "
-        "structure into one belief subspace."
+        "structure into one belief subspace. "
         if shared
         else "A probe fitted on one vocabulary does not read the other as well as its own: the "
-        "model keeps the two vocabularies' beliefs at least partly apart."
+        "model keeps the two vocabularies' beliefs at least partly apart. "
+    ) + (
+        f"Transfer R² {transfer:.3f} against {own:.3f} within a vocabulary (ratio "
+        f"{plain(probe_verdict.ratio)})."
+    )
+    steer_verdict = grade(
+        "Steering B along A's belief directions, fold in KL(theory || model)",
+        m["steer_transfer_fold"],
+        m["steer_control_fold"],
+        strong=2.0,
+        min_ratio=5.0,
+        neutral=1.0,
+        unit="x",
     )
     rows = (
         ("probe R², fit on A, held out on B", f"{m['transfer_r2_a_to_b']:.4f}"),
@@ -114,7 +196,8 @@ def shared_structure_section(result: Any, figures: Sequence[Any] = ()) -> Sectio
     )  # fmt: skip
     return Section(
         f"One structure, two vocabularies ({m['hook']})",
-        headline=(verdict,),
+        headline=(verdict, steer_verdict.sentence()),
+        warnings=undertrained_warning(loss_over_optimal),
         text=(
             "Folds are KL(theory || model) before over after steering; an effect counts only "
             "beside its control.",
@@ -269,9 +352,11 @@ def attention_section(run: Any) -> Section:
     agreement in words, attention and contributions against distance beside ``|lam|^n``, OV
     vectors on the simplex, excess loss by head count, and the 4-layer checkpoint per layer."""
     theory = run.theories["positive"]
+    worst = max((1 + v for r in run.results for v in r.excess_loss.values()), default=None)
     return Section(
         "Attention as constrained belief updating",
         headline=(_agreement(run),),
+        warnings=undertrained_warning(worst, "below (for the least trained model)"),
         text=(
             "Tested (Piotrowski, Riechers, Filan & Shai, arXiv 2502.01954): " + CONSTRAINED_UPDATE,
             f"Slopes are fitted over distances ≥ 1 from every query position (one intercept per "

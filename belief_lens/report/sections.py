@@ -31,6 +31,7 @@ from belief_lens.probing.table import (
     OVERFIT_GAP_SE,
 )
 from belief_lens.report.document import ReportFigure, Section, Table
+from belief_lens.report.verdicts import grade
 
 __all__ = [
     "CLEAR_R2_MARGIN",
@@ -39,9 +40,11 @@ __all__ = [
     "geometry_section",
     "model_section",
     "patching_section",
+    "skipped_section",
     "probe_section",
     "steering_section",
     "training_section",
+    "undertrained_warning",
 ]
 
 #: A model whose loss is above this multiple of the optimum is flagged as under-trained.
@@ -50,12 +53,31 @@ UNDERTRAINED_RATIO = 1.01
 CLEAR_R2_MARGIN = 0.1
 
 
+def undertrained_warning(loss_over_optimal: float | None, what: str = "below") -> tuple[str, ...]:
+    """The under-trained warning every analysis puts in its summary: empty at or below
+    :data:`UNDERTRAINED_RATIO` x the optimum; a line saying what it means above it, or where the
+    loss is unknown (None)."""
+    if loss_over_optimal is None:
+        return ("The model's loss against the optimum is unknown: whether it is trained enough "
+                "for the findings " + what + " is not checked.",)  # fmt: skip
+    if loss_over_optimal <= UNDERTRAINED_RATIO:
+        return ()
+    return (
+        f"Under-trained: the loss is {loss_over_optimal:.3f}x the optimum (above "
+        f"{UNDERTRAINED_RATIO}x); the findings {what} may be incomplete or wrong.",
+    )
+
+
 def model_section(hmm: HMM, metrics: Mapping[str, Any]) -> Section:
     """The process, the model and its loss against the optimum, overall and per position, with
     a warning first when the model is under-trained."""
     ml, h_mu = metrics["model_loss"], metrics["ground_truth"]["entropy_rate"]
     desc = ", ".join(f"{k} {v}" for k, v in metrics["model"].items())
-    source = metrics.get("checkpoint") or "trained in this run"
+    source = metrics.get("model_source") or (
+        f"loaded from {metrics['checkpoint']}"
+        if metrics.get("checkpoint")
+        else "given by the caller: where it was trained is not recorded"
+    )
     lines = (
         f"Process: {hmm.name} ({hmm.n_states} hidden states, {hmm.n_symbols} symbols, entropy "
         f"rate {h_mu:.4f} nats). Model: {desc} ({source}).",
@@ -63,12 +85,11 @@ def model_section(hmm: HMM, metrics: Mapping[str, Any]) -> Section:
         f"{ml['loss_over_optimal']:.4f}x optimal"
         + (" (exact over every sequence)." if ml["exact"] else " (on a sample of sequences)."),
     )
-    warn = ()
-    if ml["undertrained"]:
-        warn = (
-            f"Under-trained: the loss is {ml['loss_over_optimal']:.3f}x the optimum (above "
-            f"{UNDERTRAINED_RATIO}x); the belief geometry below may be incomplete.",
-        )
+    warn: tuple[str, ...] = ()
+    mismatch = (metrics.get("provenance") or {}).get("process_mismatch")
+    if mismatch:
+        warn += (f"Process mismatch, analysed on purpose: {mismatch}.",)
+    warn += undertrained_warning(ml["loss_over_optimal"])
     rows = tuple(
         (t, opt, got, got / opt if opt > 0 else math.nan)
         for t, (opt, got) in enumerate(
@@ -93,7 +114,18 @@ def geometry_section(
     the best hook held out and is not flagged), then every hook's output in a grid. ``cfg`` is
     the :class:`~belief_lens.report.AnalysisConfig` (point budgets and seed)."""
     S = data.beliefs.shape[-1]
+    if S < 2:
+        return skipped_section(
+            "Belief geometry", "the process has one hidden state, so a single belief: no geometry"
+        )
     oof, held = out_of_fold_predictions(table, data)  # the rows each score was measured on
+    if not bool(held.any()):
+        return skipped_section(
+            "Belief geometry",
+            f"no row is held out ({data.tokens.shape[0]} sequences of {data.tokens.shape[1]} "
+            "tokens have too few distinct prefixes to hold any out), so no out-of-fold probe "
+            "output exists to draw; use a longer context",
+        )
     true = data.beliefs[held]
     preds = {k: v[held] for k, v in oof.items()}
     rows = {r["hook"]: r for r in table.rows}
@@ -391,16 +423,22 @@ def steering_section(steered: Mapping[str, Mapping[str, Any]], best: str) -> Sec
     )
     if at is not None:
         s = steered[at]
-        enc, ctl = s.get("fold_encoding", math.nan), s.get("fold_control", math.nan)
-        works = enc >= 2 and enc >= 5 * ctl
-        head = (
+        verdict = grade(
             f"Steering at {at}"
             + ("" if at == best else f" (the largest effect; {best} is not steered)")
-            + f": KL(theory || model) {s['kl_before_mean']:.4f} -> "
-            f"{s.get('kl_after_encoding_mean', math.nan):.4f} along the belief directions "
-            f"({enc:.1f}x), against {ctl:.2f}x for a norm-matched control: "
-            + ("steering works, the control does not." if works else "no clear steering effect."),
+            + f", KL(theory || model) {s['kl_before_mean']:.4f} -> "
+            f"{s.get('kl_after_encoding_mean', math.nan):.4f} along the belief directions; fold",
+            s.get("fold_encoding", math.nan),
+            s.get("fold_control", math.nan),
+            effect_se=s.get("fold_encoding_se"),
+            control_se=s.get("fold_control_se"),
+            strong=2.0,
+            min_ratio=5.0,
+            neutral=1.0,
+            unit="x",
         )
+        s["verdict"] = verdict.to_dict()  # also in metrics.json
+        head = (verdict.sentence(),)
     return Section(
         "Steering",
         headline=head,
@@ -421,19 +459,29 @@ def steering_section(steered: Mapping[str, Mapping[str, Any]], best: str) -> Sec
     )
 
 
+def skipped_section(title: str, reason: str) -> Section:
+    """A section for an analysis that could not run here, saying why (in the summary too)."""
+    return Section(title, headline=(f"{title} skipped: {reason}",))
+
+
 def patching_section(result: PatchingResult) -> Section:
     """Activation patching of each layer's belief subspace against theory, beside its control:
     two heatmaps and a table of the last position."""
     ours, control = result.recovered_at(), result.recovered_at(control=True)
     rows = tuple((hook, ours[hook], control[hook]) for hook in result.hooks)
     worst, top_control = min(ours.values()), max(abs(v) for v in control.values())
-    works = worst >= 0.9 and top_control <= 0.1
-    head = (
+    mean_ours = sum(ours.values()) / len(ours)
+    mean_control = sum(control.values()) / len(control)
+    verdict = grade(
         f"Patching the belief subspace recovers {worst:.3f}-{max(ours.values()):.3f} of the "
-        f"clean run's KL to theory at the last position of every layer, against at most "
-        f"{top_control:.3f} for a control subspace: "
-        + ("the belief subspace carries the prediction." if works else "no clear patching effect."),
+        f"clean run's KL to theory at the last position (per layer; the control at most "
+        f"{top_control:.3f}); mean over layers",
+        mean_ours,
+        mean_control,
+        strong=0.9,
+        min_ratio=5.0,
     )
+    head = (verdict.sentence(),)
     return Section(
         "Activation patching",
         headline=head,

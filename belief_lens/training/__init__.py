@@ -7,7 +7,7 @@ floor, ``evaluate_loss``), :mod:`.history` (``TrainingHistory``), :mod:`.checkpo
 checkpoints) and :mod:`.loop` (``train``).
 """
 
-from belief_lens.training.checkpoints import step_checkpoints
+from belief_lens.training.checkpoints import check_checkpoint_process, step_checkpoints
 from belief_lens.training.config import (
     DEFAULTS,
     PROCESS_LEARNING_RATES,
@@ -23,6 +23,7 @@ from belief_lens.training.history import EvalRecord, TrainingHistory, process_fi
 from belief_lens.training.loop import train
 
 __all__ = [
+    "check_checkpoint_process",
     "DEFAULTS",
     "PROCESS_LEARNING_RATES",
     "EvalRecord",

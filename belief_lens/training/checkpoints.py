@@ -24,14 +24,17 @@ import torch
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
-from belief_lens.models import load_weights_into, save_checkpoint
+from belief_lens.hmm import HMM
+from belief_lens.models import load_weights_into, read_checkpoint_config, save_checkpoint
+from belief_lens.models.checkpoints import META_KEY
 from belief_lens.storage import fsync_path, load_tensors, save_tensors
 from belief_lens.training.config import TrainConfig
-from belief_lens.training.history import TrainingHistory
+from belief_lens.training.history import TrainingHistory, process_fingerprint
 
 __all__ = [
     "RESUMABLE_CHANGES",
     "StepCheckpoint",
+    "check_checkpoint_process",
     "check_resumable",
     "latest_checkpoint",
     "prepare_checkpoint_dir",
@@ -267,3 +270,47 @@ def resume(
     saved.config = config.to_dict()
     logger.info("resumed from step %d in %s", saved.steps, directory)
     return saved
+
+
+def check_checkpoint_process(
+    path: str | os.PathLike, hmm: HMM, *, allow_mismatch: bool = False
+) -> dict[str, Any]:
+    """Compare the process a checkpoint records (``save_checkpoint(..., extra={"process":
+    ...})``, as ``belief-lens demo`` writes) with ``hmm``; return the model's provenance for a
+    report (``source``, ``checkpoint``, ``recorded_process``, ``process_check``).
+
+    A mismatch raises naming both processes, unless ``allow_mismatch``. A checkpoint that records
+    no process (the paper's, or one saved by an earlier version) is "unknown"; its vocabulary must
+    still fit the process's symbols exactly (a 3-token Mess3 model is no RRXOR model).
+    """
+    path = Path(path)
+    config = read_checkpoint_config(path)
+    recorded = ((config.get(META_KEY) or {}).get("extra") or {}).get("process") or {}
+    now = {"name": hmm.name, "fingerprint": process_fingerprint(hmm)}
+    out = {"source": "loaded", "checkpoint": str(path),
+           "recorded_process": recorded.get("name") or "unknown"}  # fmt: skip
+    problem = None
+    if recorded.get("fingerprint"):
+        if recorded["fingerprint"] != now["fingerprint"]:
+            problem = (
+                f"checkpoint {path.name} was trained on {recorded.get('name')} (process "
+                f"fingerprint {recorded['fingerprint']}) but the analysis is asked for "
+                f"{hmm.name} (fingerprint {now['fingerprint']})"
+            )
+    elif int(config["d_vocab"]) != hmm.n_symbols:
+        problem = (
+            f"checkpoint {path.name} records no process, and its vocabulary of "
+            f"{config['d_vocab']} tokens does not fit {hmm.name}'s {hmm.n_symbols} symbols: it "
+            "was trained on another process"
+        )
+    out["process_check"] = (
+        "mismatch allowed" if problem else ("matches" if recorded.get("fingerprint") else "unknown")
+    )
+    if problem and not allow_mismatch:
+        raise BeliefLensError(
+            f"{problem}; give the process (and --param values) it was trained on, or pass "
+            "--allow-process-mismatch (allow_mismatch=True) to analyse it on this one on purpose"
+        )
+    if problem:
+        out["process_mismatch"] = problem
+    return out

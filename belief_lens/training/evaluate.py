@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from belief_lens.activations import eval_mode, model_device
+from belief_lens.activations import check_finite_activations, eval_mode, model_device
 from belief_lens.beliefs import (
     check_hmm,
     enumerate_sequences_unchecked,
     sample_sequences_unchecked,
 )
 from belief_lens.compmech import LossFloor, loss_floor_unchecked
-from belief_lens.errors import BeliefLensError
+from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.hmm import HMM
 from belief_lens.token_map import TokenMap
 from belief_lens.training.config import TrainConfig
@@ -50,6 +50,8 @@ class EvalSet:
         L = layout.length
         try:
             seqs = enumerate_sequences_unchecked(hmm, L, max_sequences=n_sequences)
+        except InvalidProcessError:
+            raise  # no sample makes an invalid process valid
         except BeliefLensError:
             seqs = None
         if seqs is not None and len(seqs) <= n_sequences:
@@ -102,8 +104,12 @@ class Evaluator:
         batch_size = eval_batch_size(n_ctx, d_vocab, int(getattr(model.cfg, "n_heads", 1)))
         for start in range(0, data.inputs.shape[0], batch_size):
             sl = slice(start, start + batch_size)
-            logp = layout.model_logp(model(data.inputs[sl].to(device)).float()).double().cpu()
-            ce = -(data.probs[sl] * logp).nan_to_num(0.0, neginf=0.0).sum(-1)  # 0 * -inf is 0
+            logits = model(data.inputs[sl].to(device))
+            check_finite_activations("the model's logits", logits, step)
+            logp = layout.model_logp(logits.float()).double().cpu()
+            probs = data.probs[sl]
+            # 0 * log 0 is 0 (a symbol theory rules out); a finite logit never gives -inf * p > 0.
+            ce = -torch.where(probs > 0, probs * logp, torch.zeros_like(logp)).sum(-1)
             per_pos += (data.weights[sl, None] * ce).sum(0)
         return EvalRecord(
             step=step,

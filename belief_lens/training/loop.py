@@ -114,6 +114,7 @@ class _Run:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     reserve: dict[str, float] = field(default_factory=lambda: {"eval": 0.0, "checkpoint": 0.0})
     pending: list[Tensor] = field(default_factory=list)  # step losses not yet in the history
+    pending_grads: list[Tensor] = field(default_factory=list)  # their gradient norms
     bar: Any = None
     n_evals: int = 10
     next_eval: float = 0.0
@@ -245,10 +246,14 @@ def _optimizer_step(run: _Run, step: int, progress: float) -> None:
         loss = -(target.to(logp.dtype) * logp).sum(-1).mean()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    grads = [p.grad for p in run.model.parameters() if p.grad is not None]
     if config.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    else:
+        grad_norm = grad_total_norm(grads)
     run.optimizer.step()
     run.pending.append(loss.detach())
+    run.pending_grads.append(grad_norm.detach())
     run.history.lr.append(lr)
 
 
@@ -281,11 +286,35 @@ def _after_step(run: _Run, step: int, stopped: bool) -> None:
             run.bar.refresh()
 
 
+def grad_total_norm(grads: list[Tensor]) -> Tensor:
+    """The 2-norm of all gradients together, on their device (no host sync)."""
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 def _flush(run: _Run) -> None:
-    """Move the pending step losses into the history (one device sync for many steps)."""
+    """Move the pending step losses into the history (one device sync for many steps), raising
+    at the first step whose loss or gradient was not finite: a diverged run never reaches a
+    checkpoint or an evaluation."""
     if run.pending:
-        run.history.loss.extend(torch.stack(run.pending).cpu().tolist())
+        losses = torch.stack(run.pending).cpu()
+        grads = torch.stack([g.float() for g in run.pending_grads]).cpu()
+        bad = ~(torch.isfinite(losses) & torch.isfinite(grads))
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0])
+            step = len(run.history.loss) + i + 1
+            loss, grad = float(losses[i]), float(grads[i])
+            what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad}"
+            lr = run.history.lr[step - 1] if step - 1 < len(run.history.lr) else run.config.lr
+            raise BeliefLensError(
+                f"training diverged: {what} at step {step} (learning rate {lr:.3g}); no "
+                "checkpoint of it was written. Train again with a lower learning rate (e.g. "
+                f"lr={run.config.lr / 10:.3g}) or a grad_clip"
+            )
+        run.history.loss.extend(losses.tolist())
         run.pending.clear()
+        run.pending_grads.clear()
 
 
 def _evaluate(run: _Run, step: int) -> None:
