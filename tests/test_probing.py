@@ -115,7 +115,7 @@ def test_row_factor_streams_and_merges_to_the_one_shot_factor():
     Xc, Yc = (X - mean[:6]) * root, (Y - mean[6:]) * root
     closed = torch.linalg.solve(Xc.T @ Xc + 3.0 * torch.eye(6, dtype=torch.float64), Xc.T @ Yc)
     torch.testing.assert_close(parts.solve(3.0)[0], closed, rtol=1e-9, atol=1e-12)
-    with pytest.raises(BeliefLensError, match="holds 6 features and 3 targets"):
+    with pytest.raises(BeliefLensError, match="hold 6 features and 3 targets"):
         whole.update(X[:, :5], Y)
 
 

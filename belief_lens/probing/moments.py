@@ -22,7 +22,15 @@ from torch import Tensor
 from belief_lens.errors import BeliefLensError
 from belief_lens.threads import single_thread_below
 
-__all__ = ["Moments", "SegmentedMoments", "lapack_threads", "recentre", "row_chunks", "total"]
+__all__ = [
+    "Moments",
+    "SegmentedMoments",
+    "check_rows",
+    "lapack_threads",
+    "recentre",
+    "row_chunks",
+    "total",
+]
 
 #: Elements (rows x features) of one float64 chunk during accumulation (8 MiB): few enough
 #: chunks that thread start-up is paid rarely, small enough to stay out of the way.
@@ -164,16 +172,7 @@ class Moments:
         chunk: no host synchronisation and no second thread pool.
         """
         D, P = self.n_features, len(self.s)
-        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
-            raise BeliefLensError(
-                f"update needs X [n, d] and Y [n, S] with equal n, got {tuple(X.shape)} and "
-                f"{tuple(Y.shape)}"
-            )
-        if X.shape[1] != D or Y.shape[1] != P - D:
-            raise BeliefLensError(
-                f"these moments hold {D} features and {P - D} targets, got X with "
-                f"{X.shape[1]} and Y with {Y.shape[1]}"
-            )
+        check_rows(X, Y, D, P - D, "these moments")
         dev = self.M.device
         n = X.shape[0]
         if n == 0:
@@ -346,6 +345,21 @@ class Moments:
     def is_finite(self) -> bool:
         """Whether every sum is finite (one host synchronisation)."""
         return bool(torch.isfinite(self.M).all() & torch.isfinite(self.s).all())
+
+
+def check_rows(X: Tensor, Y: Tensor, n_features: int, n_targets: int, what: str) -> None:
+    """A BeliefLensError unless ``X [n, n_features]`` and ``Y [n, n_targets]`` are rows that
+    ``what`` (a set of sufficient statistics) can take."""
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise BeliefLensError(
+            f"update needs X [n, d] and Y [n, S] with equal n, got {tuple(X.shape)} and "
+            f"{tuple(Y.shape)}"
+        )
+    if X.shape[1] != n_features or Y.shape[1] != n_targets:
+        raise BeliefLensError(
+            f"{what} hold {n_features} features and {n_targets} targets, got X with "
+            f"{X.shape[1]} and Y with {Y.shape[1]}"
+        )
 
 
 def total(moments: Sequence[Moments]) -> Moments:

@@ -19,7 +19,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
-from belief_lens.probing.moments import THIN_GRAM_MAX, Moments, lapack_threads, row_chunks
+from belief_lens.probing.moments import (
+    THIN_GRAM_MAX,
+    Moments,
+    check_rows,
+    lapack_threads,
+    row_chunks,
+)
 
 __all__ = ["RANK_TOL_FACTOR", "RowFactor", "solve_normal", "solve_rows"]
 
@@ -176,16 +182,7 @@ class RowFactor:
     ) -> RowFactor:
         """Add rows (any float dtype and device; weights ``>= 0``) in place; returns self."""
         D, P = self.n_features, len(self.shift)
-        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
-            raise BeliefLensError(
-                f"update needs X [n, d] and Y [n, S] with equal n, got {tuple(X.shape)} and "
-                f"{tuple(Y.shape)}"
-            )
-        if X.shape[1] != D or Y.shape[1] != P - D:
-            raise BeliefLensError(
-                f"this factor holds {D} features and {P - D} targets, got X with {X.shape[1]} "
-                f"and Y with {Y.shape[1]}"
-            )
+        check_rows(X, Y, D, P - D, "this factor's rows")
         dev = self.R.device
         empty = self.n_rows == 0
         self.n_rows += X.shape[0]
