@@ -117,6 +117,9 @@ def test_row_factor_streams_and_merges_to_the_one_shot_factor():
     torch.testing.assert_close(parts.solve(3.0)[0], closed, rtol=1e-9, atol=1e-12)
     with pytest.raises(BeliefLensError, match="hold 6 features and 3 targets"):
         whole.update(X[:, :5], Y)
+    for cls in (RowFactor, Moments):  # one shift check for both accumulators
+        with pytest.raises(BeliefLensError, match=r"shift must have shape \[9\]"):
+            cls.zeros(6, 3, shift=torch.zeros(8))
 
 
 def test_moments_add_recentre_and_round_trip():

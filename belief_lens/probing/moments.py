@@ -26,6 +26,7 @@ __all__ = [
     "Moments",
     "SegmentedMoments",
     "check_rows",
+    "check_shift",
     "lapack_threads",
     "recentre",
     "row_chunks",
@@ -118,15 +119,7 @@ class Moments:
         """Empty moments of ``n_features`` features and ``n_targets`` targets about ``shift``
         (``[n_features + n_targets]``; default zero) on ``device`` (default: the shift's)."""
         P = n_features + n_targets
-        if shift is None:
-            shift = torch.zeros(P, dtype=torch.float64, device=device)
-        else:
-            shift = torch.as_tensor(shift).to(device=device, dtype=torch.float64)
-            if tuple(shift.shape) != (P,):
-                raise BeliefLensError(
-                    f"shift must have shape [{P}] (n_features + n_targets), got "
-                    f"{tuple(shift.shape)}"
-                )
+        shift = check_shift(shift, P, device)
         dev = shift.device
         f64 = torch.float64
         return cls(
@@ -345,6 +338,21 @@ class Moments:
     def is_finite(self) -> bool:
         """Whether every sum is finite (one host synchronisation)."""
         return bool(torch.isfinite(self.M).all() & torch.isfinite(self.s).all())
+
+
+def check_shift(
+    shift: Tensor | None, P: int, device: str | torch.device | None
+) -> Float[Tensor, " P"]:
+    """A shift of ``P = n_features + n_targets`` entries as float64 on ``device`` (zero when
+    None), or a BeliefLensError naming the shape that came."""
+    if shift is None:
+        return torch.zeros(P, dtype=torch.float64, device=device)
+    shift = torch.as_tensor(shift).to(device=device, dtype=torch.float64)
+    if tuple(shift.shape) != (P,):
+        raise BeliefLensError(
+            f"shift must have shape [{P}] (n_features + n_targets), got {tuple(shift.shape)}"
+        )
+    return shift
 
 
 def check_rows(X: Tensor, Y: Tensor, n_features: int, n_targets: int, what: str) -> None:

@@ -23,6 +23,7 @@ from belief_lens.probing.moments import (
     THIN_GRAM_MAX,
     Moments,
     check_rows,
+    check_shift,
     lapack_threads,
     row_chunks,
 )
@@ -144,13 +145,7 @@ class RowFactor:
     ) -> RowFactor:
         """The factor of no rows, about ``shift`` (``[n_features + n_targets]``; default 0)."""
         P = int(n_features) + int(n_targets)
-        if shift is None:
-            shift = torch.zeros(P, dtype=torch.float64, device=device)
-        shift = torch.as_tensor(shift).to(device=device, dtype=torch.float64)
-        if tuple(shift.shape) != (P,):
-            raise BeliefLensError(
-                f"shift must have shape [{P}] (n_features + n_targets), got {tuple(shift.shape)}"
-            )
+        shift = check_shift(shift, P, device)
         R = torch.zeros(P + 1, P + 1, dtype=torch.float64, device=shift.device)
         return cls(R, shift, int(n_features))
 
