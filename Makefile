@@ -22,11 +22,15 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/belief-lens demo
 
+# One pytest-xdist worker per core, one thread each (tests/conftest.py); a module's expensive
+# fixtures stay on one worker (xdist_group marks).
+PYTEST_ARGS ?= -n auto --dist loadgroup
+
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-tl2: $(VENV_TL2)/.installed
-	$(VENV_TL2)/bin/python -m pytest
+	$(VENV_TL2)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check belief_lens tests bench demos

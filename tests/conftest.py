@@ -10,6 +10,18 @@ import pytest
 # Tests never reach for the model hub: everything they need is built locally or in ../shared/.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Under pytest-xdist (``make test`` runs one worker per core), each worker and the processes it
+# starts compute on one thread: two workers at torch's default threads would fight for the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)  # numpy's and scipy's BLAS, already loaded in this process
+
 
 @pytest.fixture(scope="session")
 def shared_checkpoint():
@@ -29,3 +41,19 @@ def shared_checkpoint():
             pytest.skip(f"paper checkpoint not available: {err}")
 
     return resolve
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup``, tests that share an expensive module-scoped fixture (a trained
+    model, a demo run) go to one worker, so the fixture is built once; the rest spread freely."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        shared = sorted(
+            name
+            for name, defs in info.name2fixturedefs.items()
+            if defs and defs[-1].scope == "module"
+        )
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{','.join(shared)}"))

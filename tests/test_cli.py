@@ -17,7 +17,7 @@ REPORT_KEYS = {
 
 def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = ["demo", "--process", "rrxor", "--minutes", "1", "--max-steps", "8"]
+    argv = ["demo", "--process", "rrxor", "--minutes", "30", "--max-steps", "8"]  # steps bind
     assert main(["-q", *argv]) == 0
     (out,) = (tmp_path / "runs").iterdir()  # a new runs/<process>-<time> directory
     assert out.name.startswith("rrxor-")
