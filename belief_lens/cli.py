@@ -28,6 +28,7 @@ from belief_lens.cli_args import (
     attention_parser,
     checkpoint_arg,
     discover_parser,
+    export_arg,
     factored_parser,
     icl_parser,
     mismatch_arg,
@@ -140,13 +141,7 @@ def _analysis_args(p: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true",
         help="write into an existing --out that holds files (replacing them)",
     )  # fmt: skip
-    p.add_argument(
-        "--export",
-        choices=("png,pdf", "png", "pdf", "svg", "none"),
-        default="png,pdf",
-        help="figure files written beside report.html (needs kaleido and Chrome/Chromium; "
-        "default png,pdf; none to skip)",
-    )
+    export_arg(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

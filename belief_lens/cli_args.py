@@ -17,6 +17,7 @@ __all__ = [
     "attention_parser",
     "checkpoint_arg",
     "discover_parser",
+    "export_arg",
     "factored_parser",
     "icl_parser",
     "mismatch_arg",
@@ -54,6 +55,18 @@ def number(kind: type, *, positive: bool = True):
 
     parse.__name__ = f"positive {kind.__name__}" if positive else kind.__name__
     return parse
+
+
+EXPORT_CHOICES = ("png,pdf", "png", "pdf", "svg", "none")
+
+
+def export_arg(p: argparse.ArgumentParser) -> None:
+    """``--export``: the figure files written beside ``report.html``."""
+    p.add_argument(
+        "--export", choices=EXPORT_CHOICES, default="png,pdf", metavar="FORMATS",
+        help="figure files written beside report.html: png,pdf (default), png, pdf, svg, or "
+        "none to skip (needs kaleido and Chrome/Chromium)",
+    )  # fmt: skip
 
 
 def mismatch_arg(p: argparse.ArgumentParser) -> None:
@@ -121,10 +134,7 @@ def attention_parser(sub: Any) -> None:
     p.add_argument(
         "--out", default=None, help="a new output directory (default: runs/attention-<time>)"
     )
-    p.add_argument(
-        "--export", choices=("png,pdf", "png", "pdf", "svg", "none"), default="png,pdf",
-        help="figure files beside report.html (needs kaleido and Chrome; none to skip)",
-    )  # fmt: skip
+    export_arg(p)
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
     )
