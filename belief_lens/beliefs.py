@@ -431,9 +431,15 @@ def _count_sequences(hmm: HMM, length: int, init: Tensor, max_supports: int) -> 
 
 
 def _enumeration_bytes(n: int, length: int, S: int) -> int:
-    """Peak bytes of holding ``n`` sequences of ``length``: tokens, beliefs, probabilities, and
-    the copy made while a level is appended."""
-    return 2 * n * length * (S + 1) * 8 + 4 * n * (S + 1) * 8
+    """Bytes of the finished enumeration of ``n`` sequences of ``length``: tokens, beliefs and
+    probabilities."""
+    return n * (length * (S + 1) + 1) * 8
+
+
+def _level_bytes(n: int, S: int) -> int:
+    """Bytes one level of the prefix tree holds per ``n`` prefixes: parent, symbol, belief and
+    log-probability."""
+    return n * (S + 3) * 8
 
 
 def enumerate_sequences(
@@ -483,7 +489,7 @@ def enumerate_sequences_unchecked(
     """:func:`enumerate_sequences` trusting its arguments (an HMM, ``length >= 1``, a normalised
     ``initial_state`` or None, bounds in range); the memory and count bounds are still checked."""
     init = hmm.initial_state if initial_state is None else initial_state
-    S = hmm.n_states
+    S, V = hmm.n_states, hmm.n_symbols
     options = (
         "pass max_bytes= (or max_sequences=) to allow more, enumerate a shorter length, "
         "raise min_prob=, or sample with sample_sequences()"
@@ -496,21 +502,32 @@ def enumerate_sequences_unchecked(
                 raise BeliefLensError(
                     f"{what}: {n} exceed max_sequences={max_sequences}; {options}"
                 )
-            check_memory(_enumeration_bytes(n, length, S), max_bytes, what, options)
-    tokens = torch.empty(1, 0, dtype=torch.long)
-    beliefs = torch.empty(1, 0, S, dtype=torch.float64)
+            check_memory(
+                _enumeration_bytes(n, length, S) + length * _level_bytes(n, S),
+                max_bytes,
+                what,
+                options,
+            )
+    # The prefix tree, one level per position: each prefix's parent, last symbol and belief.
+    # Sequences are materialised once at the end, so no level copies the ones before it.
+    tree: list[tuple[Tensor, Tensor, Tensor]] = []
+    tree_bytes = 0
     eta = init[None, :]
     logp = torch.zeros(1, dtype=torch.float64)
     # Tiny positive floor: in a generalized HMM, cancellation leaves ~1e-17 instead of exact zeros.
     floor = max(min_prob, 1e-14 if hmm.generalized else 0.0)
     for level in range(1, length + 1):
-        with single_thread_below(len(eta) * hmm.n_symbols * S):  # one thread per level op
-            N = len(eta)
+        N = len(eta)
+        what = f"enumerating {hmm.name} to length {length} (level {level}, from {N} prefixes)"
+        # p, the joint probabilities and the keep mask, before they are allocated.
+        check_memory(tree_bytes + N * V * 17, max_bytes, what, options)
+        with single_thread_below(N * V * S):  # one thread per level op
             p = eta @ hmm.T_tau.T  # [N, V]  P(x | prefix)
             if hmm.generalized and (p < -NEGATIVE_TOL).any():
                 n, x = torch.nonzero(p < -NEGATIVE_TOL)[0].tolist()
+                word = (_materialise(tree, torch.tensor([n]))[0][0].tolist() if tree else []) + [x]
                 raise InvalidProcessError(
-                    f"word {tokens[n].tolist() + [x]} of {hmm.name} has negative probability "
+                    f"word {word} of {hmm.name} has negative probability "
                     f"{(logp[n].exp() * p[n, x]).item():.6g}: not a valid process"
                 )
             keep = logp.exp()[:, None] * p > floor
@@ -518,18 +535,58 @@ def enumerate_sequences_unchecked(
             what = f"enumerating {hmm.name} to length {length} ({M} sequences at length {level})"
             if M > max_sequences:
                 raise BeliefLensError(f"{what}: exceeds max_sequences={max_sequences}; {options}")
-            # Each positive-probability prefix has a continuation, so the final level is at least M
-            # sequences long (a lower bound) when nothing is pruned by min_prob.
+            # Without min_prob every prefix has a continuation: the final level holds >= M.
             final = M if min_prob == 0 else 0
             estimate = max(
-                _enumeration_bytes(M, level, S) + N * hmm.n_symbols * S * 8,
-                _enumeration_bytes(final, length, S),
+                tree_bytes + 2 * _level_bytes(M, S) + N * V * 17,
+                tree_bytes + _level_bytes(M, S) + _enumeration_bytes(final, length, S),
             )
             check_memory(estimate, max_bytes, what, options)
             parent, sym = torch.nonzero(keep, as_tuple=True)
-            new = torch.einsum("ns,xsj->nxj", eta, hmm.T)[parent, sym]
-            eta = new / p[parent, sym, None]
-            logp = logp[parent] + p[parent, sym].log()
-            tokens = torch.cat([tokens[parent], sym[:, None]], dim=1)
-            beliefs = torch.cat([beliefs[parent], eta[:, None]], dim=1)
+            del keep
+            p_kept = p[parent, sym]
+            del p
+            eta = _next_beliefs(hmm, eta, parent, sym) / p_kept[:, None]
+            logp = logp[parent] + p_kept.log()
+            tree.append((parent, sym, eta))
+            tree_bytes += _level_bytes(M, S)
+    M = len(eta)
+    check_memory(  # the tree, the sequences, and the index gathers that fill them
+        tree_bytes + _enumeration_bytes(M, length, S) + _level_bytes(M, S) + 8 * M,
+        max_bytes,
+        f"enumerating {hmm.name} to length {length} ({M} sequences)",
+        options,
+    )
+    tokens, beliefs = _materialise(tree)
     return SequenceSet(tokens=tokens, probs=logp.exp(), beliefs=beliefs)
+
+
+def _materialise(
+    tree: list[tuple[Tensor, Tensor, Tensor]], rows: Int[Tensor, " M"] | None = None
+) -> tuple[Int[Tensor, "M L"], Float[Tensor, "M L S"]]:
+    """The sequences and beliefs of the tree's last level (or of its ``rows``), filled position
+    by position from the last back through the parents."""
+    idx = torch.arange(len(tree[-1][1])) if rows is None else rows
+    L, S = len(tree), tree[0][2].shape[1]
+    tokens = torch.empty(len(idx), L, dtype=torch.long)
+    beliefs = torch.empty(len(idx), L, S, dtype=torch.float64)
+    for t in range(L - 1, -1, -1):
+        parent, sym, eta = tree[t]
+        tokens[:, t] = sym[idx]
+        beliefs[:, t] = eta[idx]
+        idx = parent[idx]
+    return tokens, beliefs
+
+
+def _next_beliefs(
+    hmm: HMM, eta: Float[Tensor, "N S"], parent: Int[Tensor, " M"], sym: Int[Tensor, " M"]
+) -> Float[Tensor, "M S"]:
+    """Unnormalised beliefs ``eta[parent] @ T[sym]`` for the kept (prefix, symbol) pairs, one
+    matmul per symbol, so memory is ``M x S`` rather than ``N x V x S``."""
+    out = torch.empty(len(parent), hmm.n_states, dtype=eta.dtype)
+    order = torch.argsort(sym, stable=True)
+    counts = torch.bincount(sym, minlength=hmm.n_symbols).tolist()
+    for x, rows in enumerate(torch.split(order, counts)):
+        if len(rows):
+            out[rows] = eta[parent[rows]] @ hmm.T[x]
+    return out

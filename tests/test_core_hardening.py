@@ -112,10 +112,16 @@ PEAK_SCRIPT = textwrap.dedent(
     from belief_lens.processes import mess3, random_hmm
     # Pretend a 16 GiB machine (bound 4 GiB), so the check does not depend on this one's memory.
     b.available_memory = lambda: 16 * 2**30
-    hmm, length = (mess3(), 20) if sys.argv[1] == "mess3" else (random_hmm(5, 2), 23)
+    hmm, length, kwargs = {
+        "mess3": (mess3(), 20, {}),
+        "random": (random_hmm(5, 2), 23, {}),
+        # min_prob > 0 has no exact count up front: the per-level and final checks must hold.
+        "min_prob": (mess3(), 13, {"min_prob": 1e-300, "max_bytes": 950 * 2**20}),
+        "200_symbols": (random_hmm(3, 200), 4, {"min_prob": 1e-300}),
+    }[sys.argv[1]]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
-        b.enumerate_sequences(hmm, length)
+        print("sequences:", len(b.enumerate_sequences(hmm, length, **kwargs)))
     except BeliefLensError as e:
         print("raised:", e)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -124,17 +130,31 @@ PEAK_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("which", ["mess3", "random"])
+@pytest.mark.parametrize("which", ["mess3", "random", "200_symbols"])
 def test_large_enumeration_raises_before_allocating(which, tmp_path):
+    out = _peak(which, tmp_path)
+    assert "raised:" in out
+    growth_kib = int(out.split("peak_growth_kib")[1])
+    assert growth_kib < 2**20  # under 1 GiB of peak memory growth
+
+
+def test_enumeration_with_min_prob_stays_within_its_bound(tmp_path):
+    """Measured peak memory (RSS growth) of a completed enumeration is within ``max_bytes``."""
+    out = _peak("min_prob", tmp_path)
+    assert "sequences: " in out, out
+    assert 1_500_000 < int(out.split("sequences:")[1].split()[0]) <= 3**13
+    growth_kib = int(out.split("peak_growth_kib")[1])
+    assert 500 * 2**10 < growth_kib <= 950 * 2**10
+
+
+def _peak(which: str, tmp_path) -> str:
     script = tmp_path / "peak.py"
     script.write_text(PEAK_SCRIPT)
     out = subprocess.run(
         [sys.executable, str(script), which], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr
-    assert "raised:" in out.stdout
-    growth_kib = int(out.stdout.split("peak_growth_kib")[1])
-    assert growth_kib < 2**20  # under 1 GiB of peak memory growth
+    return out.stdout
 
 
 # ------------------------------------------------------------------ bad inputs, case by case
