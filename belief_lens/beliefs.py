@@ -495,19 +495,7 @@ def enumerate_sequences_unchecked(
         "raise min_prob=, or sample with sample_sequences()"
     )
     if not hmm.generalized and min_prob == 0:
-        n = _count_sequences(hmm, length, init, 4096)
-        if n is not None:
-            what = f"enumerating the {n} sequences of length {length} of {hmm.name}"
-            if n > max_sequences:
-                raise BeliefLensError(
-                    f"{what}: {n} exceed max_sequences={max_sequences}; {options}"
-                )
-            check_memory(
-                _enumeration_bytes(n, length, S) + length * _level_bytes(n, S),
-                max_bytes,
-                what,
-                options,
-            )
+        _check_count(hmm, length, init, max_sequences, max_bytes, options)
     # The prefix tree, one level per position: each prefix's parent, last symbol and belief.
     # Sequences are materialised once at the end, so no level copies the ones before it.
     tree: list[tuple[Tensor, Tensor, Tensor]] = []
@@ -559,6 +547,22 @@ def enumerate_sequences_unchecked(
     )
     tokens, beliefs = _materialise(tree)
     return SequenceSet(tokens=tokens, probs=logp.exp(), beliefs=beliefs)
+
+
+def _check_count(
+    hmm: HMM, length: int, init: Tensor, max_sequences: int, max_bytes: int | None, options: str
+) -> None:
+    """Refuse up front when the exact count of sequences (an HMM without ``min_prob``) passes
+    ``max_sequences`` or its enumeration passes the memory bound."""
+    n = _count_sequences(hmm, length, init, 4096)
+    if n is None:
+        return
+    what = f"enumerating the {n} sequences of length {length} of {hmm.name}"
+    if n > max_sequences:
+        raise BeliefLensError(f"{what}: {n} exceed max_sequences={max_sequences}; {options}")
+    S = hmm.n_states
+    tree = length * _level_bytes(n, S)  # each level holds at most the final count
+    check_memory(_enumeration_bytes(n, length, S) + tree, max_bytes, what, options)
 
 
 def _materialise(
