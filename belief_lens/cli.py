@@ -34,6 +34,7 @@ from belief_lens.cli_args import (
     mismatch_arg,
     number,
     param_arg,
+    resume_args,
 )
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
@@ -42,7 +43,11 @@ from belief_lens.processes import PROCESSES, make_process
 from belief_lens.run_dir import RunDir, staging_path
 from belief_lens.storage import atomic_write_text
 from belief_lens.training import TrainConfig
-from belief_lens.training.checkpoints import check_checkpoint_process
+from belief_lens.training.checkpoints import (
+    check_checkpoint_process,
+    prune_checkpoints,
+    step_checkpoints,
+)
 from belief_lens.training.memory import check_training_memory
 
 logger = logging.getLogger("belief_lens")
@@ -184,15 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--max-steps", type=number(int), default=None, help="stop after this many steps"
     )
-    demo.add_argument(
-        "--resume", default=None, metavar="DIR",
-        help="finish the interrupted run into DIR with its own settings (other options ignored)",
-    )  # fmt: skip
-    demo.add_argument(
-        "--keep-checkpoints", type=number(int, positive=False), default=0,
-        help="step checkpoints a finished run keeps in DIR/checkpoints (default 0: the final "
-        "model.safetensors only; an interrupted run keeps its latest for --resume)",
-    )  # fmt: skip
+    resume_args(demo)
     _analysis_args(demo)
 
     probe = sub.add_parser(
@@ -236,19 +233,59 @@ def _analysis_config(args: argparse.Namespace) -> Any:
     )
 
 
-#: ``demo`` options that are not the run's settings (not saved for ``--resume``).
+#: The commands that train: each writes step checkpoints into its run, and ``--resume DIR``
+#: finishes an interrupted one.
+RESUMABLE = ("demo", "factored", "attention", "icl")
+#: Options that are not a run's settings (not saved for ``--resume``).
 _NOT_SETTINGS = ("command", "resume", "quiet", "debug", "run_dir")
+
+
+def _resumed_run(args: argparse.Namespace) -> RunDir | None:
+    """With ``--resume DIR``: claim the interrupted run, take back its saved settings (a run of
+    another command is refused, naming the one that resumes it) and clear its partial outputs."""
+    if not args.resume:
+        return None
+    run = RunDir.resume(args.resume)
+    saved = json.loads((run.staging / "args.json").read_text(encoding="utf-8"))
+    kind = saved.pop("resumes", "demo")
+    if kind != args.command:
+        raise BeliefLensError(
+            f"{args.resume} is an interrupted `{kind}` run; resume it with "
+            f"`belief-lens {kind} --resume {args.resume}`"
+        )
+    vars(args).update({k: v for k, v in saved.items() if k not in _NOT_SETTINGS})
+    run.clear_outputs()
+    args.out, args.run_dir = str(run.final), run
+    return run
+
+
+def _new_run(args: argparse.Namespace, stem: str, overwrite: bool = False) -> RunDir:
+    """Claim a new run for a training command and save its settings for ``--resume``."""
+    run = _prepare_out(args.out, stem, overwrite, args.command)
+    settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    atomic_write_text(run.staging / "args.json", json.dumps(settings | {"resumes": args.command}))
+    args.out, args.run_dir = str(run.final), run
+    return run
+
+
+def _finish(run: RunDir, keep_checkpoints: int) -> None:
+    """Commit a finished training run, keeping ``keep_checkpoints`` step checkpoints of each
+    model (none at 0)."""
+    if keep_checkpoints == 0:
+        shutil.rmtree(run.checkpoints, ignore_errors=True)
+    elif run.checkpoints.is_dir():
+        for directory in [run.checkpoints, *run.checkpoints.rglob("*")]:
+            if step_checkpoints(directory):  # one model's training
+                prune_checkpoints(directory, keep_checkpoints)
+    run.commit()
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """The ``demo`` subcommand: :func:`belief_lens.experiments.paper.run_paper_demo`, written as
     a transaction (:class:`RunDir`) with step checkpoints in the run, so it can ``--resume``."""
-    if args.resume:
-        run = RunDir.resume(args.resume)
-        saved = json.loads((run.staging / "args.json").read_text(encoding="utf-8"))
-        vars(args).update({k: v for k, v in saved.items() if k not in _NOT_SETTINGS})
+    run = _resumed_run(args)
+    if run is not None:
         args.param = [tuple(p) for p in args.param]
-        run.clear_outputs()
     hmm = _process(args.process, args.param)
     batch = args.batch_size or TrainConfig.preset(args.targets, args.process, steps=1).batch_size
     model = ModelConfig.paper(args.process, d_vocab=hmm.n_symbols, n_ctx=args.n_ctx)
@@ -268,17 +305,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         steps=args.max_steps,
         keep_checkpoints=max(1, args.keep_checkpoints),
     )
-    if not args.resume:
-        run = _prepare_out(args.out, args.process, args.overwrite, "demo")
-        settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
-        atomic_write_text(run.staging / "args.json", json.dumps(settings, indent=1))
-    args.out, args.run_dir = str(run.final), run
+    if run is None:
+        run = _new_run(args, args.process, args.overwrite)
     metrics = paper.run_paper_demo(
         demo, run.staging, progress=not args.quiet, checkpoint_dir=run.checkpoints
     )
-    if args.keep_checkpoints == 0:
-        shutil.rmtree(run.checkpoints, ignore_errors=True)
-    run.commit()
+    _finish(run, args.keep_checkpoints)
     return metrics
 
 
@@ -306,19 +338,22 @@ def run_factored(args: argparse.Namespace) -> dict[str, Any]:
     """The ``factored`` subcommand: :mod:`belief_lens.experiments.factored`."""
     from belief_lens.experiments import factored
 
+    run = _resumed_run(args)
     training = factored.factored_training(
         seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed
     )
     config = factored.FactoredExperiment(epsilon=args.epsilon, train=training)
     seeds = tuple(range(args.seed, args.seed + args.seeds))
-    run = _prepare_out(args.out, "factored", overwrite=False)
-    args.out, args.run_dir = str(run.final), run
+    resume = run is not None
+    run = run or _new_run(args, "factored")
     out = run.staging
     logger.info("training on %s, seeds %s, up to %.1f min each", config.process().name,
                 list(seeds), args.minutes)  # fmt: skip
-    runs = factored.run_factored_seeds(config, out, seeds)
+    runs = factored.run_factored_seeds(
+        config, out, seeds, checkpoint_root=run.checkpoints, resume=resume
+    )
     metrics = factored.write_factored_seeds_report(runs, out)
-    run.commit()
+    run.commit()  # every checkpoint is kept: the geometry over training was measured on them
     m = metrics["across_seeds"]
     logger.info(
         "over %d seeds: dims95 %.1f ± %.1f (factored %d, joint %d), verdict %s",
@@ -336,6 +371,7 @@ def run_attention(args: argparse.Namespace) -> dict[str, Any]:
     """The ``attention`` subcommand: :mod:`belief_lens.experiments.attention`."""
     from belief_lens.experiments import attention
 
+    run_dir = _resumed_run(args)
     seeds = tuple(args.seeds)
     config = attention.AttentionExperiment(
         seeds=seeds,
@@ -343,13 +379,12 @@ def run_attention(args: argparse.Namespace) -> dict[str, Any]:
         seconds_per_model=args.minutes * 60 / (4 * len(seeds)),
         checkpoint=attention_checkpoint(args.checkpoint),
     )
-    run_dir = _prepare_out(args.out, "attention", overwrite=False)
-    args.out, args.run_dir = str(run_dir.final), run_dir
+    run_dir = run_dir or _new_run(args, "attention")
     logger.info("training %d single-layer models, %d steps each", 4 * len(seeds), args.steps)
     export = () if args.export == "none" else tuple(args.export.split(","))
-    run = attention.run_attention_experiment(config)
+    run = attention.run_attention_experiment(config, checkpoint_dir=run_dir.checkpoints)
     metrics = attention.write_attention_report(run, run_dir.staging, export=export)
-    run_dir.commit()
+    _finish(run_dir, args.keep_checkpoints)
     logger.info(
         "contribution log-slope %.3f (raw attention %.3f) against predicted %.3f; OV cosine min "
         "%.3f; head-count prediction holds: %s",
@@ -366,12 +401,14 @@ def run_icl(args: argparse.Namespace) -> dict[str, Any]:
     """The ``icl`` subcommand: :mod:`belief_lens.experiments.icl`."""
     from belief_lens.experiments import icl
 
+    run_dir = _resumed_run(args)
     training = icl.icl_training(seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed)
     config = icl.ICLExperiment(train=training)
-    out = _prepare_out(args.out, "icl", overwrite=False)
-    args.out = str(out)
+    run_dir = run_dir or _new_run(args, "icl")
     logger.info("training on %s for up to %.1f CPU min", config.process().name, args.minutes)
-    metrics = icl.write_icl_report(icl.run_icl_experiment(config), out)
+    run = icl.run_icl_experiment(config, checkpoint_dir=run_dir.checkpoints)
+    metrics = icl.write_icl_report(run, run_dir.staging)
+    _finish(run_dir, args.keep_checkpoints)
     metrics["summary"] = metrics["verdicts"]
     return metrics
 
@@ -418,21 +455,22 @@ def _summary(metrics: dict[str, Any], out: str) -> str:
 
 
 def _abandon(args: argparse.Namespace) -> None:
-    """After a failed run: keep a ``demo``'s partial run (its checkpoints resume it); remove the
-    partial output of the others, which cannot resume. ``--out`` itself is never touched."""
+    """After a failed run: keep a training command's partial run (its checkpoints resume it);
+    remove the partial output of the others, which cannot resume. ``--out`` itself is never
+    touched."""
     run = getattr(args, "run_dir", None)
-    if run is not None and args.command != "demo" and run.staging.exists():
+    if run is not None and args.command not in RESUMABLE and run.staging.exists():
         shutil.rmtree(run.staging, ignore_errors=True)
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
-    """How to resume an interrupted ``demo``: its latest checkpoint and the command."""
+    """How to resume an interrupted training run: where its checkpoints are, and the command."""
     run = getattr(args, "run_dir", None)
-    if run is None or args.command != "demo" or not run.staging.exists():
+    if run is None or args.command not in RESUMABLE or not run.staging.exists():
         return ""
     return (
         f"; the latest checkpoint is kept in {run.checkpoints}; resume with: "
-        f"belief-lens demo --resume {run.final}"
+        f"belief-lens {args.command} --resume {run.final}"
     )
 
 

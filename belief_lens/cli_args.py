@@ -69,6 +69,21 @@ def export_arg(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def resume_args(p: argparse.ArgumentParser, *, keep: bool = True) -> None:
+    """``--resume DIR`` (finish an interrupted run) and, with ``keep``, ``--keep-checkpoints``
+    (how many step checkpoints of each model a finished run keeps)."""
+    p.add_argument(
+        "--resume", default=None, metavar="DIR",
+        help="finish the interrupted run into DIR with its own settings (other options ignored)",
+    )  # fmt: skip
+    if keep:
+        p.add_argument(
+            "--keep-checkpoints", type=number(int, positive=False), default=0,
+            help="step checkpoints of each model a finished run keeps in DIR/checkpoints "
+            "(default 0: none; an interrupted run keeps its latest for --resume)",
+        )  # fmt: skip
+
+
 def mismatch_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-process-mismatch", action="store_true",
@@ -92,13 +107,20 @@ def factored_parser(sub: Any) -> None:
         "joint-vocabulary-noise version, then measure per-factor probes, subspace angles and "
         "effective dimension over training against the factored (4) and joint (8) predictions.",
     )
-    p.add_argument("--epsilon", type=float, default=0.0, help="joint-vocabulary noise (default 0)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training budget (default 4)")
+    p.add_argument(
+        "--epsilon", type=number(float, positive=False), default=0.0,
+        help="joint-vocabulary noise (default 0)",
+    )  # fmt: skip
+    p.add_argument("--minutes", type=number(float), default=4.0, help="training budget (default 4)")
     p.add_argument(
         "--out", default=None, help="a new output directory (default: runs/factored-<time>)"
     )
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--seed", type=int, default=0, help="first seed for weights, data and splits")
+    p.add_argument("--max-steps", type=number(int), default=None, help="stop after this many steps")
+    p.add_argument(
+        "--seed", type=number(int, positive=False), default=0,
+        help="first seed for weights, data and splits",
+    )  # fmt: skip
+    resume_args(p, keep=False)  # every checkpoint is kept: the geometry is measured over them
     p.add_argument(
         "--seeds", type=number(int), default=3,
         help="runs with seeds --seed, --seed + 1, ... (at least 3; the verdict is given over "
@@ -125,7 +147,11 @@ def attention_parser(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--steps", type=number(int), default=1500, help="steps per model (default 1500)")
     p.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1], help="seeds, one model each (0 1)"
+        "--seeds",
+        type=number(int, positive=False),
+        nargs="+",
+        default=[0, 1],
+        help="seeds, one model each (0 1)",
     )
     p.add_argument(
         "--checkpoint", default="mess3_paper",
@@ -134,6 +160,7 @@ def attention_parser(sub: Any) -> None:
     p.add_argument(
         "--out", default=None, help="a new output directory (default: runs/attention-<time>)"
     )
+    resume_args(p)
     export_arg(p)
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
@@ -157,6 +184,7 @@ def icl_parser(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--out", default=None, help="a new output directory (default: runs/icl-<time>)")
     p.add_argument("--max-steps", type=number(int), default=None, help="stop after this many steps")
+    resume_args(p)
     p.add_argument(
         "--seed", type=number(int, positive=False), default=0,
         help="seed for weights, data and splits",

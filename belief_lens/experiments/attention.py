@@ -110,6 +110,7 @@ class AttentionExperiment:
             seconds=self.seconds_per_model,
             seed=seed,
             eval_every=self.steps,
+            checkpoint_every=max(1, self.steps // 10),  # with a checkpoint_dir: resumable
             warmup_steps=min(200, self.steps // 4),
         )
 
@@ -281,37 +282,50 @@ def excess_loss(model: Any, hmm: HMM, tokens: Any) -> float:
     return float(kl_divergence(p, q[..., : hmm.n_symbols]).mean() / entropy(p).mean())
 
 
-def _train_one(config: AttentionExperiment, hmm: HMM, heads: int, seed: int) -> tuple[Any, Any]:
+def _train_one(
+    config: AttentionExperiment, hmm: HMM, heads: int, seed: int, directory: Path | None
+) -> tuple[Any, Any]:
+    """One single-layer model; with ``directory``, its step checkpoints go there (and a rerun
+    resumes from the newest)."""
     model = toy_transformer(
         ModelConfig.paper(
             "mess3", d_vocab=hmm.n_symbols, n_ctx=config.n_ctx, n_layers=1, n_heads=heads
         ),
         seed=seed,
     )
-    history = train(model, hmm, config.train_config(seed), progress=False)
+    history = train(model, hmm, config.train_config(seed), progress=False, checkpoint_dir=directory)
     return model.eval(), history
 
 
-def run_attention_experiment(config: AttentionExperiment) -> AttentionRun:
+def run_attention_experiment(
+    config: AttentionExperiment, checkpoint_dir: str | os.PathLike | None = None
+) -> AttentionRun:
     """Train and analyse every (setting, seed, heads) model, then the checkpoint if given, with
-    ``config.threads`` torch threads (restored afterwards)."""
+    ``config.threads`` torch threads (restored afterwards). With ``checkpoint_dir`` each model's
+    training writes step checkpoints there, and a rerun resumes each from its newest."""
     before = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _run(config)
+        return _run(config, None if checkpoint_dir is None else Path(checkpoint_dir))
     finally:
         torch.set_num_threads(before)
 
 
 def _one_setting(
-    config: AttentionExperiment, name: str, hmm: HMM, theory: AttentionTheory, seed: int
+    config: AttentionExperiment,
+    name: str,
+    hmm: HMM,
+    theory: AttentionTheory,
+    seed: int,
+    checkpoint_dir: Path | None,
 ) -> HeadCountResult:
     """Every head count at one setting and seed, measured on the same sequences."""
     tokens = sample_sequences(hmm, config.n_sequences, config.n_ctx, seed=seed + 10_000)
     excess, trainer, steps, analyses = {}, {}, {}, {}
     for heads in config.heads:
-        model, history = _train_one(config, hmm, heads, seed)
+        directory = None if checkpoint_dir is None else checkpoint_dir / f"{name}-{heads}h-{seed}"
+        model, history = _train_one(config, hmm, heads, seed, directory)
         if not history.evals:
             raise BeliefLensError(f"training {heads} head(s) on {hmm.name} evaluated nothing")
         trainer[heads] = history.evals[-1].loss_over_optimal
@@ -324,11 +338,11 @@ def _one_setting(
     )
 
 
-def _run(config: AttentionExperiment) -> AttentionRun:
+def _run(config: AttentionExperiment, checkpoint_dir: Path | None) -> AttentionRun:
     t0, c0 = time.perf_counter(), time.process_time()
     theories = {name: attention_theory(hmm) for name, hmm in config.settings()}
     results = [
-        _one_setting(config, name, hmm, theories[name], seed)
+        _one_setting(config, name, hmm, theories[name], seed, checkpoint_dir)
         for name, hmm in config.settings()
         for seed in config.seeds
     ]

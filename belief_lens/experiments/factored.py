@@ -132,13 +132,22 @@ class FactoredRun:
         }
 
 
-def run_factored_experiment(config: FactoredExperiment, work_dir: str | os.PathLike) -> FactoredRun:
-    """Train as ``config`` says (step checkpoints in ``work_dir/checkpoints``, all kept), then
-    measure ``n_checkpoints`` of them, evenly spaced and ending with the last."""
-    ckpt_dir = Path(work_dir) / "checkpoints"
-    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+def run_factored_experiment(
+    config: FactoredExperiment,
+    work_dir: str | os.PathLike,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> FactoredRun:
+    """Train as ``config`` says (step checkpoints in ``checkpoint_dir``, default
+    ``work_dir/checkpoints``, all kept), then measure ``n_checkpoints`` of them, evenly spaced
+    and ending with the last. Checkpoints already there are refused, unless ``resume``: then the
+    training continues from the newest."""
+    ckpt_dir = Path(work_dir) / "checkpoints" if checkpoint_dir is None else Path(checkpoint_dir)
+    if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise BeliefLensError(
-            f"{ckpt_dir} already holds checkpoints; choose another directory so nothing is lost"
+            f"{ckpt_dir} already holds checkpoints; choose another directory so nothing is "
+            "lost, or pass resume=True to continue that training"
         )
     hmm, factors = config.process(), config.factors()
     seed = config.train.seed
@@ -221,16 +230,26 @@ def write_factored_report(
 
 
 def run_factored_seeds(
-    config: FactoredExperiment, work_dir: str | os.PathLike, seeds: tuple[int, ...] = (0, 1, 2)
+    config: FactoredExperiment,
+    work_dir: str | os.PathLike,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    *,
+    checkpoint_root: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> list[FactoredRun]:
     """``config`` trained and measured once per seed (weights, data and splits), each in
-    ``work_dir/seed-<s>``: a verdict from one seed is an anecdote (at least :data:`MIN_SEEDS`)."""
+    ``work_dir/seed-<s>``: a verdict from one seed is an anecdote (at least :data:`MIN_SEEDS`).
+    With ``checkpoint_root`` a seed's step checkpoints go to ``checkpoint_root/seed-<s>``;
+    ``resume`` continues each seed's training from its checkpoints."""
     seeds = tuple(check_int("seed", s, low=0) for s in seeds)
     if len(set(seeds)) < MIN_SEEDS:
         raise BeliefLensError(f"give at least {MIN_SEEDS} distinct seeds, got {list(seeds)}")
     return [
         run_factored_experiment(
-            replace(config, train=config.train.replace(seed=s)), Path(work_dir) / f"seed-{s}"
+            replace(config, train=config.train.replace(seed=s)),
+            Path(work_dir) / f"seed-{s}",
+            checkpoint_dir=None if checkpoint_root is None else Path(checkpoint_root) / f"seed-{s}",
+            resume=resume,
         )
         for s in seeds
     ]

@@ -428,9 +428,12 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _train(config: ICLExperiment, hmm: HMM) -> tuple[Any, int, float, float]:
+def _train(
+    config: ICLExperiment, hmm: HMM, checkpoint_dir: str | os.PathLike | None = None
+) -> tuple[Any, int, float, float]:
     """The paper's Mess3 architecture at ``config.n_ctx``, trained on Bayes targets within
-    ``config.train.seconds`` of CPU time; returns it in eval mode with steps, wall and CPU s."""
+    ``config.train.seconds`` of CPU time (resuming from ``checkpoint_dir``'s newest step
+    checkpoint, if any); returns it in eval mode with steps, wall and CPU s."""
     model = toy_transformer(
         ModelConfig.paper("mess3", d_vocab=hmm.n_symbols, n_ctx=config.n_ctx),
         seed=config.train.seed,
@@ -439,18 +442,28 @@ def _train(config: ICLExperiment, hmm: HMM) -> tuple[Any, int, float, float]:
     # One thread: this model's small matrices gain nothing from two, and on a shared machine a
     # second thread spins (measured under load: 0.13 CPU s per step on one, 2.2 on two).
     with lapack_threads(0, torch.device("cpu")):
-        history = train(model, hmm, config.train, progress=False, clock=time.process_time)
+        history = train(
+            model,
+            hmm,
+            config.train,
+            progress=False,
+            clock=time.process_time,
+            checkpoint_dir=checkpoint_dir,
+        )
     return model.eval(), history.steps, time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_icl_experiment(config: ICLExperiment, model: Any = None) -> ICLRun:
+def run_icl_experiment(
+    config: ICLExperiment, model: Any = None, checkpoint_dir: str | os.PathLike | None = None
+) -> ICLRun:
     """Train (unless ``model`` is given: then ``steps`` and the training times are 0) and measure
-    everything the report shows."""
+    everything the report shows. With ``checkpoint_dir`` the training writes step checkpoints
+    there and an interrupted run resumes from the newest."""
     if not isinstance(config, ICLExperiment):
         raise BeliefLensError(f"expected an ICLExperiment, got {type(config).__name__}")
     hmm, seed = config.process(), config.train.seed
     if model is None:
-        model, steps, wall, cpu = _train(config, hmm)
+        model, steps, wall, cpu = _train(config, hmm, checkpoint_dir)
     else:
         model, steps, wall, cpu = model.eval(), 0, 0.0, 0.0
     symbols = sample_sequences(hmm, config.n_sequences, config.n_ctx + 1, seed=seed + 1)
