@@ -6,9 +6,11 @@ steering and patching against theory), so an error or a regression fails the run
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,13 +50,20 @@ def test_tutorial_covers_the_papers_path():
 
 
 @pytest.mark.slow
-def test_tutorial_runs(shared_checkpoint):
+def test_tutorial_runs(shared_checkpoint, tmp_path):
     nbclient = pytest.importorskip("nbclient")
     nbformat = pytest.importorskip("nbformat")
     pytest.importorskip("ipykernel")
     folder = shared_checkpoint("mess3_paper").parent
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    env = {"BELIEF_LENS_CHECKPOINTS": str(folder)}
+    # The "python3" kernel is this interpreter (the running venv), whatever else is on PATH:
+    # JUPYTER_PATH comes first in the kernel spec search.
+    spec = tmp_path / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "Python 3", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps(kernel))
+    env = {"BELIEF_LENS_CHECKPOINTS": str(folder), "JUPYTER_PATH": str(tmp_path)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
