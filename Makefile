@@ -4,7 +4,7 @@ VENV := .venv
 VENV_TL2 := .venv-tl2
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install demo test test-tl2 lint format bench clean
+.PHONY: install demo test test-tl2 lint format bench docs clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 $(VENV_TL2)/.installed: pyproject.toml constraints-tl2.txt
 	$(PYTHON) -m venv $(VENV_TL2)
 	$(VENV_TL2)/bin/pip install $(PIP_FLAGS) -c constraints-tl2.txt -e '.[dev]'
+	touch $@
+
+# The docs extra on top of the dev environment, once (reinstalled when pyproject.toml changes).
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml constraints.txt
+	$(VENV)/bin/pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev,docs]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,8 +45,13 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff format belief_lens tests bench demos
 	$(VENV)/bin/ruff check --fix belief_lens tests bench demos
 
+# The API reference from the docstrings, offline, into site/; warnings (a broken cross-reference,
+# a docstring that does not match its signature) are errors.
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/mkdocs build --strict
+
 bench: $(VENV)/.installed
 	for f in bench/*.py; do $(VENV)/bin/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(VENV_TL2) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_TL2) .pytest_cache .ruff_cache site
