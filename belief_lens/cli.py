@@ -274,7 +274,11 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         atomic_write_text(run.staging / "args.json", json.dumps(settings, indent=1))
     args.out, args.run_dir = str(run.final), run
     metrics = paper.run_paper_demo(
-        demo, run.staging, progress=not args.quiet, checkpoint_dir=run.checkpoints
+        demo,
+        run.staging,
+        progress=not args.quiet,
+        checkpoint_dir=run.checkpoints,
+        final_dir=run.final,
     )
     if args.keep_checkpoints == 0:
         shutil.rmtree(run.checkpoints, ignore_errors=True)
@@ -368,10 +372,11 @@ def run_icl(args: argparse.Namespace) -> dict[str, Any]:
 
     training = icl.icl_training(seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed)
     config = icl.ICLExperiment(train=training)
-    out = _prepare_out(args.out, "icl", overwrite=False)
-    args.out = str(out)
+    run = _prepare_out(args.out, "icl", overwrite=False)
+    args.out, args.run_dir = str(run.final), run
     logger.info("training on %s for up to %.1f CPU min", config.process().name, args.minutes)
-    metrics = icl.write_icl_report(icl.run_icl_experiment(config), out)
+    metrics = icl.write_icl_report(icl.run_icl_experiment(config), run.staging)
+    run.commit()
     metrics["summary"] = metrics["verdicts"]
     return metrics
 

@@ -135,7 +135,9 @@ def _patch_grid(
 ) -> Tensor:
     from transformer_lens import patching  # TransformerLens only where it is used
 
-    with eval_mode(model):
+    from belief_lens.training.progress import quiet_unwatched_bars
+
+    with eval_mode(model), quiet_unwatched_bars(patching):
         grid = patching.generic_activation_patch(
             model,
             corrupted.to(model_device(model)),
