@@ -23,6 +23,7 @@ __all__ = [
     "mismatch_arg",
     "number",
     "param_arg",
+    "track_arg",
 ]
 
 logger = logging.getLogger("belief_lens")
@@ -69,6 +70,16 @@ def export_arg(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def track_arg(p: argparse.ArgumentParser) -> None:
+    """``--track``: log the run to Weights & Biases or MLflow (optional extras)."""
+    p.add_argument(
+        "--track", choices=("none", "wandb", "mlflow"), default="none",
+        help="log parameters, per-step loss, ratio to optimum and learning rate, final metrics "
+        "and artefacts to wandb or mlflow (pip install 'belief_lens[wandb]' or "
+        "'belief_lens[mlflow]'; default none)",
+    )  # fmt: skip
+
+
 def mismatch_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-process-mismatch", action="store_true",
@@ -107,6 +118,7 @@ def factored_parser(sub: Any) -> None:
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
     )
+    track_arg(p)
 
 
 def attention_parser(sub: Any) -> None:
@@ -138,6 +150,7 @@ def attention_parser(sub: Any) -> None:
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
     )
+    track_arg(p)
 
 
 def icl_parser(sub: Any) -> None:
@@ -164,6 +177,7 @@ def icl_parser(sub: Any) -> None:
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
     )
+    track_arg(p)
 
 
 def discover_parser(sub: Any) -> None:
