@@ -225,3 +225,18 @@ def test_cli_demo_track_mlflow_logs_what_metrics_json_holds(mlflow_store, tmp_pa
     assert [m.step for m in losses] == [1, 2, 3, 4]
     names = sorted(a.path for a in mlflow_store.list_artifacts(run.info.run_id))
     assert names == ["metrics.json", "model.safetensors", "report.html"]
+
+
+def test_a_checkpointed_run_resumes_with_tracking_switched_on(mlflow_store, tmp_path):
+    """``track`` is not a setting of the run: resuming with it on continues the same training
+    and logs the steps it trains (a checkpoint written without it is not refused)."""
+    kwargs = dict(batch_size=4, eval_sequences=64, progress=False, checkpoint_dir=tmp_path / "c")
+    stop_at_3 = lambda step, history: step == 3  # noqa: E731  (an interrupted run)
+    train(toy_transformer(3, 10, **TINY), mess3(), steps=6, callback=stop_at_3, **kwargs)
+    model = toy_transformer(3, 10, **TINY)
+    history = train(model, mess3(), steps=6, track="mlflow", **kwargs)
+    assert history.steps == 6
+    run = _only_run(mlflow_store)
+    losses = mlflow_store.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in losses] == [4, 5, 6]
+    assert [m.value for m in losses] == pytest.approx(history.loss[3:], rel=1e-12)
