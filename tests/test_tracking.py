@@ -240,3 +240,20 @@ def test_a_checkpointed_run_resumes_with_tracking_switched_on(mlflow_store, tmp_
     losses = mlflow_store.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in losses] == [4, 5, 6]
     assert [m.value for m in losses] == pytest.approx(history.loss[3:], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["demo"], ["probe", "--checkpoint", "c", "--process", "mess3"], ["factored"], ["attention"],
+     ["icl"]],
+)  # fmt: skip
+def test_every_training_command_takes_track(command, capsys):
+    from belief_lens.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(command).track == "none"
+    assert parser.parse_args([*command, "--track", "mlflow"]).track == "mlflow"
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args([*command, "--track", "tensorboard"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'tensorboard'" in capsys.readouterr().err
