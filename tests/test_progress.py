@@ -63,8 +63,8 @@ def test_piped_training_writes_about_ten_readable_lines(monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "belief_lens.training"]
     assert 9 <= len(lines) <= 12, lines
     pattern = re.compile(
-        r"train \(tokens\): step \d+/100 \(\d+%\), loss \d\.\d{5}, eval loss \d\.\d{5} = "
-        r"\d\.\d{4} x optimal, lr [\d.e-]+, (\d+ s|[\d.]+ min) left"
+        r"train \(tokens\): step (\d+)/100 \(\d+%\), loss \d\.\d{5}, eval loss \d\.\d{5} = "
+        r"\d\.\d{4} x optimal \(step \1\), lr [\d.e-]+, (\d+ s|[\d.]+ min) left"
     )
     assert all(pattern.fullmatch(line) for line in lines), lines
     assert lines[-1].startswith("train (tokens): step 100/100 (100%)")
@@ -93,8 +93,8 @@ def test_log_lines_without_logging_go_to_stderr(monkeypatch):
     p.evaluated(5, 1.1, 1.05)
     p.update(5, 0.25, lambda: 1.2, 1e-3)
     assert sys.stderr.getvalue() == (
-        "train (bayes): step 5 (25%), loss 1.20000, eval loss 1.10000 = 1.0500 x optimal, "
-        "lr 0.001, 30 s left\n"
+        "train (bayes): step 5 (25%), loss 1.20000, eval loss 1.10000 = 1.0500 x optimal "
+        "(step 5), lr 0.001, 30 s left\n"
     )
 
 
@@ -102,7 +102,10 @@ def test_time_budget_bar_has_no_percent_per_second_unit(monkeypatch):
     out = _Terminal()
     monkeypatch.setattr(sys, "stderr", out)
     model = toy_transformer(3, 10, **TINY)
-    train(model, mess3(), seconds=1.0, batch_size=4, eval_sequences=64, progress="bar")
+    ticks = iter(range(10**6))  # a clock that advances per reading: independent of the load
+    clock = lambda: 0.005 * next(ticks)  # noqa: E731
+    train(model, mess3(), seconds=1.0, batch_size=4, eval_sequences=64, progress="bar",
+          clock=clock)  # fmt: skip
     text = out.getvalue()
     assert "train (tokens)" in text and "100%" in text and "step " in text
     assert "%/s" not in text and "it/s" not in text
@@ -131,3 +134,14 @@ def test_one_line_at_the_end_even_if_the_run_reports_100_percent_twice():
     assert p.due(1.0)
     p.update(2, 1.0, lambda: 1.0, 1e-3)
     assert not p.due(1.0)
+
+
+def test_finish_writes_the_closing_line_once():
+    now = [0.0]
+    lines = []
+    p = Progress("log", desc="train", steps=None, done=0, clock=lambda: now[0])
+    p.update = lambda step, *args, _u=p.update: (lines.append(step), _u(step, *args))  # type: ignore
+    p.update(7, 0.95, lambda: 1.0, 1e-3)
+    p.finish(7, 1.0, lambda: 1.0, 1e-3)  # the last line already was this step's
+    p.finish(9, 1.0, lambda: 1.0, 1e-3)
+    assert lines == [7, 9]

@@ -414,3 +414,7 @@ def _finish(run: _Run) -> None:
         _evaluate(run, step)
         _checkpoint(run, step)
     run.history.seconds = run.clock() - run.t_start
+    if run.display is not None and run.history.lr:
+        p = min(1.0, _progress(run, step))
+        p = 1.0 if p >= 0.99 else p  # a time budget ends within a hair of its deadline
+        run.display.finish(step, p, lambda: _latest_loss(run), run.history.lr[-1])

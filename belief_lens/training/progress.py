@@ -91,6 +91,7 @@ class Progress:
         self.p0 = start  # the progress at the start (a resumed run's is above 0)
         self.next_tenth = (int(start * 10 + 1e-9) + 1) / 10
         self.eval_text = ""
+        self.last_step = -1  # the step of the last log line
         self.bar: Any = None
         if mode == "bar":
             self.bar = self._bar(done)
@@ -127,7 +128,7 @@ class Progress:
         if not self.due(p):
             return
         now = self.clock()
-        self.last_line = now
+        self.last_line, self.last_step = now, step
         self.next_tenth = (int(p * 10 + 1e-9) + 1) / 10
         done = p - self.p0
         left = (now - self.t0) * (1.0 - p) / done if done > 0 else float("nan")
@@ -141,9 +142,23 @@ class Progress:
 
     def evaluated(self, step: int, loss: float, ratio: float) -> None:
         """Record an evaluation, shown with the next bar frame or log line."""
-        self.eval_text = f", eval loss {loss:.5f} = {ratio:.4f} x optimal"
+        # The step says how fresh it is: under a time budget evaluations may be sparse.
+        self.eval_text = f", eval loss {loss:.5f} = {ratio:.4f} x optimal (step {step})"
         if self.bar is not None and self.steps is not None:
             self.bar.set_postfix_str(self.eval_text.lstrip(", "), refresh=False)
+
+    def finish(self, step: int, p: float, loss: Callable[[], float], lr: float) -> None:
+        """The run ended after ``step`` steps at progress ``p``: the bar shows it, and the log
+        gets its closing line unless the last one already said the same."""
+        if self.bar is not None:
+            if self.steps is None:
+                self.bar.n = min(100, int(100 * p))
+                self.bar.set_postfix_str(f"step {step}{self.eval_text}", refresh=False)
+                self.bar.refresh()
+            return
+        if self.last_step != step:
+            self.next_tenth = 0.0  # due now
+            self.update(step, p, loss, lr)
 
     def close(self) -> None:
         """Close the bar (log lines need no closing)."""
