@@ -4,7 +4,7 @@ VENV := .venv
 VENV_TL2 := .venv-tl2
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install demo test test-tl2 lint format bench docs clean
+.PHONY: install demo test test-tl2 wheel-check lint format bench docs clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(VENV)/.installed
 
 test-tl2: $(VENV_TL2)/.installed
 	$(VENV_TL2)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Build the sdist and wheel, install the wheel into a fresh venv, use it from outside the repo.
+wheel-check: $(VENV)/.installed
+	PYTHON=$(PYTHON) BUILD_PYTHON=$(VENV)/bin/python .ci/wheel-check
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check belief_lens tests bench demos

@@ -35,6 +35,7 @@ from belief_lens.cli_args import (
     number,
     param_arg,
     resume_args,
+    track_arg,
 )
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
@@ -42,6 +43,7 @@ from belief_lens.models import ModelConfig, load_checkpoint
 from belief_lens.processes import PROCESSES, make_process
 from belief_lens.run_dir import RunDir, staging_path
 from belief_lens.storage import atomic_write_text
+from belief_lens.tracking import check_track, tracking
 from belief_lens.training import TrainConfig
 from belief_lens.training.checkpoints import (
     check_checkpoint_process,
@@ -191,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume_args(demo)
     _analysis_args(demo)
+    track_arg(demo)
 
     probe = sub.add_parser(
         "probe",
@@ -210,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     mismatch_arg(probe)
     _analysis_args(probe)
+    track_arg(probe)
     factored_parser(sub)
     attention_parser(sub)
     icl_parser(sub)
@@ -237,7 +241,7 @@ def _analysis_config(args: argparse.Namespace) -> Any:
 #: finishes an interrupted one.
 RESUMABLE = ("demo", "factored", "attention", "icl")
 #: Options that are not a run's settings (not saved for ``--resume``).
-_NOT_SETTINGS = ("command", "resume", "quiet", "debug", "run_dir")
+_NOT_SETTINGS = ("command", "resume", "quiet", "debug", "run_dir", "track")
 
 
 def _resumed_run(args: argparse.Namespace) -> RunDir | None:
@@ -308,7 +312,11 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     if run is None:
         run = _new_run(args, args.process, args.overwrite)
     metrics = paper.run_paper_demo(
-        demo, run.staging, progress=not args.quiet, checkpoint_dir=run.checkpoints
+        demo,
+        run.staging,
+        progress=not args.quiet,
+        checkpoint_dir=run.checkpoints,
+        final_dir=run.final,
     )
     _finish(run, args.keep_checkpoints)
     return metrics
@@ -430,6 +438,35 @@ def run_discover(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+#: The files a tracked run uploads from its run directory (those that exist).
+TRACKED_FILES = ("report.html", "metrics.json", "model.safetensors")
+
+
+def _run_tracked(args: argparse.Namespace, run: Any) -> dict[str, Any]:
+    """``run(args)``, logged to ``--track``'s tracker when one is asked for: the command's
+    options as parameters (the process and its ``--param`` values among them), each training's
+    parameters and steps (``train`` logs to the active tracker), then every number in the run's
+    ``metrics.json`` and its files. A missing tracker package is refused before any work."""
+    track = check_track(getattr(args, "track", "none"), "--track")
+    if track == "none":
+        return run(args)
+    name = Path(args.out).name if args.out else f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with tracking(track, name=name, group=f"belief_lens-{args.command}") as tracker:
+        options = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+        options["param"] = {k: v for k, v in getattr(args, "param", [])}
+        tracker.log_params({"cli": options})
+        metrics = run(args)
+        out = Path(args.out)
+        written = out / "metrics.json"
+        final = json.loads(written.read_text(encoding="utf-8")) if written.is_file() else metrics
+        tracker.log_final(final)
+        files = [out / f for f in TRACKED_FILES]
+        if getattr(args, "checkpoint", None) and args.command == "probe":
+            files.append(Path(args.checkpoint))
+        tracker.log_artifacts(files)
+    return metrics
+
+
 def _discover_summary(m: dict[str, Any]) -> str:
     line = (
         f"wrote {m['out']}/discovery.html: {m['n_vertices']} vertices ({m['n_vertices_chosen_by']})"
@@ -481,12 +518,15 @@ def _one_line(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # This package's progress at INFO; other libraries' (kaleido's browser chatter) only from
+    # WARNING up, so a piped log stays readable.
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stdout,
     )
+    logging.getLogger("belief_lens").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         if args.command == "discover":
             print(_discover_summary(run_discover(args)))
@@ -498,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "attention": run_attention,
             "icl": run_icl,
         }[args.command]
-        metrics = run(args)
+        metrics = _run_tracked(args, run)
     except (BeliefLensError, OSError, json.JSONDecodeError) as e:
         _abandon(args)
         if args.debug:

@@ -23,6 +23,7 @@ __all__ = [
     "mismatch_arg",
     "number",
     "param_arg",
+    "track_arg",
 ]
 
 logger = logging.getLogger("belief_lens")
@@ -84,6 +85,16 @@ def resume_args(p: argparse.ArgumentParser, *, keep: bool = True) -> None:
         )  # fmt: skip
 
 
+def track_arg(p: argparse.ArgumentParser) -> None:
+    """``--track``: log the run to Weights & Biases or MLflow (optional extras)."""
+    p.add_argument(
+        "--track", choices=("none", "wandb", "mlflow"), default="none",
+        help="log parameters, per-step loss, ratio to optimum and learning rate, final metrics "
+        "and artefacts to wandb or mlflow (pip install 'belief_lens[wandb]' or "
+        "'belief_lens[mlflow]'; default none)",
+    )  # fmt: skip
+
+
 def mismatch_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-process-mismatch", action="store_true",
@@ -129,6 +140,7 @@ def factored_parser(sub: Any) -> None:
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
     )
+    track_arg(p)
 
 
 def attention_parser(sub: Any) -> None:
@@ -165,6 +177,7 @@ def attention_parser(sub: Any) -> None:
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
     )
+    track_arg(p)
 
 
 def icl_parser(sub: Any) -> None:
@@ -192,6 +205,7 @@ def icl_parser(sub: Any) -> None:
     p.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"
     )
+    track_arg(p)
 
 
 def discover_parser(sub: Any) -> None:

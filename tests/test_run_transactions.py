@@ -285,3 +285,46 @@ def test_torchrun_entry_refuses_existing_results_and_a_held_out(tmp_path, live_p
         assert not (tmp_path / ".D.lock").exists()
     finally:
         dist.destroy_process_group()
+
+
+def test_demo_names_the_final_directory_not_the_staging_one(tmp_path, monkeypatch):
+    """The model's recorded path is where it ends up, never the ``.partial`` staging directory
+    it was written into (seen before: "saved to .../.run.partial/model.safetensors")."""
+    from belief_lens.experiments import paper
+
+    seen = {}
+
+    def analyse(model, hmm, out, **kwargs):
+        seen.update(kwargs["extra_metrics"])
+        (Path(out) / "report.html").write_text("new report")
+        return {"summary": [], **kwargs["extra_metrics"]}
+
+    monkeypatch.setattr(paper, "analyse", analyse)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "demo", *FAST, "--max-steps", "2", "--out", "run"]) == 0
+    source = seen["model_source"]
+    assert source == f"trained in this run, saved to {Path('run') / 'model.safetensors'}"
+    assert ".partial" not in source
+    assert Path("run/model.safetensors").is_file()
+
+
+def test_icl_writes_its_run_through_a_staging_directory(tmp_path, monkeypatch, capsys):
+    """``icl`` claims --out as a transaction, writes into the staging directory, renames it into
+    place, and its summary names the final directory (earlier: the RunDir's repr)."""
+    from belief_lens.experiments import icl
+
+    def write(run, out_dir, *args, **kwargs):
+        assert Path(out_dir).name == ".icl.partial"
+        (Path(out_dir) / "report.html").write_text("icl report")
+        (Path(out_dir) / "metrics.json").write_text("{}")
+        return {"verdicts": ["stub"]}
+
+    monkeypatch.setattr(icl, "run_icl_experiment", lambda config: None)
+    monkeypatch.setattr(icl, "write_icl_report", write)
+    monkeypatch.chdir(tmp_path)
+    assert main(["icl", "--max-steps", "1", "--out", "icl"]) == 0
+    assert Path("icl/report.html").read_text() == "icl report"
+    assert not staging_path(Path("icl")).exists()
+    assert not (Path("icl") / MARKER).exists()
+    out = capsys.readouterr().out
+    assert f"wrote {Path('icl') / 'report.html'}" in out and "RunDir" not in out

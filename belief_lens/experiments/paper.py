@@ -82,13 +82,17 @@ def run_paper_demo(
     demo: PaperDemo,
     out_dir: str | os.PathLike,
     *,
-    progress: bool = True,
+    progress: bool | str = True,
     checkpoint_dir: str | os.PathLike | None = None,
+    final_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train ``demo``'s model, save it as ``out_dir/model.safetensors``, and analyse it into
     ``out_dir``; return the metrics (those of ``metrics.json``). With ``checkpoint_dir`` the
-    training writes step checkpoints there and resumes from the latest one it finds."""
+    training writes step checkpoints there and resumes from the latest one it finds.
+    ``final_dir``: where ``out_dir`` will be moved once complete (the CLI writes into a staging
+    directory first); the report and metrics name the model's path there, where it will be."""
     out, hmm, config = Path(out_dir), demo.hmm, demo.train
+    named = Path(final_dir) if final_dir is not None else out
     model = toy_transformer(demo.model, seed=config.seed)
     budget = [f"{config.seconds / 60:.1f} min"] if config.seconds else []
     budget += [f"{config.steps} steps"] if config.steps else []
@@ -113,7 +117,7 @@ def run_paper_demo(
         extra_metrics={
             "train_seconds": history.seconds,
             "train_steps": history.steps,
-            "model_source": f"trained in this run, saved to {out / 'model.safetensors'}",
+            "model_source": f"trained in this run, saved to {named / 'model.safetensors'}",
         },
     )
 

@@ -28,6 +28,7 @@ from belief_lens.interventions.checks import check_activation
 from belief_lens.interventions.provenance import check_provenance, provenance_of
 from belief_lens.metrics import kl_divergence, recovery
 from belief_lens.probing.estimator import BasisKind
+from belief_lens.training.progress import quiet_unwatched_bars
 from belief_lens.validation import check_int, check_option, check_seed, resolve_positions
 
 __all__ = [
@@ -135,7 +136,7 @@ def _patch_grid(
 ) -> Tensor:
     from transformer_lens import patching  # TransformerLens only where it is used
 
-    with eval_mode(model):
+    with eval_mode(model), quiet_unwatched_bars(patching):
         grid = patching.generic_activation_patch(
             model,
             corrupted.to(model_device(model)),

@@ -4,7 +4,8 @@ time budget, with resumable checkpoints that a crash cannot corrupt.
 The parts: :mod:`.config` (``TrainConfig``, its presets, the learning-rate schedule),
 :mod:`.data` (``make_batch``, the one data path), :mod:`.evaluate` (the evaluation set, the loss
 floor, ``evaluate_loss``), :mod:`.history` (``TrainingHistory``), :mod:`.checkpoints` (step
-checkpoints) and :mod:`.loop` (``train``).
+checkpoints), :mod:`.progress` (a bar on a terminal, log lines in a piped log) and :mod:`.loop`
+(``train``).
 """
 
 from belief_lens.training.checkpoints import check_checkpoint_process, step_checkpoints

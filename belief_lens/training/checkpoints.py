@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _TMP_DIR = re.compile(r"^\.step_\d{8}\.(tmp|old)-\d+$")
 #: Config fields that may change when a run is resumed.
-RESUMABLE_CHANGES = ("keep_checkpoints", "resume")
+RESUMABLE_CHANGES = ("keep_checkpoints", "resume", "track")
 
 
 def step_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:

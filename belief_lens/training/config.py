@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from belief_lens.errors import BeliefLensError
+from belief_lens.tracking import Track, check_track
 from belief_lens.validation import check_bool, check_float, check_int, check_option, check_seed
 
 __all__ = [
@@ -38,7 +39,9 @@ class TrainConfig:
     ``length`` is the number of symbols per training sequence (default: as many as the model's
     context holds). Evaluations run at each tenth of the run (or every ``eval_every`` steps) on
     ``eval_sequences`` sequences; checkpoints, with a ``checkpoint_dir``, at each evaluation (or
-    every ``checkpoint_every`` steps), keeping the last ``keep_checkpoints``.
+    every ``checkpoint_every`` steps), keeping the last ``keep_checkpoints``. ``track``
+    (``"wandb"`` or ``"mlflow"``) logs the run's parameters and per-step loss, ratio to optimum
+    and learning rate to that tracker (see :mod:`belief_lens.tracking`).
 
     >>> TrainConfig(steps=100).replace(lr=3e-3).lr
     0.003
@@ -65,6 +68,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     keep_checkpoints: int = 3
     resume: bool = True
+    track: Track = "none"
 
     def __post_init__(self) -> None:
         def put(name: str, check: Any, *args: Any, **bounds: Any) -> None:
@@ -90,6 +94,9 @@ class TrainConfig:
         put("targets", check_option, Targets)
         put("bos", check_bool)
         put("resume", check_bool)
+        put(
+            "track", lambda name, value: check_track(value, name)
+        )  # the tracker's package must import: refused before any work
         if self.steps is not None and self.n_tokens is not None:
             raise BeliefLensError(
                 f"TrainConfig: give steps or n_tokens, not both (got steps={self.steps}, "

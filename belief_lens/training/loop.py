@@ -33,11 +33,13 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.models import ModelConfig
 from belief_lens.token_map import TokenMap
+from belief_lens.tracking import Tracker, active_tracker, start_tracking
 from belief_lens.training.checkpoints import prepare_checkpoint_dir, resume, write_checkpoint
 from belief_lens.training.config import TrainConfig, lr_at
 from belief_lens.training.data import TrainingBatches, data_layout
 from belief_lens.training.evaluate import Evaluator
 from belief_lens.training.history import TrainingHistory, process_fingerprint
+from belief_lens.training.progress import Progress, ProgressMode, check_progress
 
 __all__ = ["train"]
 
@@ -53,7 +55,7 @@ def train(
     *,
     token_map: TokenMap | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: bool | ProgressMode = True,
     callback: Callback | None = None,
     clock: Callable[[], float] = time.perf_counter,
     **overrides: Any,
@@ -71,20 +73,59 @@ def train(
     step-budget run resumed gives exactly the uninterrupted result. ``callback(step, history)``
     runs after every step; returning True stops training there (after a last evaluation and
     checkpoint). The model's train/eval mode is restored at the end; data follows its device.
+    With ``config.track`` (or inside a :func:`belief_lens.tracking.tracking` block, whose
+    tracker is used) the parameters, each step's loss, ratio to optimum and learning rate, and
+    each evaluation are logged to W&B or MLflow.
+    ``progress``: True draws a bar on a terminal and writes a log line every tenth of the run or
+    30 s otherwise (a piped log stays small); "bar" or "log" forces one; False shows nothing.
     """
     check_hmm(hmm)
+    mode = check_progress(progress)
     config = _resolve_config(config, overrides)
     run = _start(model, hmm, config, token_map, checkpoint_dir, clock)
     was_training = model.training
     with contextlib.ExitStack() as stack:
         stack.callback(model.train, was_training)
-        run.bar = _progress_bar(run) if progress else None
-        if run.bar is not None:
-            stack.callback(run.bar.close)
+        if mode is not None:
+            run.display = Progress(
+                mode,
+                desc=f"train ({config.targets})",
+                steps=run.steps,
+                done=run.history.steps,
+                start=_progress(run, run.history.steps),
+                clock=clock,
+            )
+            stack.callback(run.display.close)
+        _start_tracking(run, stack, hmm)
         model.train()
         _loop(run, callback)
         _finish(run)
     return run.history
+
+
+def _start_tracking(run: _Run, stack: contextlib.ExitStack, hmm: HMM) -> None:
+    """Log to the active tracker, or to a run of ``config.track`` started (and closed) here."""
+    tracker = active_tracker()
+    if tracker is None and run.config.track != "none":
+        tracker = start_tracking(run.config.track, name=f"train-{hmm.name}")
+        stack.enter_context(_closing(tracker))
+    if tracker is None:
+        return
+    run.tracker, run.track_prefix = tracker, tracker.begin_training()
+    history = run.history
+    params = {"model": history.model_config, "train": history.config, "process": history.process}
+    tracker.log_params(params if run.track_prefix == "train" else {run.track_prefix: params})
+
+
+@contextlib.contextmanager
+def _closing(tracker: Tracker) -> Any:
+    """Close ``tracker`` at the end, marked failed if training raised."""
+    try:
+        yield
+    except BaseException:
+        tracker.close(failed=True)
+        raise
+    tracker.close()
 
 
 def _resolve_config(config: TrainConfig | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -115,7 +156,9 @@ class _Run:
     reserve: dict[str, float] = field(default_factory=lambda: {"eval": 0.0, "checkpoint": 0.0})
     pending: list[Tensor] = field(default_factory=list)  # step losses not yet in the history
     pending_grads: list[Tensor] = field(default_factory=list)  # their gradient norms
-    bar: Any = None
+    display: Progress | None = None
+    tracker: Tracker | None = None
+    track_prefix: str = "train"
     n_evals: int = 10
     next_eval: float = 0.0
 
@@ -180,16 +223,6 @@ def _make_optimizer(model: Any, config: TrainConfig) -> torch.optim.Optimizer:
             params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
     return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _progress_bar(run: _Run) -> Any:
-    from tqdm.auto import tqdm  # only when a bar is wanted
-
-    if run.steps is None:
-        return tqdm(total=100, desc=f"train ({run.config.targets})", unit="%")
-    bar = tqdm(total=run.steps, desc=f"train ({run.config.targets})", unit="step")
-    bar.update(min(run.history.steps, run.steps))
-    return bar
 
 
 def _progress(run: _Run, step: int) -> float:
@@ -258,7 +291,7 @@ def _optimizer_step(run: _Run, step: int, progress: float) -> None:
 
 
 def _after_step(run: _Run, step: int, stopped: bool) -> None:
-    """Evaluate, checkpoint and move the bar as due after ``step`` steps."""
+    """Evaluate, checkpoint and show progress as due after ``step`` steps."""
     config = run.config
     p_after = _progress(run, step)
     is_last = stopped or p_after >= 1.0
@@ -278,12 +311,14 @@ def _after_step(run: _Run, step: int, stopped: bool) -> None:
         save = due or is_last
     if save:
         _checkpoint(run, step)
-    if run.bar is not None:
-        if run.steps is not None:
-            run.bar.update(1)
-        else:
-            run.bar.n = min(100, int(100 * p_after))
-            run.bar.refresh()
+    if run.display is not None and run.display.due(p_after):
+        run.display.update(step, p_after, lambda: _latest_loss(run), run.history.lr[-1])
+
+
+def _latest_loss(run: _Run) -> float:
+    """The last step's training loss (moving the pending losses into the history)."""
+    _flush(run)
+    return run.history.loss[-1] if run.history.loss else float("nan")
 
 
 def grad_total_norm(grads: list[Tensor]) -> Tensor:
@@ -312,9 +347,24 @@ def _flush(run: _Run) -> None:
                 "checkpoint of it was written. Train again with a lower learning rate (e.g. "
                 f"lr={run.config.lr / 10:.3g}) or a grad_clip"
             )
+        first = len(run.history.loss)
         run.history.loss.extend(losses.tolist())
+        if run.tracker is not None:
+            _track_steps(run, first)
         run.pending.clear()
         run.pending_grads.clear()
+
+
+def _track_steps(run: _Run, first: int) -> None:
+    """Log steps ``first + 1``.. (their loss, its ratio to the optimal loss, the learning rate)."""
+    floor, key = run.evaluator.floor.mean, run.track_prefix
+    h = run.history
+    rows = [
+        (i + 1, {f"{key}/loss": h.loss[i], f"{key}/loss_over_optimal": h.loss[i] / floor,
+                 f"{key}/lr": h.lr[i]})
+        for i in range(first, len(h.loss))
+    ]  # fmt: skip
+    run.tracker.log_steps(rows)
 
 
 def _evaluate(run: _Run, step: int) -> None:
@@ -328,10 +378,19 @@ def _evaluate(run: _Run, step: int) -> None:
     run.history.evals.append(record)
     ratio = f"{record.loss_over_optimal:.4f}"
     method = run.evaluator.floor.method
-    logger.info("step %d (%.0f s): loss %.5f (%s x optimal, %s)", step, record.seconds,
-                record.loss, ratio, method)  # fmt: skip
-    if run.bar is not None:
-        run.bar.set_postfix_str(f"eval loss {record.loss:.5f} = {ratio} x optimal", refresh=False)
+    # With a progress display the ratio shows there; a separate line would repeat it.
+    log = logger.debug if run.display is not None else logger.info
+    log("step %d (%.0f s): loss %.5f (%s x optimal, %s)", step, record.seconds, record.loss,
+        ratio, method)  # fmt: skip
+    if run.display is not None:
+        run.display.evaluated(step, record.loss, record.loss_over_optimal)
+    if run.tracker is not None:
+        key = run.track_prefix
+        values = {
+            f"{key}/eval_loss": record.loss,
+            f"{key}/eval_loss_over_optimal": record.loss_over_optimal,
+        }
+        run.tracker.log_steps([(step, values | {f"{key}/tokens": float(tokens)})])
 
 
 def _checkpoint(run: _Run, step: int) -> None:
@@ -355,3 +414,7 @@ def _finish(run: _Run) -> None:
         _evaluate(run, step)
         _checkpoint(run, step)
     run.history.seconds = run.clock() - run.t_start
+    if run.display is not None and run.history.lr:
+        p = min(1.0, _progress(run, step))
+        p = 1.0 if p >= 0.99 else p  # a time budget ends within a hair of its deadline
+        run.display.finish(step, p, lambda: _latest_loss(run), run.history.lr[-1])
