@@ -319,7 +319,7 @@ def test_icl_writes_its_run_through_a_staging_directory(tmp_path, monkeypatch, c
         (Path(out_dir) / "metrics.json").write_text("{}")
         return {"verdicts": ["stub"]}
 
-    monkeypatch.setattr(icl, "run_icl_experiment", lambda config: None)
+    monkeypatch.setattr(icl, "run_icl_experiment", lambda config, checkpoint_dir: None)
     monkeypatch.setattr(icl, "write_icl_report", write)
     monkeypatch.chdir(tmp_path)
     assert main(["icl", "--max-steps", "1", "--out", "icl"]) == 0
