@@ -16,12 +16,23 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["SMALL_OP_ELEMENTS", "single_thread_below"]
+__all__ = [
+    "SMALL_MODEL_PARAMS",
+    "SMALL_OP_ELEMENTS",
+    "single_thread_below",
+    "single_thread_for_model",
+]
 
 #: Ops below this many elements run on one intra-op thread inside the package's hot loops: far
 #: above the belief filter's, sampler's and enumeration's per-step ops (tens of thousands), where
 #: one thread is as fast quiet and many times faster beside another process.
 SMALL_OP_ELEMENTS = 1 << 22
+
+#: An analysis of a model with at most this many parameters runs on one intra-op thread: its
+#: forward passes are loops of small ops (the paper's models have 0.1-0.7M parameters, batches of
+#: a few thousand 10-token sequences), where a second thread gains little quiet and, on a shared
+#: machine, makes every op wait for a descheduled peer.
+SMALL_MODEL_PARAMS = 20_000_000
 
 
 @contextlib.contextmanager
@@ -43,3 +54,13 @@ def single_thread_below(
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def single_thread_for_model(model: torch.nn.Module, limit: int | None = None):
+    """``single_thread_below`` sized by ``model``'s parameter count (against ``limit``, default
+    ``SMALL_MODEL_PARAMS``) on the device of its parameters: one intra-op thread for the whole of
+    a small model's analysis, restored after."""
+    limit = SMALL_MODEL_PARAMS if limit is None else limit
+    params = list(model.parameters())
+    device = params[0].device if params else None
+    return single_thread_below(sum(p.numel() for p in params), device, limit)
