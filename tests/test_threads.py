@@ -7,7 +7,12 @@ import torch
 
 from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
 from belief_lens.processes import mess3
-from belief_lens.threads import SMALL_OP_ELEMENTS, single_thread_below
+from belief_lens.threads import (
+    SMALL_MODEL_PARAMS,
+    SMALL_OP_ELEMENTS,
+    single_thread_below,
+    single_thread_for_model,
+)
 
 
 @pytest.fixture
@@ -48,3 +53,15 @@ def test_hot_loops_run_at_one_thread_and_leave_the_setting(two_threads, monkeypa
     assert seen and set(seen) == {1}
     enumerate_sequences(hmm, 5)
     assert torch.get_num_threads() == 2
+
+
+def test_model_guard_is_sized_by_the_parameter_count(two_threads):
+    """A model of at most ``SMALL_MODEL_PARAMS`` parameters is analysed at one thread; a larger
+    one (here: a limit below its size) keeps the caller's threads; both restore the setting."""
+    model = torch.nn.Linear(10, 10)  # 110 parameters
+    with single_thread_for_model(model):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with single_thread_for_model(model, limit=109):
+        assert torch.get_num_threads() == 2
+    assert SMALL_MODEL_PARAMS >= 2_000_000  # both paper models (0.1M, 0.7M) and then some
