@@ -190,13 +190,14 @@ def _analyse(
         state = _fit_probes(model, hmm, cfg, metrics)  # one forward pass, shared by what follows
     table, best, ranked_by = state.table, state.best_hook, state.ranked_by
     logger.info("probe table\n%s", table.to_markdown())
-    report.append(sections.geometry_section(table, state.data, best, ranked_by, cfg))
-    report.append(sections.probe_section(table, best, ranked_by, cfg))
-    folds = table.meta.get("folds")
-    if folds and best != CONCAT:
-        by_position = heldout_by_position(table, state.data, [best])
-        metrics["heldout_by_position"] = by_position
-        report.append(sections.position_section(by_position, folds))
+    with stage("geometry", "the belief-geometry figures and held-out scores by position"):
+        report.append(sections.geometry_section(table, state.data, best, ranked_by, cfg))
+        report.append(sections.probe_section(table, best, ranked_by, cfg))
+        folds = table.meta.get("folds")
+        if folds and best != CONCAT:
+            by_position = heldout_by_position(table, state.data, [best])
+            metrics["heldout_by_position"] = by_position
+            report.append(sections.position_section(by_position, folds))
     if cfg.controls:
         with stage("controls", "shuffled beliefs, an untrained model, next-token targets"):
             report.append(sections.controls_section(table, _controls(state), best))
