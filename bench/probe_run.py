@@ -43,12 +43,15 @@ def timed(process: str, baseline: bool) -> tuple[float, float]:
         env["BELIEF_LENS_BENCH_NO_GUARD"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--worker", process, str(Path(tmp) / "run")]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"the probe run on {process} failed (exit {status})")
+        log = Path(tmp) / "log"
+        with log.open("w") as sink:  # the run's log and progress bars, shown if it fails
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            tail = log.read_text()[-3000:]
+            raise SystemExit(f"the probe run on {process} failed (exit {status}):\n{tail}")
     return seconds, usage.ru_maxrss / 1024**2  # KiB on Linux
 
 
