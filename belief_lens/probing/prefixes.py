@@ -95,6 +95,8 @@ class PrefixActs(Mapping):
 
     def __init__(self, rows: dict[str, list[Tensor]], ids: Sequence[Tensor]) -> None:
         self.rows, self.ids = rows, list(ids)
+        self._flat: dict[str, Tensor] = {}  # per hook: rows of every position, stacked (``at``)
+        self._index: Tensor | None = None  # per (n, t): its row in the stacked rows
         for h, per_t in rows.items():
             if len(per_t) != len(self.ids):
                 raise BeliefLensError(
@@ -125,11 +127,12 @@ class PrefixActs(Mapping):
 
     def at(self, hook: str, mask: Bool[Tensor, "N L"]) -> Float[Tensor, "m d"]:
         """``self[hook][mask]`` (rows in the same order) without building the whole view."""
-        n, t = torch.nonzero(mask, as_tuple=True)
-        per_t = self.rows[hook]
-        offsets = torch.tensor([0, *(len(r) for r in per_t)]).cumsum(0)
-        ids = torch.stack(self.ids, 1)[n, t]
-        return torch.cat(per_t)[offsets[t] + ids]
+        if self._index is None:  # the same for every hook: one row count per position
+            offsets = torch.tensor([0, *(len(r) for r in self.rows[hook][:-1])]).cumsum(0)
+            self._index = torch.stack(self.ids, 1) + offsets
+        if hook not in self._flat:
+            self._flat[hook] = torch.cat(self.rows[hook])
+        return self._flat[hook][self._index[mask]]
 
 
 def acts_dim(acts: Mapping[str, Tensor], hook: str) -> int:
