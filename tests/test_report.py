@@ -162,6 +162,7 @@ def test_analyse_runs_a_small_model_at_one_thread_and_logs_each_stage(
         return fit(*args, **kwargs)
 
     monkeypatch.setattr(analysis, "_fit_probes", spy)
+    monkeypatch.setattr("belief_lens.threads.machine_busy", lambda: True)  # a shared machine
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

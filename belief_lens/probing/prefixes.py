@@ -95,7 +95,6 @@ class PrefixActs(Mapping):
 
     def __init__(self, rows: dict[str, list[Tensor]], ids: Sequence[Tensor]) -> None:
         self.rows, self.ids = rows, list(ids)
-        self._flat: dict[str, Tensor] = {}  # per hook: rows of every position, stacked (``at``)
         self._index: Tensor | None = None  # per (n, t): its row in the stacked rows
         for h, per_t in rows.items():
             if len(per_t) != len(self.ids):
@@ -130,9 +129,7 @@ class PrefixActs(Mapping):
         if self._index is None:  # the same for every hook: one row count per position
             offsets = torch.tensor([0, *(len(r) for r in self.rows[hook][:-1])]).cumsum(0)
             self._index = torch.stack(self.ids, 1) + offsets
-        if hook not in self._flat:
-            self._flat[hook] = torch.cat(self.rows[hook])
-        return self._flat[hook][self._index[mask]]
+        return torch.cat(self.rows[hook])[self._index[mask]]  # a copy of the rows: not kept
 
 
 def acts_dim(acts: Mapping[str, Tensor], hook: str) -> int:
