@@ -4,9 +4,9 @@ Run: ``python bench/probe_run.py`` (or ``make bench``). Each checkpoint is analy
 default analysis (probes, controls, steering, patching, figure export) in a fresh child process;
 its wall time and peak resident memory (``os.wait4``'s ``ru_maxrss``: the child's own, not the
 export's browser) are printed beside the load average. Goal (issue 23): at most 30 s and 2 GB on
-either checkpoint. ``--baseline`` runs the same command with the small-model thread guard (applied when the
-load average is at least the number of cores) off
-(``threads.SMALL_MODEL_PARAMS = -1``: the threads torch picks), the comparison it is measured
+either checkpoint. ``--baseline`` runs the same command with the small-model thread guard off
+(it applies when the load average is at least the number of cores;
+``threads.SMALL_MODEL_PARAMS = -1``: the threads torch picks), the comparison it is measured
 against, in the same session. The checkpoints are read from ``../shared/checkpoints/``.
 """
 
