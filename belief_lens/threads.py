@@ -12,16 +12,31 @@ one intra-op thread here (a scoped guard that restores the caller's setting, nev
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
 
-__all__ = ["SMALL_OP_ELEMENTS", "single_thread_below"]
+__all__ = [
+    "SMALL_MODEL_PARAMS",
+    "SMALL_OP_ELEMENTS",
+    "machine_busy",
+    "single_thread_below",
+    "single_thread_for_model",
+]
 
 #: Ops below this many elements run on one intra-op thread inside the package's hot loops: far
 #: above the belief filter's, sampler's and enumeration's per-step ops (tens of thousands), where
 #: one thread is as fast quiet and many times faster beside another process.
 SMALL_OP_ELEMENTS = 1 << 22
+
+#: An analysis of a model with at most this many parameters runs on one intra-op thread when the
+#: machine is busy (``machine_busy``): its forward passes are loops of small ops (the paper's
+#: models have 0.1-0.7M parameters), and beside other processes every op at two threads waits
+#: for a descheduled peer. Measured on 2 cores: the Mess3 paper probe run took 143 s at one
+#: thread against 593 s at two (load 7), but 63 s against 43 s at load 1.5, so a quiet machine
+#: keeps its threads.
+SMALL_MODEL_PARAMS = 20_000_000
 
 
 @contextlib.contextmanager
@@ -43,3 +58,27 @@ def single_thread_below(
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def machine_busy() -> bool:
+    """Whether other work already fills the CPUs: the 1-minute load average at least the number
+    of cores (False where the load average is unavailable)."""
+    try:
+        return os.getloadavg()[0] >= (os.cpu_count() or 1)
+    except OSError:
+        return False
+
+
+def single_thread_for_model(
+    model: torch.nn.Module, limit: int | None = None, busy: bool | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """``single_thread_below`` sized by ``model``'s parameter count (against ``limit``, default
+    ``SMALL_MODEL_PARAMS``) on the device of its parameters, when the machine is ``busy``
+    (default: ``machine_busy()``): one intra-op thread for the whole of a small model's
+    analysis on a shared machine, restored after; a quiet machine keeps its threads."""
+    limit = SMALL_MODEL_PARAMS if limit is None else limit
+    if not (machine_busy() if busy is None else busy):
+        return contextlib.nullcontext()
+    params = list(model.parameters())
+    device = params[0].device if params else None
+    return single_thread_below(sum(p.numel() for p in params), device, limit)

@@ -142,6 +142,43 @@ def test_analyse_composes_sections_and_takes_extra_ones(tmp_path):
     assert page.count('"type":"scatter3d"') == 2 and '"scene2"' in page
 
 
+def test_analyse_runs_a_small_model_at_one_thread_and_logs_each_stage(
+    tmp_path, caplog, monkeypatch
+):
+    """Every stage of a small model's analysis runs at one intra-op thread (restored after), and
+    each logs one line with its time, recorded in ``metrics["stage_seconds"]``."""
+    import torch
+
+    from belief_lens.models import toy_transformer
+    from belief_lens.processes import rrxor
+    from belief_lens.report import analysis
+
+    model = toy_transformer(2, 6, n_layers=1, d_model=16, d_mlp=32, seed=0)
+    seen = []
+    fit = analysis._fit_probes
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "_fit_probes", spy)
+    monkeypatch.setattr("belief_lens.threads.machine_busy", lambda: True)  # a shared machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = rp.AnalysisConfig(mode="sampled", n_sequences=200, interventions=False, export=())
+        with caplog.at_level("INFO", logger="belief_lens.report.analysis"):
+            metrics = rp.analyse(model, rrxor(), tmp_path, config=cfg)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    stages = ["loss", "probes", "geometry", "controls", "report"]
+    assert list(metrics["stage_seconds"]) == stages
+    assert all(v >= 0 for v in metrics["stage_seconds"].values())
+    for name in stages:
+        assert any(r.getMessage().startswith(f"{name} done in ") for r in caplog.records), name
+
+
 def test_the_package_re_exports_its_public_api():
     import belief_lens.plotting as plotting
     from belief_lens.report import analysis, document, experiment_sections

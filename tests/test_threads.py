@@ -7,7 +7,12 @@ import torch
 
 from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
 from belief_lens.processes import mess3
-from belief_lens.threads import SMALL_OP_ELEMENTS, single_thread_below
+from belief_lens.threads import (
+    SMALL_MODEL_PARAMS,
+    SMALL_OP_ELEMENTS,
+    single_thread_below,
+    single_thread_for_model,
+)
 
 
 @pytest.fixture
@@ -48,3 +53,39 @@ def test_hot_loops_run_at_one_thread_and_leave_the_setting(two_threads, monkeypa
     assert seen and set(seen) == {1}
     enumerate_sequences(hmm, 5)
     assert torch.get_num_threads() == 2
+
+
+def test_model_guard_is_sized_by_the_parameter_count(two_threads):
+    """A model of at most ``SMALL_MODEL_PARAMS`` parameters is analysed at one thread; a larger
+    one (here: a limit below its size) keeps the caller's threads; both restore the setting."""
+    model = torch.nn.Linear(10, 10)  # 110 parameters
+    with single_thread_for_model(model, busy=True):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with single_thread_for_model(model, limit=109, busy=True):
+        assert torch.get_num_threads() == 2
+    with single_thread_for_model(model, busy=False):
+        assert torch.get_num_threads() == 2  # a quiet machine keeps its threads
+    assert SMALL_MODEL_PARAMS >= 2_000_000  # both paper models (0.1M, 0.7M) and then some
+
+
+def test_busy_is_the_load_average_against_the_cores(two_threads, monkeypatch):
+    import os
+
+    import belief_lens.threads as threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 0.0, 0.0))
+    assert threads.machine_busy()
+    with single_thread_for_model(torch.nn.Linear(2, 2)):
+        assert torch.get_num_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 9.0, 9.0))
+    assert not threads.machine_busy()
+    with single_thread_for_model(torch.nn.Linear(2, 2)):
+        assert torch.get_num_threads() == 2
+
+    def unavailable():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    assert not threads.machine_busy()

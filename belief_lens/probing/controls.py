@@ -78,8 +78,10 @@ def untrained_control(
         )
     fresh = toy_transformer(ModelConfig.from_model(model), seed=seed).eval()
     bos_id = data.hmm.n_symbols if data.bos else None
-    acts = model_acts(fresh, data.tokens, data.hooks, bos_id, batch_size)
-    fresh_data = data.with_acts(acts, dedupe=is_causal(fresh), fingerprint=model_fingerprint(fresh))
+    dedupe = is_causal(fresh)  # then one row per distinct prefix, as collect_probe_data keeps
+    prefixes = data.prefix_index() if dedupe and data.dedupe else None
+    acts = model_acts(fresh, data.tokens, data.hooks, bos_id, batch_size, prefixes)
+    fresh_data = data.with_acts(acts, dedupe=dedupe, fingerprint=model_fingerprint(fresh))
     return probe_table(
         fresh_data, data.beliefs, ridge=ridge, concat=concat, name="untrained",
         target_name="beliefs",

@@ -27,6 +27,15 @@ from belief_lens.hmm import HMM
 from belief_lens.metrics import effective_sample_size
 from belief_lens.probing.estimator import SVD_MAX_ELEMENTS
 from belief_lens.probing.moments import Moments, row_chunks
+from belief_lens.probing.prefixes import (
+    PrefixActs,
+    acts_dim,
+    collect_prefix_acts,
+    prefix_counts,
+    prefix_groups,
+    prefix_ids,
+    prefix_reps,
+)
 from belief_lens.validation import check_float, check_real_tensor, check_seed
 
 __all__ = [
@@ -53,31 +62,6 @@ Weighting = Literal["rows", "prefixes"]
 
 #: Name of the table row (and probe) fitted on the concatenation of all requested hooks.
 CONCAT = "concat"
-
-
-def prefix_ids(tokens: Int[Tensor, "N L"]) -> list[Int[Tensor, " N"]]:
-    """Per position ``t``, ids ``[N]`` numbering the distinct prefixes ``tokens[:, :t+1]``
-    (0..n_distinct-1, in lexicographic order of the prefixes: deterministic)."""
-    N, L = tokens.shape
-    out = []
-    ids = torch.zeros(N, dtype=torch.long)
-    V = int(tokens.max()) + 1 if tokens.numel() else 1
-    for t in range(L):
-        _, ids = torch.unique(ids * V + tokens[:, t].long(), return_inverse=True)
-        out.append(ids)
-    return out
-
-
-def prefix_counts(
-    tokens: Int[Tensor, "N L"], test_mask: Bool[Tensor, "N L"]
-) -> list[tuple[int, int]]:
-    """Per position ``t``: the distinct prefixes ``tokens[:, :t+1]`` on the training and on the
-    held-out side of ``test_mask`` (the inputs a probe sees, not the rows)."""
-    out = []
-    for t, ids in enumerate(prefix_ids(tokens)):
-        m = test_mask[:, t]
-        out.append((len(torch.unique(ids[~m])), len(torch.unique(ids[m]))))
-    return out
 
 
 def split_prefixes(
@@ -149,21 +133,6 @@ def prefix_folds(tokens: Int[Tensor, "N L"], n_folds: int = 5, seed: int = 0) ->
     return folds
 
 
-def prefix_groups(tokens: Int[Tensor, "N L"]) -> Int[Tensor, "N L"]:
-    """A group id per row ``(n, t)``, equal exactly when two rows share position and prefix
-    ``tokens[:, :t+1]``: the ``groups`` for scikit-learn's ``GroupKFold`` on rows flattened as
-    ``[N * L]``. Grouping by sequence instead leaks (equal prefixes in different sequences land
-    in different folds)."""
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim != 2:
-        raise BeliefLensError(f"tokens must have shape [N, L], got {tuple(tokens.shape)}")
-    out, offset = torch.empty(tokens.shape, dtype=torch.long), 0
-    for t, ids in enumerate(prefix_ids(tokens.cpu())):
-        out[:, t] = ids + offset
-        offset += int(ids.max()) + 1
-    return out
-
-
 def resolve_hooks(model: Any, hooks: Any) -> list[str]:
     """Hook names for ``hooks`` (names or ``(name, layer)`` shorthands; None: every residual
     hook), deduplicated in order."""
@@ -198,9 +167,18 @@ def is_causal(model: Any) -> bool:
 
 
 def model_acts(
-    model: Any, tokens: Tensor, hooks: list[str], bos_id: int | None, batch_size: int
-) -> dict[str, Tensor]:
-    """Residual streams at the process tokens' positions (a BOS position is dropped)."""
+    model: Any,
+    tokens: Tensor,
+    hooks: list[str],
+    bos_id: int | None,
+    batch_size: int,
+    prefixes: list[tuple[Tensor, Tensor]] | None = None,
+) -> dict[str, Tensor] | PrefixActs:
+    """Residual streams at the process tokens' positions (a BOS position is dropped); with
+    ``prefixes`` (``ProbeData.prefix_index``), one row per distinct prefix (``PrefixActs``)."""
+    if prefixes is not None:
+        forward = lambda batch: model_acts(model, batch, hooks, bos_id, batch_size)  # noqa: E731
+        return collect_prefix_acts(forward, tokens, prefixes, batch_size)
     if bos_id is not None:
         bos_col = torch.full((tokens.shape[0], 1), bos_id, dtype=tokens.dtype)
         tokens = torch.cat([bos_col, tokens], 1)
@@ -265,14 +243,17 @@ class ProbeData:
                 f"test_mask must have shape [N, L] = {[N, L]} (split_prefixes), got "
                 f"{tuple(self.test_mask.shape)}"
             )
-        for h, a in self.acts.items():
-            if tuple(a.shape[:2]) != (N, L):
-                raise BeliefLensError(
-                    f"acts[{h!r}] has shape {tuple(a.shape)}, expected [{N}, {L}, d]"
-                )
+        for h in self.acts:
+            shape = self._shape(h)
+            if tuple(shape[:2]) != (N, L):
+                raise BeliefLensError(f"acts[{h!r}] has shape {shape}, expected [{N}, {L}, d]")
+
+    def _shape(self, hook: str) -> tuple[int, ...]:
+        a = self.acts
+        return a.shape(hook) if isinstance(a, PrefixActs) else tuple(a[hook].shape)
 
     def __repr__(self) -> str:
-        acts = ", ".join(f"{h}: {list(a.shape)}" for h, a in self.acts.items())
+        acts = ", ".join(f"{h}: {list(self._shape(h))}" for h in self.acts)
         return (
             f"ProbeData(process={self.hmm.name!r}, mode={self.mode!r}, "
             f"tokens={list(self.tokens.shape)}, "
@@ -310,32 +291,32 @@ class ProbeData:
         missing = [h for h in hooks if h not in self.acts]
         if missing:
             raise BeliefLensError(f"hooks {missing} are not in this data; it has {self.hooks}")
-        out = self.with_acts(
-            {h: self.acts[h] for h in hooks}, dedupe=self.dedupe, fingerprint=self.model_fingerprint
-        )
+        a = self.acts
+        acts = a.select(hooks) if isinstance(a, PrefixActs) else {h: a[h] for h in hooks}
+        out = self.with_acts(acts, dedupe=self.dedupe, fingerprint=self.model_fingerprint)
         if "prefixes" in self._cache:
             out._cache["prefixes"] = self._cache["prefixes"]
         return out
 
-    def _prefixes(self) -> list[tuple[Tensor, Tensor]]:
+    def prefix_index(self) -> list[tuple[Tensor, Tensor]]:
         """Per position: ``(ids, reps)``, prefix ids ``[N]`` (one per sequence without dedupe)
-        and one sequence index per id.
+        and one sequence index per id (``prefixes.prefix_reps``).
 
         A causal model's activation at ``t`` depends only on that prefix, so each distinct
         prefix's activation enters the moments once, weighted by its number of sequences
         (6.7x fewer rows for all Mess3 sequences of length 10).
         """
         if "prefixes" not in self._cache:
-            N = self.tokens.shape[0]
-            out = []
-            for ids in prefix_ids(self.tokens):
-                if not self.dedupe:
-                    ids = torch.arange(N)
-                n_u = int(ids.max()) + 1
-                reps = torch.empty(n_u, dtype=torch.long).scatter_(0, ids, torch.arange(N))
-                out.append((ids, reps))
-            self._cache["prefixes"] = out
+            self._cache["prefixes"] = prefix_reps(self.tokens, self.dedupe)
         return self._cache["prefixes"]
+
+    _prefixes = prefix_index
+
+    def _rows(self, hook: str, t: int, u: Tensor) -> Tensor:
+        """The activations at ``hook``, position ``t``, of prefix ids ``u``."""
+        if isinstance(self.acts, PrefixActs):
+            return self.acts.rows[hook][t][u]
+        return self.acts[hook][self._prefixes()[t][1][u], t]
 
     def prefix_counts(self) -> dict[str, int]:
         """Distinct (position, prefix) inputs on each side of the split: ``train``, ``test``."""
@@ -373,7 +354,7 @@ class ProbeData:
 
     def _shift_x(self) -> Tensor:
         if "shift_x" not in self._cache:
-            means = [a.reshape(-1, a.shape[-1]).mean(0) for a in self.acts.values()]
+            means = [self.acts[h].reshape(-1, self._shape(h)[-1]).mean(0) for h in self.acts]
             self._cache["shift_x"] = torch.cat(means).to("cpu", torch.float64)
         return self._cache["shift_x"]
 
@@ -403,7 +384,7 @@ class ProbeData:
         """
         self._check_groups(targets, labels, n_groups)
         f64 = torch.float64
-        D = sum(a.shape[-1] for a in self.acts.values())
+        D = sum(acts_dim(self.acts, h) for h in self.acts)
         if sum(len(reps) for _, reps in self._prefixes()) * D > SVD_MAX_ELEMENTS:
             return None
         S = targets.shape[-1]
@@ -411,7 +392,7 @@ class ProbeData:
         for g in range(n_groups):
             xs, cs, ys = [], [], []
             within = torch.zeros(S, dtype=f64)
-            for t, (ids, reps) in enumerate(self._prefixes()):
+            for t, (ids, _) in enumerate(self._prefixes()):
                 seqs = torch.nonzero(labels[:, t] == g).flatten()
                 w = self._weights_of(seqs, t)
                 Y = targets[seqs, t].to(f64)
@@ -419,7 +400,7 @@ class ProbeData:
                 mean = wy / count.clamp_min(torch.finfo(f64).tiny)[:, None]
                 dev = (Y - mean[ids[seqs]]) ** 2
                 within += (dev if w is None else w[:, None] * dev).sum(0)
-                xs.append(torch.cat([a[reps[present], t] for a in self.acts.values()], -1).to(f64))
+                xs.append(torch.cat([self._rows(h, t, present) for h in self.acts], -1).to(f64))
                 cs.append(count[present])
                 ys.append(mean[present])
             out.append((torch.cat(xs), torch.cat(cs), torch.cat(ys), within))
@@ -443,7 +424,7 @@ class ProbeData:
         self._check_groups(targets, labels, n_groups)
         f64 = torch.float64
         hooks = self.hooks
-        bounds = np.cumsum([0, *(self.acts[h].shape[-1] for h in hooks)]).tolist()
+        bounds = np.cumsum([0, *(acts_dim(self.acts, h) for h in hooks)]).tolist()
         D, S = bounds[-1], targets.shape[-1]
         shift_x = self._shift_x()
         shift_y = targets.reshape(-1, S).mean(0).to(f64)
@@ -454,7 +435,7 @@ class ProbeData:
         out = []
         for g in range(n_groups):
             mom = Moments.zeros(D, S, shift=torch.cat([shift_x, shift_y]))
-            for t, (_, reps) in enumerate(self._prefixes()):
+            for t in range(len(self._prefixes())):
                 seqs = torch.nonzero(labels[:, t] == g).flatten()
                 w_seq = self._weights_of(seqs, t)
                 Y = targets[seqs, t].to(f64) - shift_y  # [n, S]
@@ -464,7 +445,7 @@ class ProbeData:
                     u = present[rows]
                     X = torch.empty(len(u), D, dtype=f64)
                     for h, (lo, hi) in zip(hooks, pairwise(bounds), strict=True):
-                        X[:, lo:hi] = self.acts[h][reps[u], t]
+                        X[:, lo:hi] = self._rows(h, t, u)
                     X -= shift_x
                     mom.add_cross(X, wy_sum[u])
                     mom.add_features(X, count[u], bounds, gram)
@@ -580,8 +561,11 @@ def collect_probe_data(
     names = resolve_hooks(model, hooks)
     tokens, beliefs, weights = _sequences(hmm, length, mode, seed, n_sequences, tokens, bos)
     test_mask = split_prefixes(tokens, test_fraction, seed)
-    acts = model_acts(model, tokens, names, hmm.n_symbols if bos else None, batch_size)
-    return ProbeData(
+    dedupe = is_causal(model)
+    prefixes = prefix_reps(tokens, dedupe)
+    bos_id = hmm.n_symbols if bos else None
+    acts = model_acts(model, tokens, names, bos_id, batch_size, prefixes if dedupe else None)
+    data = ProbeData(
         tokens=tokens,
         beliefs=beliefs,
         acts=acts,
@@ -593,7 +577,9 @@ def collect_probe_data(
         seed=seed,
         test_fraction=test_fraction,
         bos=bos,
-        dedupe=is_causal(model),
+        dedupe=dedupe,
         model_fingerprint=model_fingerprint(model),
         weighting=weighting,
     )
+    data._cache["prefixes"] = prefixes
+    return data

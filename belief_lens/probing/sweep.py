@@ -18,6 +18,7 @@ from belief_lens.metrics import mean_se, regression_metrics
 from belief_lens.probing.data import CONCAT, ProbeData, prefix_counts, prefix_folds
 from belief_lens.probing.estimator import AffineProbe, check_ridge
 from belief_lens.probing.moments import Moments, total
+from belief_lens.probing.prefixes import acts_at, acts_dim
 from belief_lens.probing.table import ProbeTable, overfit_reason
 
 __all__ = [
@@ -85,7 +86,7 @@ def probe_table(
     labels, n_groups, held = fold_labels(data, n_folds)
     groups = data.moments(targets, labels, n_groups, concat=with_concat)
     distinct = data.distinct_rows(targets, labels, n_groups) if ridge == 0 else None
-    bounds = np.cumsum([0, *(data.acts[h].shape[-1] for h in hooks)]).tolist()
+    bounds = np.cumsum([0, *(acts_dim(data.acts, h) for h in hooks)]).tolist()
     parts = [(h, slice(lo, hi), h) for h, (lo, hi) in zip(hooks, pairwise(bounds), strict=True)]
     if with_concat:
         parts.append((CONCAT, slice(0, bounds[-1]), None))
@@ -261,13 +262,11 @@ def out_of_fold_predictions(
     mask = torch.isin(labels, torch.tensor(held))
     out = {}
     for label, fold_probes in table.fold_probes.items():
-        parts = (
-            [data.acts[h] for h in table.meta["hooks"]] if label == CONCAT else [data.acts[label]]
-        )
+        parts = table.meta["hooks"] if label == CONCAT else [label]
         pred = torch.full((*labels.shape, data.beliefs.shape[-1]), math.nan, dtype=torch.float64)
         for k, probe in zip(held, fold_probes, strict=True):
-            rows = labels == k
-            pred[rows] = predict_concatenation(probe, [p[rows] for p in parts])
+            rows = labels == k  # one fold's rows at a time: no [N, L, d] view of any hook
+            pred[rows] = predict_concatenation(probe, [acts_at(data.acts, h, rows) for h in parts])
         out[label] = pred
     return out, mask
 

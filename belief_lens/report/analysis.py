@@ -8,11 +8,12 @@ in ``metrics.json``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
@@ -44,6 +45,7 @@ from belief_lens.probes import (
 from belief_lens.report import sections
 from belief_lens.report.document import ExportFormat, Section, write_report
 from belief_lens.report.sections import UNDERTRAINED_RATIO
+from belief_lens.threads import single_thread_for_model
 from belief_lens.training import evaluate_loss
 from belief_lens.validation import check_float, check_int, check_seed
 
@@ -145,37 +147,68 @@ def analyse(
     check_hmm(hmm)
     check_vocabulary(model, hmm)
     model.eval()
-    t0 = time.perf_counter()
-    metrics = {**_describe(model, hmm), **(extra_metrics or {})}
-    _ground_truth(hmm, metrics)
-    _model_loss(model, hmm, cfg, metrics)
-    report = [sections.model_section(hmm, metrics)]
+    with single_thread_for_model(model):  # a small model's ops: one thread (threads.py)
+        return _analyse(model, hmm, out_dir, cfg, history, title, extra_metrics, extra_sections)
 
-    logger.info("fitting probes at every residual hook (5 folds by prefix)")
-    state = _fit_probes(model, hmm, cfg, metrics)  # one forward pass, shared by what follows
+
+class _Stages:
+    """One log line per analysis stage with its own time and the total so far, so a long run
+    shows where it is and where the time went (``metrics["stage_seconds"]``)."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.t0 = time.perf_counter()
+        self.seconds = seconds
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, what: str) -> Iterator[None]:
+        logger.info("%s: %s", name, what)
+        start = time.perf_counter()
+        yield
+        now = time.perf_counter()
+        self.seconds[name] = now - start
+        logger.info("%s done in %.1f s (%.1f s so far)", name, now - start, now - self.t0)
+
+
+def _analyse(
+    model: Any,
+    hmm: HMM,
+    out_dir: str | os.PathLike,
+    cfg: AnalysisConfig,
+    history: Any | None,
+    title: str,
+    extra_metrics: dict[str, Any] | None,
+    extra_sections: Sequence[Callable[[Analysis], Section]],
+) -> dict[str, Any]:
+    """:func:`analyse` after its checks, stage by stage."""
+    metrics = {**_describe(model, hmm), **(extra_metrics or {})}
+    stage = _Stages(metrics.setdefault("stage_seconds", {}))
+    with stage("loss", "the model's loss against the optimum"):
+        _ground_truth(hmm, metrics)
+        _model_loss(model, hmm, cfg, metrics)
+    report = [sections.model_section(hmm, metrics)]
+    with stage("probes", "collecting activations, fitting probes at every residual hook"):
+        state = _fit_probes(model, hmm, cfg, metrics)  # one forward pass, shared by what follows
     table, best, ranked_by = state.table, state.best_hook, state.ranked_by
-    logger.info("probes fitted (%.1f s)\n%s", time.perf_counter() - t0, table.to_markdown())
-    report.append(sections.geometry_section(table, state.data, best, ranked_by, cfg))
-    report.append(sections.probe_section(table, best, ranked_by, cfg))
-    folds = table.meta.get("folds")
-    if folds and best != CONCAT:
-        by_position = heldout_by_position(table, state.data, [best])
-        metrics["heldout_by_position"] = by_position
-        report.append(sections.position_section(by_position, folds))
+    logger.info("probe table\n%s", table.to_markdown())
+    with stage("geometry", "the belief-geometry figures and held-out scores by position"):
+        report.append(sections.geometry_section(table, state.data, best, ranked_by, cfg))
+        report.append(sections.probe_section(table, best, ranked_by, cfg))
+        folds = table.meta.get("folds")
+        if folds and best != CONCAT:
+            by_position = heldout_by_position(table, state.data, [best])
+            metrics["heldout_by_position"] = by_position
+            report.append(sections.position_section(by_position, folds))
     if cfg.controls:
-        logger.info("controls: shuffled beliefs, an untrained model, next-token targets")
-        report.append(sections.controls_section(table, _controls(state), best))
-        logger.info("controls done (%.1f s)", time.perf_counter() - t0)
+        with stage("controls", "shuffled beliefs, an untrained model, next-token targets"):
+            report.append(sections.controls_section(table, _controls(state), best))
     if cfg.interventions:
-        logger.info("interventions: steering and patching against theory and a control")
-        report += _interventions(state)
-        logger.info("interventions done (%.1f s)", time.perf_counter() - t0)
+        report += _interventions(state, stage)
     report += [build(state) for build in extra_sections]
     if history is not None and getattr(history, "loss", None):
         report.append(sections.training_section(history, _training(history, metrics)))
-    metrics["analysis_seconds"] = time.perf_counter() - t0
-    logger.info("writing the report (%.1f s)", metrics["analysis_seconds"])
-    write_report(out_dir, title, report, metrics, export=cfg.export)
+    metrics["analysis_seconds"] = time.perf_counter() - stage.t0
+    with stage("report", f"writing the report and figures ({', '.join(cfg.export) or 'none'})"):
+        write_report(out_dir, title, report, metrics, export=cfg.export)
     return metrics
 
 
@@ -306,7 +339,7 @@ def _controls(state: Analysis) -> dict[str, ProbeTable]:
     return controls
 
 
-def _interventions(state: Analysis) -> list[Section]:
+def _interventions(state: Analysis, stage: _Stages) -> list[Section]:
     """Steering and patching, each skipped with its reason where the process does not allow it:
     one hidden state (nothing to move), or a generalized HMM (beliefs off the simplex that
     steering targets assume; patching needs no target belief and runs)."""
@@ -324,12 +357,15 @@ def _interventions(state: Analysis) -> list[Section]:
         state.metrics["interventions"] = {"skipped": reason}
         steering = sections.skipped_section("Steering", reason)
     else:
-        steered, skipped = _steering(state)
+        with stage("steering", "steering at each hook against theory and a control"):
+            steered, skipped = _steering(state)
         steering = sections.steering_section(steered, state.best_hook)
         if skipped:
             lines = tuple(f"Steering skipped at {hook}: {why}" for hook, why in skipped.items())
             steering = replace(steering, warnings=steering.warnings + lines)
-    return [steering, sections.patching_section(_patching(state))]
+    with stage("patching", "patching each layer's belief subspace against theory"):
+        patched = _patching(state)
+    return [steering, sections.patching_section(patched)]
 
 
 def _steering(state: Analysis) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
