@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # A second environment with TransformerLens 2.x (HookedTransformer only, numpy < 2).
 $(VENV_TL2)/.installed: pyproject.toml constraints-tl2.txt
 	$(PYTHON) -m venv $(VENV_TL2)
-	$(VENV_TL2)/bin/pip install $(PIP_FLAGS) -c constraints-tl2.txt -e '.[dev]'
+	$(VENV_TL2)/bin/pip install $(PIP_FLAGS) -c constraints-tl2.txt -e '.[dev,docs]'
 	touch $@
 
 # The docs extra on top of the dev environment, once (reinstalled when pyproject.toml changes).
