@@ -295,6 +295,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     model = ModelConfig.paper(args.process, d_vocab=hmm.n_symbols, n_ctx=args.n_ctx)
     check_training_memory(model, batch)  # in a second, before the analysis stack is imported
     from belief_lens.experiments import paper
+    from belief_lens.report.analysis import check_analysis_memory
+
+    n_hooks = 2 * model.n_layers + 2  # residual_hooks: resid_pre, mid and post, ln_final
+    check_analysis_memory(hmm, args.n_ctx, model.d_model, n_hooks, _analysis_config(args))
 
     demo = paper.PaperDemo.preset(
         args.process,

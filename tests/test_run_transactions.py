@@ -217,7 +217,9 @@ def test_sigkill_during_overwrite_leaves_the_old_run_then_resume_swaps(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "flags", [["--n-ctx", "3000"], ["--batch-size", "200000"]], ids=["n_ctx", "batch"]
+    "flags",
+    [["--n-ctx", "3000"], ["--batch-size", "200000"], ["--n-ctx", "256"]],
+    ids=["n_ctx", "batch", "analysis"],  # 256: training fits, the sampled analysis does not
 )
 def test_demo_too_big_for_memory_is_refused_before_work(flags, tmp_path, monkeypatch, capsys):
     import belief_lens.beliefs as beliefs
@@ -328,3 +330,29 @@ def test_icl_writes_its_run_through_a_staging_directory(tmp_path, monkeypatch, c
     assert not (Path("icl") / MARKER).exists()
     out = capsys.readouterr().out
     assert f"wrote {Path('icl') / 'report.html'}" in out and "RunDir" not in out
+
+
+def test_distinct_prefix_bound_is_exact_for_every_sequence_and_caps_samples():
+    from belief_lens.beliefs import enumerate_sequences
+    from belief_lens.probing.prefixes import distinct_prefix_bound, prefix_reps
+    from belief_lens.processes import mess3
+
+    seqs = enumerate_sequences(mess3(), 10)
+    exact = sum(len(reps) for _, reps in prefix_reps(seqs.tokens, True))
+    assert exact == distinct_prefix_bound(len(seqs), 10, 3) == 88_572
+    assert distinct_prefix_bound(100, 6, 3) == 3 + 9 + 27 + 81 + 100 + 100
+
+
+def test_probe_data_too_big_for_memory_is_refused_before_the_forward_pass(monkeypatch):
+    import belief_lens.beliefs as beliefs
+    from belief_lens.models import ModelConfig, toy_transformer
+    from belief_lens.probes import collect_probe_data
+    from belief_lens.processes import mess3
+
+    model = toy_transformer(ModelConfig.paper("mess3", d_vocab=3, n_ctx=8), seed=0)
+    calls = []
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(beliefs, "available_memory", lambda: 4 * 2**20)  # a 1 MiB bound
+    with pytest.raises(BeliefLensError, match=r"activations of \d+ \(position, prefix\) rows"):
+        collect_probe_data(model, mess3(), 8, mode="sampled", n_sequences=2000)
+    assert calls == []

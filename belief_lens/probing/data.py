@@ -30,6 +30,7 @@ from belief_lens.probing.moments import Moments, row_chunks
 from belief_lens.probing.prefixes import (
     PrefixActs,
     acts_dim,
+    check_acts_memory,
     collect_prefix_acts,
     prefix_counts,
     prefix_groups,
@@ -40,6 +41,7 @@ from belief_lens.validation import check_float, check_real_tensor, check_seed
 
 __all__ = [
     "CONCAT",
+    "DEFAULT_SAMPLED",
     "ProbeData",
     "collect_probe_data",
     "model_fingerprint",
@@ -62,6 +64,8 @@ Weighting = Literal["rows", "prefixes"]
 
 #: Name of the table row (and probe) fitted on the concatenation of all requested hooks.
 CONCAT = "concat"
+#: Sequences ``mode="sampled"`` draws when ``n_sequences`` is not given.
+DEFAULT_SAMPLED = 20_000
 
 
 def split_prefixes(
@@ -507,7 +511,7 @@ def _sequences(
         weights = log_probs(hmm, tokens)[:, -1].exp() if mode == "weighted" else None
         return tokens, belief_states(hmm, tokens), weights
     if mode == "sampled":
-        n = 20_000 if n_sequences is None else int(n_sequences)
+        n = DEFAULT_SAMPLED if n_sequences is None else int(n_sequences)
         if n < 2:
             raise BeliefLensError(f"n_sequences must be >= 2, got {n}")
         tokens = sample_sequences(hmm, n, length, seed)
@@ -563,6 +567,8 @@ def collect_probe_data(
     test_mask = split_prefixes(tokens, test_fraction, seed)
     dedupe = is_causal(model)
     prefixes = prefix_reps(tokens, dedupe)
+    rows = sum(len(reps) for _, reps in prefixes)
+    check_acts_memory(rows, int(model.cfg.d_model), len(names))
     bos_id = hmm.n_symbols if bos else None
     acts = model_acts(model, tokens, names, bos_id, batch_size, prefixes if dedupe else None)
     data = ProbeData(

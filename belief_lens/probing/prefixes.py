@@ -17,13 +17,16 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from belief_lens.beliefs import check_memory
 from belief_lens.errors import BeliefLensError
 
 __all__ = [
     "PrefixActs",
     "acts_at",
     "acts_dim",
+    "check_acts_memory",
     "collect_prefix_acts",
+    "distinct_prefix_bound",
     "prefix_counts",
     "prefix_groups",
     "prefix_ids",
@@ -164,3 +167,31 @@ def collect_prefix_acts(
                 mine = torch.nonzero((reps >= start) & (reps < end)).flatten()
                 per_t[t][mine] = a[reps[mine] - start, t]
     return PrefixActs(rows, [ids for ids, _ in prefixes])
+
+
+def distinct_prefix_bound(n_sequences: int, length: int, n_symbols: int) -> int:
+    """At most how many distinct (position, prefix) rows ``n_sequences`` sequences of ``length``
+    hold: ``min(n_sequences, n_symbols ** (t + 1))`` at position ``t``."""
+    rows, reach = 0, 1
+    for _ in range(length):
+        reach = min(reach * n_symbols, n_sequences)
+        rows += reach
+    return rows
+
+
+def check_acts_memory(
+    rows: int, d_model: int, n_hooks: int, copies: int = 1, max_bytes: int | None = None
+) -> int:
+    """Refuse, before any forward pass, holding ``rows`` float32 activation rows at ``n_hooks``
+    hooks of width ``d_model`` for ``copies`` models at once (a probe run holds the untrained
+    control's beside the model's) past the memory bound (default a quarter of the available
+    memory); returns the estimate in bytes."""
+    estimate = 4 * rows * d_model * n_hooks * copies
+    check_memory(
+        estimate,
+        max_bytes,
+        f"holding the activations of {rows} (position, prefix) rows at {n_hooks} hooks of width "
+        f"{d_model}" + (f" for {copies} models" if copies > 1 else ""),
+        "fewer sequences (--n-sequences), a shorter context (--n-ctx), or fewer hooks",
+    )
+    return estimate

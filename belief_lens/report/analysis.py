@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 from belief_lens.activations import residual_hooks
-from belief_lens.beliefs import check_hmm, enumerate_sequences, sample_sequences
+from belief_lens.beliefs import check_hmm, count_sequences, enumerate_sequences, sample_sequences
 from belief_lens.compmech import entropy_rate, myopic_entropy
 from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.hmm import HMM
@@ -42,6 +42,8 @@ from belief_lens.probes import (
     shuffle_control,
     untrained_control,
 )
+from belief_lens.probing.data import DEFAULT_SAMPLED
+from belief_lens.probing.prefixes import check_acts_memory, distinct_prefix_bound
 from belief_lens.report import sections
 from belief_lens.report.document import ExportFormat, Section, write_report
 from belief_lens.report.sections import UNDERTRAINED_RATIO
@@ -54,6 +56,7 @@ __all__ = [
     "AnalysisConfig",
     "AnalysisMode",
     "analyse",
+    "check_analysis_memory",
     "check_vocabulary",
     "resolve_mode",
 ]
@@ -181,6 +184,7 @@ def _analyse(
 ) -> dict[str, Any]:
     """:func:`analyse` after its checks, stage by stage."""
     metrics = {**_describe(model, hmm), **(extra_metrics or {})}
+    check_analysis_memory(hmm, metrics["n_ctx"], model.cfg.d_model, len(residual_hooks(model)), cfg)
     stage = _Stages(metrics.setdefault("stage_seconds", {}))
     with stage("loss", "the model's loss against the optimum"):
         _ground_truth(hmm, metrics)
@@ -222,6 +226,19 @@ def check_vocabulary(model: Any, hmm: HMM) -> None:
         )
     if d_vocab > hmm.n_symbols:
         logger.warning("the model has %d tokens for %d symbols", d_vocab, hmm.n_symbols)
+
+
+def check_analysis_memory(hmm: HMM, n_ctx: int, d_model: int, n_hooks: int, cfg: Any) -> int:
+    """Refuse, before any work (a demo's training included), an analysis whose activations
+    cannot fit in memory: at most :func:`distinct_prefix_bound` rows per hook, the model's and
+    (with controls) the untrained model's at once. Returns the estimate in bytes."""
+    mode = resolve_mode(hmm, n_ctx, cfg.mode)
+    if mode == "sampled":
+        n = DEFAULT_SAMPLED if cfg.n_sequences is None else cfg.n_sequences
+    else:
+        n = count_sequences(hmm, n_ctx) or MAX_ENUMERATED
+    rows = distinct_prefix_bound(n, n_ctx, hmm.n_symbols)
+    return check_acts_memory(rows, d_model, n_hooks, copies=2 if cfg.controls else 1)
 
 
 def resolve_mode(hmm: HMM, n_ctx: int, mode: AnalysisMode) -> AnalysisMode:
