@@ -430,6 +430,10 @@ def _count_sequences(hmm: HMM, length: int, init: Tensor, max_supports: int) -> 
     return sum(counts.values())
 
 
+#: Sequences filled per block when an enumeration's tree is materialised.
+MATERIALISE_ROWS = 1 << 13
+
+
 def _enumeration_bytes(n: int, length: int, S: int) -> int:
     """Bytes of the finished enumeration of ``n`` sequences of ``length``: tokens, beliefs and
     probabilities."""
@@ -545,15 +549,15 @@ def enumerate_sequences_unchecked(
         f"enumerating {hmm.name} to length {length} ({M} sequences)",
         options,
     )
-    tokens, beliefs = _materialise(tree)
+    with single_thread_below(min(M, MATERIALISE_ROWS) * S):  # each op: one block, one position
+        tokens, beliefs = _materialise(tree)
     return SequenceSet(tokens=tokens, probs=logp.exp(), beliefs=beliefs)
 
 
 def _check_count(
     hmm: HMM, length: int, init: Tensor, max_sequences: int, max_bytes: int | None, options: str
 ) -> None:
-    """Refuse up front when the exact count of sequences (an HMM without ``min_prob``) passes
-    ``max_sequences`` or its enumeration passes the memory bound."""
+    """Refuse up front an exact count of sequences past ``max_sequences`` or the memory bound."""
     n = _count_sequences(hmm, length, init, 4096)
     if n is None:
         return
@@ -568,25 +572,25 @@ def _check_count(
 def _materialise(
     tree: list[tuple[Tensor, Tensor, Tensor]], rows: Int[Tensor, " M"] | None = None
 ) -> tuple[Int[Tensor, "M L"], Float[Tensor, "M L S"]]:
-    """The sequences and beliefs of the tree's last level (or of its ``rows``), filled position
-    by position from the last back through the parents."""
-    idx = torch.arange(len(tree[-1][1])) if rows is None else rows
+    """The sequences and beliefs of the tree's last level (or its ``rows``), back to the root."""
+    rows = torch.arange(len(tree[-1][1])) if rows is None else rows
     L, S = len(tree), tree[0][2].shape[1]
-    tokens = torch.empty(len(idx), L, dtype=torch.long)
-    beliefs = torch.empty(len(idx), L, S, dtype=torch.float64)
-    for t in range(L - 1, -1, -1):
-        parent, sym, eta = tree[t]
-        tokens[:, t] = sym[idx]
-        beliefs[:, t] = eta[idx]
-        idx = parent[idx]
+    tokens = torch.empty(len(rows), L, dtype=torch.long)
+    beliefs = torch.empty(len(rows), L, S, dtype=torch.float64)
+    for start in range(0, len(rows), MATERIALISE_ROWS):  # a block stays in cache
+        idx, block = rows[start : start + MATERIALISE_ROWS], slice(start, start + MATERIALISE_ROWS)
+        for t in range(L - 1, -1, -1):
+            parent, sym, eta = tree[t]
+            tokens[block, t] = sym[idx]
+            beliefs[block, t] = eta[idx]
+            idx = parent[idx]
     return tokens, beliefs
 
 
 def _next_beliefs(
     hmm: HMM, eta: Float[Tensor, "N S"], parent: Int[Tensor, " M"], sym: Int[Tensor, " M"]
 ) -> Float[Tensor, "M S"]:
-    """Unnormalised beliefs ``eta[parent] @ T[sym]`` for the kept (prefix, symbol) pairs, one
-    matmul per symbol, so memory is ``M x S`` rather than ``N x V x S``."""
+    """``eta[parent] @ T[sym]`` (unnormalised), one matmul per symbol: ``M x S``, not N x V x S."""
     out = torch.empty(len(parent), hmm.n_states, dtype=eta.dtype)
     order = torch.argsort(sym, stable=True)
     counts = torch.bincount(sym, minlength=hmm.n_symbols).tolist()
