@@ -543,7 +543,7 @@ def enumerate_sequences_unchecked(
             tree.append((parent, sym, eta))
             tree_bytes += _level_bytes(M, S)
     M = len(eta)
-    check_memory(  # the tree, the sequences, and the index gathers that fill them
+    check_memory(  # the tree, the sequences, and one level's worth the level steps leave behind
         tree_bytes + _enumeration_bytes(M, length, S) + _level_bytes(M, S) + 8 * M,
         max_bytes,
         f"enumerating {hmm.name} to length {length} ({M} sequences)",

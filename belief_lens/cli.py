@@ -298,14 +298,15 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from belief_lens.report.analysis import check_analysis_memory
 
     n_hooks = 2 * model.n_layers + 2  # residual_hooks: resid_pre, mid and post, ln_final
-    check_analysis_memory(hmm, args.n_ctx, model.d_model, n_hooks, _analysis_config(args))
+    analysis = _analysis_config(args)
+    check_analysis_memory(hmm, args.n_ctx, model.d_model, n_hooks, analysis)
 
     demo = paper.PaperDemo.preset(
         args.process,
         hmm,
         n_ctx=args.n_ctx,
         targets=args.targets,
-        analysis=_analysis_config(args),
+        analysis=analysis,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,

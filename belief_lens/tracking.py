@@ -26,6 +26,7 @@ import importlib
 import math
 import numbers
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -202,16 +203,12 @@ class _MlflowTracker(Tracker):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
     def log_steps(self, rows: Sequence[tuple[int, Mapping[str, float]]]) -> None:
-        import time
-
         now = int(time.time() * 1000)
         self._log_metrics(
             [self.metric(k, float(v), now, step) for step, row in rows for k, v in row.items()]
         )
 
     def log_final(self, metrics: Mapping[str, Any]) -> dict[str, float]:
-        import time
-
         values = numbers_of(metrics)
         now = int(time.time() * 1000)
         self._log_metrics([self.metric(_mlflow_key(k), v, now, 0) for k, v in values.items()])

@@ -314,13 +314,11 @@ class ProbeData:
             self._cache["prefixes"] = prefix_reps(self.tokens, self.dedupe)
         return self._cache["prefixes"]
 
-    _prefixes = prefix_index
-
     def _rows(self, hook: str, t: int, u: Tensor) -> Tensor:
         """The activations at ``hook``, position ``t``, of prefix ids ``u``."""
         if isinstance(self.acts, PrefixActs):
             return self.acts.rows[hook][t][u]
-        return self.acts[hook][self._prefixes()[t][1][u], t]
+        return self.acts[hook][self.prefix_index()[t][1][u], t]
 
     def prefix_counts(self) -> dict[str, int]:
         """Distinct (position, prefix) inputs on each side of the split: ``train``, ``test``."""
@@ -338,7 +336,7 @@ class ProbeData:
         """The rows ``seqs`` at position ``t`` grouped by prefix: per distinct prefix, the
         summed weight ``[m]`` and summed weighted targets ``[m, S]``, and the ``present`` ids
         (prefixes with rows on this side)."""
-        ids, reps = self._prefixes()[t]
+        ids, reps = self.prefix_index()[t]
         f64 = torch.float64
         w = torch.ones(len(seqs), dtype=f64) if w is None else w
         count = torch.zeros(len(reps), dtype=f64).index_add_(0, ids[seqs], w)
@@ -350,7 +348,7 @@ class ProbeData:
         w = None if self.weights is None else self.weights[seqs].to(torch.float64)
         if self.weighting == "rows":
             return w
-        ids, reps = self._prefixes()[t]
+        ids, reps = self.prefix_index()[t]
         every = torch.ones(len(ids), dtype=torch.float64) if self.weights is None else self.weights
         total = torch.zeros(len(reps), dtype=torch.float64).index_add_(0, ids, every.double())
         mine = total[ids[seqs]]
@@ -389,14 +387,14 @@ class ProbeData:
         self._check_groups(targets, labels, n_groups)
         f64 = torch.float64
         D = sum(acts_dim(self.acts, h) for h in self.acts)
-        if sum(len(reps) for _, reps in self._prefixes()) * D > SVD_MAX_ELEMENTS:
+        if sum(len(reps) for _, reps in self.prefix_index()) * D > SVD_MAX_ELEMENTS:
             return None
         S = targets.shape[-1]
         out = []
         for g in range(n_groups):
             xs, cs, ys = [], [], []
             within = torch.zeros(S, dtype=f64)
-            for t, (ids, _) in enumerate(self._prefixes()):
+            for t, (ids, _) in enumerate(self.prefix_index()):
                 seqs = torch.nonzero(labels[:, t] == g).flatten()
                 w = self._weights_of(seqs, t)
                 Y = targets[seqs, t].to(f64)
@@ -439,7 +437,7 @@ class ProbeData:
         out = []
         for g in range(n_groups):
             mom = Moments.zeros(D, S, shift=torch.cat([shift_x, shift_y]))
-            for t in range(len(self._prefixes())):
+            for t in range(len(self.prefix_index())):
                 seqs = torch.nonzero(labels[:, t] == g).flatten()
                 w_seq = self._weights_of(seqs, t)
                 Y = targets[seqs, t].to(f64) - shift_y  # [n, S]

@@ -184,6 +184,7 @@ def _analyse(
 ) -> dict[str, Any]:
     """:func:`analyse` after its checks, stage by stage."""
     metrics = {**_describe(model, hmm), **(extra_metrics or {})}
+    cfg = replace(cfg, mode=resolve_mode(hmm, metrics["n_ctx"], cfg.mode))  # "auto" decided once
     check_analysis_memory(hmm, metrics["n_ctx"], model.cfg.d_model, len(residual_hooks(model)), cfg)
     stage = _Stages(metrics.setdefault("stage_seconds", {}))
     with stage("loss", "the model's loss against the optimum"):
@@ -318,7 +319,7 @@ def _fit_probes(model: Any, hmm: HMM, cfg: AnalysisConfig, metrics: dict[str, An
     """Collect the probe data once (every residual hook), fit the probe table and choose the
     best hook; ``metrics["probes"]`` (``ProbeTable.to_dict()``: rows, summary, meta) and
     ``["best_hook"]``."""
-    mode = resolve_mode(hmm, metrics["n_ctx"], cfg.mode)
+    mode = cfg.mode  # resolved by _analyse
     data = collect_probe_data(
         model,
         hmm,
@@ -327,7 +328,7 @@ def _fit_probes(model: Any, hmm: HMM, cfg: AnalysisConfig, metrics: dict[str, An
         mode=mode,
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
-        n_sequences=cfg.n_sequences if mode == "sampled" else None,  # "auto" may enumerate
+        n_sequences=cfg.n_sequences if mode == "sampled" else None,  # an "auto" that enumerates
         weighting=cfg.weighting,
     )
     table = fit_probes(data, ridge=cfg.ridge)
