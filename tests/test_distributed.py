@@ -37,6 +37,22 @@ def tiny(**kw):
     return gpt2_like(n_ctx=128, n_layers=2, d_model=16, n_heads=2, seed=0, **kw)
 
 
+def torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node 2 ARGS`` from the repository, which must exit 0;
+    a rank that crashes prints its Python stack (``PYTHONFAULTHANDLER``)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONFAULTHANDLER": "1",
+    }
+    proc = subprocess.run(
+        cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
@@ -92,18 +108,12 @@ def test_two_gloo_processes_give_the_single_process_probes(tmp_path):
     out = tmp_path / "run"
     n, length = 80, 12
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "belief_lens.probing.torchrun", "--random", "2,16", "--token-ids", *map(str, IDS),
         "--process", "mess3", "--n-sequences", str(n), "--length", str(length), "--window", "0",
         "--hooks", *HOOKS, "--batch-size", "8", "--backend", "gloo", "--seed", "3",
         "--out", str(out),
     ]  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = torchrun(cmd)
     assert "probes from 2 ranks (gloo)" in proc.stdout
 
     from safetensors.torch import load_file
@@ -207,17 +217,11 @@ def test_cuda_host_synchronisations_do_not_grow_with_batches():
 )
 def test_two_nccl_processes(tmp_path):
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "belief_lens.probing.torchrun", "--random", "2,16", "--token-ids", *map(str, IDS),
         "--n-sequences", "80", "--length", "12", "--window", "0", "--hooks", *HOOKS,
         "--backend", "nccl", "--out", str(tmp_path),
     ]  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(cmd)
     from safetensors.torch import load_file
 
     got = load_file(tmp_path / "probes.safetensors")
@@ -247,6 +251,7 @@ def test_readme_torchrun_command_parses():
 
 
 FACTOR_SCRIPT = """
+import os
 import torch, torch.distributed as dist
 from belief_lens.probes import AffineProbe
 from belief_lens.probing.solvers import RowFactor
@@ -271,8 +276,9 @@ err = max(
     float((two.intercept_ - one.intercept_).abs().max() / one.intercept_.abs().max()),
 )
 if rank == 0:
-    print("RESULT", err, merged.n_rows, two.rank_, one.rank_)
+    print("RESULT", err, merged.n_rows, two.rank_, one.rank_, flush=True)
 dist.destroy_process_group()
+os._exit(0)  # no interpreter teardown, as the entry point leaves (probing/torchrun.py)
 """
 
 
@@ -281,16 +287,7 @@ def test_two_gloo_processes_merge_row_factors_to_the_one_process_probe(tmp_path)
     merged by a QR of the stack) gives the probe one process fits on all rows, to 1e-10."""
     script = tmp_path / "factor.py"
     script.write_text(FACTOR_SCRIPT)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(script),
-    ]  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = torchrun([str(script)])
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
     _, err, n_rows, rank_two, rank_one = line.split()
     assert float(err) < 1e-10 and int(n_rows) == 6000 and rank_two == rank_one == "12"
