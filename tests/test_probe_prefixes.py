@@ -56,6 +56,33 @@ def test_fits_scores_and_heldout_numbers_equal_the_per_row_path(setup):
         torch.testing.assert_close(pa[h][mask_a], pb[h][mask_b], rtol=1e-6, atol=1e-8)
 
 
+def test_out_of_fold_predictions_once_per_prefix_equal_the_row_by_row_ones(setup):
+    """One table's out-of-fold outputs, predicted once per distinct prefix, equal the same
+    probes applied row by row; a split that cuts a prefix's rows apart (not by prefix) is
+    predicted row by row, each row by its own side's probe."""
+    _, data, plain = setup
+    table = fit_probes(data)
+    pa, mask = out_of_fold_predictions(table, data)
+    pb, _ = out_of_fold_predictions(table, plain)
+    for h in pa:
+        torch.testing.assert_close(pa[h], pb[h], rtol=1e-12, atol=1e-14, equal_nan=True)
+    assert int(mask.sum()) > 0 and not bool(pa[data.hooks[-1]][mask].isnan().any())
+
+    cut = data.test_mask.clone()
+    cut[:, 2:] = False
+    cut[::2, 2:] = True  # sequences 0 and 1 share their first three tokens, not their side
+    assert torch.equal(data.tokens[0, :3], data.tokens[1, :3])
+    split = plain.with_acts(data.acts, dedupe=True, fingerprint=None)
+    split.test_mask[:] = cut
+    one = fit_probes(split, n_folds=None)
+    got, held = out_of_fold_predictions(one, split)
+    assert torch.equal(held, cut)
+    h = data.hooks[-1]
+    want = one.fold_probes[h][0].predict(plain.acts[h][held].double())
+    torch.testing.assert_close(got[h][held], want, rtol=1e-10, atol=1e-12)
+    assert bool(got[h][~held].isnan().all())
+
+
 def test_fit_equals_lstsq_on_repeated_rows(setup):
     """One row per prefix, weighted by its count, equals least squares on every row repeated."""
     _, data, _ = setup

@@ -18,7 +18,7 @@ from belief_lens.metrics import mean_se, regression_metrics
 from belief_lens.probing.data import CONCAT, ProbeData, prefix_counts, prefix_folds
 from belief_lens.probing.estimator import AffineProbe, check_ridge
 from belief_lens.probing.moments import Moments, total
-from belief_lens.probing.prefixes import acts_at, acts_dim
+from belief_lens.probing.prefixes import PrefixActs, acts_at, acts_dim
 from belief_lens.probing.table import ProbeTable, overfit_reason
 
 __all__ = [
@@ -260,15 +260,49 @@ def out_of_fold_predictions(
         raise BeliefLensError("the table holds no fold probes (it was not fitted by fit_probes)")
     labels, _, held = fold_labels(data, table.meta.get("folds"))
     mask = torch.isin(labels, torch.tensor(held))
+    S = data.beliefs.shape[-1]
     out = {}
     for label, fold_probes in table.fold_probes.items():
         parts = table.meta["hooks"] if label == CONCAT else [label]
-        pred = torch.full((*labels.shape, data.beliefs.shape[-1]), math.nan, dtype=torch.float64)
+        pred = torch.full((*labels.shape, S), math.nan, dtype=torch.float64)
+        fold_of = dict(zip(held, fold_probes, strict=True))
+        if isinstance(data.acts, PrefixActs) and _predict_by_prefix(
+            pred, data.acts, parts, labels, fold_of
+        ):
+            out[label] = pred
+            continue
         for k, probe in zip(held, fold_probes, strict=True):
             rows = labels == k  # one fold's rows at a time: no [N, L, d] view of any hook
             pred[rows] = predict_concatenation(probe, [acts_at(data.acts, h, rows) for h in parts])
         out[label] = pred
     return out, mask
+
+
+def _predict_by_prefix(
+    pred: Float[Tensor, "N L S"],
+    acts: PrefixActs,
+    parts: Sequence[str],
+    labels: Tensor,
+    probes: dict[int, AffineProbe],
+) -> bool:
+    """Fill ``pred`` with each held-out row's fold probe output, predicting once per distinct
+    prefix (every row of a prefix has its activation and, folds being by prefix, its fold) and
+    copying the result to the prefix's rows: 88,572 predictions instead of 590,490 for Mess3
+    at length 10. False, with nothing written, where a prefix's rows lie in different folds."""
+    folds = []
+    for t, ids in enumerate(acts.ids):
+        fold = torch.empty(int(ids.max()) + 1, dtype=labels.dtype).scatter_(0, ids, labels[:, t])
+        if not torch.equal(fold[ids], labels[:, t]):
+            return False
+        folds.append(fold)
+    for t, (ids, fold) in enumerate(zip(acts.ids, folds, strict=True)):
+        by_prefix = torch.full((len(fold), pred.shape[-1]), math.nan, dtype=torch.float64)
+        for k, probe in probes.items():
+            sel = fold == k
+            if bool(sel.any()):
+                by_prefix[sel] = predict_concatenation(probe, [acts.rows[h][t][sel] for h in parts])
+        pred[:, t] = by_prefix[ids]
+    return True
 
 
 def fit_probes(
