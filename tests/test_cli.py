@@ -123,6 +123,7 @@ def test_probe_reproduces_the_paper_checkpoint(shared_checkpoint, tmp_path):
     assert mse["blocks.3.hook_resid_post"] == pytest.approx(0.0004, abs=0.0001)
     assert mse["ln_final.hook_normalized"] == pytest.approx(0.0003, abs=0.0001)
     assert metrics["model_loss"]["loss_over_optimal"] < 1.002
+    assert metrics["model_loss"]["logits_from"] == "the probe pass"  # no second forward pass
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,16 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.models import toy_transformer
 from belief_lens.probes import collect_probe_data, fit_probes, untrained_control
 from belief_lens.probing.data import model_fingerprint, prefix_ids
-from belief_lens.probing.prefixes import PrefixActs, acts_at, acts_dim, prefix_reps
+from belief_lens.probing.prefixes import (
+    PrefixActs,
+    acts_at,
+    acts_dim,
+    prefix_logits,
+    prefix_reps,
+)
 from belief_lens.probing.sweep import out_of_fold_predictions
 from belief_lens.processes import mess3
+from belief_lens.training import evaluate_loss, loss_evaluator
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +88,29 @@ def test_out_of_fold_predictions_once_per_prefix_equal_the_row_by_row_ones(setup
     want = one.fold_probes[h][0].predict(plain.acts[h][held].double())
     torch.testing.assert_close(got[h][held], want, rtol=1e-10, atol=1e-12)
     assert bool(got[h][~held].isnan().all())
+
+
+def test_prefix_logits_are_the_models_logits_and_give_the_evaluators_loss(setup):
+    """Logits rebuilt from the kept last-block rows (final norm, unembedding) equal the model's
+    forward pass on every sequence, and score the same loss as ``evaluate_loss``; without that
+    hook, or where the rebuild disagrees with the model, there are none."""
+    model, data, _ = setup
+    logits = prefix_logits(model, data.acts, data.tokens)
+    with torch.no_grad():
+        own = model(data.tokens)
+    torch.testing.assert_close(logits, own, rtol=1e-5, atol=1e-5)
+    evaluator = loss_evaluator(model, mess3())
+    assert torch.equal(evaluator.data.inputs, data.tokens)  # every sequence, in the same order
+    reused, ran = evaluator.score_logits(logits), evaluate_loss(model, mess3())
+    assert reused.loss == pytest.approx(ran.loss, rel=1e-7)  # float32 logits, other batches
+    assert reused.loss_per_position == pytest.approx(ran.loss_per_position, rel=1e-6)
+
+    assert prefix_logits(model, data.acts.select(data.hooks[:1]), data.tokens) is None
+    shifted = [("blocks.0.hook_resid_post", lambda act, hook: act.flip(-1))]
+    with model.hooks(fwd_hooks=shifted):  # the model no longer gives what the rows were
+        assert prefix_logits(model, data.acts, data.tokens) is None
+    with pytest.raises(BeliefLensError, match=r"logits must have shape \[N, n_ctx, d_vocab\]"):
+        evaluator.score_logits(logits[:10])
 
 
 def test_fit_equals_lstsq_on_repeated_rows(setup):

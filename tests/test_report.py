@@ -129,6 +129,8 @@ def test_analyse_composes_sections_and_takes_extra_ones(tmp_path):
     assert seen["best"] == metrics["best_hook"]["hook"] != "concat"
     # An untrained model is far from the optimum: flagged first in the summary.
     assert metrics["model_loss"]["undertrained"]
+    # 300 sampled probe sequences are not the evaluation sample: the loss runs its own pass.
+    assert metrics["model_loss"]["logits_from"] == "a forward pass"
     assert metrics["summary"][0].startswith("Under-trained")
     assert "patching headline" in metrics["summary"] and metrics["extra"] == {"value": 1.0}
     page = (tmp_path / "report.html").read_text()

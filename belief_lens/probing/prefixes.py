@@ -11,12 +11,15 @@ they read exactly the rows they did; callers that index ``data.acts[hook]`` get 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from belief_lens.activations import model_device
 from belief_lens.beliefs import check_memory
 from belief_lens.errors import BeliefLensError
 
@@ -30,8 +33,14 @@ __all__ = [
     "prefix_counts",
     "prefix_groups",
     "prefix_ids",
+    "prefix_logits",
     "prefix_reps",
 ]
+
+logger = logging.getLogger(__name__)
+
+#: ``prefix_logits`` gives up where the per-row logits would exceed this many bytes.
+MAX_LOGITS_BYTES = 1 << 28
 
 
 def prefix_ids(tokens: Int[Tensor, "N L"]) -> list[Int[Tensor, " N"]]:
@@ -195,3 +204,30 @@ def check_acts_memory(
         "fewer sequences (--n-sequences), a shorter context (--n-ctx), or fewer hooks",
     )
     return estimate
+
+
+@torch.no_grad()
+def prefix_logits(
+    model: Any, acts: PrefixActs, tokens: Int[Tensor, "N L"]
+) -> Float[Tensor, "N L V"] | None:
+    """The model's logits on ``tokens`` from the activations a probe pass kept: the final norm
+    (where the model has one) and the unembedding applied once per distinct prefix to the last
+    block's residual stream, copied to every row of the prefix. Checked against the model's own
+    forward pass on the first sequences; None where that hook was not kept, the logits would
+    take more than :data:`MAX_LOGITS_BYTES`, or the check fails (then run the model)."""
+    hook = f"blocks.{int(model.cfg.n_layers) - 1}.hook_resid_post"
+    if hook not in acts or not hasattr(model, "unembed"):
+        return None
+    N, L, _ = acts.shape(hook)
+    if N * L * int(model.cfg.d_vocab) * 4 > MAX_LOGITS_BYTES or tuple(tokens.shape) != (N, L):
+        return None
+    device = model_device(model)
+    norm = getattr(model, "ln_final", None) or (lambda x: x)
+    per_t = [model.unembed(norm(r[None].to(device)))[0].float().cpu() for r in acts.rows[hook]]
+    logits = torch.stack([p[i] for p, i in zip(per_t, acts.ids, strict=True)], 1)
+    k = min(N, 64)
+    own = model(tokens[:k].to(device)).float().cpu()
+    if not torch.allclose(logits[:k], own, rtol=1e-4, atol=1e-4 * float(own.abs().max())):
+        logger.info("the final norm and unembedding of %s do not give the model's logits", hook)
+        return None
+    return logits

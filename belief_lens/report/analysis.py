@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
+import torch
+
 from belief_lens.activations import residual_hooks
 from belief_lens.beliefs import check_hmm, count_sequences, enumerate_sequences, sample_sequences
 from belief_lens.compmech import entropy_rate, myopic_entropy
@@ -43,12 +45,17 @@ from belief_lens.probes import (
     untrained_control,
 )
 from belief_lens.probing.data import DEFAULT_SAMPLED
-from belief_lens.probing.prefixes import check_acts_memory, distinct_prefix_bound
+from belief_lens.probing.prefixes import (
+    PrefixActs,
+    check_acts_memory,
+    distinct_prefix_bound,
+    prefix_logits,
+)
 from belief_lens.report import sections
 from belief_lens.report.document import ExportFormat, Section, write_report
 from belief_lens.report.sections import UNDERTRAINED_RATIO
 from belief_lens.threads import single_thread_for_model
-from belief_lens.training import evaluate_loss
+from belief_lens.training import loss_evaluator
 from belief_lens.validation import check_float, check_int, check_seed
 
 __all__ = [
@@ -187,12 +194,12 @@ def _analyse(
     cfg = replace(cfg, mode=resolve_mode(hmm, metrics["n_ctx"], cfg.mode))  # "auto" decided once
     check_analysis_memory(hmm, metrics["n_ctx"], model.cfg.d_model, len(residual_hooks(model)), cfg)
     stage = _Stages(metrics.setdefault("stage_seconds", {}))
-    with stage("loss", "the model's loss against the optimum"):
-        _ground_truth(hmm, metrics)
-        _model_loss(model, hmm, cfg, metrics)
-    report = [sections.model_section(hmm, metrics)]
     with stage("probes", "collecting activations, fitting probes at every residual hook"):
         state = _fit_probes(model, hmm, cfg, metrics)  # one forward pass, shared by what follows
+    with stage("loss", "the model's loss against the optimum"):
+        _ground_truth(hmm, metrics)
+        _model_loss(model, hmm, cfg, metrics, state.data)
+    report = [sections.model_section(hmm, metrics)]
     table, best, ranked_by = state.table, state.best_hook, state.ranked_by
     logger.info("probe table\n%s", table.to_markdown())
     with stage("geometry", "the belief-geometry figures and held-out scores by position"):
@@ -286,10 +293,20 @@ def _ground_truth(hmm: HMM, metrics: dict[str, Any]) -> None:
     metrics["ground_truth"] = {"entropy_rate": h_mu, "myopic_entropy": h.tolist()}
 
 
-def _model_loss(model: Any, hmm: HMM, cfg: AnalysisConfig, metrics: dict[str, Any]) -> None:
+def _model_loss(
+    model: Any, hmm: HMM, cfg: AnalysisConfig, metrics: dict[str, Any], data: ProbeData
+) -> None:
     """``metrics["model_loss"]``: the model's loss against the optimum, overall and per
-    position, and whether it is under-trained."""
-    record = evaluate_loss(model, hmm, seed=cfg.seed)
+    position, and whether it is under-trained; from the probe pass's logits where it ran on
+    the evaluation sequences (``logits_from``), else from a forward pass of its own."""
+    evaluator = loss_evaluator(model, hmm, seed=cfg.seed)
+    logits = None
+    if isinstance(data.acts, PrefixActs) and torch.equal(evaluator.data.inputs, data.tokens):
+        logits = prefix_logits(model, data.acts, data.tokens)
+    if logits is not None:
+        record, source = evaluator.score_logits(logits), "the probe pass"
+    else:
+        record, source = evaluator(model, step=0, tokens=0), "a forward pass"
     metrics["model_loss"] = ml = {
         "loss": record.loss,
         "optimal_loss": record.loss / record.loss_over_optimal,
@@ -305,6 +322,7 @@ def _model_loss(model: Any, hmm: HMM, cfg: AnalysisConfig, metrics: dict[str, An
         "optimal_loss_method": record.optimal_method,  # "exact" or "estimated ± se"
         "optimal_loss_se": record.optimal_loss_se,
         "undertrained": record.loss_over_optimal > UNDERTRAINED_RATIO,
+        "logits_from": source,
     }
     logger.info(
         "model loss %.5f nats, optimum %.5f (%s; ratio %.4f)",

@@ -19,7 +19,7 @@ from belief_lens.training.config import (
     lr_at,
 )
 from belief_lens.training.data import make_batch
-from belief_lens.training.evaluate import evaluate_loss
+from belief_lens.training.evaluate import evaluate_loss, loss_evaluator
 from belief_lens.training.history import EvalRecord, TrainingHistory, process_fingerprint
 from belief_lens.training.loop import train
 
@@ -34,6 +34,7 @@ __all__ = [
     "TrainConfig",
     "TrainingHistory",
     "evaluate_loss",
+    "loss_evaluator",
     "lr_at",
     "make_batch",
     "process_fingerprint",

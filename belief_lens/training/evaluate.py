@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from belief_lens.activations import check_finite_activations, eval_mode, model_device
@@ -30,7 +31,7 @@ from belief_lens.training.data import EVAL_SLOT, DataLayout, block_generator, da
 from belief_lens.training.history import EvalRecord
 from belief_lens.validation import check_int
 
-__all__ = ["EvalSet", "Evaluator", "eval_batch_size", "evaluate_loss"]
+__all__ = ["EvalSet", "Evaluator", "eval_batch_size", "evaluate_loss", "loss_evaluator"]
 
 
 @dataclass
@@ -97,20 +98,43 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self, model: Any, step: int, tokens: int, seconds: float = 0.0) -> EvalRecord:
         """Expected cross-entropy per position of ``model`` (in the mode it is in)."""
-        layout, data, floor = self.layout, self.data, self.floor
+        data = self.data
         device = model_device(model)
-        per_pos = torch.zeros(layout.n_predictions, dtype=torch.float64)
+        per_pos = torch.zeros(self.layout.n_predictions, dtype=torch.float64)
         n_ctx, d_vocab = data.inputs.shape[1], int(model.cfg.d_vocab)
         batch_size = eval_batch_size(n_ctx, d_vocab, int(getattr(model.cfg, "n_heads", 1)))
         for start in range(0, data.inputs.shape[0], batch_size):
             sl = slice(start, start + batch_size)
-            logits = model(data.inputs[sl].to(device))
-            check_finite_activations("the model's logits", logits, step)
-            logp = layout.model_logp(logits.float()).double().cpu()
-            probs = data.probs[sl]
-            # 0 * log 0 is 0 (a symbol theory rules out); a finite logit never gives -inf * p > 0.
-            ce = -torch.where(probs > 0, probs * logp, torch.zeros_like(logp)).sum(-1)
-            per_pos += (data.weights[sl, None] * ce).sum(0)
+            per_pos += self._cross_entropy(model(data.inputs[sl].to(device)), sl, step)
+        return self._record(per_pos, step, tokens, seconds)
+
+    @torch.no_grad()
+    def score_logits(self, logits: Float[Tensor, "N n_model V"], step: int = 0) -> EvalRecord:
+        """The record of a model whose logits on ``data.inputs`` are given (computed in another
+        pass over the same sequences, e.g. a probe run's), in batches as :meth:`__call__`."""
+        data = self.data
+        if tuple(logits.shape[:2]) != tuple(data.inputs.shape):
+            raise BeliefLensError(
+                f"logits must have shape [N, n_ctx, d_vocab] with [N, n_ctx] = "
+                f"{list(data.inputs.shape)} (the evaluation inputs), got {list(logits.shape)}"
+            )
+        per_pos = torch.zeros(self.layout.n_predictions, dtype=torch.float64)
+        for start in range(0, data.inputs.shape[0], 4096):
+            sl = slice(start, start + 4096)
+            per_pos += self._cross_entropy(logits[sl], sl, step)
+        return self._record(per_pos, step, 0, 0.0)
+
+    def _cross_entropy(self, logits: Tensor, sl: slice, step: int) -> Float[Tensor, " P"]:
+        """The weighted cross-entropy per prediction position of one batch of sequences."""
+        check_finite_activations("the model's logits", logits, step)
+        logp = self.layout.model_logp(logits.float()).double().cpu()
+        probs = self.data.probs[sl]
+        # 0 * log 0 is 0 (a symbol theory rules out); a finite logit never gives -inf * p > 0.
+        ce = -torch.where(probs > 0, probs * logp, torch.zeros_like(logp)).sum(-1)
+        return (self.data.weights[sl, None] * ce).sum(0)
+
+    def _record(self, per_pos: Tensor, step: int, tokens: int, seconds: float) -> EvalRecord:
+        floor = self.floor
         return EvalRecord(
             step=step,
             tokens=tokens,
@@ -118,12 +142,31 @@ class Evaluator:
             loss_over_optimal=float(per_pos.mean() / floor.mean),
             loss_per_position=per_pos.tolist(),
             loss_over_optimal_per_position=(per_pos / floor.per_position).tolist(),
-            exact=data.exact,
+            exact=self.data.exact,
             optimal_loss=floor.mean,
             optimal_loss_se=floor.mean_se,
             optimal_exact=floor.exact,
             seconds=seconds,
         )
+
+
+def loss_evaluator(
+    model: Any,
+    hmm: HMM,
+    *,
+    bos: bool = False,
+    token_map: TokenMap | None = None,
+    length: int | None = None,
+    n_sequences: int = 200_000,
+    seed: int = 0,
+) -> Evaluator:
+    """The :class:`Evaluator` :func:`evaluate_loss` runs (its arguments, checked): call it on
+    the model, or give it logits already computed on its ``data.inputs``."""
+    check_hmm(hmm)
+    n_sequences = check_int("n_sequences", n_sequences, low=1)
+    config = TrainConfig(steps=1, bos=bos, length=length, seed=seed)
+    layout = data_layout(model, hmm, config, token_map)
+    return Evaluator.build(hmm, layout, n_sequences, config.seed)
 
 
 def evaluate_loss(
@@ -143,10 +186,9 @@ def evaluate_loss(
     10), else on a seeded sample. The floor (``compmech.loss_floor``) is exact where the belief
     tree fits its memory bound, else estimated on the same sample, with its standard error.
     """
-    check_hmm(hmm)
-    n_sequences = check_int("n_sequences", n_sequences, low=1)
-    config = TrainConfig(steps=1, bos=bos, length=length, seed=seed)
-    layout = data_layout(model, hmm, config, token_map)
-    evaluator = Evaluator.build(hmm, layout, n_sequences, config.seed)
+    evaluator = loss_evaluator(
+        model, hmm, bos=bos, token_map=token_map, length=length, n_sequences=n_sequences,
+        seed=seed,
+    )  # fmt: skip
     with eval_mode(model):
         return evaluator(model, step=0, tokens=0)
