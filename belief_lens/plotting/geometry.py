@@ -76,13 +76,13 @@ def geometry_figure(
                 f"true beliefs {t.shape} and predictions[{k!r}] {p.shape} differ in shape"
             )
     coords = belief_coordinates(t)
-    colors = np.asarray(belief_colors(t))
     named = [("Ground truth", t)] + [((titles or {}).get(k, k), p) for k, p in preds.items()]
     panels = []
     for name, p in named:
         xy = coords(p)
         idx = display_points(xy, max_points, seed)
-        panels.append(_Panel(name, xy[idx], colors[idx].tolist(), marker_size_for(len(idx))))
+        colors = belief_colors(t[idx], reference=t)  # only the points drawn
+        panels.append(_Panel(name, xy[idx], colors, marker_size_for(len(idx))))
     lo = np.min([p.points.min(0) for p in panels], axis=0)
     hi = np.max([p.points.max(0) for p in panels], axis=0)
     pad = 0.06 * (hi - lo).max()
@@ -211,7 +211,6 @@ def layer_grid_figure(
         raise BeliefLensError("predictions is empty: give at least one hook's probe output")
     t = as_points(true_beliefs)
     coords = belief_coordinates(t, 2)
-    colors = np.asarray(belief_colors(t))
     names = list(predictions)
     n_cols = min(n_cols, len(names))
     n_rows = math.ceil(len(names) / n_cols)
@@ -226,7 +225,9 @@ def layer_grid_figure(
         if coords.kind == "simplex":
             fig.add_trace(triangle_traces(["", "", ""])[0], row=row + 1, col=col + 1)
         fig.add_trace(
-            scatter_trace(xy[idx], colors[idx].tolist(), marker_size_for(len(idx)) * 0.8, name),
+            scatter_trace(
+                xy[idx], belief_colors(t[idx], reference=t), marker_size_for(len(idx)) * 0.8, name
+            ),
             row=row + 1,
             col=col + 1,
         )
