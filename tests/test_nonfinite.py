@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from belief_lens import interventions, probes
-from belief_lens.activations import residual_stream
+from belief_lens.activations import check_finite_activations, residual_stream
 from belief_lens.errors import BeliefLensError, InvalidProcessError
 from belief_lens.hmm import GeneralizedHMM
 from belief_lens.models import ModelConfig, toy_transformer
@@ -147,3 +147,16 @@ def test_probe_on_a_nan_checkpoint_fails_plainly(tmp_path, capsys):
             "--out", str(tmp_path / "p")]  # fmt: skip
     assert main(argv) == 2
     assert "not finite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_one_non_finite_entry_anywhere_is_caught(dtype, bad):
+    """The check reduces to a min and a max (NaN propagates through both): one bad entry among
+    thousands, in any float dtype, is named with its count; an empty tensor passes."""
+    x = torch.randn(64, 10, 16).to(dtype)
+    check_finite_activations("acts", x)
+    x[37, 4, 11] = bad
+    with pytest.raises(BeliefLensError, match="acts are not finite \\(1 of 10240 entries"):
+        check_finite_activations("acts", x)
+    check_finite_activations("acts", torch.zeros(0, 3, dtype=dtype))

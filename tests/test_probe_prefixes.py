@@ -46,6 +46,8 @@ def test_rows_are_one_per_distinct_prefix_and_the_view_is_the_models(setup):
         assert data.acts.shape(h) == tuple(plain.acts[h].shape) == (243, 5, 16)
         assert acts_dim(data.acts, h) == 16
         torch.testing.assert_close(data.acts[h], plain.acts[h], rtol=1e-5, atol=1e-6)
+        view = data.acts[h].double().reshape(-1, 16)
+        torch.testing.assert_close(data.acts.mean(h), view.mean(0), rtol=1e-12, atol=1e-12)
     assert "ProbeData(" in repr(data) and "[243, 5, 16]" in repr(data)
 
 

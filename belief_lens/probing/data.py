@@ -356,8 +356,14 @@ class ProbeData:
 
     def _shift_x(self) -> Tensor:
         if "shift_x" not in self._cache:
-            means = [self.acts[h].reshape(-1, self._shape(h)[-1]).mean(0) for h in self.acts]
-            self._cache["shift_x"] = torch.cat(means).to("cpu", torch.float64)
+            a = self.acts
+            means = [
+                a.mean(h)
+                if isinstance(a, PrefixActs)
+                else a[h].reshape(-1, a[h].shape[-1]).mean(0, dtype=torch.float64)
+                for h in a
+            ]
+            self._cache["shift_x"] = torch.cat([m.to("cpu", torch.float64) for m in means])
         return self._cache["shift_x"]
 
     def _check_groups(self, targets: Tensor, labels: Tensor, n_groups: int) -> None:

@@ -132,6 +132,14 @@ class PrefixActs(Mapping):
         per_t = self.rows[hook]
         return (len(self.ids[0]) if self.ids else 0, len(per_t), per_t[0].shape[-1])
 
+    def mean(self, hook: str) -> Float[Tensor, " d"]:
+        """The per-row view's mean over its ``N * L`` rows (each prefix's row counted once per
+        sequence that holds it), in float64, without building the view."""
+        total = torch.zeros(self.shape(hook)[-1], dtype=torch.float64)
+        for r, ids in zip(self.rows[hook], self.ids, strict=True):
+            total += torch.bincount(ids, minlength=len(r)).to(torch.float64) @ r.cpu().double()
+        return total / (len(self.ids[0]) * len(self.ids))
+
     def select(self, hooks: Sequence[str]) -> PrefixActs:
         """The same prefixes with only ``hooks``."""
         return PrefixActs({h: self.rows[h] for h in hooks}, self.ids)
