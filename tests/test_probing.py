@@ -89,6 +89,36 @@ def test_default_solver_equals_lstsq_at_any_size(kind, n):
         assert np.linalg.norm(probe.coef_) <= np.linalg.norm(coef) * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("kind", ["well_conditioned", "ill_conditioned", "rank_deficient"])
+def test_factor_solve_takes_back_substitution_only_where_the_svd_keeps_every_direction(
+    kind, monkeypatch
+):
+    """A factor whose block is provably of full rank under lstsq's cut-off is solved by back
+    substitution (no SVD); an ill-conditioned or rank-deficient one by the SVD. Either way the
+    coefficients and rank are numpy.linalg.lstsq's."""
+    from belief_lens.probing import solvers
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(2000, 8, generator=g, dtype=torch.float64)
+    if kind == "ill_conditioned":
+        X[:, 7] = X[:, 6] + 3e-12 * X[:, 7]  # d * kappa_1 past 1 / cut; every sigma kept
+    if kind == "rank_deficient":
+        X[:, 7] = X[:, 6] - X[:, 5]
+    Y = torch.rand(2000, 3, generator=g, dtype=torch.float64)
+    calls = []
+    svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    coef, rank = solvers.RowFactor.of(X, Y).solve()
+    assert bool(calls) == (kind != "well_conditioned")
+    Xc, Yc = (X - X.mean(0)).numpy(), (Y - Y.mean(0)).numpy()
+    ref, _, ref_rank, _ = np.linalg.lstsq(Xc, Yc)
+    assert rank == ref_rank == (7 if kind == "rank_deficient" else 8)
+    mse, ref_mse = (((Xc @ c - Yc) ** 2).mean() for c in (coef.numpy(), ref))
+    assert mse == pytest.approx(ref_mse, rel=1e-7)  # both least squares, whatever the path
+    if kind == "well_conditioned":  # elsewhere lstsq's own coefficients move by ~cond * eps
+        np.testing.assert_allclose(coef.numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
 def test_row_factor_streams_and_merges_to_the_one_shot_factor():
     """A factor built batch by batch, from shards about other shifts, equals the rows' own:
     same Gram matrix, same solution as lstsq, ridge as extra rows equal to the closed form."""

@@ -89,9 +89,14 @@ def solve_rows(
     idx = torch.nonzero(live).flatten()
     scale = norms[idx]
     As = A[:, idx] / scale
+    cut = _EPS64 * max(n_rows or 0, *As.shape)
     with lapack_threads(max(As.shape), As.device):
+        sol = _full_rank_triangular(As, B, cut)
+        if sol is not None:
+            X[idx] = sol / scale[:, None]
+            return X, len(idx)
         U, sv, Vh = torch.linalg.svd(As, full_matrices=False)
-        k = int((sv > _EPS64 * max(n_rows or 0, *As.shape) * sv[0]).sum())
+        k = int((sv > cut * sv[0]).sum())
         V = Vh[:k].T
         sol = (V @ ((U[:, :k].T @ B) / sv[:k, None])) / scale[:, None]
         if k < len(idx):  # the minimum-norm solution lies in A's row space: scale * span(V)
@@ -99,6 +104,25 @@ def solve_rows(
             sol = R @ (R.T @ sol)
     X[idx] = sol
     return X, k
+
+
+def _full_rank_triangular(A: Tensor, B: Tensor, cut: float) -> Tensor | None:
+    """``solve_rows``'s answer by back substitution where ``A`` is upper trapezoidal (a
+    ``RowFactor``'s block) and provably of full rank under its cut-off: ``sigma_max / sigma_min
+    <= d * kappa_1``, with the 1-norm condition number ``kappa_1`` computed exactly from the
+    inverse, below ``1 / cut``, so the SVD would keep every singular value; there its solution
+    is this one. ``O(d^3 / 3)`` against the SVD's several ``d^3``; None otherwise."""
+    d = A.shape[1]
+    T = A[:d]
+    if A.shape[0] < d or bool(A[d:].any()) or not torch.equal(T, T.triu()):
+        return None
+    if not bool(T.diagonal().abs().min() > 0):
+        return None
+    inv = torch.linalg.solve_triangular(T, torch.eye(d, dtype=T.dtype, device=T.device), upper=True)
+    kappa_1 = float(T.abs().sum(0).max() * inv.abs().sum(0).max())
+    if not d * kappa_1 * cut < 1:
+        return None
+    return torch.linalg.solve_triangular(T, B[:d], upper=True)
 
 
 def _first_chunk_mean(X: Tensor, Y: Tensor) -> Float[Tensor, " P"]:
