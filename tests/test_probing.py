@@ -119,6 +119,23 @@ def test_factor_solve_takes_back_substitution_only_where_the_svd_keeps_every_dir
         np.testing.assert_allclose(coef.numpy(), ref, rtol=1e-10, atol=1e-12)
 
 
+def test_a_factor_of_fewer_rows_than_columns_is_their_own_and_solves_as_lstsq():
+    """Thirty rows of 50 features: the factor is the rows' QR with exact zero rows below it
+    (the SVD then runs on 30 rows, not 54), and the minimum-norm solution is lstsq's."""
+    from belief_lens.probing.solvers import RowFactor
+
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(30, 50, generator=g, dtype=torch.float64)
+    Y = torch.rand(30, 3, generator=g, dtype=torch.float64)
+    f = RowFactor.of(X, Y)
+    assert f.R.shape == (54, 54) and not bool(f.R[30:].any())
+    coef, rank = f.solve()
+    Xc, Yc = (X - X.mean(0)).numpy(), (Y - Y.mean(0)).numpy()
+    ref, _, ref_rank, _ = np.linalg.lstsq(Xc, Yc)
+    assert rank == ref_rank == 29  # centring takes one direction
+    np.testing.assert_allclose(coef.numpy(), ref, rtol=1e-9, atol=1e-12)
+
+
 def test_row_factor_streams_and_merges_to_the_one_shot_factor():
     """A factor built batch by batch, from shards about other shifts, equals the rows' own:
     same Gram matrix, same solution as lstsq, ridge as extra rows equal to the closed form."""

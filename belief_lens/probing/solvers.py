@@ -95,6 +95,9 @@ def solve_rows(
         if sol is not None:
             X[idx] = sol / scale[:, None]
             return X, len(idx)
+        rows = As.any(1) | B.any(1)  # zero rows add nothing: a factor of fewer rows than columns
+        if not bool(rows.all()):
+            As, B = As[rows], B[rows]
         U, sv, Vh = torch.linalg.svd(As, full_matrices=False)
         k = int((sv > cut * sv[0]).sum())
         V = Vh[:k].T
@@ -208,7 +211,7 @@ class RowFactor:
         with lapack_threads(P + 1, dev, THIN_GRAM_MAX):
             for rows in _batches(X.shape[0], P + 1):
                 m = rows.stop - rows.start
-                alone = empty and m >= P + 1  # nothing to stack under yet
+                alone = empty  # nothing to stack under yet
                 empty = False
                 Z = torch.empty(m + (0 if alone else P + 1), P + 1, dtype=torch.float64, device=dev)
                 if not alone:
@@ -220,7 +223,10 @@ class RowFactor:
                 body[:, 1:] -= self.shift
                 if sample_weight is not None:
                     body.mul_(sample_weight[rows].to(dev, torch.float64).sqrt()[:, None])
-                self.R = torch.linalg.qr(Z, mode="r")[1][: P + 1]
+                R = torch.linalg.qr(Z, mode="r")[1]
+                if R.shape[0] < P + 1:  # fewer rows than columns: exact zero rows below them
+                    R = torch.cat([R, R.new_zeros(P + 1 - R.shape[0], P + 1)])
+                self.R = R[: P + 1]
         return self
 
     def recentred(self, shift: Tensor) -> RowFactor:
