@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -85,6 +86,35 @@ def test_write_report_without_kaleido_names_what_is_missing(tmp_path, monkeypatc
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["figure_export"] == metrics["figure_export"]
     assert "kaleido" in (tmp_path / "report.html").read_text()
+
+
+def test_a_hung_export_is_killed_with_its_browser_tried_again_and_named(tmp_path, monkeypatch):
+    """A child whose browser never answers (here: it sleeps, beside a grandchild standing in for
+    Chrome) is killed with its whole session at the time limit, tried once more, and the export
+    fails with a BeliefLensError naming the wait, leaving no temp files; write_report then keeps
+    the interactive page and says why no PNG was made."""
+    from belief_lens.report import document
+
+    pids = tmp_path / "pids"
+    hang = (
+        "import os, subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(pids)!r}, 'a').write(f'{{p.pid}}\\n')\n"
+        "time.sleep(600)\n"
+    )
+    monkeypatch.setattr(document, "_EXPORT_CHILD", hang)
+    monkeypatch.setattr(document, "EXPORT_TIMEOUT_SECONDS", 2.0)
+    monkeypatch.setattr(document, "EXPORT_SECONDS_PER_IMAGE", 0.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(BeliefLensError, match="no answer from the browser in 2 s"):
+        document.export_figures([ReportFigure("f", _fig())], out, ("png",))
+    assert not list(out.iterdir())
+    grandchildren = [int(x) for x in pids.read_text().split()]
+    assert len(grandchildren) == 2  # two attempts
+    for pid in grandchildren:  # gone, or a zombie waiting for init to reap it
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"
 
 
 def test_export_figures_as_png_and_pdf(tmp_path):

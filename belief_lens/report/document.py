@@ -9,18 +9,22 @@ and figures, so an analysis adds itself to the report by returning one more ``Se
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib.util
 import json
 import logging
 import math
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from belief_lens.errors import BeliefLensError
@@ -197,13 +201,36 @@ def compose_html(
     return "\n".join(parts)
 
 
+#: The export runs in a child process (kaleido drives Chrome from there): a browser that dies
+#: mid-export leaves kaleido waiting on its pipe forever, so the child is given this many
+#: seconds, plus :data:`EXPORT_SECONDS_PER_IMAGE` per image, then killed with its browser.
+EXPORT_TIMEOUT_SECONDS = 120.0
+EXPORT_SECONDS_PER_IMAGE = 15.0
+
+_EXPORT_CHILD = """
+import json, os, sys
+import kaleido
+jobs = json.load(open(sys.argv[1]))
+figs = {path: json.load(open(path)) for path in {j["figure"] for j in jobs}}
+keys = ("format", "width", "height", "scale")
+specs = [
+    {"fig": figs[j["figure"]], "path": j["path"], "opts": {k: j[k] for k in keys}} for j in jobs
+]
+kaleido.write_fig_from_object_sync(specs)  # one browser for every figure
+for spec in specs:  # kaleido has been seen to return without writing a file under load
+    if not os.path.exists(spec["path"]) or os.path.getsize(spec["path"]) == 0:
+        kaleido.write_fig_sync(spec["fig"], path=spec["path"], opts=spec["opts"])
+"""
+
+
 def export_figures(
     figures: Sequence[ReportFigure],
     out_dir: str | os.PathLike,
     formats: Sequence[ExportFormat] = ("png", "pdf"),
 ) -> list[Path]:
     """Write each figure as ``{name}.{fmt}`` with kaleido (>= 1.0, which drives a Chrome or
-    Chromium found on the system). Raises ``BeliefLensError`` naming what is missing."""
+    Chromium found on the system), in a child process killed after its time limit and tried
+    once more. Raises ``BeliefLensError`` naming what is missing or what failed."""
     if not figures or not formats:
         return []
     if importlib.util.find_spec("kaleido") is None:
@@ -213,36 +240,33 @@ def export_figures(
             "apt-get install chromium)"
         )
     out = Path(out_dir)
-    figs = [f.figure for f in figures for _ in formats]
     paths = [out / f"{f.name}.{fmt}" for f in figures for fmt in formats]
     tmps = [p.with_name(f".{p.stem}.tmp.{p.suffix[1:]}") for p in paths]
     try:
-        sizes = [
-            {
-                "width": fig.layout.width or 900,
-                "height": fig.layout.height or 500,
-                "scale": 2 if p.suffix == ".png" else 1,
-            }
-            for fig, p in zip(figs, tmps, strict=True)
-        ]
-        if hasattr(pio, "write_images"):  # plotly >= 6.1: one browser for every figure
-            pio.write_images(
-                figs,
-                tmps,
-                format=[p.suffix[1:] for p in paths],
-                **{k: [s[k] for s in sizes] for k in ("width", "height", "scale")},
-            )
-        # kaleido has been seen to return without writing a file under load: redo those alone
-        for fig, p, size in zip(figs, tmps, sizes, strict=True):
-            if not p.exists() or p.stat().st_size == 0:
-                fig.write_image(p, format=p.suffix[1:], **size)
+        with tempfile.TemporaryDirectory(prefix="belief-lens-export-") as work:
+            jobs = []
+            for k, f in enumerate(figures):
+                spec = Path(work) / f"figure{k}.json"
+                spec.write_text(f.figure.to_json(), encoding="utf-8")
+                for fmt in formats:
+                    jobs.append({
+                        "figure": str(spec),
+                        "path": str(tmps[len(jobs)]),
+                        "format": fmt,
+                        "width": f.figure.layout.width or 900,
+                        "height": f.figure.layout.height or 500,
+                        "scale": 2 if fmt == "png" else 1,
+                    })  # fmt: skip
+            manifest = Path(work) / "jobs.json"
+            manifest.write_text(json.dumps(jobs), encoding="utf-8")
+            _run_export_child(manifest, len(jobs))
         unwritten = [p.name for p in tmps if not p.exists() or p.stat().st_size == 0]
         if unwritten:
             raise RuntimeError(f"kaleido wrote nothing for {', '.join(unwritten)}")
     except Exception as e:
         for t in tmps:
             t.unlink(missing_ok=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise BeliefLensError(
             f"figure export failed: kaleido could not render with Chrome/Chromium ({first}); "
             "install Chromium (Debian: apt-get install chromium) or run plotly_get_chrome"
@@ -250,6 +274,33 @@ def export_figures(
     for t, p in zip(tmps, paths, strict=True):
         os.replace(t, p)
     return paths
+
+
+def _run_export_child(manifest: Path, n_images: int) -> None:
+    """Run the export child on ``manifest`` in its own session; past the time limit, kill it
+    and its browser and try once more. Raises with the child's last error line."""
+    limit = EXPORT_TIMEOUT_SECONDS + EXPORT_SECONDS_PER_IMAGE * n_images
+    for attempt in (1, 2):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _EXPORT_CHILD, str(manifest)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its browser shares the session: killed with it
+        )
+        try:
+            _, err = child.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            logger.warning("figure export: no answer in %.0f s (attempt %d)", limit, attempt)
+            err = f"no answer from the browser in {limit:.0f} s"
+            continue
+        if child.returncode == 0:
+            return
+        break
+    raise RuntimeError(err.strip() or f"the export process exited with {child.returncode}")
 
 
 def write_report(

@@ -160,8 +160,9 @@ def loss_evaluator(
     n_sequences: int = 200_000,
     seed: int = 0,
 ) -> Evaluator:
-    """The :class:`Evaluator` :func:`evaluate_loss` runs (its arguments, checked): call it on
-    the model, or give it logits already computed on its ``data.inputs``."""
+    """The :class:`Evaluator` :func:`evaluate_loss` runs, for checked options: call it on the
+    model, or give it logits already computed on its ``data.inputs``
+    (:meth:`Evaluator.score_logits`)."""
     check_hmm(hmm)
     n_sequences = check_int("n_sequences", n_sequences, low=1)
     config = TrainConfig(steps=1, bos=bos, length=length, seed=seed)
@@ -169,26 +170,15 @@ def loss_evaluator(
     return Evaluator.build(hmm, layout, n_sequences, config.seed)
 
 
-def evaluate_loss(
-    model: Any,
-    hmm: HMM,
-    *,
-    bos: bool = False,
-    token_map: TokenMap | None = None,
-    length: int | None = None,
-    n_sequences: int = 200_000,
-    seed: int = 0,
-) -> EvalRecord:
+def evaluate_loss(model: Any, hmm: HMM, **options: Any) -> EvalRecord:
     """The model's expected cross-entropy per position against ``P(. | belief)``, and its ratio
-    to the loss floor.
+    to the loss floor. ``options`` are :func:`loss_evaluator`'s: ``bos``, ``token_map``,
+    ``length``, ``n_sequences`` (default 200,000) and ``seed``.
 
     Exact over every sequence when at most ``n_sequences`` exist (all 59,049 for Mess3 at n_ctx
     10), else on a seeded sample. The floor (``compmech.loss_floor``) is exact where the belief
     tree fits its memory bound, else estimated on the same sample, with its standard error.
     """
-    evaluator = loss_evaluator(
-        model, hmm, bos=bos, token_map=token_map, length=length, n_sequences=n_sequences,
-        seed=seed,
-    )  # fmt: skip
+    evaluator = loss_evaluator(model, hmm, **options)
     with eval_mode(model):
         return evaluator(model, step=0, tokens=0)
