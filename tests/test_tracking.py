@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -157,7 +158,7 @@ def _wandb_run_file(path: Path) -> dict:
 
     data = path.read_bytes()
     assert data[:4] == b":W&B"
-    out = {"history": [], "summary": {}, "config": {}}
+    out = {"history": [], "summary": {}, "config": {}, "exit": False}
     pos, buf = 7, b""
     while pos + 7 <= len(data):
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
@@ -178,7 +179,23 @@ def _wandb_run_file(path: Path) -> dict:
             out["summary"].update({key(i): json.loads(i.value_json) for i in record.summary.update})
         elif which == "config":
             out["config"].update({key(i): json.loads(i.value_json) for i in record.config.update})
+        elif which == "exit":
+            out["exit"] = True
     return out
+
+
+def _finished_wandb_run(wandb_dir: Path, seconds: float = 60.0) -> dict:
+    """The offline run's log once W&B's writer (its own process, which can still be writing
+    after ``finish`` returns: once in three runs here the file held only its header) has
+    written the exit record; fails after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        logs = list(wandb_dir.glob("offline-run-*/run-*.wandb"))
+        run = _wandb_run_file(logs[0]) if len(logs) == 1 else None
+        if run is not None and run["exit"]:
+            return run
+        assert time.monotonic() < deadline, f"no finished W&B log in {wandb_dir} after {seconds} s"
+        time.sleep(0.2)
 
 
 def test_wandb_offline_run_holds_params_steps_and_final_metrics(tmp_path, monkeypatch):
@@ -191,8 +208,7 @@ def test_wandb_offline_run_holds_params_steps_and_final_metrics(tmp_path, monkey
         history = train(toy_transformer(3, 10, **TINY), mess3(), **SHORT)
         tracker.log_final(json.loads((tmp_path / "metrics.json").read_text()))
         tracker.log_artifacts([tmp_path / "metrics.json"])
-    (log,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    run = _wandb_run_file(log)
+    run = _finished_wandb_run(tmp_path / "wandb")
     rows = [r for r in run["history"] if "train/loss" in r]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert [r["train/loss"] for r in rows] == pytest.approx(history.loss, rel=1e-12)
