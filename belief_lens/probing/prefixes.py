@@ -230,7 +230,9 @@ def prefix_logits(
     if N * L * int(model.cfg.d_vocab) * 4 > MAX_LOGITS_BYTES or tuple(tokens.shape) != (N, L):
         return None
     device = model_device(model)
-    norm = getattr(model, "ln_final", None) or (lambda x: x)
+    norm = getattr(model, "ln_final", None)
+    if norm is None:  # no final norm: the unembedding reads the residual stream itself
+        norm = torch.nn.Identity()
     per_t = [model.unembed(norm(r[None].to(device)))[0].float().cpu() for r in acts.rows[hook]]
     logits = torch.stack([p[i] for p, i in zip(per_t, acts.ids, strict=True)], 1)
     k = min(N, 64)
