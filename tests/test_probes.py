@@ -663,6 +663,31 @@ def test_dedupe_is_exact_and_cache_reused():
         assert [ra[k] for k in list(ra)[1:]] == pytest.approx([rb[k] for k in list(rb)[1:]])
 
 
+def test_tables_on_the_same_rows_share_one_factorisation(monkeypatch):
+    """The shuffled and next-token controls fit on the model table's rows: they reuse its
+    factorisations (no new one) and give the numbers of a fit that factors afresh."""
+    from belief_lens.probing import solvers
+
+    made = []
+    of = solvers.RowsSVD.of.__func__
+    monkeypatch.setattr(
+        solvers.RowsSVD, "of", classmethod(lambda cls, *a, **k: made.append(1) or of(cls, *a, **k))
+    )
+    data = synthetic_data(rrxor(), n_ctx=6)
+    fit_probes(data)
+    first = len(made)
+    assert first == 3 * 6  # two hooks and the concatenation; 5 folds and all rows each
+    shared = [shuffle_control(data), next_token_control(data)]
+    assert len(made) == first
+    fresh = [shuffle_control(synthetic_data(rrxor(), n_ctx=6))]
+    fresh.append(next_token_control(synthetic_data(rrxor(), n_ctx=6)))
+    assert len(made) == first + 2 * 18
+    for a, b in zip(shared, fresh, strict=True):
+        for ra, rb in zip(a.rows, b.rows, strict=True):
+            for key in ("mse_heldout", "mse_train", "mse_all", "r2_heldout"):
+                assert ra[key] == pytest.approx(rb[key], rel=1e-12, abs=1e-15)
+
+
 def test_controls_with_data():
     hmm = rrxor()
     data = synthetic_data(hmm, n_ctx=6)

@@ -69,6 +69,33 @@ def test_equals_numpy_lstsq(kind, solver):
     assert probe.rank_ == np.linalg.matrix_rank(X - X.mean(0))
 
 
+@pytest.mark.parametrize("kind", ["scaled", "rank_deficient", "both"])
+def test_a_shared_row_factorisation_solves_any_targets_as_lstsq(kind):
+    """``RowsSVD``: one factorisation of weighted rows (with a zero column, and wide: fewer rows
+    than columns) answers every target set as weighted numpy lstsq, minimum norm included."""
+    from belief_lens.probing.solvers import RowsSVD
+
+    X, _ = features(kind, n=400, seed=2)
+    X = np.hstack([X, np.zeros((400, 1))])
+    w = np.random.default_rng(3).uniform(0.5, 2.0, 400)
+    for rows in (slice(None), slice(0, 6)):  # tall, then fewer rows than columns
+        Xr, wr = X[rows], w[rows]
+        mean = (wr[:, None] * Xr).sum(0) / wr.sum()
+        f = RowsSVD.of(torch.from_numpy(Xr), torch.from_numpy(mean), torch.from_numpy(wr))
+        for seed in (0, 1):
+            Y = np.random.default_rng(seed).dirichlet(np.ones(3), size=len(Xr))
+            y_mean = (wr[:, None] * Y).sum(0) / wr.sum()
+            coef, rank = f.solve(torch.from_numpy(Y), torch.from_numpy(y_mean))
+            root = np.sqrt(wr)[:, None]
+            A, B = (Xr - mean) * root, (Y - y_mean) * root
+            ref, *_ = np.linalg.lstsq(A, B, rcond=None)
+            scale = np.abs(A).max(0)[:, None]  # compare what each column contributes
+            err = np.abs((coef.numpy() - ref) * scale).max() / np.abs(ref * scale).max()
+            assert err < 1e-9
+            assert rank == np.linalg.matrix_rank(A)
+            assert np.linalg.norm(coef.numpy()) <= np.linalg.norm(ref) * (1 + 1e-9)
+
+
 @pytest.mark.parametrize("n", [10_000, 1_000_000])
 @pytest.mark.parametrize("kind", ["scaled", "rank_deficient", "both"])
 def test_default_solver_equals_lstsq_at_any_size(kind, n):

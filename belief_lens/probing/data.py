@@ -414,6 +414,11 @@ class ProbeData:
             out.append((torch.cat(xs), torch.cat(cs), torch.cat(ys), within))
         return out
 
+    def memo(self, key: str) -> dict:
+        """A dict kept with this data for values derived from it (the factorisations its probe
+        tables share); it goes with the data."""
+        return self._cache.setdefault("memo-" + key, {})
+
     def moments(
         self,
         targets: Float[Tensor, "N L S"],

@@ -25,7 +25,7 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.metrics import regression_metrics, sum_zero_basis
 from belief_lens.probing.moments import Moments, row_chunks
 from belief_lens.probing.probe_file import PROBE_FORMAT, PROBE_TENSORS, check_probe_metadata
-from belief_lens.probing.solvers import RowFactor, solve_normal, solve_rows
+from belief_lens.probing.solvers import RowFactor, RowsSVD, solve_normal, solve_rows
 from belief_lens.storage import load_tensors, read_metadata, refuse_existing, save_tensors
 from belief_lens.tl_compat import tl_version_string
 from belief_lens.version import __version__
@@ -319,6 +319,7 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         *,
         hook: str | None = None,
         rows: tuple[Tensor, Tensor, Tensor | None] | None = None,
+        rows_svd: RowsSVD | None = None,
     ) -> AffineProbe:
         """Fit from sufficient statistics (the engine behind ``fit_probes``, position and
         distributed probes); returns self. Results are float64 on the CPU.
@@ -326,14 +327,24 @@ class AffineProbe(RegressorMixin, BaseEstimator):
         ``rows = (X [m, d], Y [m, S], weights [m] or None)``, rows whose moments are
         ``moments`` (up to rows with equal ``X`` merged into one with their summed weight and
         weighted-mean target), makes the decoder a solve on them (``numpy.linalg.lstsq``
-        exactly, where the normal equations lose directions below float64 precision)."""
+        exactly, where the normal equations lose directions below float64 precision).
+        ``rows_svd``, ``RowsSVD.of`` those rows' ``X`` about ``moments.mean_x`` (made once and
+        kept by a caller that fits several targets on the same rows), replaces the factorisation
+        (without a ridge, with an intercept)."""
         self._check_hyperparameters()
         if not float(moments.w) > 0:
             raise BeliefLensError("cannot fit a probe on zero total weight")
         decoder = None
         if rows is not None:
             X, Y, w = rows
-            if self.solver == "svd":
+            if rows_svd is not None:
+                if float(self.ridge) > 0 or not self.fit_intercept:
+                    raise BeliefLensError(
+                        "rows_svd factors centred rows without a ridge; this probe has "
+                        f"ridge={self.ridge}, fit_intercept={self.fit_intercept}"
+                    )
+                decoder = rows_svd.solve(Y, moments.to("cpu").mean_y)
+            elif self.solver == "svd":
                 decoder = self._svd_rows(moments.to("cpu"), X, Y, w)
             else:
                 factor = RowFactor.of(X, Y.to(X.device), None if w is None else w.to(X.device))

@@ -28,7 +28,7 @@ from belief_lens.probing.moments import (
     row_chunks,
 )
 
-__all__ = ["RANK_TOL_FACTOR", "RowFactor", "solve_normal", "solve_rows"]
+__all__ = ["RANK_TOL_FACTOR", "RowFactor", "RowsSVD", "solve_normal", "solve_rows"]
 
 _EPS64 = float(np.finfo(np.float64).eps)
 #: Eigenvalues of the standardised Gram matrix below ``RANK_TOL_FACTOR * d * eps64`` times the
@@ -98,15 +98,100 @@ def solve_rows(
         rows = As.any(1) | B.any(1)  # zero rows add nothing: a factor of fewer rows than columns
         if not bool(rows.all()):
             As, B = As[rows], B[rows]
-        U, sv, Vh = torch.linalg.svd(As, full_matrices=False)
-        k = int((sv > cut * sv[0]).sum())
-        V = Vh[:k].T
-        sol = (V @ ((U[:, :k].T @ B) / sv[:k, None])) / scale[:, None]
-        if k < len(idx):  # the minimum-norm solution lies in A's row space: scale * span(V)
-            R, _ = torch.linalg.qr(V * scale[:, None])
-            sol = R @ (R.T @ sol)
+        U, sv, V = _svd(As, cut)
+        sol = _svd_solution(U, sv, V, scale, _row_space(V, scale), B)
     X[idx] = sol
-    return X, k
+    return X, V.shape[1]
+
+
+def _svd(As: Tensor, cut: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The thin SVD of ``As`` without the singular values at or below ``cut`` of the largest:
+    ``U [m, k]``, ``sv [k]``, ``V [d, k]``."""
+    U, sv, Vh = torch.linalg.svd(As, full_matrices=False)
+    k = int((sv > cut * sv[0]).sum())
+    return U[:, :k], sv[:k], Vh[:k].T
+
+
+def _row_space(V: Tensor, scale: Tensor) -> Tensor | None:
+    """An orthonormal basis of the rows' span in the original (unstandardised) coordinates,
+    where the minimum-norm solution lies; None at full rank (no projection needed)."""
+    if V.shape[1] == V.shape[0]:
+        return None
+    return torch.linalg.qr(V * scale[:, None])[0]
+
+
+def _svd_solution(
+    U: Tensor, sv: Tensor, V: Tensor, scale: Tensor, basis: Tensor | None, B: Tensor
+) -> Tensor:
+    sol = (V @ ((U.T @ B) / sv[:, None])) / scale[:, None]
+    return sol if basis is None else basis @ (basis.T @ sol)
+
+
+@dataclass(frozen=True)
+class RowsSVD:
+    """The truncated SVD of centred, weighted, column-standardised rows ``(x - mean) sqrt(w)``:
+    ``solve_rows`` on them for any targets, as two small products. The probe tables of one
+    dataset (the model's, the shuffled and the next-token control) share their rows and differ
+    only in targets, so one factorisation serves them all.
+
+    >>> X, Y = torch.randn(50, 80, dtype=torch.float64), torch.randn(50, 3, dtype=torch.float64)
+    >>> f = RowsSVD.of(X, X.mean(0))
+    >>> coef, rank = f.solve(Y, Y.mean(0))
+    >>> ref = torch.linalg.lstsq(X - X.mean(0), Y - Y.mean(0), driver="gelsd").solution
+    >>> torch.allclose(coef, ref), rank
+    (True, 49)
+    """
+
+    mean: Float[Tensor, " d"]
+    root_w: Float[Tensor, " m"] | None
+    live: Tensor
+    scale: Tensor
+    U: Tensor
+    sv: Tensor
+    V: Tensor
+    basis: Tensor | None
+
+    @classmethod
+    def of(
+        cls,
+        X: Float[Tensor, "m d"],
+        mean: Float[Tensor, " d"],
+        sample_weight: Float[Tensor, " m"] | None = None,
+    ) -> RowsSVD:
+        """Factor the rows ``X`` about ``mean`` with weights ``sample_weight`` (float64, CPU)."""
+        f64 = torch.float64
+        mean = mean.to("cpu", f64)
+        A = X.to("cpu", f64) - mean
+        root = None if sample_weight is None else sample_weight.to("cpu", f64).sqrt()
+        if root is not None:
+            A = A * root[:, None]
+        norms = A.norm(dim=0)
+        live = torch.nonzero(norms > 0).flatten()
+        scale = norms[live]
+        As = A[:, live] / scale
+        if len(live) == 0:
+            empty = A.new_zeros(A.shape[0], 0)
+            return cls(mean, root, live, scale, empty, A.new_zeros(0), A.new_zeros(0, 0), None)
+        with lapack_threads(max(As.shape), As.device):
+            U, sv, V = _svd(As, _EPS64 * max(As.shape))
+            basis = _row_space(V, scale)
+        return cls(mean, root, live, scale, U, sv, V, basis)
+
+    @property
+    def nbytes(self) -> int:
+        parts = (self.U, self.V, self.basis)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+    def solve(self, Y: Float[Tensor, "m S"], y_mean: Float[Tensor, " S"]) -> tuple[Tensor, int]:
+        """``solve_rows`` of the factored rows against ``Y`` about ``y_mean``: the minimum-norm
+        coefficients ``[d, S]`` and the rank."""
+        B = Y.to("cpu", torch.float64) - y_mean.to("cpu", torch.float64)
+        if self.root_w is not None:
+            B = B * self.root_w[:, None]
+        X = B.new_zeros(len(self.mean), B.shape[1])
+        if len(self.live):
+            X[self.live] = _svd_solution(self.U, self.sv, self.V, self.scale, self.basis, B)
+        return X, self.V.shape[1]
 
 
 def _full_rank_triangular(A: Tensor, B: Tensor, cut: float) -> Tensor | None:

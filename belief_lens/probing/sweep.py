@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from itertools import pairwise
@@ -19,6 +20,7 @@ from belief_lens.probing.data import CONCAT, ProbeData, prefix_counts, prefix_fo
 from belief_lens.probing.estimator import AffineProbe, check_ridge
 from belief_lens.probing.moments import Moments, total
 from belief_lens.probing.prefixes import PrefixActs, acts_at, acts_dim
+from belief_lens.probing.solvers import RowsSVD
 from belief_lens.probing.table import ProbeTable, overfit_reason
 
 __all__ = [
@@ -34,6 +36,9 @@ Targets = Literal["beliefs", "next_token"]
 
 #: Cross-validation folds by prefix, the default for every probe table.
 DEFAULT_FOLDS = 5
+
+#: Row factorisations kept with a ``ProbeData`` for the next table on it, at most this many bytes.
+SHARED_FACTOR_BYTES = 1 << 28
 
 
 def targets_for(data: ProbeData, targets: Targets) -> Float[Tensor, "N L S"]:
@@ -93,9 +98,12 @@ def probe_table(
     counts = _prefix_counts(data, labels, held)
     n_eff = data.effective_n(torch.where(torch.isin(labels, torch.tensor(held)), 0, -1))
     provenance = {"process": data.hmm.name, "model_fingerprint": data.model_fingerprint}
+    grouping = hashlib.sha256(labels.cpu().numpy().tobytes()).hexdigest()[:16]
+    memo = data.memo("rows-svd")
     rows, probes, fold_probes = [], {}, {}
     for label, cols, hook in parts:
-        folds = _Folds([m.select(cols) for m in groups], held, distinct, cols)
+        shared = (memo, (grouping, cols.start, cols.stop))
+        folds = _Folds([m.select(cols) for m in groups], held, distinct, cols, shared)
         features = cols.stop - cols.start
         scores, probes[label], fold_probes[label] = folds.fit(
             hook, ridge, features, counts["train"]
@@ -138,9 +146,11 @@ class _Folds:
         held: list[int],
         distinct: list[tuple] | None,
         cols: slice,
+        shared: tuple[dict, tuple],
     ) -> None:
         self.groups, self.held = groups, held
         self.rows = None if distinct is None else [(X[:, cols], c, Y, w) for X, c, Y, w in distinct]
+        self.memo, self.key = shared
 
     def _pool(self, which: list[int]) -> tuple[Moments, tuple | None]:
         """The groups ``which`` together: summed moments, and their distinct rows
@@ -152,11 +162,29 @@ class _Folds:
         X, c, Y = (torch.cat([p[i] for p in parts]) for i in range(3))
         return moments, ((X, Y, c), sum(p[3] for p in parts))
 
-    @staticmethod
-    def _fit(pooled: tuple[Moments, tuple | None], hook: str | None, ridge: float) -> AffineProbe:
+    def _fit(
+        self, which: list[int], pooled: tuple[Moments, tuple | None], hook: str | None, ridge: float
+    ) -> AffineProbe:
         moments, rows = pooled
         sub = None if rows is None else rows[0]
-        return AffineProbe(ridge=ridge).fit_moments(moments, hook=hook, rows=sub)
+        svd = None if sub is None or ridge > 0 else self._factor(which, sub, moments)
+        return AffineProbe(ridge=ridge).fit_moments(moments, hook=hook, rows=sub, rows_svd=svd)
+
+    def _factor(self, which: list[int], rows: tuple, moments: Moments) -> RowsSVD:
+        """The rows' factorisation, shared with every table fitted on the same data, grouping
+        and columns (their rows are equal; only the targets differ), within
+        ``SHARED_FACTOR_BYTES``."""
+        key = (*self.key, tuple(which))
+        mean = moments.to("cpu").mean_x
+        cached = self.memo.get(key)
+        if cached is not None and torch.equal(cached.mean, mean):
+            return cached
+        X, _, w = rows
+        svd = RowsSVD.of(X, mean, w)
+        used = sum(f.nbytes for f in self.memo.values())
+        if used + svd.nbytes <= SHARED_FACTOR_BYTES:
+            self.memo[key] = svd
+        return svd
 
     @staticmethod
     def _score(probe: AffineProbe, pooled: tuple[Moments, tuple | None]) -> dict[str, Any]:
@@ -174,11 +202,12 @@ class _Folds:
         each held-out group."""
         everyone = list(range(len(self.groups)))
         pooled_all = self._pool(everyone)
-        whole = self._fit(pooled_all, hook, ridge)
+        whole = self._fit(everyone, pooled_all, hook, ridge)
         train, heldout, insame, probes = [], [], [], []
         for k in self.held:
-            rest, fold = self._pool([j for j in everyone if j != k]), self._pool([k])
-            probe = self._fit(rest, hook, ridge)
+            others = [j for j in everyone if j != k]
+            rest, fold = self._pool(others), self._pool([k])
+            probe = self._fit(others, rest, hook, ridge)
             probes.append(probe)
             train.append(self._score(probe, rest))
             heldout.append(self._score(probe, fold))
