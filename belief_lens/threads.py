@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
+import time
 from collections.abc import Iterator
 
 import torch
@@ -21,6 +23,7 @@ __all__ = [
     "SMALL_MODEL_PARAMS",
     "SMALL_OP_ELEMENTS",
     "machine_busy",
+    "running_elsewhere",
     "single_thread_below",
     "single_thread_for_model",
 ]
@@ -60,11 +63,48 @@ def single_thread_below(
         torch.set_num_threads(before)
 
 
-def machine_busy() -> bool:
-    """Whether other work already fills the CPUs: the 1-minute load average at least the number
-    of cores (False where the load average is unavailable)."""
+def running_elsewhere(samples: int = 5, interval: float = 0.01) -> int | None:
+    """How many tasks other than this process's own threads are runnable now: the median over
+    ``samples`` reads of Linux's ``procs_running`` (``/proc/stat``) less this process's running
+    threads, ``interval`` seconds apart. None where ``/proc`` does not say (not Linux)."""
+    counts = []
     try:
-        return os.getloadavg()[0] >= (os.cpu_count() or 1)
+        for i in range(samples):
+            if i:
+                time.sleep(interval)
+            with open("/proc/stat") as f:
+                running = next(
+                    int(line.split()[1]) for line in f if line.startswith("procs_running")
+                )
+            counts.append(running - _own_running_threads())
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return max(0, int(statistics.median(counts)))
+
+
+def _own_running_threads() -> int:
+    own = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                own += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):  # a thread that ended between the listing and the read
+            continue
+    return own
+
+
+def machine_busy() -> bool:
+    """Whether other work leaves fewer free cores than torch's intra-op threads: tasks runnable
+    elsewhere now (``running_elsewhere``) plus those threads exceed the cores. Where ``/proc``
+    does not say, the 1-minute load average at least the cores (False where that is
+    unavailable too). Measured now rather than from the load average, which lags by a minute
+    and counts this process's own past work."""
+    cores = os.cpu_count() or 1
+    others = running_elsewhere()
+    if others is not None:
+        return others + torch.get_num_threads() > cores
+    try:
+        return os.getloadavg()[0] >= cores
     except OSError:
         return False
 

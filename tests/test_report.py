@@ -202,6 +202,7 @@ def test_analyse_runs_a_small_model_at_one_thread_and_logs_each_stage(
         with caplog.at_level("INFO", logger="belief_lens.report.analysis"):
             metrics = rp.analyse(model, rrxor(), tmp_path, config=cfg)
         assert seen == [1] and torch.get_num_threads() == 2
+        assert set(metrics["stage_threads"].values()) == {1}
     finally:
         torch.set_num_threads(before)
     stages = ["probes", "loss", "geometry", "controls", "report"]  # the loss reuses the probes

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -10,6 +15,7 @@ from belief_lens.processes import mess3
 from belief_lens.threads import (
     SMALL_MODEL_PARAMS,
     SMALL_OP_ELEMENTS,
+    running_elsewhere,
     single_thread_below,
     single_thread_for_model,
 )
@@ -69,23 +75,41 @@ def test_model_guard_is_sized_by_the_parameter_count(two_threads):
     assert SMALL_MODEL_PARAMS >= 2_000_000  # both paper models (0.1M, 0.7M) and then some
 
 
-def test_busy_is_the_load_average_against_the_cores(two_threads, monkeypatch):
-    import os
-
+def test_busy_is_other_runnable_work_against_the_free_cores(two_threads, monkeypatch):
+    """Busy when the tasks runnable elsewhere now leave fewer free cores than torch's threads;
+    the 1-minute load average decides only where /proc does not say."""
     import belief_lens.threads as threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 0.0, 0.0))
-    assert threads.machine_busy()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(threads, "running_elsewhere", lambda: 1)
+    assert threads.machine_busy()  # one other task and two threads on two cores
     with single_thread_for_model(torch.nn.Linear(2, 2)):
         assert torch.get_num_threads() == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 9.0, 9.0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # lagging: ignored
+    monkeypatch.setattr(threads, "running_elsewhere", lambda: 0)
     assert not threads.machine_busy()
     with single_thread_for_model(torch.nn.Linear(2, 2)):
         assert torch.get_num_threads() == 2
+    monkeypatch.setattr(threads, "running_elsewhere", lambda: None)  # no /proc
+    assert threads.machine_busy()
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 9.0, 9.0))
+    assert not threads.machine_busy()
 
     def unavailable():
         raise OSError("no load average")
 
     monkeypatch.setattr(os, "getloadavg", unavailable)
     assert not threads.machine_busy()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="procs_running is Linux's")
+def test_running_elsewhere_counts_another_runnable_process():
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        counted = running_elsewhere(samples=9)
+        assert counted is not None and counted >= 1
+    finally:
+        child.kill()
+        child.wait()

@@ -157,23 +157,28 @@ def analyse(
     check_hmm(hmm)
     check_vocabulary(model, hmm)
     model.eval()
-    with single_thread_for_model(model):  # a small model's ops: one thread (threads.py)
-        return _analyse(model, hmm, out_dir, cfg, history, title, extra_metrics, extra_sections)
+    return _analyse(model, hmm, out_dir, cfg, history, title, extra_metrics, extra_sections)
 
 
 class _Stages:
     """One log line per analysis stage with its own time and the total so far, so a long run
-    shows where it is and where the time went (``metrics["stage_seconds"]``)."""
+    shows where it is and where the time went (``metrics["stage_seconds"]``). Each stage runs a
+    small model's ops at one intra-op thread when other work holds the cores as it starts
+    (``threads.single_thread_for_model``; the threads used: ``metrics["stage_threads"]``)."""
 
-    def __init__(self, seconds: dict[str, float]) -> None:
+    def __init__(self, metrics: dict[str, Any], model: Any) -> None:
         self.t0 = time.perf_counter()
-        self.seconds = seconds
+        self.seconds = metrics.setdefault("stage_seconds", {})
+        self.threads = metrics.setdefault("stage_threads", {})
+        self.model = model
 
     @contextlib.contextmanager
     def __call__(self, name: str, what: str) -> Iterator[None]:
         logger.info("%s: %s", name, what)
         start = time.perf_counter()
-        yield
+        with single_thread_for_model(self.model):
+            self.threads[name] = torch.get_num_threads()
+            yield
         now = time.perf_counter()
         self.seconds[name] = now - start
         logger.info("%s done in %.1f s (%.1f s so far)", name, now - start, now - self.t0)
@@ -193,7 +198,7 @@ def _analyse(
     metrics = {**_describe(model, hmm), **(extra_metrics or {})}
     cfg = replace(cfg, mode=resolve_mode(hmm, metrics["n_ctx"], cfg.mode))  # "auto" decided once
     check_analysis_memory(hmm, metrics["n_ctx"], model.cfg.d_model, len(residual_hooks(model)), cfg)
-    stage = _Stages(metrics.setdefault("stage_seconds", {}))
+    stage = _Stages(metrics, model)
     with stage("probes", "collecting activations, fitting probes at every residual hook"):
         state = _fit_probes(model, hmm, cfg, metrics)  # one forward pass, shared by what follows
     with stage("loss", "the model's loss against the optimum"):
