@@ -42,12 +42,14 @@ __all__ = [
     "PHASE_ERROR_CRITERION",
     "SteeringComparison",
     "SteeringGrid",
+    "SwitchLaw",
     "check_alpha_grid",
     "compare_steering",
     "crossing",
     "fit_steering_scale",
     "implied_posterior",
     "steering_grid",
+    "switch_law",
 ]
 
 #: The issue's acceptance thresholds: correlation of measured and predicted next-token
@@ -58,6 +60,10 @@ PHASE_ERROR_CRITERION = 0.20
 #: target component is at most this (the context clearly favours the other component, so a
 #: switch means something) and the predicted boundary lies inside the grid.
 SCORED_POSTERIOR_MAX = 0.25
+#: The per-sequence switch law reads cells whose true log-odds lie below this (the context argues
+#: against the target component) and whose components' predictions differ by at least the
+#: median over such cells (there a cell's own implied posterior is well determined).
+SWITCH_LOG_ODDS_MAX = -1.0
 
 
 def check_alpha_grid(alphas: Sequence[float] | Tensor) -> Float[Tensor, " A"]:
@@ -192,6 +198,63 @@ def crossing(
     return None
 
 
+# ------------------------------------------------------------------------------- per-cell law
+@dataclass(frozen=True)
+class SwitchLaw:
+    """Where single sequences switch: ``alpha_i ~ intercept + slope * (-log-odds_i)``, fitted by
+    least squares over cells (sequence, context length) whose own implied posterior crosses 1/2
+    inside the grid. The closed form says ``intercept = 0`` and ``slope = 1 / s``: a steering
+    that adds log-odds cancels the context's evidence one for one, from zero.
+
+    Attributes:
+        intercept, slope: the fitted law (alpha units; alpha per nat of evidence).
+        r2: its R^2 over the cells.
+        n_cells: cells fitted; ``n_eligible``: cells read (some never cross inside the grid).
+    """
+
+    intercept: float
+    slope: float
+    r2: float
+    n_cells: int
+    n_eligible: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def switch_law(grid: SteeringGrid) -> SwitchLaw | None:
+    """The per-sequence switch law of ``grid`` (None with fewer than 3 crossing cells). A cell's
+    implied posterior is its distribution's least-squares position between the components'
+    predictions, read where the context argues against the target component
+    (:data:`SWITCH_LOG_ODDS_MAX`) and the components' predictions differ at least by the
+    median."""
+    nxt = grid.beliefs.component_next  # [n, N, 2, V]
+    d = nxt[..., grid.toward, :] - nxt[..., 1 - grid.toward, :]
+    dn = (d * d).sum(-1)
+    lo = grid.beliefs.log_odds(grid.toward)
+    against = lo < SWITCH_LOG_ODDS_MAX
+    if not bool(against.any()):
+        return None
+    keep = against & (dn >= dn[against].median()) & (dn > 0)
+    pi = ((grid.measured - nxt[..., 1 - grid.toward, :]) * d).sum(-1) / dn.clamp_min(1e-300)
+    pi, x = pi[:, keep], -lo[keep]  # [A, k], [k]
+    above = pi >= 0.5
+    rise = above[1:] & ~above[:-1]  # [A - 1, k]
+    crossed = rise.any(0)
+    i = rise.to(torch.int8).argmax(0)[crossed]
+    cols = crossed.nonzero()[:, 0]
+    a0, a1 = grid.alphas[i], grid.alphas[i + 1]
+    p0, p1 = pi[i, cols], pi[i + 1, cols]
+    y = a0 + (0.5 - p0) * (a1 - a0) / (p1 - p0)
+    if y.numel() < 3:
+        return None
+    X = torch.stack([torch.ones_like(y), x[cols]], 1)
+    coef = torch.linalg.lstsq(X, y[:, None]).solution[:, 0]
+    resid = y - X @ coef
+    r2 = 1 - float(resid.var()) / float(y.var()) if float(y.var()) > 0 else float("nan")
+    return SwitchLaw(float(coef[0]), float(coef[1]), r2, int(y.numel()), int(keep.sum()))
+
+
 # ------------------------------------------------------------------------------- comparison
 @dataclass(frozen=True)
 class SteeringComparison:
@@ -210,6 +273,8 @@ class SteeringComparison:
             :data:`SCORED_POSTERIOR_MAX`).
         rel_errors: per scored length, ``|measured - predicted| / |predicted|`` (None where the
             measured posterior never crosses).
+        switch: the per-sequence switch law (:func:`switch_law`), against the closed form's
+            ``alpha_i = (-log-odds_i) / s``; None where too few cells cross.
     """
 
     s: float
@@ -224,6 +289,7 @@ class SteeringComparison:
     boundary_predicted: tuple[float | None, ...]
     scored: tuple[bool, ...]
     rel_errors: tuple[float | None, ...]
+    switch: SwitchLaw | None = None
 
     @property
     def phase_boundary_rel_error(self) -> float | None:
@@ -272,6 +338,13 @@ class SteeringComparison:
                 + ("held." if ok else "did NOT hold.")
                 + self._worst()
             )
+        if self.switch is not None and self.s != 0:
+            w = self.switch
+            out.append(
+                f"Single sequences switch at alpha ~ {w.intercept:.2f} + {w.slope:.3f} x "
+                f"(-log-odds) (R^2 {w.r2:.2f}, {w.n_cells} cells); the closed form says "
+                f"0 + {1 / self.s:.3f} x (-log-odds)."
+            )
         return out
 
     def _worst(self) -> str:
@@ -308,6 +381,7 @@ class SteeringComparison:
             "rel_errors": list(self.rel_errors),
             "phase_boundary_rel_error": self.phase_boundary_rel_error,
             "switches": self.switches,
+            "switch_law": None if self.switch is None else self.switch.to_dict(),
         }
 
 
@@ -350,4 +424,5 @@ def compare_steering(grid: SteeringGrid, s: float | None = None) -> SteeringComp
         boundary_predicted=bp,
         scored=scored,
         rel_errors=rel,
+        switch=switch_law(grid),
     )

@@ -25,6 +25,7 @@ from belief_lens.steering_dynamics import (
     crossing,
     implied_posterior,
     steering_grid,
+    switch_law,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -135,7 +136,8 @@ def test_grid_recovers_a_planted_s_on_a_model_built_from_the_theory(steered, pla
     assert result.correlation == pytest.approx(1.0, abs=1e-9)
     assert result.mean_kl < 1e-10
     assert result.phase_boundary_rel_error is not None and result.phase_boundary_rel_error < 1e-4
-    assert result.switches and all("held." in v for v in result.verdicts())
+    held = [v for v in result.verdicts() if not v.startswith("Single sequences")]  # a diagnosis
+    assert result.switches and len(held) == 2 and all("held." in v for v in held)
 
 
 def test_grid_fit_survives_noise_and_scores_a_control_that_never_switches(steered):
@@ -155,6 +157,23 @@ def test_grid_fit_survives_noise_and_scores_a_control_that_never_switches(steere
     assert not control.switches
     assert control.phase_boundary_rel_error is None
     assert any("did NOT hold" in v for v in control.verdicts())
+
+
+@pytest.mark.parametrize(("planted", "offset"), [(0.7, 0.0), (1.3, 2.5)])
+def test_switch_law_recovers_a_planted_slope_and_offset(steered, planted, offset):
+    # A "model" built from the theory whose steering only starts to act after `offset` units:
+    # single sequences switch at alpha_i = offset + (-log-odds_i) / planted.
+    alphas = [-1.0] + [0.25 * k for k in range(0, 121)]
+    grid = steering_grid(lambda a: steered.predict(a - offset, planted), steered, alphas)
+    law = switch_law(grid)
+    assert law is not None and law.n_cells >= 100
+    assert law.intercept == pytest.approx(offset, abs=0.05)
+    assert law.slope == pytest.approx(1 / planted, rel=0.02)
+    assert law.r2 > 0.99
+    result = compare_steering(grid)
+    assert result.switch == law
+    assert any("Single sequences switch" in v for v in result.verdicts())
+    assert result.to_dict()["switch_law"]["slope"] == law.slope
 
 
 def test_implied_posterior_is_the_weighted_mean_of_the_true_posteriors(steered):
