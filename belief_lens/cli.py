@@ -29,6 +29,7 @@ from belief_lens.cli_args import (
     checkpoint_arg,
     discover_parser,
     export_arg,
+    export_formats,
     factored_parser,
     icl_parser,
     mismatch_arg,
@@ -233,7 +234,7 @@ def _analysis_config(args: argparse.Namespace) -> Any:
         seed=args.seed,
         controls=not args.no_controls,
         interventions=not args.no_interventions,
-        export=() if args.export == "none" else tuple(args.export.split(",")),
+        export=export_formats(args.export),
     )
 
 
@@ -365,7 +366,7 @@ def run_factored(args: argparse.Namespace) -> dict[str, Any]:
     runs = factored.run_factored_seeds(
         config, out, seeds, checkpoint_root=run.checkpoints, resume=resume
     )
-    metrics = factored.write_factored_seeds_report(runs, out)
+    metrics = factored.write_factored_seeds_report(runs, out, export=export_formats(args.export))
     run.commit()  # every checkpoint is kept: the geometry over training was measured on them
     m = metrics["across_seeds"]
     logger.info(
@@ -394,7 +395,7 @@ def run_attention(args: argparse.Namespace) -> dict[str, Any]:
     )
     run_dir = run_dir or _new_run(args, "attention")
     logger.info("training %d single-layer models, %d steps each", 4 * len(seeds), args.steps)
-    export = () if args.export == "none" else tuple(args.export.split(","))
+    export = export_formats(args.export)
     run = attention.run_attention_experiment(config, checkpoint_dir=run_dir.checkpoints)
     metrics = attention.write_attention_report(run, run_dir.staging, export=export)
     _finish(run_dir, args.keep_checkpoints)
@@ -420,7 +421,7 @@ def run_icl(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = run_dir or _new_run(args, "icl")
     logger.info("training on %s for up to %.1f CPU min", config.process().name, args.minutes)
     run = icl.run_icl_experiment(config, checkpoint_dir=run_dir.checkpoints)
-    metrics = icl.write_icl_report(run, run_dir.staging)
+    metrics = icl.write_icl_report(run, run_dir.staging, export=export_formats(args.export))
     _finish(run_dir, args.keep_checkpoints)
     metrics["summary"] = metrics["verdicts"]
     return metrics

@@ -18,6 +18,7 @@ __all__ = [
     "checkpoint_arg",
     "discover_parser",
     "export_arg",
+    "export_formats",
     "factored_parser",
     "icl_parser",
     "mismatch_arg",
@@ -68,6 +69,11 @@ def export_arg(p: argparse.ArgumentParser) -> None:
         help="figure files written beside report.html: png,pdf (default), png, pdf, svg, or "
         "none to skip (needs kaleido and Chrome/Chromium)",
     )  # fmt: skip
+
+
+def export_formats(value: str) -> tuple[str, ...]:
+    """The formats an ``--export`` value names (``none``: no figure files)."""
+    return () if value == "none" else tuple(value.split(","))
 
 
 def resume_args(p: argparse.ArgumentParser, *, keep: bool = True) -> None:
@@ -132,6 +138,7 @@ def factored_parser(sub: Any) -> None:
         help="first seed for weights, data and splits",
     )  # fmt: skip
     resume_args(p, keep=False)  # every checkpoint is kept: the geometry is measured over them
+    export_arg(p)
     p.add_argument(
         "--seeds", type=number(int), default=3,
         help="runs with seeds --seed, --seed + 1, ... (at least 3; the verdict is given over "
@@ -198,6 +205,7 @@ def icl_parser(sub: Any) -> None:
     p.add_argument("--out", default=None, help="a new output directory (default: runs/icl-<time>)")
     p.add_argument("--max-steps", type=number(int), default=None, help="stop after this many steps")
     resume_args(p)
+    export_arg(p)
     p.add_argument(
         "--seed", type=number(int, positive=False), default=0,
         help="seed for weights, data and splits",

@@ -39,6 +39,7 @@ def parse_args(argv):
     p.add_argument("--max-steps", type=int, default=None, help="cap on training steps per run")
     p.add_argument("--out", default="runs/factored", help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", default="png,pdf", help="figure files: png,pdf, png, pdf or none")
     return p.parse_args(argv)
 
 
@@ -46,7 +47,9 @@ def parse_args(argv):
 def run_one(epsilon: float, args, out: Path) -> dict:
     training = factored_training(seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed)
     run = run_factored_experiment(FactoredExperiment(epsilon=epsilon, train=training), out)
-    return write_factored_report(run, out, f"Factored belief geometry: {run.process_name}")
+    export = () if args.export == "none" else tuple(args.export.split(","))
+    title = f"Factored belief geometry: {run.process_name}"
+    return write_factored_report(run, out, title, export=export)
 
 
 def main(argv=None) -> int:

@@ -42,6 +42,7 @@ def parse_args(argv):
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/shared_structure")
+    p.add_argument("--export", default="png,pdf", help="figure files: png,pdf, png, pdf or none")
     return p.parse_args(argv)
 
 
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         title="Probe fitted on vocabulary A, applied to vocabulary B",
     )  # fmt: skip
     section = shared_structure_section(result, [fig], loss_over_optimal=loss.loss_over_optimal)
-    write_report(out, "One structure, two vocabularies", [section], metrics)
+    export = () if args.export == "none" else tuple(args.export.split(","))
+    write_report(out, "One structure, two vocabularies", [section], metrics, export=export)
     save_checkpoint(model, out / "model.safetensors", overwrite=True)  # a rerun, as the report
     print(f"wrote {out}/report.html and {out}/metrics.json")
     return 0

@@ -18,6 +18,7 @@ REPORT_KEYS = {
 def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["demo", "--process", "rrxor", "--minutes", "30", "--max-steps", "8"]  # steps bind
+    argv += ["--export", "none"]  # figure files: tests/test_report*.py
     assert main(["-q", *argv]) == 0
     (out,) = (tmp_path / "runs").iterdir()  # a new runs/<process>-<time> directory
     assert out.name.startswith("rrxor-")
@@ -117,6 +118,7 @@ def test_probe_reproduces_the_paper_checkpoint(shared_checkpoint, tmp_path):
     out = tmp_path / "probe"
     argv = ["probe", "--checkpoint", str(path), "--process", "mess3", "--out", str(out)]
     argv += ["--no-controls", "--no-interventions"]  # paper mode: all 59,049 sequences
+    argv += ["--export", "none"]
     assert main(["-q", *argv]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     mse = {row["hook"]: row["mse_all"] for row in metrics["probes"]["rows"]}

@@ -18,7 +18,7 @@ def test_shared_structure_demo_tiny(tmp_path):
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     argv = ["--minutes", "0.1", "--max-steps", "2", "--n-sequences", "200"]
-    argv += ["--eval-sequences", "500", "--out", str(tmp_path)]
+    argv += ["--eval-sequences", "500", "--export", "none", "--out", str(tmp_path)]
     assert demo.main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert KEYS <= set(metrics)

@@ -293,11 +293,13 @@ def test_cli_and_demo_run_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "cli"
     argv = ["factored", "--epsilon", "0.05", "--max-steps", "2", "--minutes", "2"]
+    argv += ["--export", "none"]  # figure files: tests/test_report*.py
     assert main([*argv, "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert [(r["epsilon"], r["steps"]) for r in metrics["runs"]] == [(0.05, 2)] * 3  # 3 seeds
     assert metrics["across_seeds"]["n_seeds"] == 3
     assert (out / "report.html").stat().st_size > 0
+    assert not list(out.glob("*.png")) and not list(out.glob("*.pdf"))  # --export none
     assert main([*argv, "--out", str(out)]) == 2  # never trains over a finished run
     assert "already holds files" in capsys.readouterr().err
 
@@ -305,6 +307,7 @@ def test_cli_and_demo_run_end_to_end(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("factored_beliefs", path)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    assert demo.main(["--max-steps", "2", "--minutes", "2", "--out", str(tmp_path / "demo")]) == 0
+    argv = ["--max-steps", "2", "--minutes", "2", "--export", "none"]
+    assert demo.main([*argv, "--out", str(tmp_path / "demo")]) == 0
     for run in ("independent", "coupled"):
         assert json.loads((tmp_path / "demo" / run / "metrics.json").read_text())["steps"] == 2

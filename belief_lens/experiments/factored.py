@@ -219,13 +219,16 @@ def _factor_simplices(
 
 
 def write_factored_report(
-    run: FactoredRun, out_dir: str | os.PathLike, title: str | None = None
+    run: FactoredRun,
+    out_dir: str | os.PathLike,
+    title: str | None = None,
+    export: tuple[str, ...] = ("png", "pdf"),
 ) -> dict[str, Any]:
-    """Write ``run``'s ``report.html`` and ``metrics.json`` into ``out_dir``; return the
-    metrics."""
+    """Write ``run``'s ``report.html`` and ``metrics.json`` (and figure files in ``export``
+    formats) into ``out_dir``; return the metrics."""
     metrics = run.to_dict()
     title = title or f"belief_lens factored: {run.process_name}"
-    write_report(out_dir, title, [factored_section(run)], metrics)
+    write_report(out_dir, title, [factored_section(run)], metrics, export=export)
     return metrics
 
 
@@ -290,13 +293,17 @@ def seed_summary(runs: list[FactoredRun]) -> dict[str, Any]:
 
 
 def write_factored_seeds_report(
-    runs: list[FactoredRun], out_dir: str | os.PathLike, title: str | None = None
+    runs: list[FactoredRun],
+    out_dir: str | os.PathLike,
+    title: str | None = None,
+    export: tuple[str, ...] = ("png", "pdf"),
 ) -> dict[str, Any]:
     """Write the report of a run over seeds (the verdict across seeds first, then the last
-    seed's geometry) and its ``metrics.json``; return the metrics."""
+    seed's geometry), its ``metrics.json`` and figure files in ``export`` formats; return the
+    metrics."""
     summary = seed_summary(runs)
     metrics = {"across_seeds": summary, "runs": [r.to_dict() for r in runs]}
     title = title or f"belief_lens factored: {runs[0].process_name}, {len(runs)} seeds"
     sections = [factored_seeds_section(runs, summary), factored_section(runs[-1])]
-    write_report(out_dir, title, sections, metrics)
+    write_report(out_dir, title, sections, metrics, export=export)
     return metrics
