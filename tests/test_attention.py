@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,8 +15,9 @@ from belief_lens.attention import (
     constrained_beliefs,
     fit_log_slope,
     measure_attention,
+    token_sum_profile,
 )
-from belief_lens.beliefs import belief_states
+from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.models import ModelConfig, load_weights_into, toy_transformer
 from belief_lens.probes import AffineProbe
@@ -63,6 +65,56 @@ def test_theory_refuses_outside_its_family():
         _ = attention_theory(mess3(1 / 3, 0.85)).log_slope
     with pytest.raises(BeliefLensError, match="not eigenvectors"):
         attention_theory(product(mess3(0.05, 0.85), mess3(0.2, 0.85)))
+
+
+def test_token_sum_profile_matches_an_independent_least_squares():
+    # Independently: every distance's full one-hot beside an intercept (rank-deficient; numpy's
+    # minimum-norm solution), each distance's [V, S] block centred across tokens, then norms.
+    hmm, n, L = mess3(0.1, 0.6), 3000, 8
+    p = token_sum_profile(hmm, n_ctx=L, n_sequences=n, seed=3, distances=(1, 4))
+    tokens = sample_sequences(hmm, n, L, seed=3).numpy()
+    y = belief_states(hmm, torch.from_numpy(tokens))[:, -1].numpy()
+    X = np.concatenate([np.ones((n, 1)), np.eye(3)[tokens[:, ::-1]].reshape(n, -1)], axis=1)
+    beta = np.linalg.lstsq(X, y, rcond=None)[0][1:].reshape(L, 3, 3)
+    norms = np.linalg.norm(beta - beta.mean(1, keepdims=True), axis=(1, 2))
+    assert np.allclose(p.coefficient_norms, norms, rtol=1e-8, atol=1e-12)
+    d = np.arange(1, 5)
+    slope, intercept = np.polyfit(d, np.log(norms[1:5]), 1)
+    resid = np.log(norms[1:5]) - (intercept + slope * d)
+    se = math.sqrt((resid**2).sum() / 2 / ((d - d.mean()) ** 2).sum())
+    assert p.slope == pytest.approx(slope, rel=1e-9) and p.se == pytest.approx(se, rel=1e-6)
+    assert p.predicted == pytest.approx(math.log(1 - 3 * 0.1), abs=1e-12)
+    r2 = (
+        1
+        - ((y - X @ np.linalg.lstsq(X, y, rcond=None)[0]) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    )
+    assert p.r2 == pytest.approx(r2, abs=1e-9)
+    assert p.to_dict()["applies"] == p.applies
+
+
+@pytest.mark.parametrize(("alpha", "applies"), [(0.36, True), (0.4, True), (0.85, False)])
+def test_token_sum_profile_follows_lam_only_near_uninformative_emissions(alpha, applies):
+    # First order in the emission contrast: near alpha = 1/3 the best token sum decays at
+    # ln(1 - 3x); at alpha = 0.85 the dropped products of corrections steepen it far past 20%.
+    p = token_sum_profile(mess3(0.05, alpha))
+    assert p.applies is applies
+    assert (abs(p.slope - math.log(0.85)) <= 0.2 * abs(math.log(0.85))) is applies
+    assert p.rel_gap == pytest.approx(abs(p.slope / math.log(0.85) - 1))
+
+
+def test_token_sum_profile_refuses_bad_input():
+    with pytest.raises(BeliefLensError, match="not eigenvectors"):
+        token_sum_profile(make_process("z1r"))
+    with pytest.raises(BeliefLensError, match="n_ctx must be an integer in \\[7, inf\\], got 5"):
+        token_sum_profile(mess3(), n_ctx=5)
+    with pytest.raises(BeliefLensError, match="n_sequences"):
+        token_sum_profile(mess3(), n_sequences=10)
+    with pytest.raises(BeliefLensError, match="distances must be a pair"):
+        token_sum_profile(mess3(), distances=(1,))
+    with pytest.raises(BeliefLensError, match="distances\\[1\\]"):
+        token_sum_profile(mess3(), distances=(2, 3))
+    with pytest.raises(BeliefLensError, match="seed"):
+        token_sum_profile(mess3(), seed=-1)
 
 
 def planted_model(rate: float, n_ctx: int = 8):
