@@ -244,6 +244,37 @@ def test_experiment_config_refuses_what_the_prediction_cannot_use():
         AttentionExperiment(heads=(2, 3))
     with pytest.raises(BeliefLensError, match="seeds is empty"):
         AttentionExperiment(seeds=())
+    for share in (0, 1.5):
+        with pytest.raises(BeliefLensError, match="min_share"):
+            AttentionExperiment(min_share=share)
+    with pytest.raises(BeliefLensError, match="alpha"):
+        AttentionExperiment(checkpoint_process=(0.05, 2.0))
+
+
+@pytest.mark.parametrize(
+    ("lam", "e1", "e2", "gain_se", "helps", "holds"),
+    [
+        (-0.35, 1e-4, 0.2e-4, 1e-5, True, True),  # 80% removed, 8 s.e.: helps where predicted
+        (-0.35, 1e-4, 0.7e-4, 1e-5, False, False),  # 3 s.e. but only 30% of the excess
+        (-0.35, 1e-4, 0.2e-4, 5e-5, False, False),  # 80% but within 2 s.e. (1.6)
+        (-0.35, 1e-4, 0.5e-4, 1e-6, True, True),  # exactly min_share counts
+        (-0.35, 1e-4, 0.8e-4, 1e-5, False, False),  # exactly 2 s.e. does not
+        (0.85, 1e-4, 0.9e-4, 1e-6, False, True),  # positive: no help, as predicted
+        (0.85, 1e-4, 0.3e-4, 1e-6, True, False),  # positive, yet a second head helps
+    ],
+)
+def test_head_count_rule_truth_table(lam, e1, e2, gain_se, helps, holds):
+    from belief_lens.experiments.attention import HeadCountResult, second_head_helps
+
+    r = HeadCountResult(
+        "negative" if lam < 0 else "positive", 0.1, 0.85, lam, 0, {1: e1, 2: e2, 3: e1},
+        {1: 1e-6, 2: 1e-6, 3: 1e-6}, gain_se, {}, {}, {}, 0.5,
+    )  # fmt: skip
+    assert r.gain_from_second_head == pytest.approx(e1 - e2)  # the best multi-head model: 2
+    assert r.relative_gain_from_second_head == pytest.approx((e1 - e2) / e1)
+    assert r.second_head_helps is helps
+    assert r.prediction_holds is holds
+    assert second_head_helps(e1 - e2, gain_se, e1, 0.5) is helps
 
 
 def test_attention_command_on_a_tiny_budget(tmp_path, capsys):
@@ -271,9 +302,20 @@ def test_attention_command_on_a_tiny_budget(tmp_path, capsys):
         assert r["steps"] == {"1": 6, "2": 6}
         assert r["excess_loss_1_head"] > 0 and r["excess_loss_2_heads"] > 0  # KL over entropy
         gain = r["excess_loss_1_head"] - r["excess_loss_2_heads"]
-        assert r["head_count_prediction_holds"] == ((gain > r["margin"]) == (r["eigenvalue"] < 0))
+        assert r["gain_from_second_head"] == pytest.approx(gain)
+        se, share = r["gain_from_second_head_se"], r["min_share"]
+        assert se > 0 and share == 0.5 and set(r["excess_loss_se"]) == {"1", "2"}
+        helps = gain > 2 * se and gain >= share * r["excess_loss_1_head"]
+        assert r["second_head_helps"] == helps
+        assert r["head_count_prediction_holds"] == (helps == (r["eigenvalue"] < 0))
+    validity = m["theory_validity"]
+    assert set(validity) == {"positive", "negative"}  # no checkpoint analysed
+    assert validity["positive"]["process"] == "mess3(x=0.05, alpha=0.45)"
+    for v in validity.values():
+        assert v["applies"] == (v["rel_gap"] <= 0.2)
     html = (out / "report.html").read_text()
     assert "Attention as constrained belief updating" in html and "ln(1 − 3x)" in html
+    assert "first-order assumption" in html and "paired" in html
     assert "Under-trained" in html  # six steps: the summary says so (issue 21)
     assert main([*argv, "--export", "none", "--out", str(out)]) == 2  # nothing is overwritten
     assert "already holds files" in capsys.readouterr().err
