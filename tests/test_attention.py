@@ -117,9 +117,10 @@ def test_token_sum_profile_refuses_bad_input():
         token_sum_profile(mess3(), seed=-1)
 
 
-def planted_model(rate: float, n_ctx: int = 8):
+def planted_model(rate: float, n_ctx: int = 8, positional_value: float = 0.0):
     """A 1-layer, 1-head attention-only model whose attention from query q to key k is
-    proportional to exp(-rate (q - k)), and whose OV copies the token's one-hot (dims 2..4)."""
+    proportional to exp(-rate (q - k)), and whose OV copies the token's one-hot (dims 2..4) and
+    writes ``positional_value`` times the position into dim 5 (whatever the token)."""
     cfg = ModelConfig(
         d_vocab=3, n_ctx=n_ctx, n_layers=1, d_model=8, n_heads=1, d_head=4, attn_only=True,
         normalization_type=None,
@@ -135,8 +136,10 @@ def planted_model(rate: float, n_ctx: int = 8):
     W_Q[0, 1, 0] = rate * math.sqrt(dh)  # query: the constant, times the rate (and the scale)
     W_K[0, 0, 0] = 1.0  # key: the position, so the score grows by `rate` per step closer
     W_V[0, 2:5, 0:3] = torch.eye(3)
+    W_V[0, 0, 3] = positional_value
     W_O = torch.zeros(1, dh, d)
     W_O[0, 0:3, 5:8] = torch.eye(3)  # writes the one-hot into dims 5..7
+    W_O[0, 3, 5] = 1.0
     state = {
         "embed.W_E": W_E, "pos_embed.W_pos": W_pos,
         "blocks.0.attn.W_Q": W_Q, "blocks.0.attn.W_K": W_K, "blocks.0.attn.W_V": W_V,
@@ -157,10 +160,18 @@ def hand_probe() -> AffineProbe:
     return AffineProbe().fit(X, X @ B + 1 / 3)
 
 
+def balanced_tokens(seed: int, n_ctx: int = 8) -> torch.Tensor:
+    """63 sequences in which every position holds each token exactly 21 times, in random order:
+    the mean over sequences of a one-hot at any position is exactly 1/3."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.arange(63) % 3
+    return torch.stack([base[torch.randperm(63, generator=g)] for _ in range(n_ctx)], dim=1)
+
+
 @pytest.mark.parametrize("rate", [0.3, 0.9])
 def test_measurement_recovers_a_planted_geometric_profile(rate):
     model = planted_model(rate)
-    tokens = torch.randint(0, 3, (64, 8), generator=torch.Generator().manual_seed(1))
+    tokens = balanced_tokens(1)
     (layer,) = measure_attention(model, tokens, probes={0: hand_probe()})
     head = layer.heads[0]
     # By hand: A[q, k] = exp(-rate (q - k)) / sum_{j<=q} exp(-rate j), for every sequence.
@@ -170,8 +181,9 @@ def test_measurement_recovers_a_planted_geometric_profile(rate):
     assert torch.allclose(head.attention, expected, atol=1e-5)
     assert head.attention_fit.slope == pytest.approx(-rate, abs=1e-5)
     assert head.attention_fit.se < 1e-5
-    # The OV output of token x in belief coordinates is e_x - 1/3 at every position, of norm
-    # sqrt(2/3), so each contribution is the attention times sqrt(2/3): the same slope.
+    # The OV output of token x in belief coordinates is e_x - 1/3 at every position; its mean over
+    # the balanced sequences is 0, so centred it keeps norm sqrt(2/3), and each contribution is
+    # the attention times sqrt(2/3): the same slope.
     assert torch.allclose(head.contribution, expected * math.sqrt(2 / 3), atol=1e-5)
     assert head.contribution_fit.slope == pytest.approx(-rate, abs=1e-5)
     expected_ov = torch.eye(3, dtype=torch.float64) - 1 / 3
@@ -183,6 +195,23 @@ def test_measurement_recovers_a_planted_geometric_profile(rate):
     rho = math.exp(-rate)
     odd = sum(rho**n for n in range(1, 8, 2)) / sum(rho**n for n in range(1, 8))
     assert head.odd_share() == pytest.approx(odd, abs=1e-5)
+
+
+def test_contributions_ignore_a_positional_value_part():
+    # The head also writes 0.7 k (2/3, -1/3, -1/3) in belief coordinates at source position k,
+    # whatever the token: no belief in it, so the contributions are those of the plain model.
+    rate, tokens = 0.5, balanced_tokens(3)
+    (plain,) = measure_attention(planted_model(rate), tokens, probes={0: hand_probe()})
+    (shifted,) = measure_attention(
+        planted_model(rate, positional_value=0.7), tokens, probes={0: hand_probe()}
+    )
+    a, b = plain.heads[0], shifted.heads[0]
+    assert torch.allclose(b.attention, a.attention, atol=1e-6)
+    assert torch.allclose(b.contribution, a.contribution, atol=1e-5)
+    assert b.contribution_fit.slope == pytest.approx(-rate, abs=1e-5)
+    # ...while the uncentred OV vectors carry the positional part's mean, 0.7 * 3.5 along it.
+    shift = 0.7 * 3.5 * torch.tensor([2 / 3, -1 / 3, -1 / 3], dtype=torch.float64)
+    assert torch.allclose(b.ov_vectors, a.ov_vectors + shift, atol=1e-4)
 
 
 def test_measurement_refuses_bad_layers_and_probes():
@@ -201,7 +230,7 @@ def test_measurement_refuses_bad_layers_and_probes():
 def test_comparison_with_the_theory_on_the_planted_model():
     lam = 0.7  # mess3 with x = 0.1: lam = 1 - 3x = 0.7
     model = planted_model(-math.log(lam))
-    tokens = torch.randint(0, 3, (64, 8), generator=torch.Generator().manual_seed(2))
+    tokens = balanced_tokens(2)
     (layer,) = measure_attention(model, tokens, probes={0: hand_probe()})
     theory = attention_theory(mess3(0.1, 0.85))
     with pytest.raises(BeliefLensError, match="not finite"):
