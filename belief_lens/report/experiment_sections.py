@@ -341,7 +341,9 @@ def _agreement(run: Any) -> str:
         f"error {m['attention_slope_rel_error']:.0%}, {'within' if within else 'not within'} 20%. "
         f"Raw attention: {m['attention_slope_raw']:.3f} (± {m['attention_slope_raw_se']:.3f}). "
         f"The OV directions {'agree' if ov_ok else 'do not agree'} with the predicted corrections "
-        f"(smallest cosine {m['ov_cosine_min']:.3f}; 0.9 asked). {_validity_sentence(v)}"
+        f"(smallest cosine {m['ov_cosine_min']:.3f}; 0.9 asked). {_validity_sentence(v)} "
+        f"The measured slope is {m['attention_slope_measured'] / v.slope - 1:+.0%} from that best "
+        "token sum's."
     )
 
 
@@ -354,7 +356,7 @@ def _validity_sentence(v: Any) -> str:
     )
     return (
         f"On exact beliefs of {v.process} the best sum of one vector per past token decays at "
-        f"{v.slope:.3f} (± {v.se:.3f}) per step against ln|lam| = {v.predicted:.3f}, "
+        f"{v.slope:.3f} (± {v.se:.2g}) per step against ln|lam| = {v.predicted:.3f}, "
         f"{v.rel_gap:.0%} apart (20% allowed): {verdict}."
     )
 
@@ -427,13 +429,22 @@ def _attention_figures(run: Any) -> tuple[ReportFigure, ...]:
             "contribution"
         ).tolist()
         ov["OV, 4-layer checkpoint, layer 0"] = h0.ov_vectors.numpy()
+    caption = "From the last position, relative to distance 1; dashed black: the prediction."
+    if "checkpoint" in run.validity:
+        v = run.validity["checkpoint"]
+        caption += (
+            f" The checkpoint's process, {v.process}, is outside the derivation's first-order "
+            f"domain ({v.rel_gap:.0%} gap)."
+            if not v.applies
+            else f" The checkpoint's process, {v.process}, is inside the first-order domain."
+        )
     figures = [
         ReportFigure(
             "attention_distance",
             attention_distance_figure(
                 series, theory.eigenvalue, title="contribution and attention by distance"
             ),
-            "From the last position, relative to distance 1; dashed black: the prediction.",
+            caption,
         ),
         ReportFigure(
             "attention_ov",
@@ -541,7 +552,7 @@ def _validity_table(run: Any) -> Table:
     return Table(
         header,
         rows,
-        ("", "", ".3f", ".3f", ".3f", ".0%", ".4f", ""),
+        ("", "", ".3f", ".3f", ".1e", ".0%", ".4f", ""),
         caption="The derivation's first-order check on exact beliefs, process only (20% gap "
         "allowed).",
     )
