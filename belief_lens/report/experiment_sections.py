@@ -342,8 +342,8 @@ def _agreement(run: Any) -> str:
         f"Raw attention: {m['attention_slope_raw']:.3f} (± {m['attention_slope_raw_se']:.3f}). "
         f"The OV directions {'agree' if ov_ok else 'do not agree'} with the predicted corrections "
         f"(smallest cosine {m['ov_cosine_min']:.3f}; 0.9 asked). {_validity_sentence(v)} "
-        f"The measured slope is {m['attention_slope_measured'] / v.slope - 1:+.0%} from that best "
-        "token sum's."
+        f"The measured slope is {m['attention_slope_measured'] / v.slope:.2f}x that best token "
+        "sum's."
     )
 
 
