@@ -78,7 +78,7 @@ class AttentionExperiment:
 
     Why these settings: the decay-rate test needs the derivation's first-order regime, emissions
     barely informative (``alpha`` near 1/3; at the paper's 0.85 the best per-token sum of the exact
-    beliefs decays about 4.5x faster than ``lam``, see :func:`token_sum_profile`), so the positive
+    beliefs has a log-slope 4.5 times ``ln lam``, see :func:`token_sum_profile`), so the positive
     setting is ``alpha = 0.45``. The head-count test needs a loss difference large enough to
     measure, so the negative setting keeps ``alpha = 0.85`` (its eigenvalue, -0.35, decays fast
     enough that the first-order reading holds there too)."""
