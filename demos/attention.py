@@ -14,7 +14,12 @@
 # along a direction fixed by the token (the OV vector). Where lam < 0 the contributions alternate
 # in sign, which positive softmax weights cannot produce with one head.
 #
-# This demo: the theory for two settings, then the measurement on the paper's 4-layer checkpoint
+# The constrained update is Bayes' rule to first order in the emission contrast, so it describes
+# the optimum only for weak emissions (alpha near 1/3): `token_sum_profile` checks that on the
+# process alone, from the best sum of one vector per past token on exact beliefs.
+#
+# This demo: the theory and its first-order check for the experiment's settings and the
+# checkpoint's process, then the measurement on the paper's 4-layer checkpoint
 # (if present), then (with `--train`) the head-count experiment.
 #
 # Run: `python demos/attention.py [--train] [--steps 1500] [--out runs/attention-demo]`.
@@ -27,7 +32,7 @@ import json
 import sys
 from pathlib import Path
 
-from belief_lens.attention import attention_theory
+from belief_lens.attention import attention_theory, token_sum_profile
 from belief_lens.beliefs import sample_sequences
 from belief_lens.experiments.attention import (
     AttentionExperiment,
@@ -48,13 +53,18 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-# %% The theory, from the process alone.
+# %% The theory, from the process alone, and whether its first-order assumption holds.
 def show_theory() -> None:
-    for x, alpha in [(0.05, 0.85), (0.45, 0.85)]:
+    config = AttentionExperiment()
+    for x, alpha in [config.positive, config.negative, config.checkpoint_process]:
         t = attention_theory(mess3(x, alpha))
+        v = token_sum_profile(mess3(x, alpha))
         print(
             f"mess3(x={x}, alpha={alpha}): lam = {t.eigenvalue:+.3f}, heads needed "
-            f"{t.heads_needed}, OV direction of token 0 {t.ov_directions()[0].tolist()}"
+            f"{t.heads_needed}, OV direction of token 0 {t.ov_directions()[0].tolist()}; "
+            f"best token sum decays at {v.slope:+.3f} per step against ln|lam| "
+            f"{v.predicted:+.3f} ({v.rel_gap:.0%} apart): first order "
+            f"{'holds' if v.applies else 'fails'}"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,8 +15,9 @@ from belief_lens.attention import (
     constrained_beliefs,
     fit_log_slope,
     measure_attention,
+    token_sum_profile,
 )
-from belief_lens.beliefs import belief_states
+from belief_lens.beliefs import belief_states, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.models import ModelConfig, load_weights_into, toy_transformer
 from belief_lens.probes import AffineProbe
@@ -65,9 +67,60 @@ def test_theory_refuses_outside_its_family():
         attention_theory(product(mess3(0.05, 0.85), mess3(0.2, 0.85)))
 
 
-def planted_model(rate: float, n_ctx: int = 8):
+def test_token_sum_profile_matches_an_independent_least_squares():
+    # Independently: every distance's full one-hot beside an intercept (rank-deficient; numpy's
+    # minimum-norm solution), each distance's [V, S] block centred across tokens, then norms.
+    hmm, n, L = mess3(0.1, 0.6), 3000, 8
+    p = token_sum_profile(hmm, n_ctx=L, n_sequences=n, seed=3, distances=(1, 4))
+    tokens = sample_sequences(hmm, n, L, seed=3).numpy()
+    y = belief_states(hmm, torch.from_numpy(tokens))[:, -1].numpy()
+    X = np.concatenate([np.ones((n, 1)), np.eye(3)[tokens[:, ::-1]].reshape(n, -1)], axis=1)
+    beta = np.linalg.lstsq(X, y, rcond=None)[0][1:].reshape(L, 3, 3)
+    norms = np.linalg.norm(beta - beta.mean(1, keepdims=True), axis=(1, 2))
+    assert np.allclose(p.coefficient_norms, norms, rtol=1e-8, atol=1e-12)
+    d = np.arange(1, 5)
+    slope, intercept = np.polyfit(d, np.log(norms[1:5]), 1)
+    resid = np.log(norms[1:5]) - (intercept + slope * d)
+    se = math.sqrt((resid**2).sum() / 2 / ((d - d.mean()) ** 2).sum())
+    assert p.slope == pytest.approx(slope, rel=1e-9) and p.se == pytest.approx(se, rel=1e-6)
+    assert p.predicted == pytest.approx(math.log(1 - 3 * 0.1), abs=1e-12)
+    r2 = (
+        1
+        - ((y - X @ np.linalg.lstsq(X, y, rcond=None)[0]) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    )
+    assert p.r2 == pytest.approx(r2, abs=1e-9)
+    assert p.to_dict()["applies"] == p.applies
+
+
+@pytest.mark.parametrize(("alpha", "applies"), [(0.36, True), (0.4, True), (0.85, False)])
+def test_token_sum_profile_follows_lam_only_near_uninformative_emissions(alpha, applies):
+    # First order in the emission contrast: near alpha = 1/3 the best token sum decays at
+    # ln(1 - 3x); at alpha = 0.85 the dropped products of corrections steepen it far past 20%.
+    p = token_sum_profile(mess3(0.05, alpha))
+    assert p.applies is applies
+    assert (abs(p.slope - math.log(0.85)) <= 0.2 * abs(math.log(0.85))) is applies
+    assert p.rel_gap == pytest.approx(abs(p.slope / math.log(0.85) - 1))
+
+
+def test_token_sum_profile_refuses_bad_input():
+    with pytest.raises(BeliefLensError, match="not eigenvectors"):
+        token_sum_profile(make_process("z1r"))
+    with pytest.raises(BeliefLensError, match="n_ctx must be an integer in \\[7, inf\\], got 5"):
+        token_sum_profile(mess3(), n_ctx=5)
+    with pytest.raises(BeliefLensError, match="n_sequences"):
+        token_sum_profile(mess3(), n_sequences=10)
+    with pytest.raises(BeliefLensError, match="distances must be a pair"):
+        token_sum_profile(mess3(), distances=(1,))
+    with pytest.raises(BeliefLensError, match="distances\\[1\\]"):
+        token_sum_profile(mess3(), distances=(2, 3))
+    with pytest.raises(BeliefLensError, match="seed"):
+        token_sum_profile(mess3(), seed=-1)
+
+
+def planted_model(rate: float, n_ctx: int = 8, positional_value: float = 0.0):
     """A 1-layer, 1-head attention-only model whose attention from query q to key k is
-    proportional to exp(-rate (q - k)), and whose OV copies the token's one-hot (dims 2..4)."""
+    proportional to exp(-rate (q - k)), and whose OV copies the token's one-hot (dims 2..4) and
+    writes ``positional_value`` times the position into dim 5 (whatever the token)."""
     cfg = ModelConfig(
         d_vocab=3, n_ctx=n_ctx, n_layers=1, d_model=8, n_heads=1, d_head=4, attn_only=True,
         normalization_type=None,
@@ -83,8 +136,10 @@ def planted_model(rate: float, n_ctx: int = 8):
     W_Q[0, 1, 0] = rate * math.sqrt(dh)  # query: the constant, times the rate (and the scale)
     W_K[0, 0, 0] = 1.0  # key: the position, so the score grows by `rate` per step closer
     W_V[0, 2:5, 0:3] = torch.eye(3)
+    W_V[0, 0, 3] = positional_value
     W_O = torch.zeros(1, dh, d)
     W_O[0, 0:3, 5:8] = torch.eye(3)  # writes the one-hot into dims 5..7
+    W_O[0, 3, 5] = 1.0
     state = {
         "embed.W_E": W_E, "pos_embed.W_pos": W_pos,
         "blocks.0.attn.W_Q": W_Q, "blocks.0.attn.W_K": W_K, "blocks.0.attn.W_V": W_V,
@@ -105,10 +160,18 @@ def hand_probe() -> AffineProbe:
     return AffineProbe().fit(X, X @ B + 1 / 3)
 
 
+def balanced_tokens(seed: int, n_ctx: int = 8) -> torch.Tensor:
+    """63 sequences in which every position holds each token exactly 21 times, in random order:
+    the mean over sequences of a one-hot at any position is exactly 1/3."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.arange(63) % 3
+    return torch.stack([base[torch.randperm(63, generator=g)] for _ in range(n_ctx)], dim=1)
+
+
 @pytest.mark.parametrize("rate", [0.3, 0.9])
 def test_measurement_recovers_a_planted_geometric_profile(rate):
     model = planted_model(rate)
-    tokens = torch.randint(0, 3, (64, 8), generator=torch.Generator().manual_seed(1))
+    tokens = balanced_tokens(1)
     (layer,) = measure_attention(model, tokens, probes={0: hand_probe()})
     head = layer.heads[0]
     # By hand: A[q, k] = exp(-rate (q - k)) / sum_{j<=q} exp(-rate j), for every sequence.
@@ -118,8 +181,9 @@ def test_measurement_recovers_a_planted_geometric_profile(rate):
     assert torch.allclose(head.attention, expected, atol=1e-5)
     assert head.attention_fit.slope == pytest.approx(-rate, abs=1e-5)
     assert head.attention_fit.se < 1e-5
-    # The OV output of token x in belief coordinates is e_x - 1/3 at every position, of norm
-    # sqrt(2/3), so each contribution is the attention times sqrt(2/3): the same slope.
+    # The OV output of token x in belief coordinates is e_x - 1/3 at every position; its mean over
+    # the balanced sequences is 0, so centred it keeps norm sqrt(2/3), and each contribution is
+    # the attention times sqrt(2/3): the same slope.
     assert torch.allclose(head.contribution, expected * math.sqrt(2 / 3), atol=1e-5)
     assert head.contribution_fit.slope == pytest.approx(-rate, abs=1e-5)
     expected_ov = torch.eye(3, dtype=torch.float64) - 1 / 3
@@ -131,6 +195,23 @@ def test_measurement_recovers_a_planted_geometric_profile(rate):
     rho = math.exp(-rate)
     odd = sum(rho**n for n in range(1, 8, 2)) / sum(rho**n for n in range(1, 8))
     assert head.odd_share() == pytest.approx(odd, abs=1e-5)
+
+
+def test_contributions_ignore_a_positional_value_part():
+    # The head also writes 0.7 k (2/3, -1/3, -1/3) in belief coordinates at source position k,
+    # whatever the token: no belief in it, so the contributions are those of the plain model.
+    rate, tokens = 0.5, balanced_tokens(3)
+    (plain,) = measure_attention(planted_model(rate), tokens, probes={0: hand_probe()})
+    (shifted,) = measure_attention(
+        planted_model(rate, positional_value=0.7), tokens, probes={0: hand_probe()}
+    )
+    a, b = plain.heads[0], shifted.heads[0]
+    assert torch.allclose(b.attention, a.attention, atol=1e-6)
+    assert torch.allclose(b.contribution, a.contribution, atol=1e-5)
+    assert b.contribution_fit.slope == pytest.approx(-rate, abs=1e-5)
+    # ...while the uncentred OV vectors carry the positional part's mean, 0.7 * 3.5 along it.
+    shift = 0.7 * 3.5 * torch.tensor([2 / 3, -1 / 3, -1 / 3], dtype=torch.float64)
+    assert torch.allclose(b.ov_vectors, a.ov_vectors + shift, atol=1e-4)
 
 
 def test_measurement_refuses_bad_layers_and_probes():
@@ -149,7 +230,7 @@ def test_measurement_refuses_bad_layers_and_probes():
 def test_comparison_with_the_theory_on_the_planted_model():
     lam = 0.7  # mess3 with x = 0.1: lam = 1 - 3x = 0.7
     model = planted_model(-math.log(lam))
-    tokens = torch.randint(0, 3, (64, 8), generator=torch.Generator().manual_seed(2))
+    tokens = balanced_tokens(2)
     (layer,) = measure_attention(model, tokens, probes={0: hand_probe()})
     theory = attention_theory(mess3(0.1, 0.85))
     with pytest.raises(BeliefLensError, match="not finite"):
@@ -192,6 +273,37 @@ def test_experiment_config_refuses_what_the_prediction_cannot_use():
         AttentionExperiment(heads=(2, 3))
     with pytest.raises(BeliefLensError, match="seeds is empty"):
         AttentionExperiment(seeds=())
+    for share in (0, 1.5):
+        with pytest.raises(BeliefLensError, match="min_share"):
+            AttentionExperiment(min_share=share)
+    with pytest.raises(BeliefLensError, match="alpha"):
+        AttentionExperiment(checkpoint_process=(0.05, 2.0))
+
+
+@pytest.mark.parametrize(
+    ("lam", "e1", "e2", "gain_se", "helps", "holds"),
+    [
+        (-0.35, 1e-4, 0.2e-4, 1e-5, True, True),  # 80% removed, 8 s.e.: helps where predicted
+        (-0.35, 1e-4, 0.7e-4, 1e-5, False, False),  # 3 s.e. but only 30% of the excess
+        (-0.35, 1e-4, 0.2e-4, 5e-5, False, False),  # 80% but within 2 s.e. (1.6)
+        (-0.35, 1e-4, 0.5e-4, 1e-6, True, True),  # exactly min_share counts
+        (-0.35, 1e-4, 0.8e-4, 1e-5, False, False),  # exactly 2 s.e. does not
+        (0.85, 1e-4, 0.9e-4, 1e-6, False, True),  # positive: no help, as predicted
+        (0.85, 1e-4, 0.3e-4, 1e-6, True, False),  # positive, yet a second head helps
+    ],
+)
+def test_head_count_rule_truth_table(lam, e1, e2, gain_se, helps, holds):
+    from belief_lens.experiments.attention import HeadCountResult, second_head_helps
+
+    r = HeadCountResult(
+        "negative" if lam < 0 else "positive", 0.1, 0.85, lam, 0, {1: e1, 2: e2, 3: e1},
+        {1: 1e-6, 2: 1e-6, 3: 1e-6}, gain_se, {}, {}, {}, 0.5,
+    )  # fmt: skip
+    assert r.gain_from_second_head == pytest.approx(e1 - e2)  # the best multi-head model: 2
+    assert r.relative_gain_from_second_head == pytest.approx((e1 - e2) / e1)
+    assert r.second_head_helps is helps
+    assert r.prediction_holds is holds
+    assert second_head_helps(e1 - e2, gain_se, e1, 0.5) is helps
 
 
 def test_attention_command_on_a_tiny_budget(tmp_path, capsys):
@@ -219,9 +331,20 @@ def test_attention_command_on_a_tiny_budget(tmp_path, capsys):
         assert r["steps"] == {"1": 6, "2": 6}
         assert r["excess_loss_1_head"] > 0 and r["excess_loss_2_heads"] > 0  # KL over entropy
         gain = r["excess_loss_1_head"] - r["excess_loss_2_heads"]
-        assert r["head_count_prediction_holds"] == ((gain > r["margin"]) == (r["eigenvalue"] < 0))
+        assert r["gain_from_second_head"] == pytest.approx(gain)
+        se, share = r["gain_from_second_head_se"], r["min_share"]
+        assert se > 0 and share == 0.5 and set(r["excess_loss_se"]) == {"1", "2"}
+        helps = gain > 2 * se and gain >= share * r["excess_loss_1_head"]
+        assert r["second_head_helps"] == helps
+        assert r["head_count_prediction_holds"] == (helps == (r["eigenvalue"] < 0))
+    validity = m["theory_validity"]
+    assert set(validity) == {"positive", "negative"}  # no checkpoint analysed
+    assert validity["positive"]["process"] == "mess3(x=0.05, alpha=0.45)"
+    for v in validity.values():
+        assert v["applies"] == (v["rel_gap"] <= 0.2)
     html = (out / "report.html").read_text()
     assert "Attention as constrained belief updating" in html and "ln(1 − 3x)" in html
+    assert "first-order assumption" in html and "paired" in html
     assert "Under-trained" in html  # six steps: the summary says so (issue 21)
     assert main([*argv, "--export", "none", "--out", str(out)]) == 2  # nothing is overwritten
     assert "already holds files" in capsys.readouterr().err

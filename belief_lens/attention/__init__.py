@@ -1,5 +1,6 @@
 """Attention as constrained belief updating (arXiv 2502.01954): the prediction from the process
-(:mod:`.theory`) and its measurement on any TransformerLens model (:mod:`.measure`)."""
+(:mod:`.theory`, with :func:`token_sum_profile`, the check of its first-order assumption) and its
+measurement on any TransformerLens model (:mod:`.measure`)."""
 
 from belief_lens.attention.measure import (
     AttentionComparison,
@@ -10,17 +11,27 @@ from belief_lens.attention.measure import (
     fit_log_slope,
     measure_attention,
 )
-from belief_lens.attention.theory import AttentionTheory, attention_theory, constrained_beliefs
+from belief_lens.attention.theory import (
+    FIRST_ORDER_TOLERANCE,
+    AttentionTheory,
+    TokenSumProfile,
+    attention_theory,
+    constrained_beliefs,
+    token_sum_profile,
+)
 
 __all__ = [
+    "FIRST_ORDER_TOLERANCE",
     "AttentionComparison",
     "AttentionTheory",
     "HeadMeasurement",
     "LayerMeasurement",
     "SlopeFit",
+    "TokenSumProfile",
     "attention_theory",
     "compare_to_theory",
     "constrained_beliefs",
     "fit_log_slope",
     "measure_attention",
+    "token_sum_profile",
 ]

@@ -4,6 +4,12 @@ contribution (attention times its OV output) in belief coordinates through the l
 OV output of each token and the token embeddings in the same coordinates, and their comparison
 with :mod:`belief_lens.attention.theory`.
 
+A contribution counts only the token-dependent part of the OV output: at each source position the
+output's mean over sequences is subtracted before its norm is taken. The theory's term
+``lam^n delta_x`` has zero mean over tokens (the mean goes into ``pi``); a head's positional value
+vectors write the same thing whatever the token, carry no belief, and, uncentred, can dominate
+the norm where the corrections are small (Mess3 with ``alpha`` near 1/3).
+
 Hooks are TransformerLens names: ``blocks.{L}.attn.hook_pattern`` ``[n, head, q, k]`` and
 ``blocks.{L}.attn.hook_v`` ``[n, k, head, d_head]``; the output matrix ``W_O`` comes from
 :func:`belief_lens.tl_compat.attention_output_weights`. A probe maps ``d_model`` to beliefs; its
@@ -111,8 +117,9 @@ def fit_log_slope(
 @dataclass(frozen=True)
 class HeadMeasurement:
     """One head: its mean attention pattern ``[q, k]`` and, with a probe, the mean norm of each
-    past token's contribution in belief coordinates ``[q, k]`` and each token's mean OV output
-    there ``[V, S]`` (averaged over source positions)."""
+    past token's contribution in belief coordinates ``[q, k]`` (attention times the OV output
+    centred on its mean at the source position: the token-dependent part) and each token's mean
+    OV output there ``[V, S]`` (uncentred, averaged over source positions)."""
 
     layer: int
     head: int
@@ -206,11 +213,13 @@ def measure_attention(
 def _accumulate(
     model: Any, tokens: Tensor, layers: list[int], probes: dict, batch_size: int
 ) -> dict[int, dict[str, Tensor]]:
-    """Sums over sequences of the pattern, the contribution norms, and the OV outputs per token."""
+    """Sums over sequences of the pattern, the contribution norms (of the OV output centred on its
+    mean at each source position), and the OV outputs per token."""
     V = model.cfg.d_vocab
     names = {f"blocks.{layer}.attn.hook_{kind}" for layer in layers for kind in ("pattern", "v")}
     sums: dict[int, dict[str, Tensor]] = {layer: {} for layer in layers}
     device = next(model.parameters()).device
+    means = _position_means(model, tokens, probes, names, batch_size)
     for start in range(0, len(tokens), batch_size):
         batch = tokens[start : start + batch_size].to(device)
         with torch.no_grad():
@@ -223,16 +232,42 @@ def _accumulate(
             probe = probes.get(layer)
             if probe is None:
                 continue
-            W_O = attention_output_weights(model, layer).double().to(device)  # [h, dh, m]
-            v = cache[f"blocks.{layer}.attn.hook_v"].double()  # [b, k, h, dh]
-            coef = probe.coef_.double().to(device)  # [S, m]
-            u = torch.einsum("bkhd,hdm,sm->bkhs", v, W_O, coef)  # OV output, belief coords
-            _add(s, "contribution", (pattern * u.norm(dim=-1).permute(0, 2, 1)[:, :, None]).sum(0))
+            u = _ov_output(model, cache, layer, probe)  # [b, k, h, S]
+            norms = (u - means[layer].to(device)).norm(dim=-1).permute(0, 2, 1)  # [b, h, k]
+            _add(s, "contribution", (pattern * norms[:, :, None]).sum(0))
             _add(s, "ov", torch.einsum("bkv,bkhs->hvs", one_hot, u))
             _add(s, "ov_count", one_hot.sum((0, 1)))
     for layer in layers:
         sums[layer]["n"] = torch.tensor(float(len(tokens)))
     return sums
+
+
+def _ov_output(model: Any, cache: Any, layer: int, probe: AffineProbe) -> Tensor:
+    """Each head's output at each source position in belief coordinates ``[b, k, h, S]``: the
+    value times ``W_O`` times the probe's linear part."""
+    v = cache[f"blocks.{layer}.attn.hook_v"].double()  # [b, k, h, dh]
+    W_O = attention_output_weights(model, layer).double().to(v.device)  # [h, dh, m]
+    return torch.einsum("bkhd,hdm,sm->bkhs", v, W_O, probe.coef_.double().to(v.device))
+
+
+def _position_means(
+    model: Any, tokens: Tensor, probes: dict, names: set[str], batch_size: int
+) -> dict[int, Tensor]:
+    """The mean over sequences of each probed layer's OV output ``[k, h, S]``: the
+    token-independent part that :func:`_accumulate` removes before taking norms."""
+    if not probes:
+        return {}
+    device = next(model.parameters()).device
+    sums: dict[int, Tensor] = {}
+    for start in range(0, len(tokens), batch_size):
+        batch = tokens[start : start + batch_size].to(device)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch, names_filter=lambda name: name in names)
+        for layer, probe in probes.items():
+            if f"blocks.{layer}.attn.hook_v" in names:
+                total = _ov_output(model, cache, layer, probe).sum(0).cpu()
+                sums[layer] = total if layer not in sums else sums[layer] + total
+    return {layer: total / len(tokens) for layer, total in sums.items()}
 
 
 def _add(sums: dict[str, Tensor], key: str, value: Tensor) -> None:

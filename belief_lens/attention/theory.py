@@ -19,6 +19,11 @@ for even distances, one for odd with its OV output negated.
 
 Outside that family (corrections mixing eigenvalues, complex or unit-modulus ones, generalized
 HMMs) the single-rate derivation does not apply, and :func:`attention_theory` refuses.
+
+Inside it the constrained update is the first-order expansion of Bayes' rule in the emission
+contrast: the products of per-token corrections that Bayes' rule multiplies in are dropped. It is
+accurate only where those corrections are small beside the decay (Mess3: emission ``alpha`` near
+1/3). :func:`token_sum_profile` checks that assumption on the process alone.
 """
 
 from __future__ import annotations
@@ -30,12 +35,23 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from belief_lens.beliefs import check_hmm
+from belief_lens.beliefs import belief_states, check_hmm, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM, GeneralizedHMM
-from belief_lens.validation import check_float, check_int
+from belief_lens.validation import check_float, check_int, check_seed
 
-__all__ = ["AttentionTheory", "attention_theory", "constrained_beliefs"]
+__all__ = [
+    "FIRST_ORDER_TOLERANCE",
+    "AttentionTheory",
+    "TokenSumProfile",
+    "attention_theory",
+    "constrained_beliefs",
+    "token_sum_profile",
+]
+
+#: The largest relative gap between the best token sum's log-slope and ``ln|lam|`` at which the
+#: first-order derivation counts as describing the process (the acceptance's 20%).
+FIRST_ORDER_TOLERANCE = 0.2
 
 
 @dataclass(frozen=True)
@@ -165,3 +181,128 @@ def constrained_beliefs(
     weights = torch.where(d[:, None] >= d[None, :], theory.eigenvalue**power, 0.0)  # [d, s]
     terms = theory.corrections[tokens.long()]  # [n, s, S]
     return theory.stationary + torch.einsum("ds,nsk->ndk", weights, terms)
+
+
+@dataclass(frozen=True)
+class TokenSumProfile:
+    """How the best sum of one vector per past token reads the exact belief, by distance.
+
+    ``coefficient_norms[d]`` is the norm of the least-squares coefficients of the token ``d``
+    steps back (``[V, S]``, centred across tokens), for ``d = 0..n_ctx-1``; ``slope`` (± ``se``,
+    the OLS standard error of the line through the points, not a sampling error) is the fitted
+    change of their log per step over ``distances``; ``predicted`` is ``ln|lam|``; ``r2`` the share
+    of the belief's variance the token sum explains. ``applies``: the relative gap is within
+    :data:`FIRST_ORDER_TOLERANCE`, so the first-order derivation's decay describes the optimum.
+    """
+
+    process: str
+    n_ctx: int
+    n_sequences: int
+    seed: int
+    coefficient_norms: tuple[float, ...]
+    distances: tuple[int, int]
+    slope: float
+    se: float
+    predicted: float
+    r2: float
+
+    @property
+    def rel_gap(self) -> float:
+        """``|slope - ln|lam|| / |ln|lam||``."""
+        return abs(self.slope - self.predicted) / abs(self.predicted)
+
+    @property
+    def applies(self) -> bool:
+        return self.rel_gap <= FIRST_ORDER_TOLERANCE
+
+    def to_dict(self) -> dict:
+        """JSON-ready numbers."""
+        return {
+            "process": self.process,
+            "n_ctx": self.n_ctx,
+            "n_sequences": self.n_sequences,
+            "seed": self.seed,
+            "coefficient_norms": list(self.coefficient_norms),
+            "distances": list(self.distances),
+            "slope": self.slope,
+            "se": self.se,
+            "predicted": self.predicted,
+            "rel_gap": self.rel_gap,
+            "tolerance": FIRST_ORDER_TOLERANCE,
+            "applies": self.applies,
+            "r2": self.r2,
+        }
+
+
+def token_sum_profile(
+    hmm: HMM,
+    n_ctx: int = 16,
+    n_sequences: int = 20000,
+    seed: int = 0,
+    distances: tuple[int, int] = (1, 6),
+) -> TokenSumProfile:
+    """Check the derivation's first-order assumption on ``hmm`` alone (no model).
+
+    Regress the exact belief at the last of ``n_ctx`` positions, over ``n_sequences`` sampled
+    sequences, on the one-hot token at every distance at once (partial coefficients, one
+    intercept), and fit the log of each distance's coefficient norm against the distance over
+    ``distances`` (inclusive). Why: attention from the last position with position-only weights
+    sums one vector per past token, and this regression is the best such sum in squared error on
+    the exact beliefs. Where its decay disagrees with ``lam^d``, the first-order derivation does
+    not describe the optimum, and a trained model cannot be expected to follow ``lam^d``.
+    Refuses what :func:`attention_theory` refuses, ``lam = 0``, and sizes too small to fit.
+    """
+    theory = attention_theory(hmm)
+    predicted = theory.log_slope
+    if not isinstance(distances, tuple | list) or len(distances) != 2:
+        raise BeliefLensError(f"distances must be a pair (first, last), got {distances!r:.60}")
+    lo = check_int("distances[0]", distances[0], low=1)
+    hi = check_int("distances[1]", distances[1], low=lo + 2)  # three points for a standard error
+    n_ctx = check_int("n_ctx", n_ctx, low=hi + 1)
+    V = hmm.n_symbols
+    n_sequences = check_int("n_sequences", n_sequences, low=2 * (1 + n_ctx * (V - 1)))
+    seed = check_seed("seed", seed)
+    tokens = sample_sequences(hmm, n_sequences, n_ctx, seed=seed)
+    target = belief_states(hmm, tokens)[:, -1].double()  # [n, S]
+    onehot = torch.nn.functional.one_hot(tokens.flip(1), V).double()  # [n, d, V]: d steps back
+    X = torch.cat([torch.ones(n_sequences, 1, dtype=torch.float64), onehot[..., 1:].flatten(1)], 1)
+    solution = torch.linalg.lstsq(X, target).solution  # token 0 at each distance is the reference
+    coef = torch.cat(
+        [
+            torch.zeros(n_ctx, 1, hmm.n_states, dtype=torch.float64),
+            solution[1:].reshape(n_ctx, V - 1, -1),
+        ],
+        dim=1,
+    )
+    coef = coef - coef.mean(1, keepdim=True)  # centred across tokens: free of the reference
+    norms = coef.flatten(1).norm(dim=1)
+    fit = norms[lo : hi + 1]
+    if bool((fit <= 0).any()):
+        raise BeliefLensError(
+            f"{hmm.name}: coefficient norms at distances {lo}..{hi} must be positive to take "
+            f"logs, got {fit.tolist()}"
+        )
+    slope, se = _line_slope(torch.arange(lo, hi + 1, dtype=torch.float64), fit.log())
+    residual = target - X @ solution
+    r2 = 1.0 - float((residual**2).sum() / ((target - target.mean(0)) ** 2).sum())
+    return TokenSumProfile(
+        hmm.name,
+        n_ctx,
+        n_sequences,
+        seed,
+        tuple(norms.tolist()),
+        (lo, hi),
+        slope,
+        se,
+        predicted,
+        r2,
+    )
+
+
+def _line_slope(x: Tensor, y: Tensor) -> tuple[float, float]:
+    """Ordinary least-squares slope of ``y`` on ``x`` (with an intercept) and its standard error."""
+    xc, yc = x - x.mean(), y - y.mean()
+    sxx = float((xc * xc).sum())
+    slope = float((xc * yc).sum()) / sxx
+    se = math.sqrt(float(((yc - slope * xc) ** 2).sum()) / (len(x) - 2) / sxx)
+    return slope, se
