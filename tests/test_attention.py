@@ -339,7 +339,7 @@ def test_attention_command_on_a_tiny_budget(tmp_path, capsys):
         assert r["head_count_prediction_holds"] == (helps == (r["eigenvalue"] < 0))
     validity = m["theory_validity"]
     assert set(validity) == {"positive", "negative"}  # no checkpoint analysed
-    assert validity["positive"]["process"] == "mess3(x=0.05, alpha=0.45)"
+    assert validity["positive"]["process"] == "mess3(x=0.05, alpha=0.38)"
     for v in validity.values():
         assert v["applies"] == (v["rel_gap"] <= 0.2)
     html = (out / "report.html").read_text()

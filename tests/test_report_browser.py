@@ -212,7 +212,7 @@ def check_in_browser(report: Path, shots: Path) -> dict:
 def mess3_demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mess3") / "demo"
     argv = ["-q", "demo", "--max-steps", "30", "--minutes", "1", "--out", str(out)]
-    assert main([*argv, "--no-interventions"]) == 0
+    assert main([*argv, "--no-interventions", "--export", "none"]) == 0  # the page, not files
     return out / "report.html"
 
 
@@ -221,7 +221,7 @@ def rrxor_probe(shared_checkpoint, tmp_path_factory) -> Path:
     path = shared_checkpoint("rrxor_paper")
     out = tmp_path_factory.mktemp("rrxor") / "probe"
     argv = ["-q", "probe", "--checkpoint", str(path), "--process", "rrxor", "--out", str(out)]
-    assert main([*argv, "--no-interventions"]) == 0
+    assert main([*argv, "--no-interventions", "--export", "none"]) == 0  # the page, not files
     return out / "report.html"
 
 

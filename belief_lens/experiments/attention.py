@@ -79,11 +79,12 @@ class AttentionExperiment:
     Why these settings: the decay-rate test needs the derivation's first-order regime, emissions
     barely informative (``alpha`` near 1/3; at the paper's 0.85 the best per-token sum of the exact
     beliefs has a log-slope 4.5 times ``ln lam``, see :func:`token_sum_profile`), so the positive
-    setting is ``alpha = 0.45``. The head-count test needs a loss difference large enough to
+    setting is ``alpha = 0.38``, where that check's gap (3%) is a small part of its 20% tolerance
+    (0.45: 18%, at the edge; 0.40: 6%). The head-count test needs a loss difference large enough to
     measure, so the negative setting keeps ``alpha = 0.85`` (its eigenvalue, -0.35, decays fast
     enough that the first-order reading holds there too)."""
 
-    positive: tuple[float, float] = (0.05, 0.45)
+    positive: tuple[float, float] = (0.05, 0.38)
     negative: tuple[float, float] = (0.45, 0.85)
     heads: tuple[int, ...] = (1, 2)
     seeds: tuple[int, ...] = (0, 1)
