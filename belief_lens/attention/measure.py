@@ -311,11 +311,12 @@ def _layer_result(
 
 @dataclass(frozen=True)
 class AttentionComparison:
-    """One head measured against the theory: the contribution's log-slope (the quantity the
-    constrained update predicts) and the raw attention's, each with its standard error; their
-    ratios and relative errors to ``ln|lam|``; the cosine of each token's OV output and embedding
-    (each centred on its ``P(x)``-weighted mean over tokens) with ``delta_x``; and R^2 of the
-    predicted slope."""
+    """One head measured against the theory: the attention pattern's log-slope (the quantity the
+    paper predicts: "the attention pattern, OV-vectors, and embedding vectors", its abstract; the
+    pattern goes as ``lam^(d - s)``) and each past token's contribution's (attention times the
+    token-dependent OV output), each with its standard error; their ratios and relative errors to
+    ``ln|lam|``; the cosine of each token's OV output and embedding (each centred on its
+    ``P(x)``-weighted mean over tokens) with ``delta_x``; and R^2 of the predicted slope."""
 
     layer: int
     head: int
@@ -327,28 +328,32 @@ class AttentionComparison:
 
     @property
     def slope_ratio(self) -> float:
-        return self.contribution.slope / self.slope_predicted
+        """The attention pattern's log-slope over ``ln|lam|``."""
+        return self.attention.slope / self.slope_predicted
 
     @property
     def rel_error(self) -> float:
-        return abs(self.contribution.slope - self.slope_predicted) / abs(self.slope_predicted)
+        """``|attention slope - ln|lam|| / |ln|lam||``: the prediction's error."""
+        return abs(self.attention.slope - self.slope_predicted) / abs(self.slope_predicted)
 
     @property
-    def attention_slope_ratio(self) -> float:
-        return self.attention.slope / self.slope_predicted
+    def contribution_rel_error(self) -> float:
+        return abs(self.contribution.slope - self.slope_predicted) / abs(self.slope_predicted)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
             "head": self.head,
             "attention_slope_predicted": self.slope_predicted,
-            "attention_slope_measured": self.contribution.slope,
-            "attention_slope_measured_se": self.contribution.se,
+            "attention_slope_measured": self.attention.slope,
+            "attention_slope_measured_se": self.attention.se,
             "attention_slope_raw": self.attention.slope,
             "attention_slope_raw_se": self.attention.se,
             "attention_slope_ratio": self.slope_ratio,
             "attention_slope_rel_error": self.rel_error,
-            "attention_slope_raw_ratio": self.attention_slope_ratio,
+            "contribution_slope_measured": self.contribution.slope,
+            "contribution_slope_measured_se": self.contribution.se,
+            "contribution_slope_rel_error": self.contribution_rel_error,
             "contribution_r2_predicted": self.contribution.r2_predicted,
             "attention_r2_predicted": self.attention.r2_predicted,
             "ov_cosines": list(self.ov_cosines),

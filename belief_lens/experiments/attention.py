@@ -79,12 +79,14 @@ class AttentionExperiment:
     Why these settings: the decay-rate test needs the derivation's first-order regime, emissions
     barely informative (``alpha`` near 1/3; at the paper's 0.85 the best per-token sum of the exact
     beliefs has a log-slope 4.5 times ``ln lam``, see :func:`token_sum_profile`), so the positive
-    setting is ``alpha = 0.38``, where that check's gap (3%) is a small part of its 20% tolerance
-    (0.45: 18%, at the edge; 0.40: 6%). The head-count test needs a loss difference large enough to
+    setting is ``alpha = 0.4``, where that check's gap (6%) is well inside its 20% tolerance
+    (0.45: 18%, at the edge). Closer to 1/3 the pattern barely matters to the loss (excess losses
+    near 1e-6) and training leaves it loosely set (at 0.38 the two seeds' slopes were 10% and
+    42% from ``ln lam``). The head-count test needs a loss difference large enough to
     measure, so the negative setting keeps ``alpha = 0.85`` (its eigenvalue, -0.35, decays fast
     enough that the first-order reading holds there too)."""
 
-    positive: tuple[float, float] = (0.05, 0.38)
+    positive: tuple[float, float] = (0.05, 0.4)
     negative: tuple[float, float] = (0.45, 0.85)
     heads: tuple[int, ...] = (1, 2)
     seeds: tuple[int, ...] = (0, 1)
@@ -304,6 +306,10 @@ class AttentionRun:
             "attention_slope_raw": mean("attention_slope_raw"),
             "attention_slope_raw_se": mean("attention_slope_raw_se"),
             "attention_slope_rel_error": abs(measured - predicted) / abs(predicted),
+            "contribution_slope_measured": mean("contribution_slope_measured"),
+            "contribution_slope_measured_se": mean("contribution_slope_measured_se"),
+            "contribution_slope_rel_error": abs(mean("contribution_slope_measured") - predicted)
+            / abs(predicted),
             "ov_cosine_min": min(c.to_dict()["ov_cosine_min"] for c in comps),
             "embedding_cosine_min": min(c.to_dict()["embedding_cosine_min"] for c in comps),
             "per_seed": [

@@ -334,12 +334,15 @@ def _agreement(run: Any) -> str:
     ov_ok = m["ov_cosine_min"] >= 0.9
     v = run.validity["positive"]
     return (
-        f"At the positive setting ({v.process}) each past token's contribution (attention × its "
-        f"OV output in belief coordinates) decays with log-slope "
+        f"At the positive setting ({v.process}) the attention pattern (the quantity the paper "
+        f"predicts, as lam^(d − s)) decays with log-slope "
         f"{m['attention_slope_measured']:.3f} (± {m['attention_slope_measured_se']:.3f}) per "
         f"step, against the predicted ln(1 − 3x) = {m['attention_slope_predicted']:.3f}: relative "
         f"error {m['attention_slope_rel_error']:.0%}, {'within' if within else 'not within'} 20%. "
-        f"Raw attention: {m['attention_slope_raw']:.3f} (± {m['attention_slope_raw_se']:.3f}). "
+        f"Each past token's contribution (attention × its token-dependent OV output in belief "
+        f"coordinates): {m['contribution_slope_measured']:.3f} "
+        f"(± {m['contribution_slope_measured_se']:.3f}), "
+        f"{m['contribution_slope_rel_error']:.0%} from the prediction. "
         f"The OV directions {'agree' if ov_ok else 'do not agree'} with the predicted corrections "
         f"(smallest cosine {m['ov_cosine_min']:.3f}; 0.9 asked). {_validity_sentence(v)} "
         f"The measured slope is {m['attention_slope_measured'] / v.slope:.2f}x that best token "
