@@ -673,14 +673,17 @@ def test_tables_on_the_same_rows_share_one_factorisation(monkeypatch):
     monkeypatch.setattr(
         solvers.RowsSVD, "of", classmethod(lambda cls, *a, **k: made.append(1) or of(cls, *a, **k))
     )
-    data = synthetic_data(rrxor(), n_ctx=6)
+    wide = dict(n_ctx=6, d=60)  # 60 and 120 columns on 110 prefixes: each factorisation pays
+    data = synthetic_data(rrxor(), **wide)
     fit_probes(data)
     first = len(made)
     assert first == 3 * 6  # two hooks and the concatenation; 5 folds and all rows each
     shared = [shuffle_control(data), next_token_control(data)]
     assert len(made) == first
-    fresh = [shuffle_control(synthetic_data(rrxor(), n_ctx=6))]
-    fresh.append(next_token_control(synthetic_data(rrxor(), n_ctx=6)))
+    fresh = [shuffle_control(synthetic_data(rrxor(), **wide))]
+    fresh.append(next_token_control(synthetic_data(rrxor(), **wide)))
+    assert len(made) == first + 2 * 18
+    fit_probes(synthetic_data(rrxor(), n_ctx=6))  # 8 and 16 columns on 110 rows: refactored
     assert len(made) == first + 2 * 18
     for a, b in zip(shared, fresh, strict=True):
         for ra, rb in zip(a.rows, b.rows, strict=True):

@@ -129,10 +129,11 @@ def _svd_solution(
 
 @dataclass(frozen=True)
 class RowsSVD:
-    """The truncated SVD of centred, weighted, column-standardised rows ``(x - mean) sqrt(w)``:
-    ``solve_rows`` on them for any targets, as two small products. The probe tables of one
-    dataset (the model's, the shuffled and the next-token control) share their rows and differ
-    only in targets, so one factorisation serves them all.
+    """The minimum-norm least-squares inverse of centred, weighted rows ``(x - mean) sqrt(w)``,
+    from their column-standardised truncated SVD: ``solve_rows`` on these rows for any targets
+    is one product. The probe tables of one dataset (the model's, the shuffled and the
+    next-token control) share their rows and differ only in targets, so one factorisation
+    serves them all; it keeps one ``[d, m]`` matrix.
 
     >>> X, Y = torch.randn(50, 80, dtype=torch.float64), torch.randn(50, 3, dtype=torch.float64)
     >>> f = RowsSVD.of(X, X.mean(0))
@@ -145,11 +146,8 @@ class RowsSVD:
     mean: Float[Tensor, " d"]
     root_w: Float[Tensor, " m"] | None
     live: Tensor
-    scale: Tensor
-    U: Tensor
-    sv: Tensor
-    V: Tensor
-    basis: Tensor | None
+    inverse: Float[Tensor, "live m"]
+    rank: int
 
     @classmethod
     def of(
@@ -167,20 +165,21 @@ class RowsSVD:
             A = A * root[:, None]
         norms = A.norm(dim=0)
         live = torch.nonzero(norms > 0).flatten()
+        if len(live) == 0:
+            return cls(mean, root, live, A.new_zeros(0, A.shape[0]), 0)
         scale = norms[live]
         As = A[:, live] / scale
-        if len(live) == 0:
-            empty = A.new_zeros(A.shape[0], 0)
-            return cls(mean, root, live, scale, empty, A.new_zeros(0), A.new_zeros(0, 0), None)
         with lapack_threads(max(As.shape), As.device):
             U, sv, V = _svd(As, _EPS64 * max(As.shape))
+            inverse = (V / sv) @ U.T / scale[:, None]  # [live, m]
             basis = _row_space(V, scale)
-        return cls(mean, root, live, scale, U, sv, V, basis)
+            if basis is not None:
+                inverse = basis @ (basis.T @ inverse)
+        return cls(mean, root, live, inverse, V.shape[1])
 
     @property
     def nbytes(self) -> int:
-        parts = (self.U, self.V, self.basis)
-        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+        return self.inverse.numel() * self.inverse.element_size()
 
     def solve(self, Y: Float[Tensor, "m S"], y_mean: Float[Tensor, " S"]) -> tuple[Tensor, int]:
         """``solve_rows`` of the factored rows against ``Y`` about ``y_mean``: the minimum-norm
@@ -189,9 +188,8 @@ class RowsSVD:
         if self.root_w is not None:
             B = B * self.root_w[:, None]
         X = B.new_zeros(len(self.mean), B.shape[1])
-        if len(self.live):
-            X[self.live] = _svd_solution(self.U, self.sv, self.V, self.scale, self.basis, B)
-        return X, self.V.shape[1]
+        X[self.live] = self.inverse @ B
+        return X, self.rank
 
 
 def _full_rank_triangular(A: Tensor, B: Tensor, cut: float) -> Tensor | None:

@@ -167,13 +167,16 @@ class _Folds:
     ) -> AffineProbe:
         moments, rows = pooled
         sub = None if rows is None else rows[0]
-        svd = None if sub is None or ridge > 0 else self._factor(which, sub, moments)
+        wide = sub is not None and sub[0].shape[0] <= 2 * sub[0].shape[1]
+        svd = self._factor(which, sub, moments) if wide and ridge == 0 else None
         return AffineProbe(ridge=ridge).fit_moments(moments, hook=hook, rows=sub, rows_svd=svd)
 
     def _factor(self, which: list[int], rows: tuple, moments: Moments) -> RowsSVD:
         """The rows' factorisation, shared with every table fitted on the same data, grouping
         and columns (their rows are equal; only the targets differ), within
-        ``SHARED_FACTOR_BYTES``."""
+        ``SHARED_FACTOR_BYTES``. Used where rows are at most twice the columns (the RRXOR
+        concatenation: 1,280 columns on about 1,000 prefixes), where a factorisation is costly;
+        taller rows are refactored, cheaply, by ``RowFactor``."""
         key = (*self.key, tuple(which))
         mean = moments.to("cpu").mean_x
         cached = self.memo.get(key)
