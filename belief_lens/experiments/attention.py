@@ -44,7 +44,7 @@ from belief_lens.attention import (
 from belief_lens.beliefs import belief_states, next_token_distributions, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
-from belief_lens.metrics import entropy, kl_divergence
+from belief_lens.metrics import entropy, kl_divergence, mean_se
 from belief_lens.models import ModelConfig, load_checkpoint, toy_transformer
 from belief_lens.probes import AffineProbe
 from belief_lens.processes import mess3
@@ -353,10 +353,6 @@ def excess_loss(model: Any, hmm: HMM, tokens: Any) -> float:
     return float(excess_loss_per_sequence(model, hmm, tokens).mean())
 
 
-def _standard_error(values: Tensor) -> float:
-    return float(values.std() / len(values) ** 0.5)
-
-
 def _train_one(
     config: AttentionExperiment, hmm: HMM, heads: int, seed: int, directory: Path | None
 ) -> tuple[Any, Any]:
@@ -409,8 +405,8 @@ def _one_setting(
         analyses[heads] = analyse_attention(model, hmm, tokens, theory)
     excess = {h: float(v.mean()) for h, v in per_sequence.items()}
     best = min((h for h in excess if h > 1), key=excess.__getitem__)
-    gain_se = _standard_error(per_sequence[1] - per_sequence[best])
-    se = {h: _standard_error(v) for h, v in per_sequence.items()}
+    gain_se = mean_se((per_sequence[1] - per_sequence[best]).tolist())[1]
+    se = {h: mean_se(v.tolist())[1] for h, v in per_sequence.items()}
     x, alpha = getattr(config, name)
     return HeadCountResult(
         name, x, alpha, theory.eigenvalue, seed, excess, se, gain_se, trainer, steps, analyses,
