@@ -24,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+from belief_lens.cli_args import export_formats
 from belief_lens.experiments.factored import (
     FactoredExperiment,
     factored_training,
@@ -47,7 +48,7 @@ def parse_args(argv):
 def run_one(epsilon: float, args, out: Path) -> dict:
     training = factored_training(seconds=args.minutes * 60, steps=args.max_steps, seed=args.seed)
     run = run_factored_experiment(FactoredExperiment(epsilon=epsilon, train=training), out)
-    export = () if args.export == "none" else tuple(args.export.split(","))
+    export = export_formats(args.export)
     title = f"Factored belief geometry: {run.process_name}"
     return write_factored_report(run, out, title, export=export)
 

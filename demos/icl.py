@@ -19,6 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
+from belief_lens.cli_args import export_formats
 from belief_lens.experiments.icl import (
     ICLExperiment,
     icl_training,
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # %% The report: loss curve, log-odds probe against the truth, the (n, alpha) phase diagram.
-    export = () if args.export == "none" else tuple(args.export.split(","))
+    export = export_formats(args.export)
     metrics = write_icl_report(run, out, export=export)
     print(json.dumps({k: metrics[k] for k in list(metrics)[:8]}, indent=1))
     return 0

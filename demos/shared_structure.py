@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from belief_lens.activations import eval_mode
+from belief_lens.cli_args import export_formats
 from belief_lens.models import ModelConfig, save_checkpoint, toy_transformer
 from belief_lens.plotting import compare_figure
 from belief_lens.processes import mess3, mixture
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         title="Probe fitted on vocabulary A, applied to vocabulary B",
     )  # fmt: skip
     section = shared_structure_section(result, [fig], loss_over_optimal=loss.loss_over_optimal)
-    export = () if args.export == "none" else tuple(args.export.split(","))
+    export = export_formats(args.export)
     write_report(out, "One structure, two vocabularies", [section], metrics, export=export)
     save_checkpoint(model, out / "model.safetensors", overwrite=True)  # a rerun, as the report
     print(f"wrote {out}/report.html and {out}/metrics.json")

@@ -96,6 +96,19 @@ def test_a_shared_row_factorisation_solves_any_targets_as_lstsq(kind):
             assert np.linalg.norm(coef.numpy()) <= np.linalg.norm(ref) * (1 + 1e-9)
 
 
+def test_a_shared_factorisation_is_refused_where_it_does_not_apply():
+    """``rows_svd`` factors centred rows without a ridge: a ridge or no intercept is refused."""
+    from belief_lens.probing.solvers import RowsSVD
+
+    X, Y = (torch.from_numpy(a) for a in features("scaled", n=50))
+    rows, f = (X, Y, None), RowsSVD.of(X, X.mean(0))
+    moments = Moments.of(X, Y)
+    assert AffineProbe().fit_moments(moments, rows=rows, rows_svd=f).rank_ == 8
+    for probe in (AffineProbe(ridge=0.1), AffineProbe(fit_intercept=False)):
+        with pytest.raises(BeliefLensError, match="rows_svd factors centred rows"):
+            probe.fit_moments(moments, rows=rows, rows_svd=f)
+
+
 @pytest.mark.parametrize("n", [10_000, 1_000_000])
 @pytest.mark.parametrize("kind", ["scaled", "rank_deficient", "both"])
 def test_default_solver_equals_lstsq_at_any_size(kind, n):
