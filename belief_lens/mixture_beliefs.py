@@ -9,8 +9,11 @@ the Bayes-optimal predictor does two things at once: it filters each component's
 - the component posterior ``P(c | x_0..x_t) = softmax(log w + sum_{u<=t} log P(x_u | x_<u, c))``
   and its log-odds; every token adds its log-likelihood under each component (its *evidence*);
 - the mixture's next-token distribution, the posterior-weighted mix of the components';
-- with a shift ``alpha * s`` of the log prior toward one component, the closed form of
-  activation steering as a change of prior (Bigelow et al. 2025, arXiv 2511.00617);
+- two closed forms of activation steering with one scale ``s``: a shift ``alpha * s`` of the
+  log prior toward one component (``"log_odds"``: steering as a change of prior, Bigelow et al.
+  2025, arXiv 2511.00617), or a contraction of the component posterior toward that component's
+  vertex of the simplex by ``1 - exp(-alpha * s)`` (``"simplex"``: steering as a move of the
+  belief itself, which a residual stream that holds beliefs linearly makes);
 - per position, the optimal loss, the loss of the predictor that never updates its component
   belief (fixed prior weights, each component's own belief still filtered), and the loss of the
   oracle that knows the component, each estimated on sampled prefixes with its standard error.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from jaxtyping import Float, Int
@@ -34,9 +38,10 @@ from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.metrics import entropy
 from belief_lens.processes import mixture
-from belief_lens.validation import check_int
+from belief_lens.validation import check_int, check_option
 
 __all__ = [
+    "STEERING_FORMS",
     "ExcessFit",
     "MixtureBeliefs",
     "ReferenceLosses",
@@ -44,6 +49,11 @@ __all__ = [
     "mixture_beliefs",
     "reference_losses",
 ]
+
+#: How steering with strength ``alpha`` acts on the component posterior (see
+#: :meth:`MixtureBeliefs.posterior`).
+SteeringForm = Literal["log_odds", "simplex"]
+STEERING_FORMS: tuple[str, ...] = get_args(SteeringForm)
 
 
 @dataclass(frozen=True)
@@ -105,9 +115,34 @@ class MixtureBeliefs:
         logits = logits + (a * float(s))[..., None, None, None] * shift  # [*A, n, L, K]
         return torch.log_softmax(logits, -1)
 
-    def posterior(self, alpha: float | Tensor = 0.0, s: float = 1.0, toward: int = 0) -> Tensor:
-        """``P(c | x_0..x_t, alpha)``, ``[*A, n, L, K]`` (see ``log_posterior``)."""
-        return self.log_posterior(alpha, s, toward).exp()
+    def posterior(
+        self,
+        alpha: float | Tensor = 0.0,
+        s: float = 1.0,
+        toward: int = 0,
+        form: SteeringForm = "log_odds",
+    ) -> Float[Tensor, "*A n L K"]:
+        """``P(c | x_0..x_t, alpha)``, ``[*A, n, L, K]``. ``"log_odds"``: the prior shifted (see
+        ``log_posterior``). ``"simplex"``: ``(1 - lam) P(c | x_0..x_t) + lam * target`` with
+        ``lam = 1 - exp(-|alpha * s|)``, the target component ``toward``'s vertex when ``alpha *
+        s >= 0``, else the posterior over the other components: the one-parameter family of
+        affine maps of the simplex toward a vertex whose steps of one sign compose (``alpha``
+        then ``beta`` is ``alpha + beta``), as the log-odds shifts do in their coordinates."""
+        form = check_option("form", form, SteeringForm)
+        if form == "log_odds":
+            return self.log_posterior(alpha, s, toward).exp()
+        k = self._component(toward)
+        x = (torch.as_tensor(alpha, dtype=torch.float64) * float(s))[..., None, None, None]
+        p = self.log_posterior().exp()  # [n, L, K]
+        vertex = torch.zeros_like(p)
+        vertex[..., k] = 1.0
+        rest = p.clone()
+        rest[..., k] = 0.0
+        mass = rest.sum(-1, keepdim=True)
+        rest = torch.where(mass > 0, rest / mass.clamp_min(1e-300), p)  # no other: stays put
+        target = torch.where(x >= 0, vertex, rest)
+        lam = -torch.expm1(-x.abs())
+        return (1 - lam) * p + lam * target
 
     def log_odds(self, component: int = 0) -> Float[Tensor, "n L"]:
         """``log P(c | x_0..x_t) / (1 - P(c | x_0..x_t))`` for ``c = component``, unsteered."""
@@ -117,12 +152,16 @@ class MixtureBeliefs:
         return lp[..., k] - others
 
     def predict(
-        self, alpha: float | Tensor = 0.0, s: float = 1.0, toward: int = 0
+        self,
+        alpha: float | Tensor = 0.0,
+        s: float = 1.0,
+        toward: int = 0,
+        form: SteeringForm = "log_odds",
     ) -> Float[Tensor, "*A n L V"]:
         """The next-token distribution after ``x_0..x_t``: the components' own next-token
         distributions mixed with the (steered) posterior. At ``alpha = 0`` it is the mixture's
-        exact ``P(x_{t+1} | x_0..x_t)``."""
-        post = self.posterior(alpha, s, toward)
+        exact ``P(x_{t+1} | x_0..x_t)`` in either form."""
+        post = self.posterior(alpha, s, toward, form)
         return (post[..., None] * self.component_next).sum(-2)
 
     def never_updating(self) -> Float[Tensor, "n L V"]:

@@ -2,15 +2,19 @@
 "Belief dynamics reveal the dual nature of in-context learning and activation steering",
 arXiv 2511.00617), with the latent concept known exactly: the mixture component.
 
-The theory: steering with strength ``alpha`` along a model's component direction shifts its log
-prior by ``alpha * s`` toward one component, and context adds the tokens' evidence, so
+Two closed forms, each with one free number ``s`` fitted per model by maximum likelihood over
+the grid (the mean ``KL(measured || predicted)`` minimised):
 
-    P(c | x_0..x_t, alpha) = softmax(log w + alpha * s * e_toward + sum_u log P(x_u | x_<u, c))
+- ``"log_odds"`` (Bigelow et al.): steering with strength ``alpha`` along a model's component
+  direction shifts its log prior by ``alpha * s`` toward one component, and context adds the
+  tokens' evidence, so
+  ``P(c | x_0..x_t, alpha) = softmax(log w + alpha * s * e_toward + sum_u log P(x_u | x_<u, c))``;
+- ``"simplex"``: steering moves the belief itself, ``P(c | x, alpha) = (1 - lam) P(c | x) + lam
+  e_toward`` with ``lam = 1 - exp(-alpha * s)``: what a residual stream that holds the belief
+  linearly (Shai et al. 2024) does when a direction is added to it and normalised after.
 
-and the next-token distribution is the components' own next-token distributions mixed with these
-weights (:meth:`belief_lens.mixture_beliefs.MixtureBeliefs.predict`). ``s`` (log-odds per unit of
-``alpha``) is the only free number; it is fitted per model by maximum likelihood over the grid
-(the mean ``KL(measured || predicted)`` minimised).
+Either way the next-token distribution is the components' own next-token distributions mixed with
+these weights (:meth:`belief_lens.mixture_beliefs.MixtureBeliefs.predict`).
 
 The grid takes the measured next-token distributions from any callable ``measure(alpha) ->
 [n, L, V]``: a steered model (:mod:`belief_lens.experiments.icl`), or the theory itself with a
@@ -34,8 +38,8 @@ from torch import Tensor
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.metrics import kl_divergence
-from belief_lens.mixture_beliefs import MixtureBeliefs
-from belief_lens.validation import check_finite_tensor, check_float, check_int
+from belief_lens.mixture_beliefs import MixtureBeliefs, SteeringForm
+from belief_lens.validation import check_finite_tensor, check_float, check_int, check_option
 
 __all__ = [
     "CORRELATION_CRITERION",
@@ -97,13 +101,13 @@ class SteeringGrid:
     beliefs: MixtureBeliefs = field(repr=False)
     toward: int = 0
 
-    def predicted(self, s: float) -> Float[Tensor, "A n N V"]:
+    def predicted(self, s: float, form: SteeringForm = "log_odds") -> Float[Tensor, "A n N V"]:
         """The closed form's next-token distributions over the grid for scale ``s``."""
-        return self.beliefs.predict(self.alphas, s, self.toward)
+        return self.beliefs.predict(self.alphas, s, self.toward, form)
 
-    def mean_kl(self, s: float) -> float:
-        """Mean ``KL(measured || predicted(s))`` over the grid's cells and sequences."""
-        return float(kl_divergence(self.measured, self.predicted(s)).mean())
+    def mean_kl(self, s: float, form: SteeringForm = "log_odds") -> float:
+        """Mean ``KL(measured || predicted(s, form))`` over the grid's cells and sequences."""
+        return float(kl_divergence(self.measured, self.predicted(s, form)).mean())
 
 
 def steering_grid(
@@ -146,27 +150,34 @@ def steering_grid(
 
 
 # ------------------------------------------------------------------------------- the fit
-def fit_steering_scale(grid: SteeringGrid, bound: float = 10.0, tol: float = 1e-6) -> float:
-    """The ``s`` in ``[-bound, bound]`` minimising ``grid.mean_kl(s)`` (maximum likelihood of the
-    closed form under the measured distributions): a scan of 81 points, then golden-section
-    search in the best point's bracket."""
+def fit_steering_scale(
+    grid: SteeringGrid, bound: float = 10.0, tol: float = 1e-6, form: SteeringForm = "log_odds"
+) -> float:
+    """The ``s`` in ``[-bound, bound]`` minimising ``grid.mean_kl(s, form)`` (maximum likelihood
+    of the closed form under the measured distributions): a scan of 81 points, then
+    golden-section search in the best point's bracket."""
     bound = check_float("bound", bound, low=0, low_open=True)
+    form = check_option("form", form, SteeringForm)
+
+    def kl(x: float) -> float:
+        return grid.mean_kl(x, form)
+
     xs = torch.linspace(-bound, bound, 81, dtype=torch.float64).tolist()
-    fs = [grid.mean_kl(x) for x in xs]
+    fs = [kl(x) for x in xs]
     i = min(range(len(xs)), key=fs.__getitem__)
     lo, hi = xs[max(i - 1, 0)], xs[min(i + 1, len(xs) - 1)]
     g = (math.sqrt(5) - 1) / 2
     c, d = hi - g * (hi - lo), lo + g * (hi - lo)
-    fc, fd = grid.mean_kl(c), grid.mean_kl(d)
+    fc, fd = kl(c), kl(d)
     while hi - lo > tol:
         if fc < fd:
             hi, d, fd = d, c, fc
             c = hi - g * (hi - lo)
-            fc = grid.mean_kl(c)
+            fc = kl(c)
         else:
             lo, c, fc = c, d, fd
             d = lo + g * (hi - lo)
-            fd = grid.mean_kl(d)
+            fd = kl(d)
     return (lo + hi) / 2
 
 
@@ -203,8 +214,10 @@ def crossing(
 class SwitchLaw:
     """Where single sequences switch: ``alpha_i ~ intercept + slope * (-log-odds_i)``, fitted by
     least squares over cells (sequence, context length) whose own implied posterior crosses 1/2
-    inside the grid. The closed form says ``intercept = 0`` and ``slope = 1 / s``: a steering
-    that adds log-odds cancels the context's evidence one for one, from zero.
+    inside the grid. The log-odds form says ``intercept = 0`` and ``slope = 1 / s``: a steering
+    that adds log-odds cancels the context's evidence one for one, from zero. The simplex form
+    says ``alpha_i = (ln 2 - softplus(log-odds_i)) / s``: nearly ``ln 2 / s`` for every sequence
+    the context argues against, whatever its evidence.
 
     Attributes:
         intercept, slope: the fitted law (alpha units; alpha per nat of evidence).
@@ -274,7 +287,8 @@ class SteeringComparison:
         rel_errors: per scored length, ``|measured - predicted| / |predicted|`` (None where the
             measured posterior never crosses).
         switch: the per-sequence switch law (:func:`switch_law`), against the closed form's
-            ``alpha_i = (-log-odds_i) / s``; None where too few cells cross.
+            (see :class:`SwitchLaw`); None where too few cells cross.
+        form: the closed form compared (``"log_odds"`` or ``"simplex"``).
     """
 
     s: float
@@ -290,6 +304,7 @@ class SteeringComparison:
     scored: tuple[bool, ...]
     rel_errors: tuple[float | None, ...]
     switch: SwitchLaw | None = None
+    form: SteeringForm = "log_odds"
 
     @property
     def phase_boundary_rel_error(self) -> float | None:
@@ -312,12 +327,13 @@ class SteeringComparison:
         criterion."""
         held = self.correlation >= CORRELATION_CRITERION
         err = self.phase_boundary_rel_error
+        unit = "log-odds per unit" if self.form == "log_odds" else "contraction rate per unit"
         out = [
             f"Steered next-token distributions: correlation {self.correlation:.4f} with the "
-            f"closed form (criterion >= {CORRELATION_CRITERION}): "
+            f"{self.form} closed form (criterion >= {CORRELATION_CRITERION}): "
             + ("held." if held else "did NOT hold.")
             + f" Mean KL {self.mean_kl:.4f} nats ({self.mean_kl_unsteered:.4f} unsteered), "
-            f"s = {self.s:.4f} log-odds per unit.",
+            f"s = {self.s:.4f} {unit}.",
         ]
         n_scored = sum(self.scored)
         if err is None:
@@ -340,10 +356,15 @@ class SteeringComparison:
             )
         if self.switch is not None and self.s != 0:
             w = self.switch
+            law = (
+                f"0 + {1 / self.s:.3f} x (-log-odds)"
+                if self.form == "log_odds"
+                else f"(ln 2 - softplus(log-odds)) / s, at most {math.log(2) / self.s:.2f}"
+            )
             out.append(
                 f"Single sequences switch at alpha ~ {w.intercept:.2f} + {w.slope:.3f} x "
-                f"(-log-odds) (R^2 {w.r2:.2f}, {w.n_cells} cells); the closed form says "
-                f"0 + {1 / self.s:.3f} x (-log-odds)."
+                f"(-log-odds) (R^2 {w.r2:.2f}, {w.n_cells} cells); the {self.form} closed form "
+                f"says {law}."
             )
         return out
 
@@ -367,6 +388,7 @@ class SteeringComparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "form": self.form,
             "s": self.s,
             "correlation": self.correlation,
             "mean_kl": self.mean_kl,
@@ -385,13 +407,16 @@ class SteeringComparison:
         }
 
 
-def compare_steering(grid: SteeringGrid, s: float | None = None) -> SteeringComparison:
+def compare_steering(
+    grid: SteeringGrid, s: float | None = None, form: SteeringForm = "log_odds"
+) -> SteeringComparison:
     """Fit ``s`` on ``grid`` (unless given: a control grid is scored with the real direction's
-    ``s``) and compare the closed form with the measurements."""
+    ``s``) and compare the ``form`` closed form with the measurements."""
     if not isinstance(grid, SteeringGrid):
         raise BeliefLensError(f"expected a SteeringGrid, got {type(grid).__name__}")
-    s = fit_steering_scale(grid) if s is None else check_float("s", s)
-    pred = grid.predicted(s)
+    form = check_option("form", form, SteeringForm)
+    s = fit_steering_scale(grid, form=form) if s is None else check_float("s", s)
+    pred = grid.predicted(s, form)
     m, p = grid.measured.flatten(), pred.flatten()
     corr = float(torch.corrcoef(torch.stack([m, p]))[0, 1])
     if not math.isfinite(corr):
@@ -425,4 +450,5 @@ def compare_steering(grid: SteeringGrid, s: float | None = None) -> SteeringComp
         scored=scored,
         rel_errors=rel,
         switch=switch_law(grid),
+        form=form,
     )

@@ -225,6 +225,9 @@ def icl_section(run: Any, max_points: int = 4000) -> Section:
         "told the component": refs.oracle.tolist(),
     }
     boundaries = {"measured": list(st.boundary_measured), "predicted": list(st.boundary_predicted)}
+    for form, (r, _) in run.steering_forms.items():
+        if form != st.form:
+            boundaries[f"{form} form"] = list(r.boundary_predicted)
     figures = (
         ReportFigure("icl_loss", icl_loss_figure(n, curves), "Loss per context length (nats)."),
         ReportFigure(
@@ -239,7 +242,8 @@ def icl_section(run: Any, max_points: int = 4000) -> Section:
                 st.alphas.tolist(), n, st.posterior_measured, st.posterior_predicted, boundaries
             ),
             "Implied posterior of component 0 on sequences of component 1, steered along the "
-            f"probe's direction at {g.hook}; lines: where it crosses 1/2.",
+            f"probe's direction at {g.hook}, predicted by the {st.form} closed form; lines: "
+            "where it crosses 1/2.",
         ),
     )
     rows = (
@@ -259,8 +263,9 @@ def icl_section(run: Any, max_points: int = 4000) -> Section:
          ", ".join(f"{r:.4f} ± {s:.4f}" for r, s in zip(g.within_r2, g.within_r2_se, strict=True))),
         ("angle, log-odds direction vs each component's belief subspace",
          ", ".join(f"{a:.1f}°" for a in g.angles_deg)),
-        ("fitted s (log-odds per unit α)", f"{st.s:.4f}"),
-        ("steered grid: correlation / mean KL", f"{st.correlation:.4f} / {st.mean_kl:.4f}"),
+        *((f"{form} closed form: s / correlation / mean KL / boundary error",
+           f"{r.s:.4f} / {r.correlation:.4f} / {r.mean_kl:.4f} / {_boundary_text(r)}")
+          for form, (r, _) in run.steering_forms.items()),
         ("control: correlation / mean KL", f"{ctl.correlation:.4f} / {ctl.mean_kl:.4f}"),
         ("control switches the component", "yes" if ctl.switches else "no"),
     )  # fmt: skip
@@ -271,8 +276,11 @@ def icl_section(run: Any, max_points: int = 4000) -> Section:
             f"{run.process_name}, {run.steps} steps ({run.train_cpu_seconds:.0f} CPU s, "
             f"{run.train_seconds:.0f} s wall). Losses are expected cross-entropies on "
             f"{refs.n_sequences} sampled prefixes. Steering adds α units of the probe's "
-            "log-odds along its encoding direction at every position; the closed form "
-            "softmax(log prior + α s + Σ log P(x_t | x_<t, c)) has only s fitted.",
+            "log-odds along its encoding direction at every position. Two closed forms, each "
+            "with only s fitted: log_odds, softmax(log prior + α s + Σ log P(x_t | x_<t, c)) "
+            "(a change of prior); simplex, (1 − λ) P(c | x) + λ e_target with λ = 1 − exp(−α s) "
+            "(the belief moved toward the target's vertex). The headline is the "
+            f"{st.form} form.",
             *st.verdicts(),
         ),
         tables=(Table(("measure", "value"), rows, ("", "")), _steering_by_hook_table(run)),
