@@ -117,7 +117,7 @@ def test_a_hung_export_is_killed_with_its_browser_tried_again_and_named(tmp_path
         assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"
 
 
-def test_export_figures_as_png_and_pdf(tmp_path):
+def _needs_a_browser() -> None:
     missing = [
         what
         for what, ok in (
@@ -132,12 +132,65 @@ def test_export_figures_as_png_and_pdf(tmp_path):
         pytest.skip(
             f"figure export needs {' and '.join(missing)} (pip install 'belief_lens[export]')"
         )
+
+
+def test_export_figures_as_png_and_pdf(tmp_path):
+    _needs_a_browser()
     paths = rp.export_figures([ReportFigure("f", _fig())], tmp_path, ("png", "pdf"))
     assert [p.name for p in paths] == ["f.png", "f.pdf"]
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths[1].read_bytes()[:5] == b"%PDF-"
     assert not list(tmp_path.glob(".*tmp*"))
     np.testing.assert_array_less(0, paths[0].stat().st_size)
+
+
+def test_figures_export_alongside_the_run_and_a_failed_child_is_tried_afresh(tmp_path, monkeypatch):
+    """Figures queued while the run goes on are written by one child; a figure queued twice is
+    written once; a child that dies (here: the first one started) is found out at the end and
+    the export is done afresh, leaving no temporary files."""
+    _needs_a_browser()
+    from belief_lens.report import document
+
+    figs = [ReportFigure("a", _fig()), ReportFigure("b", _fig())]
+    with document.FigureExporter(tmp_path, ("png",)) as exporter:
+        exporter.submit(figs[:1])
+        exporter.submit(figs[:1])
+        paths = exporter.finish(figs)
+    assert [p.name for p in paths] == ["a.png", "b.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+    marker = tmp_path / "died"
+    dies_once = (
+        "import os, sys\n"
+        f"if not os.path.exists({str(marker)!r}):\n"
+        f"    open({str(marker)!r}, 'w').close(); sys.exit('the browser fell over')\n"
+        + document._EXPORT_CHILD
+    )
+    monkeypatch.setattr(document, "_EXPORT_CHILD", dies_once)
+    out = tmp_path / "again"
+    with document.FigureExporter(out, ("pdf",)) as exporter:
+        exporter.submit(figs)
+        paths = exporter.finish()
+    assert marker.exists() and [p.name for p in paths] == ["a.pdf", "b.pdf"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.pdf", "b.pdf"]
+
+
+def test_leaving_an_export_early_kills_its_child_and_removes_its_files(tmp_path, monkeypatch):
+    from belief_lens.report import document
+
+    monkeypatch.setattr(document, "_EXPORT_CHILD", "import time; time.sleep(600)")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(  # "kaleido is here"
+        importlib.util, "find_spec", lambda n, *a: object() if n == "kaleido" else real(n, *a)
+    )
+    (tmp_path / ".f.tmp.png").write_bytes(b"half")  # what a killed render leaves
+    with pytest.raises(KeyboardInterrupt), document.FigureExporter(tmp_path, ("png",)) as e:
+        e.submit([ReportFigure("f", _fig())])
+        child = e.child
+        raise KeyboardInterrupt
+    assert child is not None and child.poll() is not None  # killed, reaped
+    assert not list(tmp_path.iterdir())
 
 
 def test_analyse_composes_sections_and_takes_extra_ones(tmp_path):

@@ -52,7 +52,7 @@ from belief_lens.probing.prefixes import (
     prefix_logits,
 )
 from belief_lens.report import sections
-from belief_lens.report.document import ExportFormat, Section, write_report
+from belief_lens.report.document import ExportFormat, FigureExporter, Section, write_report
 from belief_lens.report.sections import UNDERTRAINED_RATIO
 from belief_lens.threads import single_thread_for_model
 from belief_lens.training import loss_evaluator
@@ -199,33 +199,42 @@ def _analyse(
     cfg = replace(cfg, mode=resolve_mode(hmm, metrics["n_ctx"], cfg.mode))  # "auto" decided once
     check_analysis_memory(hmm, metrics["n_ctx"], model.cfg.d_model, len(residual_hooks(model)), cfg)
     stage = _Stages(metrics, model)
-    with stage("probes", "collecting activations, fitting probes at every residual hook"):
-        state = _fit_probes(model, hmm, cfg, metrics)  # one forward pass, shared by what follows
-    with stage("loss", "the model's loss against the optimum"):
-        _ground_truth(hmm, metrics)
-        _model_loss(model, hmm, cfg, metrics, state.data)
-    report = [sections.model_section(hmm, metrics)]
-    table, best, ranked_by = state.table, state.best_hook, state.ranked_by
-    logger.info("probe table\n%s", table.to_markdown())
-    with stage("geometry", "the belief-geometry figures and held-out scores by position"):
-        report.append(sections.geometry_section(table, state.data, best, ranked_by, cfg))
-        report.append(sections.probe_section(table, best, ranked_by, cfg))
-        folds = table.meta.get("folds")
-        if folds and best != CONCAT:
-            by_position = heldout_by_position(table, state.data, [best])
-            metrics["heldout_by_position"] = by_position
-            report.append(sections.position_section(by_position, folds))
-    if cfg.controls:
-        with stage("controls", "shuffled beliefs, an untrained model, next-token targets"):
-            report.append(sections.controls_section(table, _controls(state), best))
-    if cfg.interventions:
-        report += _interventions(state, stage)
-    report += [build(state) for build in extra_sections]
-    if history is not None and getattr(history, "loss", None):
-        report.append(sections.training_section(history, _training(history, metrics)))
-    metrics["analysis_seconds"] = time.perf_counter() - stage.t0
-    with stage("report", f"writing the report and figures ({', '.join(cfg.export) or 'none'})"):
-        write_report(out_dir, title, report, metrics, export=cfg.export)
+    # Figures are exported alongside the run, each section's as soon as it is built.
+    with FigureExporter(out_dir, cfg.export) as exporter:
+
+        def queue(report: list[Section]) -> None:
+            exporter.submit([f for s in report for f in s.figures])
+
+        with stage("probes", "collecting activations, fitting probes at every residual hook"):
+            state = _fit_probes(model, hmm, cfg, metrics)  # one forward pass, shared below
+        with stage("loss", "the model's loss against the optimum"):
+            _ground_truth(hmm, metrics)
+            _model_loss(model, hmm, cfg, metrics, state.data)
+        report = [sections.model_section(hmm, metrics)]
+        table, best, ranked_by = state.table, state.best_hook, state.ranked_by
+        logger.info("probe table\n%s", table.to_markdown())
+        with stage("geometry", "the belief-geometry figures and held-out scores by position"):
+            report.append(sections.geometry_section(table, state.data, best, ranked_by, cfg))
+            report.append(sections.probe_section(table, best, ranked_by, cfg))
+            folds = table.meta.get("folds")
+            if folds and best != CONCAT:
+                by_position = heldout_by_position(table, state.data, [best])
+                metrics["heldout_by_position"] = by_position
+                report.append(sections.position_section(by_position, folds))
+        queue(report)
+        if cfg.controls:
+            with stage("controls", "shuffled beliefs, an untrained model, next-token targets"):
+                report.append(sections.controls_section(table, _controls(state), best))
+            queue(report)
+        if cfg.interventions:
+            report += _interventions(state, stage)
+        report += [build(state) for build in extra_sections]
+        if history is not None and getattr(history, "loss", None):
+            report.append(sections.training_section(history, _training(history, metrics)))
+        metrics["analysis_seconds"] = time.perf_counter() - stage.t0
+        formats = ", ".join(cfg.export) or "none"
+        with stage("report", f"writing the report and figures ({formats})"):
+            write_report(out_dir, title, report, metrics, export=cfg.export, exporter=exporter)
     return metrics
 
 

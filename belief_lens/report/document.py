@@ -32,6 +32,7 @@ from belief_lens.storage import atomic_write_text, jsonable
 
 __all__ = [
     "ExportFormat",
+    "FigureExporter",
     "ReportFigure",
     "Section",
     "Table",
@@ -207,20 +208,114 @@ def compose_html(
 EXPORT_TIMEOUT_SECONDS = 120.0
 EXPORT_SECONDS_PER_IMAGE = 15.0
 
+#: The child: starts its browser at once, then exports each job list whose path arrives on
+#: stdin, until stdin closes.
 _EXPORT_CHILD = """
 import json, os, sys
 import kaleido
-jobs = json.load(open(sys.argv[1]))
-figs = {path: json.load(open(path)) for path in {j["figure"] for j in jobs}}
+kaleido.start_sync_server(silence_warnings=True)  # one browser for every figure, starting now
 keys = ("format", "width", "height", "scale")
-specs = [
-    {"fig": figs[j["figure"]], "path": j["path"], "opts": {k: j[k] for k in keys}} for j in jobs
-]
-kaleido.write_fig_from_object_sync(specs)  # one browser for every figure
-for spec in specs:  # kaleido has been seen to return without writing a file under load
-    if not os.path.exists(spec["path"]) or os.path.getsize(spec["path"]) == 0:
-        kaleido.write_fig_sync(spec["fig"], path=spec["path"], opts=spec["opts"])
+for line in sys.stdin:
+    jobs = json.load(open(line.strip()))
+    figs = {path: json.load(open(path)) for path in {j["figure"] for j in jobs}}
+    specs = [
+        {"fig": figs[j["figure"]], "path": j["path"], "opts": {k: j[k] for k in keys}}
+        for j in jobs
+    ]
+    kaleido.write_fig_from_object_sync(specs)
+    for spec in specs:  # kaleido has been seen to return without writing a file under load
+        if not os.path.exists(spec["path"]) or os.path.getsize(spec["path"]) == 0:
+            kaleido.write_fig_sync(spec["fig"], path=spec["path"], opts=spec["opts"])
+kaleido.stop_sync_server(silence_warnings=True)
 """
+
+
+def _check_kaleido() -> None:
+    if importlib.util.find_spec("kaleido") is None:
+        raise BeliefLensError(
+            "figure export needs the Python package kaleido>=1.0, which is not installed: "
+            "pip install 'belief_lens[export]' (it also needs Chrome or Chromium, e.g. "
+            "apt-get install chromium)"
+        )
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp.{path.suffix[1:]}")
+
+
+def _write_jobs(
+    figures: Sequence[ReportFigure], out: Path, formats: Sequence[str], work: Path, tag: str
+) -> Path:
+    """Write each figure's JSON and the job list (one job per figure and format, into its
+    temporary path in ``out``) into ``work``; returns the job list's path."""
+    jobs = []
+    for k, f in enumerate(figures):
+        spec = work / f"figure{tag}_{k}.json"
+        spec.write_text(f.figure.to_json(), encoding="utf-8")
+        for fmt in formats:
+            jobs.append({
+                "figure": str(spec),
+                "path": str(_tmp_path(out / f"{f.name}.{fmt}")),
+                "format": fmt,
+                "width": f.figure.layout.width or 900,
+                "height": f.figure.layout.height or 500,
+                "scale": 2 if fmt == "png" else 1,
+            })  # fmt: skip
+    manifest = work / f"jobs{tag}.json"
+    manifest.write_text(json.dumps(jobs), encoding="utf-8")
+    return manifest
+
+
+def _start_export_child(log: Path) -> subprocess.Popen:
+    """The export child, its stderr into ``log`` (a pipe nobody reads until the end could fill
+    and stall it)."""
+    with log.open("w") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-c", _EXPORT_CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            text=True,
+            start_new_session=True,  # its browser shares the session: killed with it
+        )
+
+
+def _wait_export_child(child: subprocess.Popen, n_images: int, log: Path, last: str = "") -> None:
+    """Close the child's stdin (after writing ``last``) and wait for it; past the time limit
+    kill it and its browser. Raises with the child's last error line."""
+    limit = EXPORT_TIMEOUT_SECONDS + EXPORT_SECONDS_PER_IMAGE * n_images
+    try:
+        child.communicate(last or None, timeout=limit)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise TimeoutError(f"no answer from the browser in {limit:.0f} s") from None
+    if child.returncode != 0:
+        err = log.read_text(errors="replace").strip() if log.exists() else ""
+        raise RuntimeError(err or f"the export process exited with {child.returncode}")
+
+
+def _move_into_place(paths: list[Path]) -> list[Path]:
+    """Rename each export's temporary file to its path; raises (removing them all) when one is
+    missing or empty."""
+    tmps = [_tmp_path(p) for p in paths]
+    unwritten = [p.name for p in tmps if not p.exists() or p.stat().st_size == 0]
+    if unwritten:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+        raise RuntimeError(f"kaleido wrote nothing for {', '.join(unwritten)}")
+    for t, p in zip(tmps, paths, strict=True):
+        os.replace(t, p)
+    return paths
+
+
+def _export_error(e: Exception) -> BeliefLensError:
+    first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return BeliefLensError(
+        f"figure export failed: kaleido could not render with Chrome/Chromium ({first}); "
+        "install Chromium (Debian: apt-get install chromium) or run plotly_get_chrome"
+    )
 
 
 def export_figures(
@@ -233,74 +328,96 @@ def export_figures(
     once more. Raises ``BeliefLensError`` naming what is missing or what failed."""
     if not figures or not formats:
         return []
-    if importlib.util.find_spec("kaleido") is None:
-        raise BeliefLensError(
-            "figure export needs the Python package kaleido>=1.0, which is not installed: "
-            "pip install 'belief_lens[export]' (it also needs Chrome or Chromium, e.g. "
-            "apt-get install chromium)"
-        )
+    _check_kaleido()
     out = Path(out_dir)
     paths = [out / f"{f.name}.{fmt}" for f in figures for fmt in formats]
-    tmps = [p.with_name(f".{p.stem}.tmp.{p.suffix[1:]}") for p in paths]
     try:
         with tempfile.TemporaryDirectory(prefix="belief-lens-export-") as work:
-            jobs = []
-            for k, f in enumerate(figures):
-                spec = Path(work) / f"figure{k}.json"
-                spec.write_text(f.figure.to_json(), encoding="utf-8")
-                for fmt in formats:
-                    jobs.append({
-                        "figure": str(spec),
-                        "path": str(tmps[len(jobs)]),
-                        "format": fmt,
-                        "width": f.figure.layout.width or 900,
-                        "height": f.figure.layout.height or 500,
-                        "scale": 2 if fmt == "png" else 1,
-                    })  # fmt: skip
-            manifest = Path(work) / "jobs.json"
-            manifest.write_text(json.dumps(jobs), encoding="utf-8")
-            _run_export_child(manifest, len(jobs))
-        unwritten = [p.name for p in tmps if not p.exists() or p.stat().st_size == 0]
-        if unwritten:
-            raise RuntimeError(f"kaleido wrote nothing for {', '.join(unwritten)}")
+            manifest = _write_jobs(figures, out, formats, Path(work), "")
+            log = Path(work) / "stderr"
+            for attempt in (1, 2):
+                try:
+                    child = _start_export_child(log)
+                    _wait_export_child(child, len(paths), log, f"{manifest}\n")
+                    break
+                except TimeoutError as e:
+                    logger.warning("figure export: %s (attempt %d)", e, attempt)
+                    if attempt == 2:
+                        raise
+        return _move_into_place(paths)
     except Exception as e:
-        for t in tmps:
-            t.unlink(missing_ok=True)
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise BeliefLensError(
-            f"figure export failed: kaleido could not render with Chrome/Chromium ({first}); "
-            "install Chromium (Debian: apt-get install chromium) or run plotly_get_chrome"
-        ) from e
-    for t, p in zip(tmps, paths, strict=True):
-        os.replace(t, p)
-    return paths
+        for p in paths:
+            _tmp_path(p).unlink(missing_ok=True)
+        raise _export_error(e) from e
 
 
-def _run_export_child(manifest: Path, n_images: int) -> None:
-    """Run the export child on ``manifest`` in its own session; past the time limit, kill it
-    and its browser and try once more. Raises with the child's last error line."""
-    limit = EXPORT_TIMEOUT_SECONDS + EXPORT_SECONDS_PER_IMAGE * n_images
-    for attempt in (1, 2):
-        child = subprocess.Popen(
-            [sys.executable, "-c", _EXPORT_CHILD, str(manifest)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # its browser shares the session: killed with it
-        )
-        try:
-            _, err = child.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.communicate()
-            logger.warning("figure export: no answer in %.0f s (attempt %d)", limit, attempt)
-            err = f"no answer from the browser in {limit:.0f} s"
-            continue
-        if child.returncode == 0:
+class FigureExporter:
+    """Exports a run's figures while the run goes on computing: one child process and browser,
+    started at construction (so the browser's start-up and each figure's rendering overlap the
+    analysis), fed with :meth:`submit` as sections are built. :meth:`finish` waits for it and
+    moves the files into place; where it failed, :func:`export_figures` tries afresh.
+
+    Use it as a context manager: leaving the block early kills the child and removes its
+    temporary files.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, formats: Sequence[ExportFormat]) -> None:
+        self.out, self.formats = Path(out_dir), tuple(formats)
+        self.figures: list[ReportFigure] = []
+        self.child: subprocess.Popen | None = None
+        self._work: tempfile.TemporaryDirectory | None = None
+        if self.formats and importlib.util.find_spec("kaleido") is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._work = tempfile.TemporaryDirectory(prefix="belief-lens-export-")
+            self.child = _start_export_child(Path(self._work.name) / "stderr")
+
+    def submit(self, figures: Sequence[ReportFigure]) -> None:
+        """Queue ``figures`` (those not queued already, by name) for export."""
+        seen = {f.name for f in self.figures}
+        new = [f for f in figures if f.name not in seen]
+        self.figures += new
+        if not new or self.child is None or self._work is None or self.child.poll() is not None:
             return
-        break
-    raise RuntimeError(err.strip() or f"the export process exited with {child.returncode}")
+        manifest = _write_jobs(new, self.out, self.formats, Path(self._work.name), str(len(seen)))
+        with contextlib.suppress(OSError):  # a child that died is found out by finish()
+            self.child.stdin.write(f"{manifest}\n")  # type: ignore[union-attr]
+            self.child.stdin.flush()  # type: ignore[union-attr]
+
+    def finish(self, figures: Sequence[ReportFigure] = ()) -> list[Path]:
+        """Queue ``figures`` too, wait for every export and return the files written. Raises
+        ``BeliefLensError`` naming what is missing or what failed."""
+        self.submit(figures)
+        if not self.figures or not self.formats:
+            return []
+        paths = [self.out / f"{f.name}.{fmt}" for f in self.figures for fmt in self.formats]
+        if self.child is not None:
+            child, self.child = self.child, None
+            try:
+                _wait_export_child(child, len(paths), Path(self._work.name) / "stderr")  # type: ignore[union-attr]
+                return _move_into_place(paths)
+            except Exception as e:  # noqa: BLE001 - told, then tried afresh
+                logger.warning("figure export alongside the run failed (%s); trying again", e)
+        return export_figures(self.figures, self.out, self.formats)
+
+    def close(self) -> None:
+        """Kill a child still running and remove the temporary files."""
+        if self.child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, signal.SIGKILL)
+            self.child.communicate()
+            self.child = None
+            for f in self.figures:
+                for fmt in self.formats:
+                    _tmp_path(self.out / f"{f.name}.{fmt}").unlink(missing_ok=True)
+        if self._work is not None:
+            self._work.cleanup()
+            self._work = None
+
+    def __enter__(self) -> FigureExporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def write_report(
@@ -310,10 +427,12 @@ def write_report(
     metrics: dict[str, Any],
     *,
     export: Sequence[str] = ("png", "pdf"),
+    exporter: FigureExporter | None = None,
 ) -> dict[str, Any]:
     """Write ``report.html``, ``plotly.min.js`` beside it, ``metrics.json`` and, where kaleido
     and a browser are available, each figure as PNG and PDF (saying once what is missing when
-    not). Returns the paths written."""
+    not). With ``exporter`` (already exporting some figures alongside the run) the figures go
+    through it, in its formats. Returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js = out / "plotly.min.js"
@@ -324,7 +443,11 @@ def write_report(
     metrics["summary"] = [line for s in sections for line in (*s.warnings, *s.headline)]
     figures = [f for s in sections for f in s.figures]
     try:
-        paths["figures"] = export_figures(figures, out, tuple(export))  # type: ignore[arg-type]
+        paths["figures"] = (
+            exporter.finish(figures)
+            if exporter is not None
+            else export_figures(figures, out, tuple(export))  # type: ignore[arg-type]
+        )
     except BeliefLensError as e:
         logger.warning("%s; the report has every figure, interactive", e)
         metrics["figure_export"] = str(e)
