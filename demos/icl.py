@@ -6,9 +6,11 @@
 # mixture fixes its loss curve exactly. Steering along the model's component direction should
 # act as a change of prior that context then argues against (Bigelow et al. 2025): in log-odds
 # the two add, so a closed form with one fitted number `s` predicts the steered predictions and
-# where the model switches component. Here the latent concept (the component) and the evidence
-# of each token are known exactly, so nothing else is assumed. The output says which predictions
-# held and by how much.
+# where the model switches component. A second closed form, also with one `s`, moves the belief
+# itself toward the target component's vertex of the simplex (what a residual stream holding
+# beliefs linearly does); it is the headline, the log-odds form is reported beside it. Here the
+# latent concept (the component) and the evidence of each token are known exactly, so nothing
+# else is assumed. The output says which predictions held and by how much.
 #
 # Run: `python demos/icl.py [--minutes M] [--out DIR]` (the same as `belief-lens icl`).
 
