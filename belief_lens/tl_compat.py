@@ -29,6 +29,7 @@ __all__ = [
     "hooked_classes",
     "is_bridge_available",
     "is_hooked_transformer_available",
+    "start_skips_blocks",
     "tl_version",
     "tl_version_string",
 ]
@@ -97,6 +98,13 @@ def is_hooked_transformer_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def start_skips_blocks(model: Any) -> bool:
+    """Whether ``model(residual, start_at_layer=k)`` runs blocks ``k..`` only: a
+    ``HookedTransformer`` does; the bridge (TL 4.3) runs every block and swaps the residual in
+    at block ``k``, so starting late saves nothing there."""
+    return is_hooked_transformer_available() and isinstance(model, hooked_classes()[0])
 
 
 def default_kind() -> ModelKind:

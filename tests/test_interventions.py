@@ -439,13 +439,18 @@ def test_patching_report_against_theory(toy):
     assert isinstance(res, PatchingResult)
     assert res.hooks == tuple(TOY_HOOKS) and res.positions == tuple(range(TOY_L))
     assert res.metric_position == TOY_L - 1 and res.rank == 2 and res.n_sequences == 64
-    # The grid is the plain KL metric's, swept by patch_belief_subspace; the control's likewise.
+    # The grid is the plain KL metric's, swept by TransformerLens's generic_activation_patch
+    # (patch_belief_subspace); the control's likewise. On a HookedTransformer the report starts
+    # each patched run after the patch (start_at_layer): the same numbers to float32 rounding.
     metric = theory_kl_metric(hmm, clean)
     grid = patch_belief_subspace(model, clean, corrupted, by_layer, metric)
-    torch.testing.assert_close(res.kl, grid)
+    torch.testing.assert_close(res.kl, grid, atol=1e-6, rtol=1e-6)
     controls = {k: control_basis(belief_basis(p), 2) for k, p in by_layer.items()}
     torch.testing.assert_close(res.kl_control, patch_belief_subspace(
-        model, clean, corrupted, controls, metric))  # fmt: skip
+        model, clean, corrupted, controls, metric), atol=1e-6, rtol=1e-6)  # fmt: skip
+    pre = patching_report(model, clean, corrupted, by_layer, hmm, hook="resid_pre")
+    stock = patch_belief_subspace(model, clean, corrupted, by_layer, metric, hook="resid_pre")
+    torch.testing.assert_close(pre.kl, stock, atol=1e-6, rtol=1e-6)
     assert res.kl_corrupted == pytest.approx(float(metric(model(corrupted))))
     assert res.kl_clean == pytest.approx(float(metric(model(clean))))
     gap = res.kl_corrupted - res.kl_clean
@@ -472,6 +477,28 @@ def test_patching_report_against_theory(toy):
     assert list(heatmaps[0].y) == TOY_HOOKS
     with pytest.raises(BeliefLensError, match="position 20 is not among"):
         res.recovered_at(20)
+
+
+def test_a_patched_run_starts_after_the_patch_only_where_that_skips_blocks(toy, monkeypatch):
+    from belief_lens import tl_compat
+    from belief_lens.interventions import patching
+
+    model = toy[0]
+    hooked = tl_compat.is_hooked_transformer_available() and isinstance(
+        model, tl_compat.hooked_classes()[0]
+    )
+    assert tl_compat.start_skips_blocks(model) == hooked
+    assert patching._starts_at_layer(model, "resid_post") == hooked
+    assert not patching._starts_at_layer(model, "resid_mid")  # no block starts mid-way
+    if hooked:  # a patched run at block l's output runs blocks l+1.. only
+        started = []
+        real = type(model).forward
+        monkeypatch.setattr(type(model), "forward", lambda self, x, **kw: (
+            started.append(kw.get("start_at_layer")), real(self, x, **kw))[1])  # fmt: skip
+        hmm, probes = toy[1], toy[2]
+        tokens = sample_sequences(hmm, 8, TOY_L, seed=3)
+        patching_report(model, tokens, tokens.flip(0), probes[TOY_HOOK], hmm)
+        assert sorted(set(started) - {None}) == [1, 2]  # 2 layers: after block 0, after block 1
 
 
 def test_patching_report_recovers_on_the_paper_checkpoint(mess3_setup):

@@ -149,6 +149,49 @@ def _patch_grid(
     return grid.detach().to("cpu", torch.float64)
 
 
+#: Per-layer hooks a patched run can start from: the residual entering block ``l``
+#: (``resid_pre``) or leaving it (``resid_post``, so entering block ``l + 1``).
+_STARTS = {"resid_pre": 0, "resid_post": 1}
+
+
+def _starts_at_layer(model: Any, hook: str) -> bool:
+    """Whether a patched run at ``hook`` can start at the next block, skipping the ones before:
+    a residual hook, on a model whose residual carries the positions (not a shortformer's,
+    added at every layer) and whose ``start_at_layer`` skips blocks (``HookedTransformer``)."""
+    return (
+        hook in _STARTS
+        and getattr(model.cfg, "positional_embedding_type", "") != "shortformer"
+        and tl_compat.start_skips_blocks(model)
+    )
+
+
+def _patch_grid_from_layer(
+    model: Any,
+    corrupted: Tensor,
+    cache: Any,
+    bases: LayerBases,
+    metric: Callable[[Tensor], Tensor],
+    hook: str,
+) -> Tensor:
+    """:func:`_patch_grid`'s grid with each patched run started at the block after the patch
+    (``start_at_layer``) from the corrupted run's cached residual: the blocks before it see
+    nothing of the patch, so a run patched after block ``l`` of ``n`` costs ``(n - l - 1) / n``
+    of a forward pass. Residual hooks only (:data:`_STARTS`)."""
+    names = layer_hooks(model, hook)
+    setter = subspace_patch_setter(bases)
+    wanted = set(names)
+    with eval_mode(model), torch.inference_mode():
+        tokens = corrupted.to(model_device(model))
+        _, run = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
+        grid = torch.empty(len(names), tokens.shape[1], dtype=torch.float64)
+        for layer, name in enumerate(names):
+            start = layer + _STARTS[hook]
+            for pos in range(tokens.shape[1]):
+                patched = setter(run[name], (layer, pos), cache[name])
+                grid[layer, pos] = float(metric(model(patched, start_at_layer=start)))
+    return grid
+
+
 def patch_belief_subspace(
     model: Any,
     clean_tokens: Int[Tensor, "batch pos"],
@@ -394,12 +437,13 @@ def patching_report(
         kl_clean = float(metric(model(clean.to(dev))))
         kl_corrupted = float(metric(model(corrupted.to(dev))))
     cache = _clean_cache(model, clean, names)
+    sweep = _patch_grid_from_layer if _starts_at_layer(model, hook) else _patch_grid
     return PatchingResult(
         hooks=tuple(names),
         positions=tuple(range(L)),
         metric_position=pos,
-        kl=_patch_grid(model, corrupted, cache, bases, metric, hook),
-        kl_control=_patch_grid(model, corrupted, cache, controls, metric, hook),
+        kl=sweep(model, corrupted, cache, bases, metric, hook),
+        kl_control=sweep(model, corrupted, cache, controls, metric, hook),
         kl_clean=kl_clean,
         kl_corrupted=kl_corrupted,
         rank=bases.rank,
