@@ -414,7 +414,9 @@ def patching_report(
     ``probe_or_basis`` is a probe, a basis, or ``{layer: probe}`` (the probe of each layer's
     ``hook``, a per-layer hook such as ``"resid_post"``). Tokens are the HMM's symbols, read by
     the model as tokens. Probes fitted on another model warn (``strict``, ``allow_other_model``
-    as in ``intervene``).
+    as in ``intervene``). The sweep is ``generic_activation_patch``'s, except on a
+    ``HookedTransformer`` at a residual hook, where each patched run starts after the patch
+    (``start_at_layer``): the same grid, without the blocks the patch cannot change.
     """
     clean, corrupted = _check_pair(model, clean_tokens, corrupted_tokens)
     given = probe_or_basis.values() if isinstance(probe_or_basis, Mapping) else [probe_or_basis]
