@@ -133,7 +133,13 @@ def _patch_grid(
     bases: LayerBases,
     metric: Callable[[Tensor], Tensor],
     hook: str,
+    start_after: bool = False,
 ) -> Tensor:
+    """The ``[layer, pos]`` grid of ``metric``, swept by ``generic_activation_patch``, or with
+    ``start_after`` by :func:`_patch_grid_from_layer` (the same grid)."""
+    if start_after:
+        return _patch_grid_from_layer(model, corrupted, cache, subspace_patch_setter(bases),
+                                      metric, hook)  # fmt: skip
     from transformer_lens import patching  # TransformerLens only where it is used
 
     with eval_mode(model), quiet_unwatched_bars(patching):
@@ -166,19 +172,13 @@ def _starts_at_layer(model: Any, hook: str) -> bool:
 
 
 def _patch_grid_from_layer(
-    model: Any,
-    corrupted: Tensor,
-    cache: Any,
-    bases: LayerBases,
-    metric: Callable[[Tensor], Tensor],
-    hook: str,
+    model: Any, corrupted: Tensor, cache: Any, setter: Callable, metric: Callable, hook: str
 ) -> Tensor:
     """:func:`_patch_grid`'s grid with each patched run started at the block after the patch
     (``start_at_layer``) from the corrupted run's cached residual: the blocks before it see
     nothing of the patch, so a run patched after block ``l`` of ``n`` costs ``(n - l - 1) / n``
     of a forward pass. Residual hooks only (:data:`_STARTS`)."""
     names = layer_hooks(model, hook)
-    setter = subspace_patch_setter(bases)
     wanted = set(names)
     with eval_mode(model), torch.inference_mode():
         tokens = corrupted.to(model_device(model))
@@ -439,13 +439,13 @@ def patching_report(
         kl_clean = float(metric(model(clean.to(dev))))
         kl_corrupted = float(metric(model(corrupted.to(dev))))
     cache = _clean_cache(model, clean, names)
-    sweep = _patch_grid_from_layer if _starts_at_layer(model, hook) else _patch_grid
+    start_after = _starts_at_layer(model, hook)
     return PatchingResult(
         hooks=tuple(names),
         positions=tuple(range(L)),
         metric_position=pos,
-        kl=sweep(model, corrupted, cache, bases, metric, hook),
-        kl_control=sweep(model, corrupted, cache, controls, metric, hook),
+        kl=_patch_grid(model, corrupted, cache, bases, metric, hook, start_after),
+        kl_control=_patch_grid(model, corrupted, cache, controls, metric, hook, start_after),
         kl_clean=kl_clean,
         kl_corrupted=kl_corrupted,
         rank=bases.rank,
