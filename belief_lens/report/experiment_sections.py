@@ -224,10 +224,9 @@ def icl_section(run: Any, max_points: int = 4000) -> Section:
         "never updates the component": refs.never_updating.tolist(),
         "told the component": refs.oracle.tolist(),
     }
-    boundaries = {"measured": list(st.boundary_measured), "predicted": list(st.boundary_predicted)}
-    for form, (r, _) in run.steering_forms.items():
-        if form != st.form:
-            boundaries[f"{form} form"] = list(r.boundary_predicted)
+    boundaries = {"measured": list(st.boundary_measured)}
+    for form, (r, _) in sorted(run.steering_forms.items(), key=lambda kv: kv[0] != st.form):
+        boundaries[f"{form} form"] = list(r.boundary_predicted)  # the headline's first
     figures = (
         ReportFigure("icl_loss", icl_loss_figure(n, curves), "Loss per context length (nats)."),
         ReportFigure(
