@@ -208,12 +208,14 @@ def check_in_browser(report: Path, shots: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def rrxor_demo(tmp_path_factory) -> Path:
-    """A demo's page (its training section among the rest) on RRXOR's geometry, tiny: 8 steps."""
+    """A demo's page (its training section among the rest) on RRXOR's geometry, tiny: 8 steps,
+    context 6 (the Mess3 probe's page below is the heavy one)."""
     from belief_lens.cli import main
 
     out = tmp_path_factory.mktemp("rrxor") / "demo"
     argv = ["-q", "demo", "--process", "rrxor", "--max-steps", "8", "--minutes", "1"]
-    assert main([*argv, "--out", str(out), "--no-interventions", "--export", "none"]) == 0
+    argv += ["--n-ctx", "6", "--no-interventions", "--export", "none"]  # the page, not files
+    assert main([*argv, "--out", str(out)]) == 0
     return out / "report.html"
 
 
