@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -43,17 +44,71 @@ def shared_checkpoint():
     return resolve
 
 
+#: Commands too slow to run twice, each run once per worker and shared across test modules:
+#: every test that requests one goes to the same worker (``pytest_collection_modifyitems``).
+SHARED_RUNS = ("mess3_paper_probe_run",)
+
+
+@pytest.fixture(scope="session")
+def mess3_paper_probe_run(shared_checkpoint, tmp_path_factory) -> SimpleNamespace:
+    """``belief-lens -q probe`` on the paper's Mess3 checkpoint in paper mode (all 59,049
+    sequences) with controls, without interventions or figure files: tests/test_cli.py checks
+    its numbers against the paper, tests/test_report_browser.py its page (the heaviest one).
+    ``code`` (the exit status) and ``out`` (the run directory)."""
+    from belief_lens.cli import main
+
+    path = shared_checkpoint("mess3_paper")
+    out = tmp_path_factory.mktemp("mess3_probe") / "probe"
+    argv = ["-q", "probe", "--checkpoint", str(path), "--process", "mess3", "--out", str(out)]
+    code = main([*argv, "--no-interventions", "--export", "none"])
+    return SimpleNamespace(code=code, out=out)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the marks
 def pytest_collection_modifyitems(config, items):
     """Under ``--dist loadgroup``, tests that share an expensive module-scoped fixture (a trained
-    model, a demo run) go to one worker, so the fixture is built once; the rest spread freely."""
+    model, a demo run) go to one worker, so the fixture is built once, and so do the tests of
+    every module that request one of the :data:`SHARED_RUNS`; the rest spread freely."""
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         if info is None:
             continue
-        shared = sorted(
-            name
-            for name, defs in info.name2fixturedefs.items()
-            if defs and defs[-1].scope == "module"
-        )
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{','.join(shared)}"))
+        names = info.name2fixturedefs
+        runs = sorted(name for name in SHARED_RUNS if name in names)
+        shared = sorted(name for name, defs in names.items() if defs and defs[-1].scope == "module")
+        if runs:
+            group = "session:" + ",".join(runs)
+        elif shared:
+            group = f"{item.module.__name__}:{','.join(shared)}"
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+class _LoadGroupIds:
+    """pytest-xdist 3.8 hands ``--dist loadgroup`` its groups by appending ``@<group>`` to each
+    marked test's node id through ``item._nodeid``, which pytest 9.2's structured node ids no
+    longer read (pytest-dev/pytest-xdist#1386): every group would be split across workers,
+    silently. Where the suffix did not take, write it into the id pytest reads."""
+
+    @pytest.hookimpl(trylast=True)  # after pytest-xdist's own
+    def pytest_collection_modifyitems(self, config, items):
+        try:
+            from _pytest.nodeid import NodeId  # pytest >= 9.2
+        except ImportError:
+            return
+        if not config.getvalue("loadgroup"):
+            return
+
+        for item in items:
+            names = {
+                str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                for mark in item.iter_markers("xdist_group")
+            }
+            if names and "@" not in item.nodeid and isinstance(getattr(item, "_id", None), NodeId):
+                item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        config.pluginmanager.register(_LoadGroupIds(), "belief_lens_loadgroup_ids")

@@ -113,14 +113,12 @@ def test_unexpected_errors_print_one_line_and_suggest_debug(monkeypatch, capsys,
         main(["demo", "--debug", "--out", str(tmp_path)])
 
 
-def test_probe_reproduces_the_paper_checkpoint(shared_checkpoint, tmp_path):
-    path = shared_checkpoint("mess3_paper")
-    out = tmp_path / "probe"
-    argv = ["probe", "--checkpoint", str(path), "--process", "mess3", "--out", str(out)]
-    argv += ["--no-controls", "--no-interventions"]  # paper mode: all 59,049 sequences
-    argv += ["--export", "none"]
-    assert main(["-q", *argv]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+def test_probe_reproduces_the_paper_checkpoint(mess3_paper_probe_run):
+    # Paper mode, all 59,049 sequences, run once per worker (conftest): its page is checked in
+    # a browser by tests/test_report_browser.py.
+    assert mess3_paper_probe_run.code == 0
+    metrics = json.loads((mess3_paper_probe_run.out / "metrics.json").read_text())
+    assert metrics["probes"]["meta"]["mode"] == "paper"  # every sequence, unweighted
     mse = {row["hook"]: row["mse_all"] for row in metrics["probes"]["rows"]}
     assert mse["blocks.3.hook_resid_post"] == pytest.approx(0.0004, abs=0.0001)
     assert mse["ln_final.hook_normalized"] == pytest.approx(0.0003, abs=0.0001)

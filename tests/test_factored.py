@@ -284,13 +284,23 @@ def test_experiment_config_is_validated():
         FactoredExperiment(n_checkpoints=0)
 
 
-def test_cli_and_demo_run_end_to_end(tmp_path, capsys):
+def test_cli_and_demo_run_end_to_end(tmp_path, capsys, monkeypatch):
     import importlib.util
     import json
+    from dataclasses import dataclass
     from pathlib import Path
 
     from belief_lens.cli import main
+    from belief_lens.experiments import factored
 
+    # The command's and the demo's plumbing on the evaluation budget of the tiny run above (the
+    # default 3000 + 1000 sequences per checkpoint would be most of this test's time).
+    @dataclass(frozen=True)
+    class Small(factored.FactoredExperiment):
+        n_eval_sequences: int = 300
+        n_vary_one: int = 60
+
+    monkeypatch.setattr(factored, "FactoredExperiment", Small)
     out = tmp_path / "cli"
     argv = ["factored", "--epsilon", "0.05", "--max-steps", "2", "--minutes", "2"]
     argv += ["--export", "none"]  # figure files: tests/test_report*.py
@@ -307,6 +317,7 @@ def test_cli_and_demo_run_end_to_end(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("factored_beliefs", path)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    monkeypatch.setattr(demo, "FactoredExperiment", Small)
     argv = ["--max-steps", "2", "--minutes", "2", "--export", "none"]
     assert demo.main([*argv, "--out", str(tmp_path / "demo")]) == 0
     for run in ("independent", "coupled"):

@@ -8,6 +8,7 @@ own modules are few, and each says what it guards.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
 
+@functools.cache  # parsed once per test process: the tests only read the trees
 def modules() -> dict[str, tuple[Path, ast.Module]]:
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):

@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from belief_lens.cli import main
-
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WIDTH = 1400
 SCALE = 0.5  # device pixels per CSS pixel in the screenshot: smaller PNGs decode faster
@@ -209,44 +207,48 @@ def check_in_browser(report: Path, shots: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mess3_demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("mess3") / "demo"
-    argv = ["-q", "demo", "--max-steps", "30", "--minutes", "1", "--out", str(out)]
-    assert main([*argv, "--no-interventions", "--export", "none"]) == 0  # the page, not files
+def rrxor_demo(tmp_path_factory) -> Path:
+    """A demo's page (its training section among the rest) on RRXOR's geometry, tiny: 8 steps,
+    context 6 (the Mess3 probe's page below is the heavy one)."""
+    from belief_lens.cli import main
+
+    out = tmp_path_factory.mktemp("rrxor") / "demo"
+    argv = ["-q", "demo", "--process", "rrxor", "--max-steps", "8", "--minutes", "1"]
+    argv += ["--n-ctx", "6", "--no-interventions", "--export", "none"]  # the page, not files
+    assert main([*argv, "--out", str(out)]) == 0
     return out / "report.html"
 
 
-@pytest.fixture(scope="module")
-def rrxor_probe(shared_checkpoint, tmp_path_factory) -> Path:
-    path = shared_checkpoint("rrxor_paper")
-    out = tmp_path_factory.mktemp("rrxor") / "probe"
-    argv = ["-q", "probe", "--checkpoint", str(path), "--process", "rrxor", "--out", str(out)]
-    assert main([*argv, "--no-interventions", "--export", "none"]) == 0  # the page, not files
-    return out / "report.html"
-
-
-def test_mess3_demo_report_is_light(mess3_demo):
-    size = mess3_demo.stat().st_size
+# The Mess3 page is conftest's shared run (once per worker; its numbers are checked by
+# tests/test_cli.py): the paper checkpoint probed in paper mode with controls, 59,049 sequences,
+# the heaviest page.
+def test_mess3_report_is_light(mess3_paper_probe_run):
+    assert mess3_paper_probe_run.code == 0
+    report = mess3_paper_probe_run.out / "report.html"
+    size = report.stat().st_size
     assert size <= 2_000_000, f"report.html weighs {size / 1e6:.2f} MB"
-    text = mess3_demo.read_text(encoding="utf-8")
+    text = report.read_text(encoding="utf-8")
     assert '"type":"scattergl"' not in text
     assert text.count("<script src='plotly.min.js'>") == 1
-    assert (mess3_demo.parent / "plotly.min.js").is_file()
+    assert (report.parent / "plotly.min.js").is_file()
 
 
-def check_report_figures(path: Path, tmp_path: Path) -> None:
+def check_report_figures(path: Path, tmp_path: Path) -> dict:
     probe = check_in_browser(path, tmp_path)
     ids = {r["id"] for r in probe["rects"]}
     assert {"fig-geometry", "fig-geometry_per_hook", "fig-controls_r2"} <= ids
+    return probe
 
 
 # Each report is requested by name, so the test runner keeps a fixture's tests on one worker.
-def test_mess3_demo_report_renders_in_a_browser(mess3_demo, tmp_path):
-    check_report_figures(mess3_demo, tmp_path)
+def test_mess3_probe_report_renders_in_a_browser(mess3_paper_probe_run, tmp_path):
+    assert mess3_paper_probe_run.code == 0
+    check_report_figures(mess3_paper_probe_run.out / "report.html", tmp_path)
 
 
-def test_rrxor_probe_report_renders_in_a_browser(rrxor_probe, tmp_path):
-    check_report_figures(rrxor_probe, tmp_path)
+def test_rrxor_demo_report_renders_in_a_browser(rrxor_demo, tmp_path):
+    probe = check_report_figures(rrxor_demo, tmp_path)
+    assert "fig-training" in {r["id"] for r in probe["rects"]}
 
 
 def test_shared_structure_figure_draws_inside_its_panels(tmp_path):
