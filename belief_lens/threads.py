@@ -26,13 +26,7 @@ __all__ = [
     "running_elsewhere",
     "single_thread_below",
     "single_thread_for_model",
-    "yielding_process",
 ]
-
-#: Processes this process started at the lowest priority (the figure exporter), counted with
-#: every descendant (its browser): they run on what this process's threads leave idle, so their
-#: runnable tasks are not counted as work elsewhere (``running_elsewhere``).
-_YIELDING: set[int] = set()
 
 #: Ops below this many elements run on one intra-op thread inside the package's hot loops: far
 #: above the belief filter's, sampler's and enumeration's per-step ops (tens of thousands), where
@@ -88,49 +82,15 @@ def running_elsewhere(samples: int = 5, interval: float = 0.01) -> int | None:
     return max(0, int(statistics.median(counts)))
 
 
-def _running_tasks(pid: str) -> int:
+def _own_running_threads() -> int:
     own = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
+    for task in os.listdir("/proc/self/task"):
         try:
-            with open(f"/proc/{pid}/task/{task}/stat") as f:
+            with open(f"/proc/self/task/{task}/stat") as f:
                 own += f.read().rsplit(")", 1)[1].split()[0] == "R"
         except (OSError, IndexError):  # a thread that ended between the listing and the read
             continue
     return own
-
-
-def _own_running_threads() -> int:
-    """This process's running threads, and those of its yielding processes' trees."""
-    own = _running_tasks("self")
-    if not _YIELDING:
-        return own
-    parent = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
-            continue
-    for pid in parent:
-        p, hops = pid, 0
-        while p not in _YIELDING and p > 1 and hops < 64:
-            p, hops = parent.get(p, 0), hops + 1
-        if p in _YIELDING:
-            with contextlib.suppress(OSError):
-                own += _running_tasks(str(pid))
-    return own
-
-
-@contextlib.contextmanager
-def yielding_process(pid: int) -> Iterator[None]:
-    """Within the block, the runnable tasks of process ``pid`` and its descendants (started by
-    this process under ``SCHED_IDLE``, the lowest priority) count as this process's own: they
-    take only the cores its threads leave idle, so the thread guards need not give way."""
-    _YIELDING.add(pid)
-    try:
-        yield
-    finally:
-        _YIELDING.discard(pid)
 
 
 def machine_busy() -> bool:

@@ -29,7 +29,6 @@ from plotly.offline import get_plotlyjs
 
 from belief_lens.errors import BeliefLensError
 from belief_lens.storage import atomic_write_text, jsonable
-from belief_lens.threads import yielding_process
 
 __all__ = [
     "ExportFormat",
@@ -211,7 +210,7 @@ EXPORT_SECONDS_PER_IMAGE = 15.0
 
 #: The child: starts its browser at once, then exports each job list whose path arrives on
 #: stdin, until stdin closes. With ``--yield`` it and its browser run under ``SCHED_IDLE``, only
-#: on idle cores (a nice value the browser would undo: Chromium renices itself where it may).
+#: on idle cores (a nice value would not hold: Chromium renices itself where it may).
 _EXPORT_CHILD = """
 import json, os, sys
 if "--yield" in sys.argv and hasattr(os, "SCHED_IDLE"):
@@ -358,10 +357,12 @@ def export_figures(
 class FigureExporter:
     """Exports a run's figures while the run goes on computing: one child process and browser,
     started at construction (so the browser's start-up and each figure's rendering overlap the
-    analysis), fed with :meth:`submit` as sections are built. They run at the lowest priority,
-    on the cycles the run leaves idle, and the run's thread guards do not give way to them
-    (``threads.yielding_process``). :meth:`finish` waits for them and moves the files into place;
-    where they failed, :func:`export_figures` tries afresh.
+    analysis), fed with :meth:`submit` as sections are built. They run under ``SCHED_IDLE``, on
+    the cycles the run leaves idle; while they render, the run's thread guards count them as
+    work elsewhere (``threads.running_elsewhere``) and give a small model's stage one thread,
+    so the browser has the other core (beside two threads the RRXOR controls took 12 s, not 5).
+    :meth:`finish` waits for them and moves the files into place; where they failed,
+    :func:`export_figures` tries afresh.
 
     Use it as a context manager: leaving the block early kills the child and removes its
     temporary files.
@@ -372,12 +373,10 @@ class FigureExporter:
         self.figures: list[ReportFigure] = []
         self.child: subprocess.Popen | None = None
         self._work: tempfile.TemporaryDirectory | None = None
-        self._yielding = contextlib.ExitStack()
         if self.formats and importlib.util.find_spec("kaleido") is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             self._work = tempfile.TemporaryDirectory(prefix="belief-lens-export-")
             self.child = _start_export_child(Path(self._work.name) / "stderr", yielding=True)
-            self._yielding.enter_context(yielding_process(self.child.pid))
 
     def submit(self, figures: Sequence[ReportFigure]) -> None:
         """Queue ``figures`` (those not queued already, by name) for export."""
@@ -400,7 +399,6 @@ class FigureExporter:
         paths = [self.out / f"{f.name}.{fmt}" for f in self.figures for fmt in self.formats]
         if self.child is not None:
             child, self.child = self.child, None
-            self._yielding.close()  # the run's work is done: the export is all there is
             try:
                 _wait_export_child(child, len(paths), Path(self._work.name) / "stderr")  # type: ignore[union-attr]
                 return _move_into_place(paths)
@@ -410,7 +408,6 @@ class FigureExporter:
 
     def close(self) -> None:
         """Kill a child still running and remove the temporary files."""
-        self._yielding.close()
         if self.child is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.child.pid, signal.SIGKILL)
