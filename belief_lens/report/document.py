@@ -356,13 +356,13 @@ def export_figures(
 
 class FigureExporter:
     """Exports a run's figures while the run goes on computing: one child process and browser,
-    started at construction (so the browser's start-up and each figure's rendering overlap the
-    analysis), fed with :meth:`submit` as sections are built. They run under ``SCHED_IDLE``, on
-    the cycles the run leaves idle; while they render, the run's thread guards count them as
-    work elsewhere (``threads.running_elsewhere``) and give a small model's stage one thread,
-    so the browser has the other core (beside two threads the RRXOR controls took 12 s, not 5).
-    :meth:`finish` waits for them and moves the files into place; where they failed,
-    :func:`export_figures` tries afresh.
+    started with the first figures and fed with :meth:`submit` as sections are built, so the
+    browser's start-up and each figure's rendering overlap the rest of the analysis. They run
+    under ``SCHED_IDLE``, on the cycles the run leaves idle; while they render, the run's thread
+    guards count them as work elsewhere (``threads.running_elsewhere``) and give a small model's
+    stage one thread, so the browser has the other core (beside two threads the RRXOR controls
+    took 12 s, not 5). :meth:`finish` waits for them and moves the files into place; where they
+    failed, :func:`export_figures` tries afresh.
 
     Use it as a context manager: leaving the block early kills the child and removes its
     temporary files.
@@ -373,16 +373,19 @@ class FigureExporter:
         self.figures: list[ReportFigure] = []
         self.child: subprocess.Popen | None = None
         self._work: tempfile.TemporaryDirectory | None = None
-        if self.formats and importlib.util.find_spec("kaleido") is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self._work = tempfile.TemporaryDirectory(prefix="belief-lens-export-")
-            self.child = _start_export_child(Path(self._work.name) / "stderr", yielding=True)
+        self._can = bool(self.formats) and importlib.util.find_spec("kaleido") is not None
 
     def submit(self, figures: Sequence[ReportFigure]) -> None:
-        """Queue ``figures`` (those not queued already, by name) for export."""
+        """Queue ``figures`` (those not queued already, by name) for export; the first figures
+        start the child (not before: a browser starting beside a run's first, heaviest pass
+        slowed it by half)."""
         seen = {f.name for f in self.figures}
         new = [f for f in figures if f.name not in seen]
         self.figures += new
+        if new and self._can and self._work is None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._work = tempfile.TemporaryDirectory(prefix="belief-lens-export-")
+            self.child = _start_export_child(Path(self._work.name) / "stderr", yielding=True)
         if not new or self.child is None or self._work is None or self.child.poll() is not None:
             return
         manifest = _write_jobs(new, self.out, self.formats, Path(self._work.name), str(len(seen)))
