@@ -45,6 +45,7 @@ __all__ = [
     "ExcessFit",
     "MixtureBeliefs",
     "ReferenceLosses",
+    "SteeringForm",
     "fit_excess_loss",
     "mixture_beliefs",
     "reference_losses",

@@ -10,8 +10,10 @@ the grid (the mean ``KL(measured || predicted)`` minimised):
   tokens' evidence, so
   ``P(c | x_0..x_t, alpha) = softmax(log w + alpha * s * e_toward + sum_u log P(x_u | x_<u, c))``;
 - ``"simplex"``: steering moves the belief itself, ``P(c | x, alpha) = (1 - lam) P(c | x) + lam
-  e_toward`` with ``lam = 1 - exp(-alpha * s)``: what a residual stream that holds the belief
-  linearly (Shai et al. 2024) does when a direction is added to it and normalised after.
+  e_toward`` with ``lam = 1 - exp(-alpha * s)``, the family of such moves whose steps compose.
+  A residual stream that holds the belief linearly (Shai et al. 2024), with a direction added and
+  normalised downstream, moves its belief along a segment toward a fixed point whatever the
+  context; how fast along it, this form does not derive (``s`` says).
 
 Either way the next-token distribution is the components' own next-token distributions mixed with
 these weights (:meth:`belief_lens.mixture_beliefs.MixtureBeliefs.predict`).
