@@ -14,8 +14,8 @@ mess3(0.25, 0.5)], [0.5, 0.5])`` (on Bayes targets), then measure:
   fitted, beside a norm-matched control direction: Bigelow et al.'s (2025) shift of the log
   prior, and the contraction of the belief toward the target component's vertex that a residual
   stream holding beliefs linearly predicts. The headline is ``steering_form`` (the simplex by
-  default: on the default experiment the log-odds form's phase boundary misses by 60%; see
-  the README); the other is reported beside it.
+  default: on the default experiment the log-odds form's phase boundary misses by 45-60%,
+  the simplex form's by 14%; see the README); the other is reported beside it.
 """
 
 from __future__ import annotations
