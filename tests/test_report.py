@@ -92,15 +92,17 @@ def test_write_report_without_kaleido_names_what_is_missing(tmp_path, monkeypatc
 
 def test_a_hung_export_is_killed_with_its_browser_tried_again_and_named(tmp_path, monkeypatch):
     """A child whose browser never answers (here: it sleeps, beside a grandchild standing in for
-    Chrome) is killed with its whole session at the time limit, tried once more, and the export
-    fails with a BeliefLensError naming the wait, leaving no temp files; write_report then keeps
-    the interactive page and says why no PNG was made."""
+    Chrome, in a session of its own as kaleido starts it) is killed with that grandchild at the
+    time limit and tried once more; the export fails with a BeliefLensError naming the wait,
+    leaving no temp files; write_report then keeps the interactive page and says why no PNG was
+    made."""
     from belief_lens.report import document
 
     pids = tmp_path / "pids"
-    hang = (
+    hang = (  # the stand-in browser in a session of its own, as kaleido starts Chrome
         "import os, subprocess, sys, time\n"
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],\n"
+        "                     start_new_session=True)\n"
         f"open({str(pids)!r}, 'a').write(f'{{p.pid}}\\n')\n"
         "time.sleep(600)\n"
     )
