@@ -16,6 +16,7 @@ from torch import Tensor
 
 from belief_lens import tl_compat
 from belief_lens.errors import BeliefLensError
+from belief_lens.threads import recheck
 
 __all__ = [
     "HookSpec",
@@ -202,6 +203,7 @@ def residual_stream(
         # Host-to-device copies never need the host to wait (a pinned source runs async).
         batch = tokens[start : start + batch_size].to(in_device, non_blocking=True)
         got.clear()
+        recheck()  # for a model other than the one a stage's thread guard watches
         try:
             with model.hooks(fwd_hooks=fwd_hooks):
                 model(batch)

@@ -15,6 +15,7 @@ import contextlib
 import os
 import statistics
 import time
+from collections import deque
 from collections.abc import Iterator
 
 import torch
@@ -22,7 +23,11 @@ import torch
 __all__ = [
     "SMALL_MODEL_PARAMS",
     "SMALL_OP_ELEMENTS",
+    "AdaptiveThreads",
+    "adaptive_threads_for_model",
     "machine_busy",
+    "recheck",
+    "runnable_elsewhere_now",
     "running_elsewhere",
     "single_thread_below",
     "single_thread_for_model",
@@ -63,23 +68,31 @@ def single_thread_below(
         torch.set_num_threads(before)
 
 
-def running_elsewhere(samples: int = 5, interval: float = 0.01) -> int | None:
-    """How many tasks other than this process's own threads are runnable now: the median over
-    ``samples`` reads of Linux's ``procs_running`` (``/proc/stat``) less this process's running
-    threads, ``interval`` seconds apart. None where ``/proc`` does not say (not Linux)."""
-    counts = []
+def runnable_elsewhere_now() -> int | None:
+    """One read of how many tasks other than this process's own threads are runnable: Linux's
+    ``procs_running`` (``/proc/stat``) less this process's running threads. None where ``/proc``
+    does not say (not Linux)."""
     try:
-        for i in range(samples):
-            if i:
-                time.sleep(interval)
-            with open("/proc/stat") as f:
-                running = next(
-                    int(line.split()[1]) for line in f if line.startswith("procs_running")
-                )
-            counts.append(running - _own_running_threads())
+        with open("/proc/stat") as f:
+            running = next(int(line.split()[1]) for line in f if line.startswith("procs_running"))
     except (OSError, StopIteration, ValueError, IndexError):
         return None
-    return max(0, int(statistics.median(counts)))
+    return max(0, running - _own_running_threads())
+
+
+def running_elsewhere(samples: int = 5, interval: float = 0.01) -> int | None:
+    """How many tasks other than this process's own threads are runnable now: the median over
+    ``samples`` reads (``runnable_elsewhere_now``), ``interval`` seconds apart. None where
+    ``/proc`` does not say (not Linux)."""
+    counts = []
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        count = runnable_elsewhere_now()
+        if count is None:
+            return None
+        counts.append(count)
+    return int(statistics.median(counts))
 
 
 def _own_running_threads() -> int:
@@ -99,14 +112,18 @@ def machine_busy() -> bool:
     does not say, the 1-minute load average at least the cores (False where that is
     unavailable too). Measured now rather than from the load average, which lags by a minute
     and counts this process's own past work."""
-    cores = os.cpu_count() or 1
     others = running_elsewhere()
     if others is not None:
-        return others + torch.get_num_threads() > cores
+        return _crowded(others, torch.get_num_threads())
     try:
-        return os.getloadavg()[0] >= cores
+        return os.getloadavg()[0] >= (os.cpu_count() or 1)
     except OSError:
         return False
+
+
+def _crowded(others: float, threads: int) -> bool:
+    """Whether ``others`` runnable tasks and ``threads`` of ours exceed the cores."""
+    return others + threads > (os.cpu_count() or 1)
 
 
 def single_thread_for_model(
@@ -122,3 +139,96 @@ def single_thread_for_model(
     params = list(model.parameters())
     device = params[0].device if params else None
     return single_thread_below(sum(p.numel() for p in params), device, limit)
+
+
+#: Seconds between two reads of the run queue inside an adaptive guard, and how many recent
+#: reads decide (their median): about half a second of history, so one stray read flips nothing.
+RECHECK_SPACING = 0.1
+RECHECK_WINDOW = 5
+
+_ACTIVE: list[AdaptiveThreads] = []
+
+
+class AdaptiveThreads:
+    """A small model's CPU work at one intra-op thread while other work holds the cores, and at
+    its ``threads`` once they are free, re-decided as the work goes on. Each :meth:`recheck`
+    (before every forward pass of the guarded model, and from the package's other loops of
+    work through :func:`recheck`) adds a read of the run queue at most every
+    ``RECHECK_SPACING`` seconds; the median of the last ``RECHECK_WINDOW`` decides. So a stage
+    that starts beside the report's figure export gets its second thread back when the export
+    is done, rather than running to its end at one (the RRXOR patching stage: 76 ms per forward
+    pass at two threads against 142 ms at one).
+
+    ``used`` lists the thread counts the work ran at, in order.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.reads: deque[int] = deque(maxlen=RECHECK_WINDOW)
+        self.last = -float("inf")
+        self.used: list[int] = []
+
+    def start(self) -> None:
+        """The first decision, from a full window of reads ``running_elsewhere`` apart."""
+        for i in range(RECHECK_WINDOW):
+            if i:
+                time.sleep(0.01)
+            self._read()
+        self._decide()
+
+    def recheck(self) -> None:
+        """Read the run queue (if the last read is ``RECHECK_SPACING`` old) and re-decide."""
+        if time.monotonic() - self.last >= RECHECK_SPACING:
+            self._read()
+            self._decide()
+
+    def _read(self) -> None:
+        self.last = time.monotonic()
+        count = runnable_elsewhere_now()
+        if count is not None:
+            self.reads.append(count)
+
+    def _decide(self) -> None:
+        if self.reads:
+            busy = _crowded(statistics.median(self.reads), self.threads)
+        else:  # no /proc: the load average, as ``machine_busy``
+            busy = machine_busy()
+        want = 1 if busy else self.threads
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+        if not self.used or self.used[-1] != want:
+            self.used.append(want)
+
+
+def recheck() -> None:
+    """Let the innermost :func:`adaptive_threads_for_model` guard re-decide its threads (nothing
+    outside one): called from the package's loops of work between their steps."""
+    if _ACTIVE:
+        _ACTIVE[-1].recheck()
+
+
+@contextlib.contextmanager
+def adaptive_threads_for_model(
+    model: torch.nn.Module, limit: int | None = None
+) -> Iterator[AdaptiveThreads | None]:
+    """An :class:`AdaptiveThreads` guard for a CPU model of at most ``limit`` parameters
+    (default ``SMALL_MODEL_PARAMS``), re-deciding before each of its forward passes and at each
+    :func:`recheck`; the caller's setting is restored after. Yields None (and changes nothing)
+    for a larger model, one on a GPU, or a caller already at one thread."""
+    limit = SMALL_MODEL_PARAMS if limit is None else limit
+    params = list(model.parameters())
+    on_cpu = not params or params[0].device.type == "cpu"
+    before = torch.get_num_threads()
+    if not on_cpu or sum(p.numel() for p in params) > limit or before == 1:
+        yield None
+        return
+    guard = AdaptiveThreads(before)
+    handle = model.register_forward_pre_hook(lambda *_: guard.recheck())
+    _ACTIVE.append(guard)
+    try:
+        guard.start()
+        yield guard
+    finally:
+        handle.remove()
+        _ACTIVE.remove(guard)
+        torch.set_num_threads(before)

@@ -1,6 +1,8 @@
 """The belief-lens command end to end on a tiny budget, and its one-line errors."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -157,6 +159,26 @@ def test_unreadable_checkpoint(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "bad.safetensors" in err and "\n" not in err.strip()
+
+
+def test_the_command_freezes_what_main_leaves_out_of_the_final_collection(tmp_path):
+    """``belief-lens`` (``console_main``) returns ``main``'s exit code with the objects left
+    frozen, so the interpreter's last collection skips them; ``main`` itself freezes nothing
+    (tests call it in-process)."""
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    code = (
+        "import gc, sys\n"
+        "from belief_lens.cli import console_main, main\n"
+        "args = ['probe', '--checkpoint', sys.argv[1], '--process', 'mess3']\n"
+        "args += ['--out', sys.argv[2]]\n"
+        "assert main(args) == 2 and gc.get_freeze_count() == 0\n"
+        "sys.argv[1:] = args\n"
+        "print(console_main(), gc.get_freeze_count() > 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(bad), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.stdout.split() == ["2", "True"], done.stderr
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["probe"]])

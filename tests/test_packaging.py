@@ -49,4 +49,4 @@ def test_wheel_holds_every_module_the_command_and_the_extras(wheel):
     for extra in ("wandb", "mlflow", "export", "dev"):
         assert f"Provides-Extra: {extra}" in metadata
     entry = zipfile.ZipFile(wheel).read(info.replace("METADATA", "entry_points.txt")).decode()
-    assert "belief-lens = belief_lens.cli:main" in entry
+    assert "belief-lens = belief_lens.cli:console_main" in entry

@@ -260,7 +260,7 @@ def test_analyse_runs_a_small_model_at_one_thread_and_logs_each_stage(
         return fit(*args, **kwargs)
 
     monkeypatch.setattr(analysis, "_fit_probes", spy)
-    monkeypatch.setattr("belief_lens.threads.machine_busy", lambda: True)  # a shared machine
+    monkeypatch.setattr("belief_lens.threads.runnable_elsewhere_now", lambda: 3)  # shared machine
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -268,7 +268,7 @@ def test_analyse_runs_a_small_model_at_one_thread_and_logs_each_stage(
         with caplog.at_level("INFO", logger="belief_lens.report.analysis"):
             metrics = rp.analyse(model, rrxor(), tmp_path, config=cfg)
         assert seen == [1] and torch.get_num_threads() == 2
-        assert set(metrics["stage_threads"].values()) == {1}
+        assert all(used == [1] for used in metrics["stage_threads"].values())
     finally:
         torch.set_num_threads(before)
     stages = ["probes", "loss", "geometry", "controls", "report"]  # the loss reuses the probes

@@ -12,9 +12,12 @@ import torch
 
 from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
 from belief_lens.processes import mess3
+from belief_lens import threads
 from belief_lens.threads import (
     SMALL_MODEL_PARAMS,
     SMALL_OP_ELEMENTS,
+    adaptive_threads_for_model,
+    recheck,
     running_elsewhere,
     single_thread_below,
     single_thread_for_model,
@@ -113,3 +116,50 @@ def test_running_elsewhere_counts_another_runnable_process():
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.fixture
+def run_queue(monkeypatch):
+    """A scripted run queue: ``run_queue[0]`` tasks runnable elsewhere at every read, on two
+    cores, each read counted as ``RECHECK_SPACING`` apart."""
+    state = [0]
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "runnable_elsewhere_now", lambda: state[0])
+    monkeypatch.setattr(threads, "RECHECK_SPACING", 0.0)
+    return state
+
+
+def test_adaptive_guard_gives_the_threads_back_when_the_other_work_ends(two_threads, run_queue):
+    """A stage that starts beside other work runs at one thread, returns to two once the median
+    of the recent reads says the cores are free (one stray read flips nothing), before the
+    model's next forward pass and at each ``recheck``; the caller's setting is restored."""
+    model = torch.nn.Linear(4, 4)
+    run_queue[0] = 1  # one other task and our two threads on two cores
+    with adaptive_threads_for_model(model) as guard:
+        assert torch.get_num_threads() == 1
+        run_queue[0] = 0
+        recheck()  # one quiet read against a window of busy ones: still crowded
+        assert torch.get_num_threads() == 1
+        for _ in range(threads.RECHECK_WINDOW):
+            model(torch.ones(1, 4))  # each forward pass re-decides first
+        assert torch.get_num_threads() == 2
+        run_queue[0] = 2
+        for _ in range(threads.RECHECK_WINDOW):
+            recheck()
+        assert torch.get_num_threads() == 1
+    assert guard.used == [1, 2, 1]
+    assert torch.get_num_threads() == 2
+    assert not model._forward_pre_hooks  # the hook goes with the guard
+    recheck()  # outside a guard: nothing to re-decide
+    assert torch.get_num_threads() == 2
+
+
+def test_adaptive_guard_leaves_large_models_and_single_thread_callers_alone(
+    two_threads, run_queue
+):
+    run_queue[0] = 5
+    with adaptive_threads_for_model(torch.nn.Linear(10, 10), limit=109) as guard:
+        assert guard is None and torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    with adaptive_threads_for_model(torch.nn.Linear(2, 2)) as guard:
+        assert guard is None and torch.get_num_threads() == 1

@@ -28,6 +28,7 @@ from belief_lens.interventions.checks import check_activation
 from belief_lens.interventions.provenance import check_provenance, provenance_of
 from belief_lens.metrics import kl_divergence, recovery
 from belief_lens.probing.estimator import BasisKind
+from belief_lens.threads import recheck
 from belief_lens.training.progress import quiet_unwatched_bars
 from belief_lens.validation import check_int, check_option, check_seed, resolve_positions
 
@@ -142,12 +143,16 @@ def _patch_grid(
                                       metric, hook)  # fmt: skip
     from transformer_lens import patching  # TransformerLens only where it is used
 
+    def measured(logits: Tensor) -> Tensor:
+        recheck()  # run_with_hooks calls forward directly, past the thread guard's pre-hook
+        return metric(logits)
+
     with eval_mode(model), quiet_unwatched_bars(patching):
         grid = patching.generic_activation_patch(
             model,
             corrupted.to(model_device(model)),
             cache,
-            metric,
+            measured,
             subspace_patch_setter(bases),
             hook,
             index_axis_names=("layer", "pos"),

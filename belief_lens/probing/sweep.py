@@ -22,6 +22,7 @@ from belief_lens.probing.moments import Moments, total
 from belief_lens.probing.prefixes import PrefixActs, acts_at, acts_dim
 from belief_lens.probing.solvers import RowsSVD
 from belief_lens.probing.table import ProbeTable, overfit_reason
+from belief_lens.threads import recheck
 
 __all__ = [
     "fit_probes",
@@ -165,6 +166,7 @@ class _Folds:
     def _fit(
         self, which: list[int], pooled: tuple[Moments, tuple | None], hook: str | None, ridge: float
     ) -> AffineProbe:
+        recheck()  # a fold's fit is a unit of work: the stage's threads are re-decided between them
         moments, rows = pooled
         sub = None if rows is None else rows[0]
         wide = sub is not None and sub[0].shape[0] <= 2 * sub[0].shape[1]

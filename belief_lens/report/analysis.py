@@ -54,7 +54,7 @@ from belief_lens.probing.prefixes import (
 from belief_lens.report import sections
 from belief_lens.report.document import ExportFormat, FigureExporter, Section, write_report
 from belief_lens.report.sections import UNDERTRAINED_RATIO
-from belief_lens.threads import single_thread_for_model
+from belief_lens.threads import adaptive_threads_for_model
 from belief_lens.training import loss_evaluator
 from belief_lens.validation import check_float, check_int, check_seed
 
@@ -163,8 +163,9 @@ def analyse(
 class _Stages:
     """One log line per analysis stage with its own time and the total so far, so a long run
     shows where it is and where the time went (``metrics["stage_seconds"]``). Each stage runs a
-    small model's ops at one intra-op thread when other work holds the cores as it starts
-    (``threads.single_thread_for_model``; the threads used: ``metrics["stage_threads"]``)."""
+    small model's ops at one intra-op thread while other work holds the cores, re-decided as it
+    goes (``threads.adaptive_threads_for_model``; the thread counts it ran at, in order:
+    ``metrics["stage_threads"]``)."""
 
     def __init__(self, metrics: dict[str, Any], model: Any) -> None:
         self.t0 = time.perf_counter()
@@ -176,9 +177,9 @@ class _Stages:
     def __call__(self, name: str, what: str) -> Iterator[None]:
         logger.info("%s: %s", name, what)
         start = time.perf_counter()
-        with single_thread_for_model(self.model):
-            self.threads[name] = torch.get_num_threads()
+        with adaptive_threads_for_model(self.model) as guard:
             yield
+        self.threads[name] = guard.used if guard else [torch.get_num_threads()]
         now = time.perf_counter()
         self.seconds[name] = now - start
         logger.info("%s done in %.1f s (%.1f s so far)", name, now - start, now - self.t0)
