@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
-from belief_lens.processes import mess3
+from belief_lens.processes import mess3, post_quantum
 from belief_lens.threads import (
     SMALL_MODEL_PARAMS,
     SMALL_OP_ELEMENTS,
@@ -43,9 +43,10 @@ def test_guard_sets_one_thread_below_the_limit_and_restores(two_threads):
 
 
 def test_hot_loops_run_at_one_thread_and_leave_the_setting(two_threads, monkeypatch):
-    """The belief filter's steps run at one thread; sampling, enumeration and filtering leave the
-    caller's setting as it was."""
-    hmm = mess3()
+    """A generalized HMM's sampler steps beliefs at one thread; sampling, enumeration and
+    filtering (a compiled single-threaded kernel, no torch ops per step) leave the caller's
+    setting as it was."""
+    hmm = post_quantum()
     seen = []
     step = type(hmm).step
 
@@ -55,9 +56,10 @@ def test_hot_loops_run_at_one_thread_and_leave_the_setting(two_threads, monkeypa
 
     monkeypatch.setattr(type(hmm), "step", spy)
     tokens = sample_sequences(hmm, 500, 8, seed=0)
-    belief_states(hmm, tokens)
     assert seen and set(seen) == {1}
-    enumerate_sequences(hmm, 5)
+    belief_states(hmm, tokens)
+    assert torch.get_num_threads() == 2
+    enumerate_sequences(mess3(), 5)
     assert torch.get_num_threads() == 2
 
 
