@@ -75,7 +75,9 @@ def main() -> None:
     out = torch.empty(n, L, hmm.n_states, dtype=torch.float64).fill_(0.0)
     src = torch.rand(out.shape, dtype=torch.float64)
     t_copy = best_of(lambda: out.copy_(src))
-    t_fresh = best_of(lambda: torch.from_numpy(np.empty(out.shape)).copy_(src))
+    # numpy, one thread: torch's copy_ faults a fresh array's pages from two threads at once,
+    # which serialise on the kernel's page-table lock (10x slower, varying run to run)
+    t_fresh = best_of(lambda: np.copyto(np.empty(out.shape), src.numpy()))
     mb = out.numel() * out.element_size() / 1e6
     print(
         f"  vs writing its {mb:.0f} MB output: copy into touched memory {t_copy * 1e3:.1f} ms, "
