@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 #: Ops below this many elements run on one intra-op thread inside the package's hot loops: far
-#: above the belief filter's, sampler's and enumeration's per-step ops (tens of thousands), where
+#: above the sampler's and enumeration's per-step ops (tens of thousands), where
 #: one thread is as fast quiet and many times faster beside another process.
 SMALL_OP_ELEMENTS = 1 << 22
 

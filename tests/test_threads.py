@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
-from belief_lens.processes import mess3
 from belief_lens import threads
+from belief_lens.beliefs import belief_states, enumerate_sequences, sample_sequences
+from belief_lens.processes import mess3, post_quantum
 from belief_lens.threads import (
     SMALL_MODEL_PARAMS,
     SMALL_OP_ELEMENTS,
@@ -46,9 +46,10 @@ def test_guard_sets_one_thread_below_the_limit_and_restores(two_threads):
 
 
 def test_hot_loops_run_at_one_thread_and_leave_the_setting(two_threads, monkeypatch):
-    """The belief filter's steps run at one thread; sampling, enumeration and filtering leave the
-    caller's setting as it was."""
-    hmm = mess3()
+    """A generalized HMM's sampler steps beliefs at one thread; sampling, enumeration and
+    filtering (a compiled single-threaded kernel, no torch ops per step) leave the caller's
+    setting as it was."""
+    hmm = post_quantum()
     seen = []
     step = type(hmm).step
 
@@ -58,9 +59,10 @@ def test_hot_loops_run_at_one_thread_and_leave_the_setting(two_threads, monkeypa
 
     monkeypatch.setattr(type(hmm), "step", spy)
     tokens = sample_sequences(hmm, 500, 8, seed=0)
-    belief_states(hmm, tokens)
     assert seen and set(seen) == {1}
-    enumerate_sequences(hmm, 5)
+    belief_states(hmm, tokens)
+    assert torch.get_num_threads() == 2
+    enumerate_sequences(mess3(), 5)
     assert torch.get_num_threads() == 2
 
 
@@ -154,9 +156,7 @@ def test_adaptive_guard_gives_the_threads_back_when_the_other_work_ends(two_thre
     assert torch.get_num_threads() == 2
 
 
-def test_adaptive_guard_leaves_large_models_and_single_thread_callers_alone(
-    two_threads, run_queue
-):
+def test_adaptive_guard_leaves_large_models_and_single_thread_callers_alone(two_threads, run_queue):
     run_queue[0] = 5
     with adaptive_threads_for_model(torch.nn.Linear(10, 10), limit=109) as guard:
         assert guard is None and torch.get_num_threads() == 2
