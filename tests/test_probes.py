@@ -832,14 +832,10 @@ def test_collection_errors(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def mess3_paper(shared_checkpoint):
-    """The paper's Mess3 model and its data at every block's hook_resid_post, paper mode (one
-    forward pass); tests take the hooks they fit with ``select_hooks``."""
-    from belief_lens.models import load_checkpoint
-
-    model = load_checkpoint(shared_checkpoint("mess3_paper"))
-    data = collect_probe_data(model, mess3(), 10, PAPER_HOOKS, mode="paper")
-    return model, data
+def mess3_paper(mess3_paper_probe_data):
+    """The paper's Mess3 model and its paper-mode data at every block's hook_resid_post and the
+    final norm (conftest's, one forward pass); tests take their hooks with ``select_hooks``."""
+    return mess3_paper_probe_data.model, mess3_paper_probe_data.data
 
 
 PAPER_HOOKS = [f"blocks.{i}.hook_resid_post" for i in range(4)]
