@@ -189,5 +189,5 @@ def test_discovery_loss_is_evaluate_loss_from_its_one_forward_pass(tmp_path, mon
     )
     handle.remove()
     assert calls == [3**5]
-    expected = evaluate_loss(model, mess3()).loss_over_optimal  # to rounding: batching differs
+    expected = evaluate_loss(model, mess3()).loss_over_optimal  # equal to rounding only
     assert metrics["loss_over_optimal"] == pytest.approx(expected, rel=1e-12)
