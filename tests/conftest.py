@@ -46,7 +46,22 @@ def shared_checkpoint():
 
 #: Commands too slow to run twice, each run once per worker and shared across test modules:
 #: every test that requests one goes to the same worker (``pytest_collection_modifyitems``).
-SHARED_RUNS = ("mess3_paper_probe_run",)
+SHARED_RUNS = ("mess3_paper_probe_run", "mess3_paper_probe_data")
+
+
+@pytest.fixture(scope="session")
+def mess3_paper_probe_data(shared_checkpoint) -> SimpleNamespace:
+    """The paper's Mess3 checkpoint (``model``) and its paper-mode probe data (``data``, all
+    59,049 sequences, seed 0) at every block's ``hook_resid_post`` and the final norm, from one
+    forward pass: tests/test_probes.py and tests/test_probing.py fit it (``select_hooks``)."""
+    from belief_lens.models import load_checkpoint
+    from belief_lens.probes import collect_probe_data
+    from belief_lens.processes import mess3
+
+    model = load_checkpoint(shared_checkpoint("mess3_paper"))
+    hooks = [*(f"blocks.{i}.hook_resid_post" for i in range(4)), "ln_final.hook_normalized"]
+    data = collect_probe_data(model, mess3(), 10, hooks, mode="paper")
+    return SimpleNamespace(model=model, data=data)
 
 
 @pytest.fixture(scope="session")

@@ -109,8 +109,13 @@ def test_train_mode_raises(tokens):
         residual_stream(model, tokens)
 
 
+PAPER_HOOKS = ["blocks.3.hook_resid_post", "ln_final.hook_normalized"]
+
+
 @pytest.fixture(scope="module")
 def mess3_paper(shared_checkpoint):
+    """The paper's Mess3 model on all 59,049 sequences, and its residual stream at the last block
+    and the final norm from one ``residual_stream`` pass (the probe and loss tests share it)."""
     from belief_lens.beliefs import enumerate_sequences
     from belief_lens.processes import mess3
 
@@ -118,7 +123,8 @@ def mess3_paper(shared_checkpoint):
     model = load_checkpoint(shared_checkpoint("mess3_paper"))
     every = enumerate_sequences(hmm, 10)
     assert len(every) == 59_049
-    return hmm, model, every
+    acts = residual_stream(model, every.tokens, hooks=PAPER_HOOKS)
+    return hmm, model, every, acts
 
 
 def _affine_mse(acts: torch.Tensor, beliefs: torch.Tensor) -> float:
@@ -130,9 +136,9 @@ def _affine_mse(acts: torch.Tensor, beliefs: torch.Tensor) -> float:
 
 
 def test_paper_probe_mse(mess3_paper):
-    _, model, every = mess3_paper
-    hooks = ["blocks.3.hook_resid_post", "ln_final.hook_normalized"]
-    acts = residual_stream(model, every.tokens, hooks=hooks)
+    _, _, every, acts = mess3_paper
+    hooks = PAPER_HOOKS
+    assert list(acts) == hooks and acts[hooks[0]].shape == (59_049, 10, 64)
     assert _affine_mse(acts[hooks[0]], every.beliefs) == pytest.approx(0.0004, abs=0.00005)
     assert _affine_mse(acts[hooks[1]], every.beliefs) == pytest.approx(0.0003, abs=0.00005)
 
@@ -140,11 +146,13 @@ def test_paper_probe_mse(mess3_paper):
 def test_paper_model_loss_near_optimal(mess3_paper):
     from belief_lens.compmech import optimal_loss
 
-    hmm, model, every = mess3_paper
+    hmm, model, every, acts = mess3_paper
+    # The logits are the final norm and unembedding of the last block's output, read in the
+    # fixture's pass; they are the model's own on the first sequences (no second full pass).
     with torch.no_grad():
-        logits = torch.cat(
-            [model(every.tokens[i : i + 16384]) for i in range(0, len(every), 16384)]
-        )
+        logits = model.unembed(model.ln_final(acts["blocks.3.hook_resid_post"]))
+        own = model(every.tokens[:256])
+    torch.testing.assert_close(logits[:256], own, rtol=1e-4, atol=1e-4)
     exact = hmm.next_token_probs(every.beliefs)  # P(token t+1 | tokens 0..t)
     ce = -(exact * logits.double().log_softmax(-1)).sum(-1)  # [N, 10]
     expected_ce = (every.probs[:, None] * ce).sum(0)

@@ -9,6 +9,10 @@ import pytest
 from belief_lens.cli import main
 from belief_lens.discovery import choose_n_vertices, discover_simplex, judge_discovery
 from belief_lens.errors import BeliefLensError
+from belief_lens.experiments.discovery import discover_in_checkpoint
+from belief_lens.models import ModelConfig, save_checkpoint, toy_transformer
+from belief_lens.processes import mess3
+from belief_lens.training import evaluate_loss
 
 
 def planted(k=3, n=20_000, d=64, noise=0.02, alpha=1.0, seed=0):
@@ -169,3 +173,21 @@ def test_judge_discovery_finds_a_planted_simplex_and_not_a_wrong_vertex_count():
     assert not v.found and "below" in v.reason
     v4 = judge_discovery(discover_simplex(acts, 4), acts, coords)
     assert not v4.found and v4.r2 is None and "4 vertices" in v4.reason
+
+
+def test_discovery_loss_is_evaluate_loss_from_its_one_forward_pass(tmp_path, monkeypatch):
+    # The loss comes from the logits of the pass that reads the hook: the number evaluate_loss
+    # gives (to rounding), with the model run once on the 3**5 sequences (one batch), not twice.
+    config = ModelConfig(d_vocab=3, n_ctx=5, n_layers=1, d_model=16, n_heads=1, d_head=8, d_mlp=32)
+    model = toy_transformer(config, seed=0).eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    monkeypatch.setattr("belief_lens.experiments.discovery.load_checkpoint", lambda p: model)
+    calls = []
+    handle = model.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
+    metrics = discover_in_checkpoint(
+        path, mess3(), tmp_path / "out", hook="blocks.0.hook_resid_post"
+    )
+    handle.remove()
+    assert calls == [3**5]
+    expected = evaluate_loss(model, mess3()).loss_over_optimal  # equal to rounding only
+    assert metrics["loss_over_optimal"] == pytest.approx(expected, rel=1e-12)

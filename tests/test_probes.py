@@ -832,18 +832,19 @@ def test_collection_errors(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def mess3_paper(shared_checkpoint):
-    """The paper's Mess3 model and its blocks.3.hook_resid_post data (one forward pass)."""
-    from belief_lens.models import load_checkpoint
+def mess3_paper(mess3_paper_probe_data):
+    """The paper's Mess3 model and its paper-mode data at every block's hook_resid_post and the
+    final norm (conftest's, one forward pass); tests take their hooks with ``select_hooks``."""
+    return mess3_paper_probe_data.model, mess3_paper_probe_data.data
 
-    model = load_checkpoint(shared_checkpoint("mess3_paper"))
-    data = collect_probe_data(model, mess3(), 10, [H3], mode="paper")
-    return model, data
+
+PAPER_HOOKS = [f"blocks.{i}.hook_resid_post" for i in range(4)]
 
 
 @pytest.mark.slow
 def test_mess3_paper_probe_mse(mess3_paper):
     model, data = mess3_paper
+    data = data.select_hooks([H3])
     table = fit_probes(data)
     row = table[H3]
     assert table.hooks == [H3]  # one hook: no concat row
@@ -876,14 +877,11 @@ def test_mess3_paper_probe_mse(mess3_paper):
 
 
 @pytest.mark.slow
-def test_mess3_paper_headline_is_stable_over_fold_seeds(shared_checkpoint):
+def test_mess3_paper_headline_is_stable_over_fold_seeds(mess3_paper):
     """Five fold seeds: no 64-feature hook is flagged, and the headline names the same hook or
     the same set of tied hooks every time."""
-    from belief_lens.models import load_checkpoint
-
-    model = load_checkpoint(shared_checkpoint("mess3_paper"))
-    hooks = [f"blocks.{i}.hook_resid_post" for i in range(4)]
-    data = collect_probe_data(model, mess3(), 10, hooks, mode="paper")
+    data = mess3_paper[1].select_hooks(PAPER_HOOKS)  # a copy: its seed is changed below
+    assert data.seed == 0 and data.mode == "paper"
     headlines = set()
     for seed in range(5):
         data.seed = seed  # the folds follow the data's seed

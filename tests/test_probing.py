@@ -438,12 +438,10 @@ def test_rrxor_concat_equals_lstsq_and_beats_every_hook(rrxor_table):
 
 
 @pytest.mark.slow
-def test_mess3_paper_in_sample_numbers(shared_checkpoint):
-    from belief_lens.models import load_checkpoint
-
-    model = load_checkpoint(shared_checkpoint("mess3_paper"))
+def test_mess3_paper_in_sample_numbers(mess3_paper_probe_data):
     hooks = ["blocks.3.hook_resid_post", "ln_final.hook_normalized"]
-    data = collect_probe_data(model, mess3(), 10, hooks)
+    data = mess3_paper_probe_data.data.select_hooks(hooks)  # conftest's paper-mode pass
+    assert data.mode == "paper" and data.seed == 0
     table = fit_probes(data, concat=False)
     assert table["blocks.3.hook_resid_post"]["mse_all"] == pytest.approx(0.000386, abs=5e-7)
     assert table["ln_final.hook_normalized"]["mse_all"] == pytest.approx(0.000301, abs=5e-7)

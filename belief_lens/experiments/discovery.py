@@ -12,16 +12,26 @@ import os
 from pathlib import Path
 from typing import Any
 
-from belief_lens.activations import residual_stream, resolve_hook
+import torch
+from torch import Tensor
+
+from belief_lens.activations import (
+    check_finite_activations,
+    check_tokens,
+    model_device,
+    residual_stream,
+    resolve_hook,
+)
 from belief_lens.beliefs import check_hmm, enumerate_sequences
 from belief_lens.discovery import discover_simplex, judge_discovery
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
 from belief_lens.models import load_checkpoint
 from belief_lens.plotting import discovery_figure
+from belief_lens.probing.prefixes import MAX_LOGITS_BYTES
 from belief_lens.report import undertrained_warning
 from belief_lens.storage import atomic_write_text, exclusive_lock, jsonable
-from belief_lens.training import evaluate_loss
+from belief_lens.training import loss_evaluator
 
 __all__ = ["discover_in_checkpoint"]
 
@@ -64,8 +74,7 @@ def _discover(
     hook = resolve_hook(model, hook)
     seqs = enumerate_sequences(hmm, int(model.cfg.n_ctx))
     logger.info("running %s on %d sequences of %s", path.name, len(seqs), hmm.name)
-    loss = evaluate_loss(model, hmm, seed=seed).loss_over_optimal
-    acts = residual_stream(model, seqs.tokens, hook)[hook]
+    acts, loss = _acts_and_loss(model, hmm, seqs.tokens, hook, seed)
     logger.info("finding a simplex in %s (loss %.4fx the optimum)", hook, loss)
     found = discover_simplex(acts, n_vertices, seed=seed)
     logger.info(
@@ -103,6 +112,31 @@ def _discover(
         title += f" (R^2 {metrics['r2']:.3f} vs true beliefs)"
     fig = discovery_figure(found, beliefs, title=title)
     return metrics, fig
+
+
+def _acts_and_loss(
+    model: Any, hmm: HMM, tokens: Tensor, hook: str, seed: int
+) -> tuple[Tensor, float]:
+    """The activations at ``hook`` on ``tokens`` and the model's loss over its optimum
+    (``evaluate_loss``'s), from one forward pass where the loss's evaluation sequences are
+    ``tokens`` (every sequence, probability-weighted), else from a pass of its own."""
+    evaluator = loss_evaluator(model, hmm, seed=seed)
+    n_logits = tokens.numel() * int(model.cfg.d_vocab)
+    if n_logits * 4 > MAX_LOGITS_BYTES or not torch.equal(evaluator.data.inputs, tokens):
+        own = evaluator(model, step=0, tokens=0).loss_over_optimal
+        return residual_stream(model, tokens, hook)[hook], own
+    tokens, device = check_tokens(model, tokens), model_device(model)
+    acts, logits, got = [], [], {}
+
+    def grab(activation: Tensor, hook: Any) -> None:
+        got["acts"] = activation.detach().to("cpu", torch.float32)
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(hook, grab)]):
+        for start in range(0, tokens.shape[0], 4096):
+            logits.append(model(tokens[start : start + 4096].to(device)).float().cpu())
+            check_finite_activations(f"activations at {hook}", got["acts"])
+            acts.append(got.pop("acts"))
+    return torch.cat(acts), evaluator.score_logits(torch.cat(logits)).loss_over_optimal
 
 
 def _scores(verdict: Any) -> dict[str, Any]:
