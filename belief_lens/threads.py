@@ -169,7 +169,8 @@ class AdaptiveThreads:
         self.used: list[int] = []
 
     def start(self) -> None:
-        """The first decision, from a full window of reads ``running_elsewhere`` apart."""
+        """The first decision, from a full window of reads 0.01 s apart (as ``running_elsewhere``
+        takes them)."""
         for i in range(RECHECK_WINDOW):
             if i:
                 time.sleep(0.01)
