@@ -7,6 +7,7 @@ Only the duck-typed hook surface shared by ``HookedTransformer`` and ``Transform
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
@@ -18,10 +19,14 @@ from belief_lens import tl_compat
 from belief_lens.errors import BeliefLensError
 from belief_lens.threads import recheck
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "HookSpec",
     "check_finite_activations",
     "eval_mode",
+    "final_logits",
+    "logits_match_forward",
     "model_device",
     "require_eval_mode",
     "residual_hooks",
@@ -216,3 +221,26 @@ def residual_stream(
             check_finite_activations(f"activations at {name}", got[name])
             chunks[name].append(got[name])
     return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
+def final_logits(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+    """The logits the last block's residual stream ``resid`` gives: the final norm (where the
+    model has one) and the unembedding, float32 on the CPU, so a pass that stopped at the last
+    block need not run again to the logits (check them with :func:`logits_match_forward`)."""
+    norm = getattr(model, "ln_final", None) or torch.nn.Identity()
+    with torch.no_grad():
+        return model.unembed(norm(resid.to(model_device(model)))).float().cpu()
+
+
+def logits_match_forward(
+    model: Any, logits: Float[Tensor, "n pos d_vocab"], tokens: Int[Tensor, "n pos"], k: int = 64
+) -> bool:
+    """Whether ``logits`` are the model's own forward pass on the first ``k`` sequences of
+    ``tokens`` (to float32 rounding); logs where they are not."""
+    k = min(len(tokens), k)
+    with torch.no_grad():
+        own = model(tokens[:k].to(model_device(model))).float().cpu()
+    if torch.allclose(logits[:k], own, rtol=1e-4, atol=1e-4 * float(own.abs().max())):
+        return True
+    logger.info("the final norm and unembedding of the last block do not give the logits")
+    return False

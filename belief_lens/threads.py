@@ -30,7 +30,6 @@ __all__ = [
     "runnable_elsewhere_now",
     "running_elsewhere",
     "single_thread_below",
-    "single_thread_for_model",
 ]
 
 #: Ops below this many elements run on one intra-op thread inside the package's hot loops: far
@@ -124,21 +123,6 @@ def machine_busy() -> bool:
 def _crowded(others: float, threads: int) -> bool:
     """Whether ``others`` runnable tasks and ``threads`` of ours exceed the cores."""
     return others + threads > (os.cpu_count() or 1)
-
-
-def single_thread_for_model(
-    model: torch.nn.Module, limit: int | None = None, busy: bool | None = None
-) -> contextlib.AbstractContextManager[None]:
-    """``single_thread_below`` sized by ``model``'s parameter count (against ``limit``, default
-    ``SMALL_MODEL_PARAMS``) on the device of its parameters, when the machine is ``busy``
-    (default: ``machine_busy()``): one intra-op thread for the whole of a small model's
-    analysis on a shared machine, restored after; a quiet machine keeps its threads."""
-    limit = SMALL_MODEL_PARAMS if limit is None else limit
-    if not (machine_busy() if busy is None else busy):
-        return contextlib.nullcontext()
-    params = list(model.parameters())
-    device = params[0].device if params else None
-    return single_thread_below(sum(p.numel() for p in params), device, limit)
 
 
 #: Seconds between two reads of the run queue inside an adaptive guard, and how many recent

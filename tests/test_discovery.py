@@ -177,17 +177,18 @@ def test_judge_discovery_finds_a_planted_simplex_and_not_a_wrong_vertex_count():
 
 def test_discovery_loss_is_evaluate_loss_from_its_one_forward_pass(tmp_path, monkeypatch):
     # The loss comes from the logits of the pass that reads the hook: the number evaluate_loss
-    # gives (to rounding), with the model run once on the 3**5 sequences (one batch), not twice.
+    # gives (to rounding), with the model run once on the 3**5 sequences (one batch), not twice;
+    # the logits the last block gives are checked against a forward pass on the first 64.
     config = ModelConfig(d_vocab=3, n_ctx=5, n_layers=1, d_model=16, n_heads=1, d_head=8, d_mlp=32)
     model = toy_transformer(config, seed=0).eval()
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     monkeypatch.setattr("belief_lens.experiments.discovery.load_checkpoint", lambda p: model)
     calls = []
-    handle = model.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
     metrics = discover_in_checkpoint(
         path, mess3(), tmp_path / "out", hook="blocks.0.hook_resid_post"
     )
     handle.remove()
-    assert calls == [3**5]
+    assert calls == [3**5, 64]
     expected = evaluate_loss(model, mess3()).loss_over_optimal  # equal to rounding only
     assert metrics["loss_over_optimal"] == pytest.approx(expected, rel=1e-12)

@@ -20,7 +20,6 @@ from belief_lens.threads import (
     recheck,
     running_elsewhere,
     single_thread_below,
-    single_thread_for_model,
 )
 
 
@@ -66,16 +65,19 @@ def test_hot_loops_run_at_one_thread_and_leave_the_setting(two_threads, monkeypa
     assert torch.get_num_threads() == 2
 
 
-def test_model_guard_is_sized_by_the_parameter_count(two_threads):
-    """A model of at most ``SMALL_MODEL_PARAMS`` parameters is analysed at one thread; a larger
-    one (here: a limit below its size) keeps the caller's threads; both restore the setting."""
+def test_model_guard_is_sized_by_the_parameter_count(two_threads, run_queue):
+    """A model of at most ``SMALL_MODEL_PARAMS`` parameters is analysed at one thread on a busy
+    machine; a larger one (here: a limit below its size) keeps the caller's threads, as does a
+    quiet machine; each restores the setting."""
     model = torch.nn.Linear(10, 10)  # 110 parameters
-    with single_thread_for_model(model, busy=True):
+    run_queue[0] = 1
+    with adaptive_threads_for_model(model):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
-    with single_thread_for_model(model, limit=109, busy=True):
+    with adaptive_threads_for_model(model, limit=109):
         assert torch.get_num_threads() == 2
-    with single_thread_for_model(model, busy=False):
+    run_queue[0] = 0
+    with adaptive_threads_for_model(model):
         assert torch.get_num_threads() == 2  # a quiet machine keeps its threads
     assert SMALL_MODEL_PARAMS >= 2_000_000  # both paper models (0.1M, 0.7M) and then some
 
@@ -89,13 +91,9 @@ def test_busy_is_other_runnable_work_against_the_free_cores(two_threads, monkeyp
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setattr(threads, "running_elsewhere", lambda: 1)
     assert threads.machine_busy()  # one other task and two threads on two cores
-    with single_thread_for_model(torch.nn.Linear(2, 2)):
-        assert torch.get_num_threads() == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # lagging: ignored
     monkeypatch.setattr(threads, "running_elsewhere", lambda: 0)
     assert not threads.machine_busy()
-    with single_thread_for_model(torch.nn.Linear(2, 2)):
-        assert torch.get_num_threads() == 2
     monkeypatch.setattr(threads, "running_elsewhere", lambda: None)  # no /proc
     assert threads.machine_busy()
     monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 9.0, 9.0))

@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 from belief_lens.activations import (
-    check_finite_activations,
-    check_tokens,
-    model_device,
+    final_logits,
+    logits_match_forward,
     residual_stream,
     resolve_hook,
 )
@@ -118,25 +117,23 @@ def _acts_and_loss(
     model: Any, hmm: HMM, tokens: Tensor, hook: str, seed: int
 ) -> tuple[Tensor, float]:
     """The activations at ``hook`` on ``tokens`` and the model's loss over its optimum
-    (``evaluate_loss``'s), from one forward pass where the loss's evaluation sequences are
-    ``tokens`` (every sequence, probability-weighted), else from a pass of its own."""
+    (``evaluate_loss``'s): from one pass that also keeps the last block's residual stream, whose
+    final norm and unembedding give the logits, where the loss's evaluation sequences are
+    ``tokens`` (every sequence, probability-weighted); else from a pass of its own."""
     evaluator = loss_evaluator(model, hmm, seed=seed)
-    n_logits = tokens.numel() * int(model.cfg.d_vocab)
-    if n_logits * 4 > MAX_LOGITS_BYTES or not torch.equal(evaluator.data.inputs, tokens):
-        own = evaluator(model, step=0, tokens=0).loss_over_optimal
-        return residual_stream(model, tokens, hook)[hook], own
-    tokens, device = check_tokens(model, tokens), model_device(model)
-    acts, logits, got = [], [], {}
+    last = f"blocks.{int(model.cfg.n_layers) - 1}.hook_resid_post"
+    fits = tokens.numel() * int(model.cfg.d_vocab) * 4 <= MAX_LOGITS_BYTES
+    if not (fits and hasattr(model, "unembed") and torch.equal(evaluator.data.inputs, tokens)):
+        return residual_stream(model, tokens, hook)[hook], _own_loss(evaluator, model)
+    acts = residual_stream(model, tokens, [hook, last])
+    logits = final_logits(model, acts[last])
+    if not logits_match_forward(model, logits, tokens):
+        return acts[hook], _own_loss(evaluator, model)
+    return acts[hook], evaluator.score_logits(logits).loss_over_optimal
 
-    def grab(activation: Tensor, hook: Any) -> None:
-        got["acts"] = activation.detach().to("cpu", torch.float32)
 
-    with torch.no_grad(), model.hooks(fwd_hooks=[(hook, grab)]):
-        for start in range(0, tokens.shape[0], 4096):
-            logits.append(model(tokens[start : start + 4096].to(device)).float().cpu())
-            check_finite_activations(f"activations at {hook}", got["acts"])
-            acts.append(got.pop("acts"))
-    return torch.cat(acts), evaluator.score_logits(torch.cat(logits)).loss_over_optimal
+def _own_loss(evaluator: Any, model: Any) -> float:
+    return evaluator(model, step=0, tokens=0).loss_over_optimal
 
 
 def _scores(verdict: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from belief_lens.activations import model_device
+from belief_lens.activations import final_logits, logits_match_forward
 from belief_lens.beliefs import check_memory
 from belief_lens.errors import BeliefLensError
 
@@ -229,15 +229,6 @@ def prefix_logits(
     N, L, _ = acts.shape(hook)
     if N * L * int(model.cfg.d_vocab) * 4 > MAX_LOGITS_BYTES or tuple(tokens.shape) != (N, L):
         return None
-    device = model_device(model)
-    norm = getattr(model, "ln_final", None)
-    if norm is None:  # no final norm: the unembedding reads the residual stream itself
-        norm = torch.nn.Identity()
-    per_t = [model.unembed(norm(r[None].to(device)))[0].float().cpu() for r in acts.rows[hook]]
+    per_t = [final_logits(model, r[None])[0] for r in acts.rows[hook]]
     logits = torch.stack([p[i] for p, i in zip(per_t, acts.ids, strict=True)], 1)
-    k = min(N, 64)
-    own = model(tokens[:k].to(device)).float().cpu()
-    if not torch.allclose(logits[:k], own, rtol=1e-4, atol=1e-4 * float(own.abs().max())):
-        logger.info("the final norm and unembedding of %s do not give the model's logits", hook)
-        return None
-    return logits
+    return logits if logits_match_forward(model, logits, tokens) else None
