@@ -501,6 +501,33 @@ def test_a_patched_run_starts_after_the_patch_only_where_that_skips_blocks(toy, 
         assert sorted(set(started) - {None}) == [1, 2]  # 2 layers: after block 0, after block 1
 
 
+def test_patching_sweep_lets_a_stage_thread_guard_re_decide(toy, monkeypatch):
+    """TransformerLens's sweep runs each patched model through ``run_with_hooks``, which calls
+    ``forward`` past the thread guard's pre-hook: the report re-checks the run queue between
+    patched runs, so a stage that started on a busy machine gets its second thread back."""
+    from belief_lens import threads
+
+    model, hmm, probes = toy
+    clean, corrupted = (sample_sequences(hmm, 8, TOY_L, seed=s) for s in (16, 17))
+    by_layer = {layer: probes[hook] for layer, hook in enumerate(TOY_HOOKS)}
+    queue = [1]  # one task runnable elsewhere, beside our two threads on two cores
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "runnable_elsewhere_now", lambda: queue[0])
+    monkeypatch.setattr(threads, "RECHECK_SPACING", 0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threads.adaptive_threads_for_model(model) as guard:
+            assert torch.get_num_threads() == 1
+            queue[0] = 0  # the other work ends as the sweep begins
+            patching_report(model, clean, corrupted, by_layer, hmm)
+        # On the bridge the sweep is TransformerLens's (run_with_hooks); on a HookedTransformer
+        # each patched run starts after the patch through the model's own call.
+        assert guard.used == [1, 2]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_patching_report_recovers_on_the_paper_checkpoint(mess3_setup):
     model, hmm, probes = mess3_setup
     clean = sample_sequences(hmm, 64, 10, seed=16)
