@@ -227,7 +227,9 @@ def final_logits(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tenso
     """The logits the last block's residual stream ``resid`` gives: the final norm (where the
     model has one) and the unembedding, float32 on the CPU, so a pass that stopped at the last
     block need not run again to the logits (check them with :func:`logits_match_forward`)."""
-    norm = getattr(model, "ln_final", None) or torch.nn.Identity()
+    norm = getattr(model, "ln_final", None)
+    if norm is None:  # no final norm: the unembedding reads the residual stream itself
+        norm = torch.nn.Identity()
     with torch.no_grad():
         return model.unembed(norm(resid.to(model_device(model)))).float().cpu()
 
