@@ -252,7 +252,12 @@ def test_cross_validated_by_default_equals_a_numpy_kfold_loop():
         assert row["mse_all"] == pytest.approx(
             float(((y - np.c_[x, ones] @ whole) ** 2).mean()), rel=1e-6
         )
-        np.testing.assert_allclose(table.probes[(hook, lo)].coef_.numpy(), whole[:-1].T, atol=1e-6)
+        # The coefficients reach several hundred here (nearly collinear features), so they are
+        # compared at float64's precision relative to their scale, not at a fixed 1e-6.
+        scale = float(np.abs(whole).max())
+        np.testing.assert_allclose(
+            table.probes[(hook, lo)].coef_.numpy(), whole[:-1].T, rtol=0, atol=1e-7 * scale
+        )
     assert table.meta["folds"] == 4 and table.meta["test_fraction"] is None
     # one position at a time, position 0 (3 prefixes) cannot be held out: NaN, with no folds
     per_position = fit_position_probes(model, hmm, tm, [hook], symbols=symbols, window=1, n_folds=4)
