@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Union
 
 import torch
@@ -220,7 +220,25 @@ def residual_stream(
         for name in names:
             check_finite_activations(f"activations at {name}", got[name])
             chunks[name].append(got[name])
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
+    out: dict[str, Tensor] = {}
+    for name, parts in chunks.items():
+        out[name] = parts[0] if _sole_owner(parts, out.values()) else torch.cat(parts)
+    return out
+
+
+def _sole_owner(parts: list[Tensor], kept: Iterable[Tensor]) -> bool:
+    """Whether one batch's activation can be returned uncopied: it is the whole of a storage of
+    its own, shared with no other hook's (a copy through ``torch.cat`` cost the Mess3 probe run,
+    which batches for itself, 1.1 s). A view, of the model's weights or of another hook's
+    tensor, is copied, so writing into the result never writes into them."""
+    if len(parts) != 1:
+        return False
+    a = parts[0]
+    whole = a.untyped_storage().nbytes() == a.numel() * a.element_size()
+    if not (a.is_contiguous() and a.storage_offset() == 0 and whole):
+        return False
+    ptr = a.untyped_storage().data_ptr()
+    return all(k.untyped_storage().data_ptr() != ptr for k in kept)
 
 
 def final_logits(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:

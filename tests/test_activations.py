@@ -64,6 +64,25 @@ def test_batches_and_early_stop_agree(model, tokens):
     assert pre["blocks.0.hook_resid_pre"].shape == (3, 4, 16)
 
 
+def test_one_batch_is_returned_uncopied_only_where_nothing_else_shares_it(model, tokens):
+    """A single batch skips the copy into the result, but no result shares memory with another
+    hook's result or with the model: writing into one changes nothing else."""
+    hooks = [*EXPECTED_HOOKS, "blocks.1.hook_resid_pre", "hook_embed"]
+    before = {k: v.clone() for k, v in residual_stream(model, tokens, hooks=hooks).items()}
+    acts = residual_stream(model, tokens, hooks=hooks)
+    assert acts["blocks.0.hook_resid_post"].is_contiguous()
+    ptrs = [a.untyped_storage().data_ptr() for a in acts.values()]
+    assert len(set(ptrs)) == len(ptrs)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert not weights & set(ptrs)
+    for a in acts.values():
+        a += 1.0
+    again = residual_stream(model, tokens, hooks=hooks, batch_size=5)
+    for name, value in again.items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=1e-6)
+        torch.testing.assert_close(acts[name], before[name] + 1.0, rtol=0, atol=1e-6)
+
+
 def test_concat_and_shorthand(model, tokens):
     hooks = [("resid_post", 2), ("resid_mid", -3), "ln_final.hook_normalized"]
     acts = residual_stream(model, tokens, hooks=hooks)
