@@ -23,9 +23,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "HookSpec",
+    "blocks_match_forward",
     "check_finite_activations",
     "eval_mode",
     "final_logits",
+    "logits_from_block",
     "logits_match_forward",
     "model_device",
     "require_eval_mode",
@@ -241,15 +243,58 @@ def _sole_owner(parts: list[Tensor], kept: Iterable[Tensor]) -> bool:
     return all(k.untyped_storage().data_ptr() != ptr for k in kept)
 
 
+def _unembed(model: Any, resid: Tensor) -> Tensor:
+    """The final norm (where the model has one) and the unembedding, on the model's device."""
+    norm = getattr(model, "ln_final", None)
+    if norm is None:  # no final norm: the unembedding reads the residual stream itself
+        norm = torch.nn.Identity()
+    return model.unembed(norm(resid))
+
+
 def final_logits(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
     """The logits the last block's residual stream ``resid`` gives: the final norm (where the
     model has one) and the unembedding, float32 on the CPU, so a pass that stopped at the last
     block need not run again to the logits (check them with :func:`logits_match_forward`)."""
-    norm = getattr(model, "ln_final", None)
-    if norm is None:  # no final norm: the unembedding reads the residual stream itself
-        norm = torch.nn.Identity()
     with torch.no_grad():
-        return model.unembed(norm(resid.to(model_device(model)))).float().cpu()
+        return _unembed(model, resid.to(model_device(model))).float().cpu()
+
+
+def logits_from_block(
+    model: Any, resid: Float[Tensor, "batch pos d_model"], start: int
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """The model's logits from ``resid``, the residual stream entering block ``start``, running
+    blocks ``start..`` only (on the model's device and dtype, hooks firing as usual). A
+    ``HookedTransformer`` does this itself (``start_at_layer``); the bridge's ``start_at_layer``
+    runs every block and swaps the residual in at ``start`` (TL 4.3), so there its blocks run one
+    by one, then the final norm and unembedding. Check a model with
+    :func:`blocks_match_forward` before trusting it."""
+    if tl_compat.start_skips_blocks(model):
+        return model(resid, start_at_layer=start)
+    recheck()  # the blocks are called directly, past a thread guard's pre-hook on the model
+    x = resid
+    for block in model.blocks[start:]:
+        out = block(x)
+        x = out[0] if isinstance(out, tuple) else out
+    return _unembed(model, x)
+
+
+def blocks_match_forward(
+    model: Any,
+    logits: Float[Tensor, "n pos d_vocab"],
+    entering: dict[int, Float[Tensor, "n pos d_model"]],
+    k: int = 8,
+) -> bool:
+    """Whether :func:`logits_from_block` from each ``entering[start]`` (the residual stream
+    entering block ``start`` on a pass that gave ``logits``) reproduces those logits on the
+    first ``k`` sequences, to float32 round-off of their scale: a model whose blocks need more
+    than the residual (position ids a rotary model takes from its caller, say) fails here."""
+    want = logits[:k].float()
+    tol = 1e-5 * max(float(want.abs().max()), 1.0)
+    with torch.no_grad():
+        return all(
+            bool((logits_from_block(model, resid[:k], start).float() - want).abs().max() <= tol)
+            for start, resid in entering.items()
+        )
 
 
 def logits_match_forward(

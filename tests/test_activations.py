@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from belief_lens import tl_compat
-from belief_lens.activations import residual_hooks, residual_stream, resolve_hook
+from belief_lens.activations import (
+    blocks_match_forward,
+    logits_from_block,
+    residual_hooks,
+    residual_stream,
+    resolve_hook,
+)
 from belief_lens.errors import BeliefLensError
 from belief_lens.models import load_checkpoint, toy_transformer
 
@@ -81,6 +87,31 @@ def test_one_batch_is_returned_uncopied_only_where_nothing_else_shares_it(model,
     for name, value in again.items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=1e-6)
         torch.testing.assert_close(acts[name], before[name] + 1.0, rtol=0, atol=1e-6)
+
+
+def test_logits_from_block_run_the_later_blocks_only(model, tokens):
+    """From the residual entering block ``k`` (or leaving the last), the logits are the model's
+    own, and blocks before ``k`` do not run; a residual that is not the pass's fails the check."""
+    names = [f"blocks.{k}.hook_resid_pre" for k in range(3)] + ["blocks.2.hook_resid_post"]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=names)
+        entering = {k: cache[name] for k, name in enumerate(names)}
+        ran = []
+        handles = [
+            b.register_forward_hook(lambda m, a, o, k=k: ran.append(k))
+            for k, b in enumerate(model.blocks)
+        ]
+        try:
+            for start, resid in entering.items():
+                ran.clear()
+                got = logits_from_block(model, resid, start)
+                assert ran == list(range(start, 3))
+                torch.testing.assert_close(got, logits, rtol=0, atol=1e-5)
+        finally:
+            for h in handles:
+                h.remove()
+        assert blocks_match_forward(model, logits, entering)
+        assert not blocks_match_forward(model, logits, {1: entering[1].flip(0)})
 
 
 def test_concat_and_shorthand(model, tokens):

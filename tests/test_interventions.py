@@ -440,8 +440,8 @@ def test_patching_report_against_theory(toy):
     assert res.hooks == tuple(TOY_HOOKS) and res.positions == tuple(range(TOY_L))
     assert res.metric_position == TOY_L - 1 and res.rank == 2 and res.n_sequences == 64
     # The grid is the plain KL metric's, swept by TransformerLens's generic_activation_patch
-    # (patch_belief_subspace); the control's likewise. On a HookedTransformer the report starts
-    # each patched run after the patch (start_at_layer): the same numbers to float32 rounding.
+    # (patch_belief_subspace); the control's likewise. The report starts each patched run after
+    # the patch (logits_from_block): the same numbers to float32 rounding.
     metric = theory_kl_metric(hmm, clean)
     grid = patch_belief_subspace(model, clean, corrupted, by_layer, metric)
     torch.testing.assert_close(res.kl, grid, atol=1e-6, rtol=1e-6)
@@ -479,26 +479,37 @@ def test_patching_report_against_theory(toy):
         res.recovered_at(20)
 
 
-def test_a_patched_run_starts_after_the_patch_only_where_that_skips_blocks(toy, monkeypatch):
-    from belief_lens import tl_compat
+def test_a_patched_run_starts_after_the_patch(toy, monkeypatch):
+    """Each run patched at block ``l``'s output runs blocks ``l + 1..`` only, on either model
+    kind (the bridge's own ``start_at_layer`` runs every block); where starting late would not
+    reproduce the model's pass, the report falls back to the full sweep, with the same grid."""
     from belief_lens.interventions import patching
 
-    model = toy[0]
-    hooked = tl_compat.is_hooked_transformer_available() and isinstance(
-        model, tl_compat.hooked_classes()[0]
-    )
-    assert tl_compat.start_skips_blocks(model) == hooked
-    assert patching._starts_at_layer(model, "resid_post") == hooked
+    model, hmm, probes = toy
+    assert patching._starts_at_layer(model, "resid_post")
     assert not patching._starts_at_layer(model, "resid_mid")  # no block starts mid-way
-    if hooked:  # a patched run at block l's output runs blocks l+1.. only
-        started = []
-        real = type(model).forward
-        monkeypatch.setattr(type(model), "forward", lambda self, x, **kw: (
-            started.append(kw.get("start_at_layer")), real(self, x, **kw))[1])  # fmt: skip
-        hmm, probes = toy[1], toy[2]
-        tokens = sample_sequences(hmm, 8, TOY_L, seed=3)
-        patching_report(model, tokens, tokens.flip(0), probes[TOY_HOOK], hmm)
-        assert sorted(set(started) - {None}) == [1, 2]  # 2 layers: after block 0, after block 1
+    tokens = sample_sequences(hmm, 8, TOY_L, seed=3)
+    calls = [0] * len(model.blocks)
+
+    def count(k):
+        return lambda module, args, out: calls.__setitem__(k, calls[k] + 1)
+
+    handles = [b.register_forward_hook(count(k)) for k, b in enumerate(model.blocks)]
+    try:
+        res = patching_report(model, tokens, tokens.flip(0), probes[TOY_HOOK], hmm)
+        # Block 0 runs in the 5 unpatched passes (clean, corrupted, the clean cache, and the
+        # corrupted cache of each grid); block 1 also in each grid's check of the start after
+        # block 0 and in every run patched after block 0 (belief and control, each position).
+        assert calls == [5, 5 + 2 + 2 * TOY_L]
+        monkeypatch.setattr(patching, "blocks_match_forward", lambda *a, **k: False)
+        calls[:] = [0, 0]
+        full = patching_report(model, tokens, tokens.flip(0), probes[TOY_HOOK], hmm)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls[0] > 2 * 2 * TOY_L  # every patched run from the embeddings
+    torch.testing.assert_close(full.kl, res.kl, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(full.kl_control, res.kl_control, atol=1e-6, rtol=1e-6)
 
 
 def test_patching_sweep_lets_a_stage_thread_guard_re_decide(toy, monkeypatch):
@@ -521,8 +532,8 @@ def test_patching_sweep_lets_a_stage_thread_guard_re_decide(toy, monkeypatch):
             assert torch.get_num_threads() == 1
             queue[0] = 0  # the other work ends as the sweep begins
             patching_report(model, clean, corrupted, by_layer, hmm)
-        # On the bridge the sweep is TransformerLens's (run_with_hooks); on a HookedTransformer
-        # each patched run starts after the patch through the model's own call.
+        # Each patched run starts after the patch: a HookedTransformer's through its own call
+        # (past the pre-hook), the bridge's block by block (logits_from_block re-checks).
         assert guard.used == [1, 2]
     finally:
         torch.set_num_threads(before)

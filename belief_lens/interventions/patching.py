@@ -19,7 +19,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from belief_lens import tl_compat
-from belief_lens.activations import check_tokens, eval_mode, model_device, residual_hooks
+from belief_lens.activations import (
+    blocks_match_forward,
+    check_tokens,
+    eval_mode,
+    logits_from_block,
+    model_device,
+    residual_hooks,
+)
 from belief_lens.beliefs import belief_states, check_hmm
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
@@ -139,8 +146,10 @@ def _patch_grid(
     """The ``[layer, pos]`` grid of ``metric``, swept by ``generic_activation_patch``, or with
     ``start_after`` by :func:`_patch_grid_from_layer` (the same grid)."""
     if start_after:
-        return _patch_grid_from_layer(model, corrupted, cache, subspace_patch_setter(bases),
+        grid = _patch_grid_from_layer(model, corrupted, cache, subspace_patch_setter(bases),
                                       metric, hook)  # fmt: skip
+        if grid is not None:
+            return grid
     from transformer_lens import patching  # TransformerLens only where it is used
 
     def measured(logits: Tensor) -> Tensor:
@@ -168,32 +177,37 @@ _STARTS = {"resid_pre": 0, "resid_post": 1}
 def _starts_at_layer(model: Any, hook: str) -> bool:
     """Whether a patched run at ``hook`` can start at the next block, skipping the ones before:
     a residual hook, on a model whose residual carries the positions (not a shortformer's,
-    added at every layer) and whose ``start_at_layer`` skips blocks (``HookedTransformer``)."""
+    added at every layer) and that has a ``blocks`` stack to run from there
+    (:func:`belief_lens.activations.logits_from_block`)."""
     return (
         hook in _STARTS
         and getattr(model.cfg, "positional_embedding_type", "") != "shortformer"
-        and tl_compat.start_skips_blocks(model)
+        and isinstance(getattr(model, "blocks", None), torch.nn.ModuleList)
     )
 
 
 def _patch_grid_from_layer(
     model: Any, corrupted: Tensor, cache: Any, setter: Callable, metric: Callable, hook: str
-) -> Tensor:
+) -> Tensor | None:
     """:func:`_patch_grid`'s grid with each patched run started at the block after the patch
-    (``start_at_layer``) from the corrupted run's cached residual: the blocks before it see
-    nothing of the patch, so a run patched after block ``l`` of ``n`` costs ``(n - l - 1) / n``
-    of a forward pass. Residual hooks only (:data:`_STARTS`)."""
+    from the corrupted run's cached residual (:func:`logits_from_block`): the blocks before it
+    see nothing of the patch, so a run patched after block ``l`` of ``n`` costs
+    ``(n - l - 1) / n`` of a forward pass. Residual hooks only (:data:`_STARTS`). None where
+    starting late does not reproduce the model's own pass (:func:`blocks_match_forward`)."""
     names = layer_hooks(model, hook)
     wanted = set(names)
     with eval_mode(model), torch.inference_mode():
         tokens = corrupted.to(model_device(model))
-        _, run = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
+        logits, run = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
+        starts = [layer + _STARTS[hook] for layer in range(len(names))]
+        entering = {start: run[name] for start, name in zip(starts, names, strict=True)}
+        if not blocks_match_forward(model, logits, entering):
+            return None
         grid = torch.empty(len(names), tokens.shape[1], dtype=torch.float64)
-        for layer, name in enumerate(names):
-            start = layer + _STARTS[hook]
+        for layer, (name, start) in enumerate(zip(names, starts, strict=True)):
             for pos in range(tokens.shape[1]):
                 patched = setter(run[name], (layer, pos), cache[name])
-                grid[layer, pos] = float(metric(model(patched, start_at_layer=start)))
+                grid[layer, pos] = float(metric(logits_from_block(model, patched, start)))
     return grid
 
 
@@ -419,9 +433,9 @@ def patching_report(
     ``probe_or_basis`` is a probe, a basis, or ``{layer: probe}`` (the probe of each layer's
     ``hook``, a per-layer hook such as ``"resid_post"``). Tokens are the HMM's symbols, read by
     the model as tokens. Probes fitted on another model warn (``strict``, ``allow_other_model``
-    as in ``intervene``). The sweep is ``generic_activation_patch``'s, except on a
-    ``HookedTransformer`` at a residual hook, where each patched run starts after the patch
-    (``start_at_layer``): the same grid, without the blocks the patch cannot change.
+    as in ``intervene``). The sweep is ``generic_activation_patch``'s, except at a residual
+    hook, where each patched run starts after the patch (``logits_from_block``, checked against
+    the model's own pass): the same grid, without the blocks the patch cannot change.
     """
     clean, corrupted = _check_pair(model, clean_tokens, corrupted_tokens)
     given = probe_or_basis.values() if isinstance(probe_or_basis, Mapping) else [probe_or_basis]
