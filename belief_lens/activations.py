@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Union
 
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "HookSpec",
+    "block_entered",
     "blocks_match_forward",
     "check_finite_activations",
     "eval_mode",
@@ -257,6 +259,19 @@ def final_logits(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tenso
     block need not run again to the logits (check them with :func:`logits_match_forward`)."""
     with torch.no_grad():
         return _unembed(model, resid.to(model_device(model))).float().cpu()
+
+
+def block_entered(model: Any, name: str) -> int | None:
+    """The block whose input the residual stream at hook ``name`` is: ``k`` for
+    ``blocks.k.hook_resid_pre``, ``k + 1`` for ``blocks.k.hook_resid_post`` (``n_layers``: the
+    final norm's). None for any other hook, a model without a ``blocks`` stack, or a
+    shortformer (its positions are added at every layer, not carried by the residual)."""
+    if getattr(model.cfg, "positional_embedding_type", "") == "shortformer":
+        return None
+    if not isinstance(getattr(model, "blocks", None), torch.nn.ModuleList):
+        return None
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", name)
+    return None if m is None else int(m[1]) + (m[2] == "post")
 
 
 def logits_from_block(

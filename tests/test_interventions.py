@@ -483,11 +483,14 @@ def test_a_patched_run_starts_after_the_patch(toy, monkeypatch):
     """Each run patched at block ``l``'s output runs blocks ``l + 1..`` only, on either model
     kind (the bridge's own ``start_at_layer`` runs every block); where starting late would not
     reproduce the model's pass, the report falls back to the full sweep, with the same grid."""
+    from belief_lens.activations import block_entered
     from belief_lens.interventions import patching
 
     model, hmm, probes = toy
-    assert patching._starts_at_layer(model, "resid_post")
-    assert not patching._starts_at_layer(model, "resid_mid")  # no block starts mid-way
+    assert [block_entered(model, f"blocks.{k}.hook_resid_{w}") for k in (0, 1)
+            for w in ("pre", "post")] == [0, 1, 1, 2]  # fmt: skip
+    assert block_entered(model, "blocks.0.hook_resid_mid") is None  # no block starts mid-way
+    assert block_entered(model, "ln_final.hook_normalized") is None
     tokens = sample_sequences(hmm, 8, TOY_L, seed=3)
     calls = [0] * len(model.blocks)
 
@@ -592,6 +595,42 @@ def test_ablate_with_a_given_mean(toy):
     assert (zero @ B).abs().max() < 1e-5
     via_shortcut = ablate_belief_subspace(model, tokens, probes[TOY_HOOK], TOY_HOOK)
     torch.testing.assert_close(via_shortcut, intervene(model, tokens, Ablate(TOY_HOOK, B)))
+
+
+def test_interventions_at_one_hook_run_from_the_block_after_it(toy):
+    """Steering and ablating at a block's output run the model once to that hook, then each
+    intervention from the next block only, with ``intervene``'s logits; a patch from tokens (its
+    source needs a run of its own) is a full ``intervene``."""
+    from belief_lens.interventions.run import run_interventions
+
+    model, hmm, probes = toy
+    hook = "blocks.0.hook_resid_post"
+    tokens = sample_sequences(hmm, 6, TOY_L, seed=19)
+    targets = torch.eye(3, dtype=torch.float64)[[0, 1, 2, 0, 1, 2]]
+    B = belief_basis(probes[hook])
+    ivs = {
+        "steer": Steer.from_probe(probes[hook], hook, targets, positions=[-1, 4], scale=0.7),
+        "ablate": Ablate(hook, B, "mean", mean=torch.ones(TOY_D)),
+    }
+    ran = []
+    handles = [
+        b.register_forward_hook(lambda m, a, o, k=k: ran.append(k))
+        for k, b in enumerate(model.blocks)
+    ]
+    try:
+        logits, out = run_interventions(model, tokens, ivs)
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [0, 1, 1, 1, 1]  # the cached pass, its check from block 1, each from block 1
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(tokens), rtol=0, atol=1e-6)
+    for name, iv in ivs.items():
+        torch.testing.assert_close(out[name], intervene(model, tokens, iv), rtol=0, atol=1e-5)
+        assert not torch.allclose(out[name], logits, atol=1e-3), name
+    patch = SubspacePatch(hook, B, sample_sequences(hmm, 6, TOY_L, seed=20), positions=-1)
+    _, got = run_interventions(model, tokens, {"patch": patch})
+    torch.testing.assert_close(got["patch"], intervene(model, tokens, patch), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------ values

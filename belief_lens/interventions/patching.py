@@ -20,6 +20,7 @@ from torch import Tensor
 
 from belief_lens import tl_compat
 from belief_lens.activations import (
+    block_entered,
     blocks_match_forward,
     check_tokens,
     eval_mode,
@@ -169,37 +170,21 @@ def _patch_grid(
     return grid.detach().to("cpu", torch.float64)
 
 
-#: Per-layer hooks a patched run can start from: the residual entering block ``l``
-#: (``resid_pre``) or leaving it (``resid_post``, so entering block ``l + 1``).
-_STARTS = {"resid_pre": 0, "resid_post": 1}
-
-
-def _starts_at_layer(model: Any, hook: str) -> bool:
-    """Whether a patched run at ``hook`` can start at the next block, skipping the ones before:
-    a residual hook, on a model whose residual carries the positions (not a shortformer's,
-    added at every layer) and that has a ``blocks`` stack to run from there
-    (:func:`belief_lens.activations.logits_from_block`)."""
-    return (
-        hook in _STARTS
-        and getattr(model.cfg, "positional_embedding_type", "") != "shortformer"
-        and isinstance(getattr(model, "blocks", None), torch.nn.ModuleList)
-    )
-
-
 def _patch_grid_from_layer(
     model: Any, corrupted: Tensor, cache: Any, setter: Callable, metric: Callable, hook: str
 ) -> Tensor | None:
     """:func:`_patch_grid`'s grid with each patched run started at the block after the patch
     from the corrupted run's cached residual (:func:`logits_from_block`): the blocks before it
     see nothing of the patch, so a run patched after block ``l`` of ``n`` costs
-    ``(n - l - 1) / n`` of a forward pass. Residual hooks only (:data:`_STARTS`). None where
-    starting late does not reproduce the model's own pass (:func:`blocks_match_forward`)."""
+    ``(n - l - 1) / n`` of a forward pass. Hooks whose residual enters a block only
+    (:func:`block_entered`); None where starting late does not reproduce the model's own pass
+    (:func:`blocks_match_forward`)."""
     names = layer_hooks(model, hook)
     wanted = set(names)
     with eval_mode(model), torch.inference_mode():
         tokens = corrupted.to(model_device(model))
         logits, run = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
-        starts = [layer + _STARTS[hook] for layer in range(len(names))]
+        starts = [block_entered(model, name) for name in names]
         entering = {start: run[name] for start, name in zip(starts, names, strict=True)}
         if not blocks_match_forward(model, logits, entering):
             return None
@@ -458,7 +443,7 @@ def patching_report(
         kl_clean = float(metric(model(clean.to(dev))))
         kl_corrupted = float(metric(model(corrupted.to(dev))))
     cache = _clean_cache(model, clean, names)
-    start_after = _starts_at_layer(model, hook)
+    start_after = all(block_entered(model, name) is not None for name in names)
     return PatchingResult(
         hooks=tuple(names),
         positions=tuple(range(L)),

@@ -10,17 +10,21 @@ any forward pass. Any model exposing the TransformerLens hook API works (``Hooke
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from belief_lens import tl_compat
 from belief_lens.activations import (
+    block_entered,
+    blocks_match_forward,
     check_finite_activations,
     check_tokens,
     eval_mode,
+    logits_from_block,
     model_device,
     residual_hooks,
     resolve_hook,
@@ -37,6 +41,7 @@ __all__ = [
     "check_intervention",
     "intervene",
     "run_intervention",
+    "run_interventions",
     "steer_along",
     "steer_to_belief",
     "steerable_hooks",
@@ -133,6 +138,38 @@ def run_intervention(
             model, tokens, intervention.hook, lambda a: intervention.apply(a, source)
         )[0]
     return _run_hooked(model, tokens, intervention.hook, intervention.apply)[0]
+
+
+def run_interventions(
+    model: Any, tokens: Tensor, interventions: Mapping[str, Steer | SubspacePatch | Ablate]
+) -> tuple[Float[Tensor, "batch pos d_vocab"], dict[str, Float[Tensor, "batch pos d_vocab"]]]:
+    """The unintervened logits and each intervention's, on input already checked. Where all act
+    at one hook whose residual enters a block (``activations.block_entered``), the model runs
+    once with that hook cached and each intervention runs from the block after it
+    (``activations.logits_from_block``, checked against the unintervened pass): the blocks
+    before see nothing of it. Otherwise each is a ``run_intervention``."""
+    hooks = {i.hook for i in interventions.values()}
+    (hook,) = hooks if len(hooks) == 1 else (None,)
+    start = None if hook is None else block_entered(model, hook)
+    from_tokens = any(getattr(i, "source_is_tokens", False) for i in interventions.values())
+    with eval_mode(model), torch.no_grad():
+        if start is None or from_tokens:
+            logits = model(tokens.to(model_device(model)))
+            return logits, {k: run_intervention(model, tokens, i) for k, i in interventions.items()}
+        logits, cache = model.run_with_cache(
+            tokens.to(model_device(model)), names_filter=lambda name: name == hook
+        )
+        resid = cache[hook]
+        check_finite_activations(f"activations at {hook}", resid)
+        if not blocks_match_forward(model, logits, {start: resid}):
+            return logits, {k: run_intervention(model, tokens, i) for k, i in interventions.items()}
+        out = {}
+        for k, i in interventions.items():
+            x = resid.clone()
+            changed = i.apply(x)
+            out[k] = logits_from_block(model, x if changed is None else changed, start)
+            check_finite_activations("the model's logits", out[k])
+    return logits, out
 
 
 def intervene(

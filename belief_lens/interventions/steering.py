@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from belief_lens.activations import check_tokens, eval_mode, model_device, resolve_hook
+from belief_lens.activations import check_tokens, resolve_hook
 from belief_lens.beliefs import belief_states, check_hmm, sample_sequences
 from belief_lens.errors import BeliefLensError
 from belief_lens.hmm import HMM
@@ -21,7 +21,7 @@ from belief_lens.interventions.provenance import check_provenance, provenance_of
 from belief_lens.interventions.run import (
     Directions,
     check_intervention,
-    run_intervention,
+    run_interventions,
     steer_along,
 )
 from belief_lens.metrics import kl_divergence
@@ -229,12 +229,9 @@ def intervention_report(
     for steer in steers.values():
         check_intervention(model, model_tokens, steer, allow_other_model=True)  # checked above
     theory = hmm.next_token_probs(targets)
-    with eval_mode(model):
-        before = _next_token_probs(model(model_tokens.to(model_device(model))), pos, token_map, L)
-    probs_after = {
-        kind: _next_token_probs(run_intervention(model, model_tokens, s), pos, token_map, L)
-        for kind, s in steers.items()
-    }
+    logits, steered = run_interventions(model, model_tokens, steers)
+    before = _next_token_probs(logits, pos, token_map, L)
+    probs_after = {kind: _next_token_probs(x, pos, token_map, L) for kind, x in steered.items()}
     return InterventionReport(
         hook=name,
         position=pos,
