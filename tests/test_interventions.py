@@ -597,10 +597,12 @@ def test_ablate_with_a_given_mean(toy):
     torch.testing.assert_close(via_shortcut, intervene(model, tokens, Ablate(TOY_HOOK, B)))
 
 
-def test_interventions_at_one_hook_run_from_the_block_after_it(toy):
+def test_interventions_at_one_hook_run_from_the_block_after_it(toy, monkeypatch):
     """Steering and ablating at a block's output run the model once to that hook, then each
     intervention from the next block only, with ``intervene``'s logits; a patch from tokens (its
-    source needs a run of its own) is a full ``intervene``."""
+    source needs a run of its own), or a model whose blocks fail the check, gets a full
+    ``intervene``."""
+    from belief_lens.interventions import run
     from belief_lens.interventions.run import run_interventions
 
     model, hmm, probes = toy
@@ -631,6 +633,10 @@ def test_interventions_at_one_hook_run_from_the_block_after_it(toy):
     patch = SubspacePatch(hook, B, sample_sequences(hmm, 6, TOY_L, seed=20), positions=-1)
     _, got = run_interventions(model, tokens, {"patch": patch})
     torch.testing.assert_close(got["patch"], intervene(model, tokens, patch), rtol=0, atol=0)
+    monkeypatch.setattr(run, "blocks_match_forward", lambda *a, **k: False)
+    _, full = run_interventions(model, tokens, ivs)
+    for name, iv in ivs.items():
+        torch.testing.assert_close(full[name], intervene(model, tokens, iv), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------ values

@@ -149,27 +149,34 @@ def run_interventions(
     (``activations.logits_from_block``, checked against the unintervened pass): the blocks
     before see nothing of it. Otherwise each is a ``run_intervention``."""
     hooks = {i.hook for i in interventions.values()}
-    (hook,) = hooks if len(hooks) == 1 else (None,)
+    hook = hooks.pop() if len(hooks) == 1 else None
     start = None if hook is None else block_entered(model, hook)
-    from_tokens = any(getattr(i, "source_is_tokens", False) for i in interventions.values())
+    if any(getattr(i, "source_is_tokens", False) for i in interventions.values()):
+        start = None  # the source needs a run of its own
     with eval_mode(model), torch.no_grad():
-        if start is None or from_tokens:
-            logits = model(tokens.to(model_device(model)))
-            return logits, {k: run_intervention(model, tokens, i) for k, i in interventions.items()}
-        logits, cache = model.run_with_cache(
-            tokens.to(model_device(model)), names_filter=lambda name: name == hook
-        )
-        resid = cache[hook]
-        check_finite_activations(f"activations at {hook}", resid)
-        if not blocks_match_forward(model, logits, {start: resid}):
-            return logits, {k: run_intervention(model, tokens, i) for k, i in interventions.items()}
-        out = {}
-        for k, i in interventions.items():
-            x = resid.clone()
-            changed = i.apply(x)
-            out[k] = logits_from_block(model, x if changed is None else changed, start)
-            check_finite_activations("the model's logits", out[k])
-    return logits, out
+        dev_tokens = tokens.to(model_device(model))
+        if start is None:
+            logits = model(dev_tokens)
+        else:
+            logits, cache = model.run_with_cache(dev_tokens, names_filter=lambda n: n == hook)
+            resid = cache[hook]
+            check_finite_activations(f"activations at {hook}", resid)
+            if blocks_match_forward(model, logits, {start: resid}):
+                return logits, {
+                    k: _from_block(model, i, resid, start) for k, i in interventions.items()
+                }
+        return logits, {k: run_intervention(model, tokens, i) for k, i in interventions.items()}
+
+
+def _from_block(
+    model: Any, intervention: Steer | SubspacePatch | Ablate, resid: Tensor, start: int
+) -> Tensor:
+    """``intervention`` applied to a copy of the cached ``resid``, run from block ``start``."""
+    x = resid.clone()
+    changed = intervention.apply(x)
+    logits = logits_from_block(model, x if changed is None else changed, start)
+    check_finite_activations("the model's logits", logits)
+    return logits
 
 
 def intervene(
